@@ -1,0 +1,21 @@
+//! Pure encodings for co-hyperdrive: bytes in, values out, and back. Nothing here does I/O,
+//! so every codec can be tested with plain data and property tests.
+//!
+//! - [`varint`]: protobuf/compact-encoding unsigned varints.
+//! - [`bee`]: Hyperbee's `Header`, `Node` and `YoloIndex` protobuf messages.
+//! - [`entry`]: Hyperdrive's JSON file entry and Hyperblobs' blob id.
+//! - [`path`]: Hyperdrive path normalization and folder ranges.
+//! - [`key`]: 32-byte keys in hex or z-base-32.
+//! - [`sub`]: Hyperbee sub-encoder key prefixes (`files\0...`).
+
+pub mod bee;
+pub mod entry;
+pub mod key;
+pub mod path;
+pub mod sub;
+pub mod varint;
+
+pub use bee::{BeeHeader, BeeNode, DecodeError, Level, YoloIndex};
+pub use entry::{BlobId, Entry, EntryError};
+pub use key::{Key, KeyError};
+pub use path::{normalize, PathError};
