@@ -1,1 +1,9 @@
-//! placeholder
+//! co-hyperdrive: a multi-writer Hyperdrive.
+//!
+//! Layers, bottom up: [`cohd_format`] (pure encodings), [`store`] (cores in a directory),
+//! [`bee`] (Hyperbee B-tree), [`blobs`] (Hyperblobs), [`drive`] (one writer's Hyperdrive).
+
+pub mod store;
+
+pub use cohd_format as format;
+pub use store::{Store, StoreError};

@@ -1,0 +1,395 @@
+//! The store: one directory that holds a primary secret and every core we keep.
+//!
+//! Layout of a disk store:
+//! ```text
+//! DIR/primary-key          32 random bytes; our writable cores' key pairs derive from it
+//! DIR/LOCK                 held (flock) by the one process that has the store open
+//! DIR/cores/<hex key>/     tree, data, bitfield, oplog: one hypercore each
+//! ```
+//! Cores are compat cores: the core key is the Ed25519 public key. Our own cores are opened by
+//! name ([`Store::open_named`]); other peers' by key ([`Store::open_key`], read-only).
+
+mod file;
+pub mod keys;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use cohd_format::Key;
+use hypercore::{
+    Hypercore, HypercoreBuilder, PartialKeypair, Storage, StorageTraits, VerifyingKey,
+};
+use random_access_storage::RandomAccessError;
+
+use file::FileStorage;
+
+/// What went wrong opening or using a store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No store at this directory.
+    #[error("no store at {0} (create one with `cohd init`)")]
+    Missing(PathBuf),
+    /// A store already exists where one was to be created.
+    #[error("a store already exists at {0}")]
+    Exists(PathBuf),
+    /// Another process holds the store.
+    #[error("the store at {0} is in use by another process")]
+    Locked(PathBuf),
+    /// The primary key file is not 32 bytes.
+    #[error("corrupted store: {0} is not a 32-byte primary key")]
+    BadPrimaryKey(PathBuf),
+    /// A core's files could not be opened as a hypercore.
+    #[error("core {key} is corrupted or unreadable: {reason}")]
+    Core {
+        /// The core.
+        key: Key,
+        /// What hypercore said.
+        reason: String,
+    },
+    /// A core asked for by key is not in the store.
+    #[error("core {0} is not in this store")]
+    UnknownCore(Key),
+    /// Filesystem error.
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+/// A handle on the store; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: Option<PathBuf>,
+    primary: [u8; 32],
+    cores: Mutex<HashMap<Key, Hypercore>>,
+    files: Mutex<Vec<Arc<FileStorage>>>,
+    _lock: Option<std::fs::File>,
+}
+
+impl Store {
+    /// A store that lives in memory only (tests, examples), with a random primary key.
+    pub fn memory() -> Self {
+        Self::memory_with_primary(rand::random())
+    }
+
+    /// A memory store with a given primary key (deterministic tests).
+    pub fn memory_with_primary(primary: [u8; 32]) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                dir: None,
+                primary,
+                cores: Mutex::default(),
+                files: Mutex::default(),
+                _lock: None,
+            }),
+        }
+    }
+
+    /// Creates a new disk store at `dir` (the directory may exist but must hold no store).
+    pub fn create(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let pk = dir.join("primary-key");
+        if pk.exists() {
+            return Err(StoreError::Exists(dir));
+        }
+        let lock = Self::lock(&dir)?;
+        let primary: [u8; 32] = rand::random();
+        // Write to a temporary name and rename, so a crash never leaves a short key file.
+        let tmp = dir.join("primary-key.tmp");
+        std::fs::write(&tmp, primary).map_err(io("writing primary key"))?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io("syncing primary key"))?;
+        std::fs::rename(&tmp, &pk).map_err(io("writing primary key"))?;
+        std::fs::create_dir_all(dir.join("cores")).map_err(io("creating cores folder"))?;
+        Ok(Self::with_dir(dir, primary, lock))
+    }
+
+    /// Opens the existing disk store at `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        let pk = dir.join("primary-key");
+        if !pk.is_file() {
+            return Err(StoreError::Missing(dir));
+        }
+        let lock = Self::lock(&dir)?;
+        let bytes = std::fs::read(&pk).map_err(io(format!("reading {}", pk.display())))?;
+        let primary: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| StoreError::BadPrimaryKey(pk))?;
+        Ok(Self::with_dir(dir, primary, lock))
+    }
+
+    fn lock(dir: &Path) -> Result<std::fs::File, StoreError> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))
+            .map_err(io("opening lock file"))?;
+        match f.try_lock() {
+            Ok(()) => Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(dir.to_path_buf())),
+            Err(std::fs::TryLockError::Error(e)) => Err(io("locking store")(e)),
+        }
+    }
+
+    fn with_dir(dir: PathBuf, primary: [u8; 32], lock: std::fs::File) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                dir: Some(dir),
+                primary,
+                cores: Mutex::default(),
+                files: Mutex::default(),
+                _lock: Some(lock),
+            }),
+        }
+    }
+
+    /// The directory of a disk store.
+    pub fn dir(&self) -> Option<&Path> {
+        self.inner.dir.as_deref()
+    }
+
+    /// The key of our writable core `name` (derived, see [`keys`]).
+    pub fn named_key(&self, name: &str) -> Key {
+        Key(keys::key_pair(&self.inner.primary, name)
+            .verifying_key()
+            .to_bytes())
+    }
+
+    /// Opens (creating if new) our writable core `name`.
+    pub async fn open_named(&self, name: &str) -> Result<Hypercore, StoreError> {
+        let sk = keys::key_pair(&self.inner.primary, name);
+        let key = Key(sk.verifying_key().to_bytes());
+        self.open_core(
+            key,
+            PartialKeypair {
+                public: sk.verifying_key(),
+                secret: Some(sk),
+            },
+            true,
+        )
+        .await
+    }
+
+    /// Opens a core by key, read-only unless it is one of ours. With `create` false, a core the
+    /// store has never held is an error.
+    pub async fn open_key(&self, key: Key, create: bool) -> Result<Hypercore, StoreError> {
+        let public = VerifyingKey::from_bytes(&key.0).map_err(|_| StoreError::Core {
+            key,
+            reason: "not an Ed25519 public key".into(),
+        })?;
+        self.open_core(
+            key,
+            PartialKeypair {
+                public,
+                secret: None,
+            },
+            create,
+        )
+        .await
+    }
+
+    /// Whether the store holds core `key`.
+    pub fn has_core(&self, key: &Key) -> bool {
+        if self
+            .inner
+            .cores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(key)
+        {
+            return true;
+        }
+        self.core_dir(key)
+            .is_some_and(|d| d.join("oplog").is_file())
+    }
+
+    fn core_dir(&self, key: &Key) -> Option<PathBuf> {
+        self.inner
+            .dir
+            .as_ref()
+            .map(|d| d.join("cores").join(key.to_hex()))
+    }
+
+    async fn open_core(
+        &self,
+        key: Key,
+        kp: PartialKeypair,
+        create: bool,
+    ) -> Result<Hypercore, StoreError> {
+        if let Some(core) = self
+            .inner
+            .cores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(core.clone());
+        }
+        let core_err = |e: hypercore::HypercoreError| StoreError::Core {
+            key,
+            reason: e.to_string(),
+        };
+        let core = match self.core_dir(&key) {
+            None => {
+                let storage = Storage::new_memory().await.map_err(core_err)?;
+                HypercoreBuilder::new(storage)
+                    .key_pair(kp)
+                    .build()
+                    .await
+                    .map_err(core_err)?
+            }
+            Some(dir) => {
+                let exists = dir.join("oplog").is_file()
+                    && std::fs::metadata(dir.join("oplog"))
+                        .map(|m| m.len() > 0)
+                        .unwrap_or(false);
+                if !exists && !create {
+                    return Err(StoreError::UnknownCore(key));
+                }
+                std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+                let files = ["tree", "data", "bitfield", "oplog"]
+                    .iter()
+                    .map(|n| FileStorage::open(&dir.join(n)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(io(format!("opening core files in {}", dir.display())))?;
+                self.inner
+                    .files
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(files.iter().cloned());
+                let by_name: HashMap<&'static str, Arc<FileStorage>> =
+                    ["tree", "data", "bitfield", "oplog"]
+                        .into_iter()
+                        .zip(files)
+                        .collect();
+                let storage = Storage::open(
+                    |store| {
+                        let name = match store {
+                            hypercore::Store::Tree => "tree",
+                            hypercore::Store::Data => "data",
+                            hypercore::Store::Bitfield => "bitfield",
+                            hypercore::Store::Oplog => "oplog",
+                        };
+                        let f = by_name[name].clone();
+                        Box::pin(async move { Ok::<Arc<dyn StorageTraits>, RandomAccessError>(f) })
+                    },
+                    false,
+                )
+                .await
+                .map_err(core_err)?;
+                open_guarded(storage, kp, exists)
+                    .await
+                    .map_err(|reason| StoreError::Core { key, reason })?
+            }
+        };
+        if core.key_pair().public.to_bytes() != key.0 {
+            return Err(StoreError::Core {
+                key,
+                reason: "stored core has a different key".into(),
+            });
+        }
+        let mut cores = self.inner.cores.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(cores.entry(key).or_insert(core).clone())
+    }
+
+    /// Makes everything written so far durable (fsync of every dirty core file).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let files = self
+            .inner
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for f in files {
+            f.sync().map_err(io("syncing core files"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens a hypercore on `storage`, turning a panic inside the young hypercore crate (it has
+/// `expect`s and unchecked arithmetic on lengths read from disk) into an error: a corrupted core
+/// file must give a clear error, not abort the process.
+async fn open_guarded(
+    storage: Storage,
+    kp: PartialKeypair,
+    exists: bool,
+) -> Result<Hypercore, String> {
+    let task = tokio::spawn(async move {
+        let b = HypercoreBuilder::new(storage);
+        let b = if exists { b.open(true) } else { b.key_pair(kp) };
+        b.build().await.map_err(|e| e.to_string())
+    });
+    match task.await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => Err("hypercore failed reading its files (corrupted core)".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn disk_store_reopens_cores() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = {
+            let s = Store::create(dir.path()).unwrap();
+            assert!(matches!(
+                Store::open(dir.path()),
+                Err(StoreError::Locked(_))
+            ));
+            let c = s.open_named("db").await.unwrap();
+            c.append(b"one").await.unwrap();
+            c.append_batch([b"two", b"333"]).await.unwrap();
+            s.flush().unwrap();
+            assert_eq!(s.named_key("db").0, c.key_pair().public.to_bytes());
+            s.named_key("db")
+        };
+        assert!(matches!(
+            Store::create(dir.path()),
+            Err(StoreError::Exists(_))
+        ));
+        let s = Store::open(dir.path()).unwrap();
+        let c = s.open_named("db").await.unwrap();
+        assert_eq!(c.info().length, 3);
+        assert_eq!(c.get(2).await.unwrap().unwrap(), b"333");
+        assert!(c.info().writeable);
+        assert!(s.has_core(&key));
+        let other = Key([9; 32]);
+        assert!(matches!(
+            s.open_key(other, false).await,
+            Err(StoreError::UnknownCore(_)) | Err(StoreError::Core { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn missing_store() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Store::open(dir.path().join("nope")),
+            Err(StoreError::Missing(_))
+        ));
+    }
+}
