@@ -3,6 +3,8 @@
 //! Layers, bottom up: [`cohd_format`] (pure encodings), [`store`] (cores in a directory),
 //! [`bee`] (Hyperbee B-tree), [`blobs`] (Hyperblobs), [`drive`] (one writer's Hyperdrive).
 
+pub mod bee;
+pub mod blobs;
 pub mod store;
 
 pub use cohd_format as format;

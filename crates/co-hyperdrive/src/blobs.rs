@@ -1,0 +1,244 @@
+//! Hyperblobs: file contents cut into 64 KiB blocks appended to the blobs core.
+//!
+//! A blob is addressed by a [`BlobId`]: where it starts (block and byte offset) and how long it
+//! is. Writes stream: a [`BlobWriter`] appends groups of blocks as they fill, so a large file
+//! never sits in memory whole, and one append (one signature) covers many blocks.
+
+use cohd_format::BlobId;
+use hypercore::Hypercore;
+
+/// Hyperblobs' block size.
+pub const BLOCK_SIZE: usize = 64 * 1024;
+/// Blocks per append while streaming: one signature and one oplog entry per 1 MiB.
+const BLOCKS_PER_APPEND: usize = 16;
+
+/// Errors of the blobs layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlobError {
+    /// The hypercore failed.
+    #[error("blobs core: {0}")]
+    Core(String),
+    /// A block of the blob is not stored locally.
+    #[error("blob block {0} is not available locally")]
+    NotAvailable(u64),
+    /// The blob id does not match the blocks in the core.
+    #[error("blob id does not match the blobs core (block {0})")]
+    Mismatch(u64),
+    /// The blobs core is read-only.
+    #[error("the blobs core is read-only")]
+    NotWritable,
+}
+
+fn core_err(e: hypercore::HypercoreError) -> BlobError {
+    match e {
+        hypercore::HypercoreError::NotWritable => BlobError::NotWritable,
+        e => BlobError::Core(e.to_string()),
+    }
+}
+
+/// The blobs core of a drive.
+#[derive(Debug, Clone)]
+pub struct Blobs {
+    core: Hypercore,
+}
+
+impl Blobs {
+    /// Wraps a core.
+    pub fn new(core: Hypercore) -> Self {
+        Self { core }
+    }
+
+    /// The core.
+    pub fn core(&self) -> &Hypercore {
+        &self.core
+    }
+
+    /// Starts a streaming write. Callers serialize writers (the drive holds its write lock):
+    /// two interleaved writers would interleave blocks.
+    pub fn writer(&self) -> BlobWriter<'_> {
+        let info = self.core.info();
+        BlobWriter {
+            blobs: self,
+            start_block: info.length,
+            start_byte: info.byte_length,
+            blocks: 0,
+            bytes: 0,
+            buf: Vec::new(),
+            full: Vec::new(),
+        }
+    }
+
+    /// Writes a whole blob.
+    pub async fn put(&self, data: &[u8]) -> Result<BlobId, BlobError> {
+        let mut w = self.writer();
+        w.write(data).await?;
+        w.finish().await
+    }
+
+    /// Reads a whole blob.
+    pub async fn get(&self, id: &BlobId) -> Result<Vec<u8>, BlobError> {
+        let mut out = Vec::with_capacity(usize::try_from(id.byte_length).unwrap_or(0).min(1 << 30));
+        self.read_range(id, 0, id.byte_length, |chunk| {
+            out.extend_from_slice(chunk);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Streams bytes `start..start+len` of the blob (clamped to it) to `sink`, block by block.
+    pub async fn read_range(
+        &self,
+        id: &BlobId,
+        start: u64,
+        len: u64,
+        mut sink: impl FnMut(&[u8]) -> Result<(), BlobError>,
+    ) -> Result<u64, BlobError> {
+        let start = start.min(id.byte_length);
+        let end = start.saturating_add(len).min(id.byte_length);
+        let mut pos = 0u64; // byte position within the blob of the current block's start
+        let mut written = 0;
+        for i in 0..id.block_length {
+            if pos >= end {
+                break;
+            }
+            let seq = id.block_offset + i;
+            // Blocks are 64 KiB except the last, so skip whole blocks before `start` unread.
+            if i + 1 < id.block_length && pos + BLOCK_SIZE as u64 <= start {
+                pos += BLOCK_SIZE as u64;
+                continue;
+            }
+            let block = self
+                .core
+                .get(seq)
+                .await
+                .map_err(core_err)?
+                .ok_or(BlobError::NotAvailable(seq))?;
+            let bstart = pos;
+            let bend = pos + block.len() as u64;
+            if block.is_empty() || bend > id.byte_length {
+                return Err(BlobError::Mismatch(seq));
+            }
+            let from = start.max(bstart) - bstart;
+            let to = end.min(bend).saturating_sub(bstart);
+            if from < to {
+                sink(&block[from as usize..to as usize])?;
+                written += to - from;
+            }
+            pos = bend;
+        }
+        if written != end - start {
+            return Err(BlobError::Mismatch(id.block_offset));
+        }
+        Ok(written)
+    }
+}
+
+/// A streaming blob write; call [`BlobWriter::finish`] for the id.
+#[derive(Debug)]
+pub struct BlobWriter<'a> {
+    blobs: &'a Blobs,
+    start_block: u64,
+    start_byte: u64,
+    blocks: u64,
+    bytes: u64,
+    buf: Vec<u8>,
+    full: Vec<Vec<u8>>,
+}
+
+impl BlobWriter<'_> {
+    /// Adds bytes.
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<(), BlobError> {
+        while !data.is_empty() {
+            if self.buf.capacity() == 0 {
+                self.buf.reserve_exact(BLOCK_SIZE);
+            }
+            let n = (BLOCK_SIZE - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.buf.len() == BLOCK_SIZE {
+                self.full.push(std::mem::take(&mut self.buf));
+                if self.full.len() >= BLOCKS_PER_APPEND {
+                    self.append_full().await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn append_full(&mut self) -> Result<(), BlobError> {
+        if self.full.is_empty() {
+            return Ok(());
+        }
+        self.blobs
+            .core
+            .append_batch(&self.full)
+            .await
+            .map_err(core_err)?;
+        self.blocks += self.full.len() as u64;
+        self.bytes += self.full.iter().map(|b| b.len() as u64).sum::<u64>();
+        self.full.clear();
+        Ok(())
+    }
+
+    /// Appends what is buffered and returns the blob's id.
+    pub async fn finish(mut self) -> Result<BlobId, BlobError> {
+        if !self.buf.is_empty() {
+            self.full.push(std::mem::take(&mut self.buf));
+        }
+        self.append_full().await?;
+        Ok(BlobId {
+            block_offset: self.start_block,
+            byte_offset: self.start_byte,
+            block_length: self.blocks,
+            byte_length: self.bytes,
+            block_map: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Store;
+
+    #[tokio::test]
+    async fn put_get_ranges() {
+        let store = Store::memory();
+        let blobs = Blobs::new(store.open_named("blobs").await.unwrap());
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 31 + 7) as u8).collect();
+        let a = blobs.put(b"hello").await.unwrap();
+        let b = blobs.put(&data).await.unwrap();
+        let e = blobs.put(b"").await.unwrap();
+        assert_eq!((a.block_offset, a.block_length, a.byte_length), (0, 1, 5));
+        assert_eq!((b.block_offset, b.byte_offset, b.block_length), (1, 5, 4));
+        assert_eq!((e.block_offset, e.block_length, e.byte_length), (5, 0, 0));
+        assert_eq!(blobs.get(&b).await.unwrap(), data);
+        assert_eq!(blobs.get(&e).await.unwrap(), b"");
+        for (s, l) in [
+            (0, 10),
+            (65_530, 20),
+            (131_072, 70_000),
+            (199_999, 5),
+            (300_000, 1),
+        ] {
+            let mut got = Vec::new();
+            blobs
+                .read_range(&b, s, l, |c| {
+                    got.extend_from_slice(c);
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            let s = (s as usize).min(data.len());
+            let end = (s + l as usize).min(data.len());
+            assert_eq!(got, &data[s..end]);
+        }
+        let bad = BlobId {
+            byte_length: 999_999,
+            ..b
+        };
+        assert!(blobs.get(&bad).await.is_err());
+    }
+}
