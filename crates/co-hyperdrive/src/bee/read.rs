@@ -95,18 +95,12 @@ impl Blocks<'_> {
         }))
     }
 
-    /// Resolves child `i` of `node`. Pointers must go strictly "down" (an older block, or a later
-    /// level of the same block) so that hostile data cannot make a walk loop.
+    /// Resolves child `i` of `node`. Pointers may go anywhere in the bee (batch compaction
+    /// renumbers levels, so even a same-block child can sit at a lower offset); walks bound their
+    /// depth by [`MAX_DEPTH`] so that hostile cycles end in an error.
     pub(crate) async fn child(&self, node: &NodeRef, i: usize) -> Result<NodeRef, BeeError> {
         let (seq, offset) = node.child_ptr(i);
         let offset = usize::try_from(offset).unwrap_or(usize::MAX);
-        let down = seq < node.seq || (seq == node.seq && offset > node.offset);
-        if !down {
-            return Err(BeeError::BadPointer {
-                seq: node.seq,
-                reason: "child pointer does not point down the tree",
-            });
-        }
         let block = if seq == node.seq {
             node.block.clone()
         } else {
