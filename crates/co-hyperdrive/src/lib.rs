@@ -5,7 +5,9 @@
 
 pub mod bee;
 pub mod blobs;
+pub mod drive;
 pub mod store;
 
 pub use cohd_format as format;
+pub use drive::{Drive, DriveEntry, DriveError, PutOptions};
 pub use store::{Store, StoreError};
