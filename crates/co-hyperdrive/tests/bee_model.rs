@@ -9,6 +9,8 @@ use co_hyperdrive::format::bee::BeeHeader;
 use co_hyperdrive::Store;
 use proptest::prelude::*;
 
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
 #[derive(Debug, Clone)]
 enum Op {
     Put(Vec<u8>, Vec<u8>),
@@ -52,7 +54,7 @@ proptest! {
             let store = Store::memory();
             let bee = Bee::new(store.open_named("m").await.unwrap(), BeeHeader { protocol: "hyperbee".into(), metadata: None });
             let mut model = BTreeMap::new();
-            let mut history: Vec<(u64, BTreeMap<Vec<u8>, Vec<u8>>)> = Vec::new();
+            let mut history: Vec<(u64, Model)> = Vec::new();
             for op in &ops {
                 match op {
                     Op::Put(k, v) => { bee.put(k, v).await.unwrap(); model.insert(k.clone(), v.clone()); }

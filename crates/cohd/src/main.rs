@@ -1,1 +1,154 @@
-fn main() {}
+//! `cohd`: the co-hyperdrive command-line tool.
+//!
+//! One store per `--dir` (default `./.cohd`). Errors print one line on stderr and exit 1.
+
+mod cmd;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cohd",
+    version,
+    about = "A multi-writer Hyperdrive (co-hyperdrive) command-line tool"
+)]
+struct Cli {
+    /// Store directory.
+    #[arg(long, global = true, default_value = ".cohd", env = "COHD_DIR")]
+    dir: PathBuf,
+    /// Open the drive with this key (64 hex or z-base-32) instead of the store's own drive.
+    #[arg(long, global = true)]
+    drive: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a store and its drive; prints the drive key.
+    Init,
+    /// Show the drive key, version and core lengths.
+    Info {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a file from LOCAL_FILE, or stdin when it is `-` or absent.
+    Put {
+        /// Path in the drive.
+        path: String,
+        /// Local file (default: stdin).
+        local: Option<PathBuf>,
+        /// Set the executable bit.
+        #[arg(long)]
+        executable: bool,
+        /// JSON metadata to store with the entry.
+        #[arg(long)]
+        metadata: Option<String>,
+    },
+    /// Print a file's bytes to stdout.
+    Cat {
+        /// Path in the drive.
+        path: String,
+    },
+    /// List a folder (one normalized path per line, sorted).
+    Ls {
+        /// Folder (default `/`).
+        path: Option<String>,
+        /// Recurse into subfolders.
+        #[arg(short, long)]
+        recursive: bool,
+        /// Long format: size, flags and path.
+        #[arg(short, long)]
+        long: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a file (or, with -r, everything under a folder).
+    Rm {
+        /// Path in the drive.
+        path: String,
+        /// Delete a folder recursively.
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Show a file's entry.
+    Stat {
+        /// Path in the drive.
+        path: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy a local folder into the drive.
+    Import {
+        /// Local folder.
+        local: PathBuf,
+        /// Drive folder (default `/`).
+        path: Option<String>,
+    },
+    /// Copy a drive folder to a local folder.
+    Export {
+        /// Drive folder, then local folder; with one argument it is the local folder.
+        #[arg(num_args = 1..=2, required = true)]
+        args: Vec<String>,
+    },
+    /// Create a symlink PATH -> TARGET.
+    Symlink {
+        /// Path of the link.
+        path: String,
+        /// Target it points to.
+        target: String,
+    },
+    /// Show the drive's history, one line per write.
+    Log {
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what changed between two versions.
+    Diff {
+        /// Older version.
+        from: u64,
+        /// Newer version (default: current).
+        to: Option<u64>,
+        /// Only under this folder.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a self-contained demo in a temporary store.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(cmd::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if output::is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {}", output::one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
