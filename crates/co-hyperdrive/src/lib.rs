@@ -5,6 +5,7 @@
 
 pub mod bee;
 pub mod blobs;
+pub mod codrive;
 pub mod drive;
 pub mod store;
 

@@ -1,0 +1,9 @@
+//! The co-drive: the merge of several writers' drives into one view.
+//!
+//! [`view`] is the pure heart: given what a peer holds of each writer's log (plain data, no I/O,
+//! no clock), it computes the writer set and the merged files, so peers that hold the same data
+//! show the same view whatever order it arrived in. See `docs/codrive.md` for the semantics.
+
+pub mod view;
+
+pub use view::{Clock, MemberOp, MemberRecord, PathVersion, Resolved, View, WriterData};
