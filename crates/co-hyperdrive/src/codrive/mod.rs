@@ -2,8 +2,12 @@
 //!
 //! [`view`] is the pure heart: given what a peer holds of each writer's log (plain data, no I/O,
 //! no clock), it computes the writer set and the merged files, so peers that hold the same data
-//! show the same view whatever order it arrived in. See `docs/codrive.md` for the semantics.
+//! show the same view whatever order it arrived in. [`records`] is how that data is kept in each
+//! writer's db; [`CoDrive`] reads and writes it. See `docs/codrive.md` for the semantics.
 
+mod handle;
+pub mod records;
 pub mod view;
 
+pub use handle::{CoDrive, CoDriveError};
 pub use view::{Clock, MemberOp, MemberRecord, PathVersion, Resolved, View, WriterData};

@@ -294,22 +294,43 @@ mod tests {
     }
 
     fn put(w: u8, seq: u64, c: &[(u8, u64)]) -> PathVersion {
-        let blob = BlobId { block_length: 1, byte_length: seq, ..BlobId::default() };
-        PathVersion { writer: k(w), seq, clock: clock(c), entry: Some(Entry::file(blob, false, None)) }
+        let blob = BlobId {
+            block_length: 1,
+            byte_length: seq,
+            ..BlobId::default()
+        };
+        PathVersion {
+            writer: k(w),
+            seq,
+            clock: clock(c),
+            entry: Some(Entry::file(blob, false, None)),
+        }
     }
 
     fn del(w: u8, seq: u64, c: &[(u8, u64)]) -> PathVersion {
-        PathVersion { entry: None, ..put(w, seq, c) }
+        PathVersion {
+            entry: None,
+            ..put(w, seq, c)
+        }
     }
 
     fn member(seq: u64, op: MemberOp, f: &[(u8, u64)]) -> MemberRecord {
-        MemberRecord { seq, op, frontier: clock(f) }
+        MemberRecord {
+            seq,
+            op,
+            frontier: clock(f),
+        }
     }
 
-    fn data(items: Vec<(u8, Vec<MemberRecord>, Vec<(&str, PathVersion)>)>) -> BTreeMap<Key, WriterData> {
+    fn data(
+        items: Vec<(u8, Vec<MemberRecord>, Vec<(&str, PathVersion)>)>,
+    ) -> BTreeMap<Key, WriterData> {
         let mut out = BTreeMap::new();
         for (w, members, versions) in items {
-            let mut d = WriterData { members, ..WriterData::default() };
+            let mut d = WriterData {
+                members,
+                ..WriterData::default()
+            };
             for (p, v) in versions {
                 d.versions.entry(p.to_string()).or_default().push(v);
             }
@@ -322,8 +343,19 @@ mod tests {
     fn causal_overwrite_beats_wall_clock_and_concurrent_writes_conflict() {
         // 1 authorizes 2. 2 overwrites /f after seeing 1's version; /g is written concurrently.
         let d = data(vec![
-            (1, vec![member(1, MemberOp::Authorize(k(2)), &[(1, 1)])], vec![("/f", put(1, 2, &[(1, 2)])), ("/g", put(1, 3, &[(1, 3)]))]),
-            (2, vec![], vec![("/f", put(2, 1, &[(1, 2), (2, 1)])), ("/g", put(2, 2, &[(2, 2)]))]),
+            (
+                1,
+                vec![member(1, MemberOp::Authorize(k(2)), &[(1, 1)])],
+                vec![("/f", put(1, 2, &[(1, 2)])), ("/g", put(1, 3, &[(1, 3)]))],
+            ),
+            (
+                2,
+                vec![],
+                vec![
+                    ("/f", put(2, 1, &[(1, 2), (2, 1)])),
+                    ("/g", put(2, 2, &[(2, 2)])),
+                ],
+            ),
         ]);
         let v = view(k(1), &d);
         assert_eq!(v.writers.len(), 2);
@@ -340,7 +372,11 @@ mod tests {
             let mut w2 = vec![("/f", del(2, 1, &[(1, 2), (2, 1)]))];
             w2.extend(extra);
             data(vec![
-                (1, vec![member(1, MemberOp::Authorize(k(2)), &[(1, 1)])], vec![("/f", put(1, 2, &[(1, 2)]))]),
+                (
+                    1,
+                    vec![member(1, MemberOp::Authorize(k(2)), &[(1, 1)])],
+                    vec![("/f", put(1, 2, &[(1, 2)]))],
+                ),
                 (2, vec![], w2),
             ])
         };
@@ -349,15 +385,28 @@ mod tests {
         assert_eq!(v.files().count(), 0);
         // Writer 1 writes /f again without having seen the delete: concurrent, the put survives.
         let mut d = base(vec![]);
-        d.get_mut(&k(1)).unwrap().versions.get_mut("/f").unwrap().push(put(1, 3, &[(1, 3)]));
+        d.get_mut(&k(1))
+            .unwrap()
+            .versions
+            .get_mut("/f")
+            .unwrap()
+            .push(put(1, 3, &[(1, 3)]));
         let v = view(k(1), &d);
         assert_eq!(v.paths["/f"].winner.seq, 3);
         assert_eq!(v.paths["/f"].conflicts.len(), 2);
         // A write that saw the delete revives the path with no conflict.
         let mut d = base(vec![]);
-        d.get_mut(&k(1)).unwrap().versions.get_mut("/f").unwrap().push(put(1, 4, &[(1, 4), (2, 1)]));
+        d.get_mut(&k(1))
+            .unwrap()
+            .versions
+            .get_mut("/f")
+            .unwrap()
+            .push(put(1, 4, &[(1, 4), (2, 1)]));
         let v = view(k(1), &d);
-        assert_eq!((v.paths["/f"].winner.seq, v.paths["/f"].conflicts.len()), (4, 0));
+        assert_eq!(
+            (v.paths["/f"].winner.seq, v.paths["/f"].conflicts.len()),
+            (4, 0)
+        );
     }
 
     #[test]
@@ -372,10 +421,20 @@ mod tests {
                 ],
                 vec![],
             ),
-            (2, vec![member(3, MemberOp::Deauthorize(k(1)), &[(2, 3)])], vec![("/seen", put(2, 1, &[(2, 1)])), ("/later", put(2, 2, &[(2, 2)]))]),
+            (
+                2,
+                vec![member(3, MemberOp::Deauthorize(k(1)), &[(2, 3)])],
+                vec![
+                    ("/seen", put(2, 1, &[(2, 1)])),
+                    ("/later", put(2, 2, &[(2, 2)])),
+                ],
+            ),
         ]);
         let v = view(k(1), &d);
-        assert!(v.writers.contains_key(&k(1)), "the primary cannot be removed");
+        assert!(
+            v.writers.contains_key(&k(1)),
+            "the primary cannot be removed"
+        );
         assert!(!v.writers.contains_key(&k(2)));
         assert_eq!(v.removed.get(&k(2)), Some(&2));
         assert!(v.paths.contains_key("/seen"));
@@ -386,9 +445,32 @@ mod tests {
     fn mutual_removal_is_decided_the_same_way_whatever_the_data_order() {
         // Primary 1 adds 2 and 3; 2 and 3 remove each other concurrently.
         let d = data(vec![
-            (1, vec![member(1, MemberOp::Authorize(k(2)), &[(1, 1)]), member(2, MemberOp::Authorize(k(3)), &[(1, 2)])], vec![]),
-            (2, vec![member(1, MemberOp::Deauthorize(k(3)), &[(1, 3), (2, 1), (3, 1)])], vec![("/two", put(2, 2, &[(2, 2)]))]),
-            (3, vec![member(1, MemberOp::Deauthorize(k(2)), &[(1, 3), (2, 1), (3, 1)])], vec![("/three", put(3, 2, &[(3, 2)]))]),
+            (
+                1,
+                vec![
+                    member(1, MemberOp::Authorize(k(2)), &[(1, 1)]),
+                    member(2, MemberOp::Authorize(k(3)), &[(1, 2)]),
+                ],
+                vec![],
+            ),
+            (
+                2,
+                vec![member(
+                    1,
+                    MemberOp::Deauthorize(k(3)),
+                    &[(1, 3), (2, 1), (3, 1)],
+                )],
+                vec![("/two", put(2, 2, &[(2, 2)]))],
+            ),
+            (
+                3,
+                vec![member(
+                    1,
+                    MemberOp::Deauthorize(k(2)),
+                    &[(1, 3), (2, 1), (3, 1)],
+                )],
+                vec![("/three", put(3, 2, &[(3, 2)]))],
+            ),
         ]);
         let v = view(k(1), &d);
         // Exactly one of them survives, decided by the (author key, seq) tie-break: 2 acts first.
@@ -402,9 +484,17 @@ mod tests {
     #[test]
     fn non_writers_records_are_ignored_and_file_folder_clash_is_reported() {
         let d = data(vec![
-            (1, vec![member(1, MemberOp::Authorize(k(2)), &[(1, 1)])], vec![("/a", put(1, 2, &[(1, 2)]))]),
+            (
+                1,
+                vec![member(1, MemberOp::Authorize(k(2)), &[(1, 1)])],
+                vec![("/a", put(1, 2, &[(1, 2)]))],
+            ),
             (2, vec![], vec![("/a/b", put(2, 1, &[(2, 1)]))]),
-            (9, vec![member(1, MemberOp::Deauthorize(k(2)), &[(2, 5)])], vec![("/evil", put(9, 2, &[(9, 2)]))]),
+            (
+                9,
+                vec![member(1, MemberOp::Deauthorize(k(2)), &[(2, 5)])],
+                vec![("/evil", put(9, 2, &[(9, 2)]))],
+            ),
         ]);
         let v = view(k(1), &d);
         assert!(!v.paths.contains_key("/evil"));

@@ -68,6 +68,16 @@ impl<'a> DriveBatch<'a> {
         Ok(self.bee.del(&files_key(&path)).await?)
     }
 
+    /// The version the next write in this batch gets.
+    pub fn version(&self) -> u64 {
+        self.bee.version()
+    }
+
+    /// Puts a raw key (another sub of the db, e.g. the co-drive's records).
+    pub async fn put_raw(&mut self, key: &[u8], value: &[u8]) -> Result<u64, DriveError> {
+        Ok(self.bee.put(key, value).await?)
+    }
+
     /// Appends the batch and fsyncs; returns the new version.
     pub async fn flush(self) -> Result<u64, DriveError> {
         let v = self.bee.flush().await?;

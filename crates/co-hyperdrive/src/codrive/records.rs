@@ -1,0 +1,128 @@
+//! The co-drive's records, kept in each writer's db under the `cohd` sub (invisible to file
+//! listings, which read the `files` sub): UTF-8 JSON like Hyperdrive's own entries.
+//!
+//! - `cohd\0m/<16 hex digits>`: a membership record `{"op","key","frontier"}`, one per change,
+//!   never overwritten.
+//! - `cohd\0v<path>`: the version vector of the writer's latest version of `path`
+//!   `{"clock","deleted"}`, written in the same batch as the file entry (or its deletion).
+
+use std::collections::BTreeMap;
+
+use cohd_format::Key;
+use serde::{Deserialize, Serialize};
+
+use super::view::{Clock, MemberOp};
+
+/// The sub the co-drive's records live in.
+pub const SUB: &str = "cohd";
+
+/// Key of membership record number `n`.
+pub fn member_key(n: u64) -> String {
+    format!("m/{n:016x}")
+}
+
+/// Key of the version record of `path`.
+pub fn version_key(path: &str) -> String {
+    format!("v{path}")
+}
+
+#[derive(Serialize, Deserialize)]
+struct MemberJson {
+    op: String,
+    key: String,
+    frontier: BTreeMap<String, u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VersionJson {
+    clock: BTreeMap<String, u64>,
+    deleted: bool,
+}
+
+/// Why a record does not decode.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// Not the JSON shape.
+    #[error("malformed co-drive record: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A key inside is not a key.
+    #[error("malformed co-drive record: {0}")]
+    Key(#[from] cohd_format::KeyError),
+    /// Unknown membership op.
+    #[error("unknown membership op {0:?}")]
+    Op(String),
+}
+
+fn clock_to_json(c: &Clock) -> BTreeMap<String, u64> {
+    c.iter().map(|(k, v)| (k.to_hex(), *v)).collect()
+}
+
+fn clock_from_json(c: BTreeMap<String, u64>) -> Result<Clock, RecordError> {
+    c.into_iter()
+        .map(|(k, v)| Ok((k.parse::<Key>()?, v)))
+        .collect()
+}
+
+/// Encodes a membership record.
+pub fn encode_member(op: MemberOp, frontier: &Clock) -> Vec<u8> {
+    let (name, key) = match op {
+        MemberOp::Authorize(k) => ("authorize", k),
+        MemberOp::Deauthorize(k) => ("deauthorize", k),
+    };
+    serde_json::to_vec(&MemberJson {
+        op: name.into(),
+        key: key.to_hex(),
+        frontier: clock_to_json(frontier),
+    })
+    .unwrap_or_default()
+}
+
+/// Decodes a membership record.
+pub fn decode_member(bytes: &[u8]) -> Result<(MemberOp, Clock), RecordError> {
+    let m: MemberJson = serde_json::from_slice(bytes)?;
+    let key: Key = m.key.parse()?;
+    let op = match m.op.as_str() {
+        "authorize" => MemberOp::Authorize(key),
+        "deauthorize" => MemberOp::Deauthorize(key),
+        other => return Err(RecordError::Op(other.to_string())),
+    };
+    Ok((op, clock_from_json(m.frontier)?))
+}
+
+/// Encodes a version record.
+pub fn encode_version(clock: &Clock, deleted: bool) -> Vec<u8> {
+    serde_json::to_vec(&VersionJson {
+        clock: clock_to_json(clock),
+        deleted,
+    })
+    .unwrap_or_default()
+}
+
+/// Decodes a version record.
+pub fn decode_version(bytes: &[u8]) -> Result<(Clock, bool), RecordError> {
+    let v: VersionJson = serde_json::from_slice(bytes)?;
+    Ok((clock_from_json(v.clock)?, v.deleted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_rejects() {
+        let c: Clock = [(Key([1; 32]), 5), (Key([2; 32]), 9)].into_iter().collect();
+        assert_eq!(
+            decode_member(&encode_member(MemberOp::Deauthorize(Key([3; 32])), &c)).unwrap(),
+            (MemberOp::Deauthorize(Key([3; 32])), c.clone())
+        );
+        assert_eq!(
+            decode_version(&encode_version(&c, true)).unwrap(),
+            (c, true)
+        );
+        assert!(decode_member(b"{}").is_err());
+        assert!(decode_member(br#"{"op":"x","key":"00","frontier":{}}"#).is_err());
+        assert!(decode_version(br#"{"clock":{"nothex":1},"deleted":false}"#).is_err());
+        assert!(decode_version(b"\xff").is_err());
+    }
+}
