@@ -109,10 +109,9 @@ impl Blobs {
                 pos += BLOCK_SIZE as u64;
                 continue;
             }
-            let block = self
-                .core
-                .get(seq)
+            let block = crate::store::guard_core(self.core.get(seq))
                 .await
+                .map_err(BlobError::Core)?
                 .map_err(core_err)?
                 .ok_or(BlobError::NotAvailable(seq))?;
             let bstart = pos;
@@ -171,10 +170,9 @@ impl BlobWriter<'_> {
         if self.full.is_empty() {
             return Ok(());
         }
-        self.blobs
-            .core
-            .append_batch(&self.full)
+        crate::store::guard_core(self.blobs.core.append_batch(&self.full))
             .await
+            .map_err(BlobError::Core)?
             .map_err(core_err)?;
         self.blocks += self.full.len() as u64;
         self.bytes += self.full.iter().map(|b| b.len() as u64).sum::<u64>();

@@ -28,6 +28,13 @@ async fn authorize_write_overwrite_delete_revoke() {
     assert!(matches!(err, CoDriveError::NotAWriter(k) if k == b.local_key()));
     assert!(err.to_string().contains("cohd authorize"));
 
+    // A malformed key is refused.
+    let not_a_point = co_hyperdrive::format::Key([0xab; 32]);
+    assert!(matches!(
+        a.authorize(not_a_point).await,
+        Err(CoDriveError::BadKey(_))
+    ));
+
     // Authorized, its files join the view of every reader.
     a.authorize(b.local_key()).await.unwrap();
     b.put("/b.txt", b"from b").await.unwrap();

@@ -126,10 +126,60 @@ enum Command {
     },
     /// Run a self-contained demo in a temporary store.
     Demo,
+    /// Print the local writer key (what a writer authorizes).
+    Whoami,
+    /// List the co-drive's writers.
+    Writers {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make KEY a writer of the co-drive.
+    Authorize {
+        /// Writer key (64 hex or z-base-32).
+        key: String,
+    },
+    /// Remove writer KEY (its writes seen so far stay).
+    Deauthorize {
+        /// Writer key (64 hex or z-base-32).
+        key: String,
+    },
+    /// List paths with concurrent versions.
+    Conflicts {
+        /// Only under this folder.
+        path: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The last panic's message and location, recorded by [`quiet_panics`].
+static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Replaces the default panic hook (a multi-line report on stderr) with one that only records
+/// the message. The library turns panics inside the hypercore crate on corrupted files into
+/// errors, and any other panic is caught in [`main`]; either way the user sees the promised
+/// single `error:` line.
+fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("unknown panic");
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{msg}{at}"));
+    }));
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    quiet_panics();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -141,7 +191,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(cmd::run(cli)) {
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(cmd::run(cli))));
+    let result = match result {
+        Ok(r) => r,
+        Err(_) => {
+            let msg = LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let msg = msg
+                .unwrap_or_else(|| "unknown panic".into())
+                .replace('\n', " ");
+            eprintln!("error: internal error: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if output::is_broken_pipe(&e) {

@@ -108,11 +108,9 @@ impl Bee {
         if self.shared.core.info().length == 0 {
             return Ok(None);
         }
-        let bytes = self
-            .shared
-            .core
-            .get(0)
+        let bytes = crate::store::guard_core(self.shared.core.get(0))
             .await
+            .map_err(BeeError::Core)?
             .map_err(|e| BeeError::Core(e.to_string()))?
             .ok_or(BeeError::NotAvailable(0))?;
         let h = BeeHeader::decode(&bytes).map_err(|e| BeeError::NotABee(e.to_string()))?;

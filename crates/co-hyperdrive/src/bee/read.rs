@@ -40,10 +40,9 @@ impl Blocks<'_> {
         if let Some(b) = self.cache.get(seq) {
             return Ok(b);
         }
-        let bytes = self
-            .core
-            .get(seq)
+        let bytes = crate::store::guard_core(self.core.get(seq))
             .await
+            .map_err(BeeError::Core)?
             .map_err(|e| BeeError::Core(e.to_string()))?
             .ok_or(BeeError::NotAvailable(seq))?;
         let block =

@@ -109,10 +109,9 @@ impl Batch {
     /// Hyperbee writes its header at the first op on an empty core, as its own append.
     async fn ensure_header(&mut self) -> Result<(), BeeError> {
         if self.base == 0 && self.entries.is_empty() && self.shared.core.info().length == 0 {
-            self.shared
-                .core
-                .append(&self.shared.header.encode())
+            crate::store::guard_core(self.shared.core.append(&self.shared.header.encode()))
                 .await
+                .map_err(BeeError::Core)?
                 .map_err(|e| BeeError::Core(e.to_string()))?;
             self.base = 1;
         }
@@ -627,11 +626,9 @@ impl Batch {
             return Ok(self.shared.core.info().length);
         }
         let blocks = self.encode_all();
-        let out = self
-            .shared
-            .core
-            .append_batch(&blocks)
+        let out = crate::store::guard_core(self.shared.core.append_batch(&blocks))
             .await
+            .map_err(BeeError::Core)?
             .map_err(|e| match e {
                 hypercore::HypercoreError::NotWritable => BeeError::NotWritable,
                 e => BeeError::Core(e.to_string()),

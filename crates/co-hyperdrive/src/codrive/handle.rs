@@ -19,6 +19,9 @@ pub enum CoDriveError {
     /// The local writer is not in the writer set.
     #[error("not a writer of this co-drive: ask a writer to run `cohd authorize {0}`")]
     NotAWriter(Key),
+    /// The key is not an Ed25519 public key, so no core can have it.
+    #[error("{0} is not a valid writer key (not an Ed25519 public key)")]
+    BadKey(Key),
     /// The primary cannot be removed.
     #[error("the primary writer cannot be deauthorized")]
     Primary,
@@ -298,6 +301,10 @@ impl CoDrive {
     }
 
     async fn member(&self, op: MemberOp) -> Result<(), CoDriveError> {
+        let (MemberOp::Authorize(target) | MemberOp::Deauthorize(target)) = op;
+        if ed25519_dalek::VerifyingKey::from_bytes(&target.0).is_err() {
+            return Err(CoDriveError::BadKey(target));
+        }
         let v = self.writable_view().await?;
         if matches!(op, MemberOp::Deauthorize(k) if k == self.primary) {
             return Err(CoDriveError::Primary);

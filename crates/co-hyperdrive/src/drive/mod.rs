@@ -251,6 +251,10 @@ impl Drive {
         self.check_writable()?;
         let path = path::normalize(name)?;
         let guard = self.lock.clone().lock_owned().await;
+        // Walk the index to this path before any content is written: on a damaged db core the
+        // put fails here, instead of after appending a blob that no entry will ever point at.
+        // The nodes it reads are cached, so the put that follows reads them again for free.
+        self.db.get(&files_key(&path)).await?;
         Ok(FileWriter {
             drive: self,
             path,

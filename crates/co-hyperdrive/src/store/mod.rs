@@ -342,9 +342,36 @@ async fn open_guarded(
     });
     match task.await {
         Ok(r) => r,
-        Err(e) if e.is_panic() => Err("hypercore failed reading its files (corrupted core)".into()),
+        Err(e) if e.is_panic() => Err(corrupted_message(&*e.into_panic())),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Runs a call into an open hypercore (`get`, `append`…), turning a panic inside it into an
+/// error, as [`open_guarded`] does for opening. Reads can panic too: a damaged `tree` file gives
+/// node lengths whose sums overflow in hypercore's byte-offset code (`merkle_tree.rs`), and a
+/// damaged `bitfield` indexes past its pages. No task is spawned: the future is polled in place,
+/// so this costs nothing on the hot path. A core that panicked may be left inconsistent (a
+/// poisoned lock): later calls on it then fail through this guard as well.
+///
+/// A process that wants no panic message on stderr at all installs a quiet panic hook (`cohd`
+/// does); the hook still runs before the panic is caught here.
+pub(crate) async fn guard_core<F: std::future::Future>(f: F) -> Result<F::Output, String> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(f)
+        .catch_unwind()
+        .await
+        .map_err(|p| corrupted_message(&*p))
+}
+
+/// The error for a panic caught inside hypercore, with the panic's message.
+fn corrupted_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("unknown panic");
+    format!("hypercore failed reading its files (corrupted core): {msg}")
 }
 
 #[cfg(test)]

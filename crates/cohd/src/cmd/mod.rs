@@ -4,6 +4,7 @@ mod demo;
 mod files;
 mod history;
 mod transfer;
+mod writers;
 
 use anyhow::{Context, Result};
 use co_hyperdrive::format::Key;
@@ -39,6 +40,11 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo => demo::run().await,
+        Command::Whoami
+        | Command::Writers { .. }
+        | Command::Authorize { .. }
+        | Command::Deauthorize { .. }
+        | Command::Conflicts { .. } => writers::run(&cli).await,
         _ => {
             let (_store, drive) = open_drive(&cli).await?;
             let r = dispatch(&cli.command, &drive).await;
@@ -108,6 +114,6 @@ async fn dispatch(command: &Command, drive: &Drive) -> Result<()> {
             path,
             json,
         } => history::diff(drive, *from, *to, path, *json).await,
-        Command::Init | Command::Demo => unreachable!("handled before opening a store"),
+        _ => unreachable!("handled before opening a store"),
     }
 }
