@@ -32,7 +32,10 @@ impl Out {
 
     fn json(&self) -> Value {
         serde_json::from_slice(&self.stdout).unwrap_or_else(|e| {
-            panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&self.stdout))
+            panic!(
+                "stdout is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.stdout)
+            )
         })
     }
 
@@ -205,7 +208,9 @@ impl Dir {
 }
 
 fn is_hex_key(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 /// Deterministic pseudo-random bytes (xorshift), including plenty of invalid UTF-8.
@@ -263,6 +268,20 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .into_iter()
         .filter(|(p, _)| p != "LOCK")
         .map(|(p, (b, _))| (p, b))
+        .collect()
+}
+
+/// The files that differ between two snapshots, with their lengths before and after.
+fn changed_files(
+    a: &BTreeMap<String, Vec<u8>>,
+    b: &BTreeMap<String, Vec<u8>>,
+) -> Vec<(String, Option<usize>, Option<usize>)> {
+    a.keys()
+        .chain(b.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| (k.clone(), a.get(k).map(Vec::len), b.get(k).map(Vec::len)))
         .collect()
 }
 
@@ -379,7 +398,10 @@ fn ls_variants() {
     // --json: an array of the files directly in the folder, sorted by path.
     let json = d.ok(&["ls", "--json"]).json();
     let arr = json.as_array().expect("array");
-    let paths: Vec<&str> = arr.iter().map(|e| e["path"].as_str().expect("path")).collect();
+    let paths: Vec<&str> = arr
+        .iter()
+        .map(|e| e["path"].as_str().expect("path"))
+        .collect();
     assert_eq!(paths, ["/a.txt", "/b.txt", "/c", "/link", "/run.sh"]);
     let mut sorted = paths.clone();
     sorted.sort();
@@ -396,7 +418,10 @@ fn ls_variants() {
     assert_eq!(rpaths, ls_paths(&d, &["ls", "-r"]));
     // An empty or missing folder lists nothing, successfully.
     assert!(d.ok(&["ls", "/nope"]).stdout.is_empty());
-    assert_eq!(d.ok(&["ls", "/nope", "--json"]).json(), serde_json::json!([]));
+    assert_eq!(
+        d.ok(&["ls", "/nope", "--json"]).json(),
+        serde_json::json!([])
+    );
 }
 
 #[test]
@@ -445,7 +470,7 @@ fn stat_rm_symlink() {
     assert_eq!(ls_paths(&d, &["ls", "-r"]), ["/keep", "/l", "/ll"]);
     // The link now dangles: a clean error.
     let e = d.err(&["cat", "/l"]);
-    assert!(e.contains("/a/two"), "{e}");
+    assert!(e.contains("no such file"), "{e}");
     // rm -r of a single file works too.
     d.ok(&["rm", "-r", "/ll"]);
     assert_eq!(ls_paths(&d, &["ls", "-r"]), ["/keep", "/l"]);
@@ -548,9 +573,7 @@ fn info_log_diff() {
     // diff from the version after the first two puts.
     let diff = d.ok(&["diff", &v2.to_string()]).lines();
     assert_eq!(diff, ["~ /a", "- /b", "+ /c", "+ /l"]);
-    let diff = d
-        .ok(&["diff", "1", &v2.to_string(), "--json"])
-        .json_lines();
+    let diff = d.ok(&["diff", "1", &v2.to_string(), "--json"]).json_lines();
     assert_eq!(
         diff,
         [
@@ -677,6 +700,7 @@ fn bad_input_gives_one_clean_error() {
     std::fs::write(&local, b"data").expect("write");
     let local = local.to_str().expect("utf8");
     let other_key = Dir::init().1; // a real drive key this store does not hold
+    let not_hex = "g".repeat(64);
     let before = snapshot(&d.path());
 
     let cases: Vec<(Vec<&str>, &str)> = vec![
@@ -690,7 +714,7 @@ fn bad_input_gives_one_clean_error() {
         (vec!["rm", "/nope"], "no such file"),
         (vec!["rm", "-r", "/nope"], "no such file"),
         (vec!["--drive", "xyz", "ls"], "invalid key"),
-        (vec!["--drive", &"g".repeat(64), "ls"], "invalid key"),
+        (vec!["--drive", &not_hex, "ls"], "invalid key"),
         (vec!["--drive", &other_key, "ls"], "not in this store"),
         (
             vec!["put", "/m", local, "--metadata", "{bad"],
@@ -711,36 +735,52 @@ fn bad_input_gives_one_clean_error() {
         .err(&["--drive", &other_key, "put", "/x", local])
         .contains("not in this store"));
     // Nothing above changed the store.
-    assert_eq!(snapshot(&d.path()), before, "a failed command wrote to the store");
+    let changed = changed_files(&before, &snapshot(&d.path()));
+    assert!(
+        changed.is_empty(),
+        "a failed command wrote to the store: {changed:?}"
+    );
     assert_eq!(ls_paths(&d, &["ls", "-r"]), ["/f"]);
 }
 
 #[test]
 fn second_process_gets_in_use_error() {
     let (d, _) = Dir::init();
-    let mut writer = cohd()
-        .arg("--dir")
-        .arg(d.path())
-        .args(["put", "/x", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut stdin = writer.stdin.take().expect("stdin");
-    stdin.write_all(b"first half, ").expect("write");
-    // The writer takes the lock when it opens the store; until then `ls` may still succeed.
+    let spawn_writer = || {
+        let mut w = cohd()
+            .arg("--dir")
+            .arg(d.path())
+            .args(["put", "/x", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut stdin = w.stdin.take().expect("stdin");
+        stdin.write_all(b"first half, ").expect("write");
+        (w, stdin)
+    };
+    let (mut writer, mut stdin) = spawn_writer();
+    // The writer takes the lock when it opens the store, then waits for the rest of its stdin.
+    // Until it has the lock our `ls` still succeeds; if an `ls` held the lock at the very moment
+    // the writer opened the store, the writer is the one that got the error: start it again.
     let start = Instant::now();
     let e = loop {
-        let out = d.run(&["ls"]);
-        if !out.status.success() {
-            break clean_error(&out);
-        }
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "the writer never took the store lock"
         );
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(20));
+        if writer.try_wait().expect("try_wait").is_some() {
+            let out = wait_output(writer, "put /x -");
+            assert!(clean_error(&out).contains("in use"), "{}", out.stderr);
+            (writer, stdin) = spawn_writer();
+            continue;
+        }
+        let out = d.run(&["ls"]);
+        if !out.status.success() {
+            break clean_error(&out);
+        }
     };
     assert!(e.contains("in use by another process"), "{e}");
     assert!(d.err(&["put", "/y", "-"]).contains("in use"));
@@ -786,10 +826,10 @@ fn check_corrupted(d: &Dir, files: &[(String, Vec<u8>)]) -> usize {
         } else {
             clean_error(&out);
             failures += 1;
-            assert_eq!(
-                snapshot(&d.path()),
-                before,
-                "`cohd {}` failed but changed the store",
+            let changed = changed_files(&before, &snapshot(&d.path()));
+            assert!(
+                changed.is_empty(),
+                "`cohd {}` failed but changed the store: {changed:?}",
                 args.join(" ")
             );
             None
@@ -866,7 +906,7 @@ fn corrupt_oplog_random_bytes() {
 
 #[test]
 fn corrupt_oplog_variants() {
-    // Short, empty and half-zeroed oplogs: clean errors every time.
+    // Cut to 3 bytes, cut in half, both header slots zeroed, garbage over the middle third.
     for variant in 0..4 {
         let (d, key, files) = populated();
         let oplog = d.core_dir(&key).join("oplog");
@@ -923,23 +963,95 @@ fn corrupt_data_garbage_in_the_middle() {
 
 #[test]
 fn corrupt_blobs_core_files() {
-    // The same damage to the blobs core: reads of other files keep working or fail cleanly.
-    let (d, _, files) = populated();
-    let blobs = d.ok(&["info", "--json"]).json()["blobs_key"]
-        .as_str()
-        .expect("blobs_key")
-        .to_string();
-    for (name, how) in [("tree", 0), ("oplog", 1), ("tree", 2)] {
-        let p = d.core_dir(&blobs).join(name);
-        let saved = std::fs::read(&p).expect("read");
+    // The same kinds of damage to the blobs core: every command works or fails cleanly.
+    for how in 0..3 {
+        let (d, _, files) = populated();
+        let blobs = d.ok(&["info", "--json"]).json()["blobs_key"]
+            .as_str()
+            .expect("blobs_key")
+            .to_string();
+        let dir = d.core_dir(&blobs);
         match how {
-            0 => truncate_file(&p, 0),
-            1 => std::fs::write(&p, noise(11, saved.len())).expect("write"),
-            _ => truncate_file(&p, saved.len() as u64 / 2),
+            0 => truncate_file(&dir.join("tree"), 0),
+            1 => {
+                let len = std::fs::metadata(dir.join("oplog")).expect("oplog").len();
+                std::fs::write(dir.join("oplog"), noise(11, len as usize)).expect("write");
+            }
+            _ => {
+                let len = std::fs::metadata(dir.join("data")).expect("data").len();
+                truncate_file(&dir.join("data"), len / 2);
+            }
         }
         check_corrupted(&d, &files);
-        std::fs::write(&p, &saved).expect("restore");
     }
+}
+
+/// Flat-tree indexes of the full roots of a hypercore of `length` blocks.
+fn root_indexes(length: u64) -> Vec<u64> {
+    let mut roots = Vec::new();
+    let mut offset = 0;
+    let mut rest = length;
+    while rest > 0 {
+        let size = 1u64 << (63 - rest.leading_zeros());
+        roots.push(2 * offset + size - 1);
+        offset += size;
+        rest -= size;
+    }
+    roots
+}
+
+#[test]
+fn corrupt_tree_node_lengths() {
+    // Huge byte lengths in the inner tree nodes (leaves and roots stay intact, so the core
+    // opens and its first blocks read): hypercore sums them unchecked when it locates a later
+    // block, which panicked inside `get` (`attempt to add with overflow` with overflow checks
+    // on) and killed the process with status 101.
+    let (d, key, files) = populated();
+    let length = d.ok(&["info", "--json"]).json()["db"]["length"]
+        .as_u64()
+        .expect("db length");
+    let roots = root_indexes(length);
+    let tree = d.core_dir(&key).join("tree");
+    let mut bytes = std::fs::read(&tree).expect("tree");
+    for (i, node) in bytes.chunks_mut(40).enumerate() {
+        let inner = i % 2 == 1 && !roots.contains(&(i as u64));
+        if inner && node.len() == 40 && node != [0u8; 40] {
+            node[..8].copy_from_slice(&(u64::MAX - 7).to_le_bytes());
+        }
+    }
+    std::fs::write(&tree, &bytes).expect("write");
+    let failures = check_corrupted(&d, &files);
+    assert!(failures > 0, "bogus tree node lengths went unnoticed");
+}
+
+#[test]
+fn corrupt_bitfield_longer_than_a_page() {
+    // A bitfield file longer than one 4 KiB page makes hypercore's loader index past its page
+    // array: the panic used to reach stderr as a multi-line report next to the error.
+    let (d, key, files) = populated();
+    let bitfield = d.core_dir(&key).join("bitfield");
+    let mut bytes = std::fs::read(&bitfield).expect("bitfield");
+    bytes.extend_from_slice(&noise(17, 64));
+    std::fs::write(&bitfield, &bytes).expect("write");
+    let failures = check_corrupted(&d, &files);
+    assert!(failures > 0);
+}
+
+#[test]
+#[ignore = "hypercore 0.17.0-alpha.1 cannot reopen a core of more than 32768 blocks: its \
+            bitfield loader (DynamicBitfield::open) panics on a file longer than one page"]
+fn more_than_32768_entries_reopen() {
+    // Not corruption: a drive with more writes than one bitfield page covers. Each empty file is
+    // one db block and no blobs block, so this is the cheapest way past the page boundary.
+    let (d, _) = Dir::init();
+    let src = d.scratch("many");
+    for i in 0..33_000 {
+        let dir = src.join(format!("d{:02}", i % 50));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join(format!("f{i}")), b"").expect("write");
+    }
+    d.ok(&["import", src.to_str().expect("utf8")]);
+    assert_eq!(d.ok(&["ls", "-r"]).lines().len(), 33_000);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -949,7 +1061,10 @@ fn big_source(root: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut files = BTreeMap::new();
     for i in 0..300u64 {
         let sub = ["", "a/", "a/b/", "c/"][(i % 4) as usize];
-        files.insert(format!("{sub}f{i:03}"), noise(i + 1, (i * 53 % 3000) as usize));
+        files.insert(
+            format!("{sub}f{i:03}"),
+            noise(i + 1, (i * 53 % 3000) as usize),
+        );
     }
     for i in 0..4u64 {
         files.insert(format!("big/m{i}"), noise(1000 + i, 1024 * 1024));
@@ -968,8 +1083,12 @@ fn check_after_kill(d: &Dir, src: &BTreeMap<String, Vec<u8>>) -> usize {
     let listed = listed.as_array().expect("array");
     for e in listed {
         let p = e["path"].as_str().expect("path");
-        let rel = p.strip_prefix("/imp/").unwrap_or_else(|| panic!("stray {p}"));
-        let want = src.get(rel).unwrap_or_else(|| panic!("{p} was never imported"));
+        let rel = p
+            .strip_prefix("/imp/")
+            .unwrap_or_else(|| panic!("stray {p}"));
+        let want = src
+            .get(rel)
+            .unwrap_or_else(|| panic!("{p} was never imported"));
         assert_eq!(e["size"], want.len(), "{p}: size");
         assert!(d.cat(p) == *want, "{p}: wrong bytes after kill -9");
     }
@@ -1004,9 +1123,19 @@ fn kill_9_during_import() {
             partial += 1;
         }
         eprintln!("kill after {delay_ms} ms: {n}/{} files listed", src.len());
-        // Importing again over the interrupted store completes it.
+        // Importing again over the interrupted store completes it (checked with one export
+        // rather than a `cat` per file, to keep the test short).
         d.ok(&["import", src_dir.to_str().expect("utf8"), "/imp"]);
-        assert_eq!(check_after_kill(&d, &src), src.len());
+        let out = d.scratch("out");
+        d.ok(&["export", "/imp", out.to_str().expect("utf8")]);
+        let exported: BTreeMap<String, Vec<u8>> = read_tree(&out)
+            .into_iter()
+            .map(|(p, (b, _))| (p, b))
+            .collect();
+        assert!(
+            exported == src,
+            "re-import after kill -9 differs from the source"
+        );
     }
     eprintln!("{partial} of 5 kills interrupted the import");
 }

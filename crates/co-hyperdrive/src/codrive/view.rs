@@ -181,7 +181,7 @@ fn membership_order(data: &BTreeMap<Key, WriterData>) -> Vec<(Key, MemberRecord)
         .iter()
         .flat_map(|(k, d)| d.members.iter().map(move |r| (*k, r.clone())))
         .collect();
-    all.sort_by(|a, b| (a.0, a.1.seq).cmp(&(b.0, b.1.seq)));
+    all.sort_by_key(|a| (a.0, a.1.seq));
     // y depends on x when y's author had x in its log when writing y (own log: earlier seq).
     let seen = |y: &(Key, MemberRecord), x: &(Key, MemberRecord)| -> bool {
         if y.0 == x.0 {
@@ -230,7 +230,7 @@ pub fn view(primary: Key, data: &BTreeMap<Key, WriterData>) -> View {
             .filter(|v| !cands.iter().any(|o| dominates(&o.clock, &v.clock)))
             .collect();
         // Identical vectors from different writers cannot happen honestly; keep both.
-        live.sort_by(|a, b| rank(b).cmp(&rank(a)));
+        live.sort_by_key(|v| std::cmp::Reverse(rank(v)));
         let winner = live[0].clone();
         let conflicts = if live.len() > 1 {
             live.into_iter().cloned().collect()
@@ -322,9 +322,9 @@ mod tests {
         }
     }
 
-    fn data(
-        items: Vec<(u8, Vec<MemberRecord>, Vec<(&str, PathVersion)>)>,
-    ) -> BTreeMap<Key, WriterData> {
+    type Item<'a> = (u8, Vec<MemberRecord>, Vec<(&'a str, PathVersion)>);
+
+    fn data(items: Vec<Item<'_>>) -> BTreeMap<Key, WriterData> {
         let mut out = BTreeMap::new();
         for (w, members, versions) in items {
             let mut d = WriterData {

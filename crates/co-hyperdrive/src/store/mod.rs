@@ -371,7 +371,7 @@ fn corrupted_message(payload: &(dyn std::any::Any + Send)) -> String {
         .copied()
         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("unknown panic");
-    format!("hypercore failed reading its files (corrupted core): {msg}")
+    format!("the core files look corrupted (hypercore failed: {msg})")
 }
 
 #[cfg(test)]

@@ -36,6 +36,8 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Init => {
             let store = Store::create(&cli.dir)?;
             let drive = Drive::open_own(&store, "db").await?;
+            // Like every other command, make the new cores' files durable before reporting.
+            drive.sync()?;
             println!("{}", drive.key());
             Ok(())
         }
