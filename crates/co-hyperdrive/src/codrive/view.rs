@@ -339,6 +339,21 @@ mod tests {
         out
     }
 
+    fn with_version(
+        mut d: BTreeMap<Key, WriterData>,
+        w: u8,
+        p: &str,
+        v: PathVersion,
+    ) -> BTreeMap<Key, WriterData> {
+        d.entry(k(w))
+            .or_default()
+            .versions
+            .entry(p.to_string())
+            .or_default()
+            .push(v);
+        d
+    }
+
     #[test]
     fn causal_overwrite_beats_wall_clock_and_concurrent_writes_conflict() {
         // 1 authorizes 2. 2 overwrites /f after seeing 1's version; /g is written concurrently.
@@ -384,24 +399,12 @@ mod tests {
         assert!(v.paths["/f"].winner.entry.is_none());
         assert_eq!(v.files().count(), 0);
         // Writer 1 writes /f again without having seen the delete: concurrent, the put survives.
-        let mut d = base(vec![]);
-        d.get_mut(&k(1))
-            .unwrap()
-            .versions
-            .get_mut("/f")
-            .unwrap()
-            .push(put(1, 3, &[(1, 3)]));
+        let d = with_version(base(vec![]), 1, "/f", put(1, 3, &[(1, 3)]));
         let v = view(k(1), &d);
         assert_eq!(v.paths["/f"].winner.seq, 3);
         assert_eq!(v.paths["/f"].conflicts.len(), 2);
         // A write that saw the delete revives the path with no conflict.
-        let mut d = base(vec![]);
-        d.get_mut(&k(1))
-            .unwrap()
-            .versions
-            .get_mut("/f")
-            .unwrap()
-            .push(put(1, 4, &[(1, 4), (2, 1)]));
+        let d = with_version(base(vec![]), 1, "/f", put(1, 4, &[(1, 4), (2, 1)]));
         let v = view(k(1), &d);
         assert_eq!(
             (v.paths["/f"].winner.seq, v.paths["/f"].conflicts.len()),

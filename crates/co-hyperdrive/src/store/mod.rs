@@ -251,6 +251,10 @@ impl Store {
         };
         let core = match self.core_dir(&key) {
             None => {
+                // A memory store holds only what it opened; an unknown key is not "present".
+                if !create {
+                    return Err(StoreError::UnknownCore(key));
+                }
                 let storage = Storage::new_memory().await.map_err(core_err)?;
                 HypercoreBuilder::new(storage)
                     .key_pair(kp)
