@@ -4,8 +4,8 @@
 //! is. Writes stream: a [`BlobWriter`] appends groups of blocks as they fill, so a large file
 //! never sits in memory whole, and one append (one signature) covers many blocks.
 
+use crate::store::{Core, CoreError};
 use cohd_format::BlobId;
-use hypercore::Hypercore;
 
 /// Hyperblobs' block size.
 pub const BLOCK_SIZE: usize = 64 * 1024;
@@ -30,9 +30,9 @@ pub enum BlobError {
     NotWritable,
 }
 
-fn core_err(e: hypercore::HypercoreError) -> BlobError {
+fn core_err(e: CoreError) -> BlobError {
     match e {
-        hypercore::HypercoreError::NotWritable => BlobError::NotWritable,
+        CoreError::NotWritable => BlobError::NotWritable,
         e => BlobError::Core(e.to_string()),
     }
 }
@@ -40,17 +40,17 @@ fn core_err(e: hypercore::HypercoreError) -> BlobError {
 /// The blobs core of a drive.
 #[derive(Debug, Clone)]
 pub struct Blobs {
-    core: Hypercore,
+    core: Core,
 }
 
 impl Blobs {
     /// Wraps a core.
-    pub fn new(core: Hypercore) -> Self {
+    pub fn new(core: Core) -> Self {
         Self { core }
     }
 
     /// The core.
-    pub fn core(&self) -> &Hypercore {
+    pub fn core(&self) -> &Core {
         &self.core
     }
 
@@ -109,9 +109,10 @@ impl Blobs {
                 pos += BLOCK_SIZE as u64;
                 continue;
             }
-            let block = crate::store::guard_core(self.core.get(seq))
+            let block = self
+                .core
+                .get(seq)
                 .await
-                .map_err(BlobError::Core)?
                 .map_err(core_err)?
                 .ok_or(BlobError::NotAvailable(seq))?;
             let bstart = pos;
@@ -170,9 +171,10 @@ impl BlobWriter<'_> {
         if self.full.is_empty() {
             return Ok(());
         }
-        crate::store::guard_core(self.blobs.core.append_batch(&self.full))
+        self.blobs
+            .core
+            .append_batch(&self.full)
             .await
-            .map_err(BlobError::Core)?
             .map_err(core_err)?;
         self.blocks += self.full.len() as u64;
         self.bytes += self.full.iter().map(|b| b.len() as u64).sum::<u64>();

@@ -11,4 +11,4 @@ pub mod store;
 
 pub use cohd_format as format;
 pub use drive::{Drive, DriveEntry, DriveError, PutOptions};
-pub use store::{Store, StoreError};
+pub use store::{Core, CoreError, Store, StoreError};

@@ -1025,21 +1025,19 @@ fn corrupt_tree_node_lengths() {
 }
 
 #[test]
-fn corrupt_bitfield_longer_than_a_page() {
-    // A bitfield file longer than one 4 KiB page makes hypercore's loader index past its page
-    // array: the panic used to reach stderr as a multi-line report next to the error.
+fn stray_bitfield_file_is_ignored() {
+    // hypercore's persisted bitfield is not used (its loader is broken past one page, see
+    // store/core.rs): a `bitfield` file in a core folder, even a garbage one longer than a
+    // page, changes nothing and every file still reads back exactly.
     let (d, key, files) = populated();
     let bitfield = d.core_dir(&key).join("bitfield");
-    let mut bytes = std::fs::read(&bitfield).expect("bitfield");
-    bytes.extend_from_slice(&noise(17, 64));
-    std::fs::write(&bitfield, &bytes).expect("write");
-    let failures = check_corrupted(&d, &files);
-    assert!(failures > 0);
+    std::fs::write(&bitfield, noise(17, 10_000)).expect("write");
+    for (p, data) in &files {
+        assert_eq!(&d.ok(&["cat", p]).stdout, data, "{p}");
+    }
 }
 
 #[test]
-#[ignore = "hypercore 0.17.0-alpha.1 cannot reopen a core of more than 32768 blocks: its \
-            bitfield loader (DynamicBitfield::open) panics on a file longer than one page"]
 fn more_than_32768_entries_reopen() {
     // Not corruption: a drive with more writes than one bitfield page covers. Each empty file is
     // one db block and no blobs block, so this is the cheapest way past the page boundary.

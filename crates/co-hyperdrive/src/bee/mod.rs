@@ -10,8 +10,8 @@ mod write;
 
 use std::sync::Arc;
 
+use crate::store::Core;
 use cohd_format::{BeeHeader, DecodeError};
-use hypercore::Hypercore;
 use tokio::sync::Mutex;
 
 use cache::BlockCache;
@@ -75,7 +75,7 @@ pub struct BeeEntry {
 
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) core: Hypercore,
+    pub(crate) core: Core,
     pub(crate) cache: BlockCache,
     pub(crate) header: BeeHeader,
     pub(crate) write_lock: Arc<Mutex<()>>,
@@ -91,7 +91,7 @@ pub struct Bee {
 
 impl Bee {
     /// A bee over `core`. `header` is written as block 0 on the first write to an empty core.
-    pub fn new(core: Hypercore, header: BeeHeader) -> Self {
+    pub fn new(core: Core, header: BeeHeader) -> Self {
         Self {
             shared: Arc::new(Shared {
                 core,
@@ -108,9 +108,11 @@ impl Bee {
         if self.shared.core.info().length == 0 {
             return Ok(None);
         }
-        let bytes = crate::store::guard_core(self.shared.core.get(0))
+        let bytes = self
+            .shared
+            .core
+            .get(0)
             .await
-            .map_err(BeeError::Core)?
             .map_err(|e| BeeError::Core(e.to_string()))?
             .ok_or(BeeError::NotAvailable(0))?;
         let h = BeeHeader::decode(&bytes).map_err(|e| BeeError::NotABee(e.to_string()))?;
@@ -124,7 +126,7 @@ impl Bee {
     }
 
     /// The underlying core.
-    pub fn core(&self) -> &Hypercore {
+    pub fn core(&self) -> &Core {
         &self.shared.core
     }
 

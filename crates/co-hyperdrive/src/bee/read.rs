@@ -4,7 +4,7 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use hypercore::Hypercore;
+use crate::store::Core;
 
 use super::cache::{Block, BlockCache};
 use super::BeeError;
@@ -12,7 +12,7 @@ use super::BeeError;
 /// Where blocks come from: the core, plus blocks a batch has built but not yet appended.
 #[derive(Debug, Clone)]
 pub(crate) struct Blocks<'a> {
-    pub(crate) core: &'a Hypercore,
+    pub(crate) core: &'a Core,
     pub(crate) cache: &'a BlockCache,
     /// Blocks at seqs `pending_base..pending_base + pending.len()`.
     pub(crate) pending: &'a [Arc<Block>],
@@ -40,9 +40,10 @@ impl Blocks<'_> {
         if let Some(b) = self.cache.get(seq) {
             return Ok(b);
         }
-        let bytes = crate::store::guard_core(self.core.get(seq))
+        let bytes = self
+            .core
+            .get(seq)
             .await
-            .map_err(BeeError::Core)?
             .map_err(|e| BeeError::Core(e.to_string()))?
             .ok_or(BeeError::NotAvailable(seq))?;
         let block =

@@ -12,6 +12,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::read::{Blocks, MAX_DEPTH};
 use super::{BeeError, Shared};
+use crate::store::CoreError;
 
 /// Keys per node at which a node splits (at rest a node holds at most 8).
 const MAX_KEYS: usize = 9;
@@ -109,10 +110,11 @@ impl Batch {
     /// Hyperbee writes its header at the first op on an empty core, as its own append.
     async fn ensure_header(&mut self) -> Result<(), BeeError> {
         if self.base == 0 && self.entries.is_empty() && self.shared.core.info().length == 0 {
-            crate::store::guard_core(self.shared.core.append(&self.shared.header.encode()))
+            self.shared
+                .core
+                .append(&self.shared.header.encode())
                 .await
-                .map_err(BeeError::Core)?
-                .map_err(|e| BeeError::Core(e.to_string()))?;
+                .map_err(core_err)?;
             self.base = 1;
         }
         Ok(())
@@ -626,13 +628,19 @@ impl Batch {
             return Ok(self.shared.core.info().length);
         }
         let blocks = self.encode_all();
-        let out = crate::store::guard_core(self.shared.core.append_batch(&blocks))
+        let out = self
+            .shared
+            .core
+            .append_batch(&blocks)
             .await
-            .map_err(BeeError::Core)?
-            .map_err(|e| match e {
-                hypercore::HypercoreError::NotWritable => BeeError::NotWritable,
-                e => BeeError::Core(e.to_string()),
-            })?;
+            .map_err(core_err)?;
         Ok(out.length)
+    }
+}
+
+fn core_err(e: CoreError) -> BeeError {
+    match e {
+        CoreError::NotWritable => BeeError::NotWritable,
+        e => BeeError::Core(e.to_string()),
     }
 }

@@ -119,9 +119,9 @@ impl Drive {
     /// Opens (creating if new) this store's writable drive `name` (the CLI's is `db`).
     pub async fn open_own(store: &Store, name: &str) -> Result<Self, DriveError> {
         let db_core = store.open_named(name).await?;
-        let key = Key(db_core.key_pair().public.to_bytes());
+        let key = db_core.key();
         let blobs_core = store.open_named(&blobs_name(&key)).await?;
-        let blobs_key: [u8; 32] = blobs_core.key_pair().public.to_bytes();
+        let blobs_key: [u8; 32] = blobs_core.key().0;
         let db = Bee::new(db_core, BeeHeader::for_drive(Some(blobs_key)));
         let drive = Self::assemble(store, key, db, Blobs::new(blobs_core));
         if let Some(h) = drive.db.read_header().await? {
@@ -176,7 +176,7 @@ impl Drive {
 
     /// The blobs core key.
     pub fn blobs_key(&self) -> Key {
-        Key(self.blobs.core().key_pair().public.to_bytes())
+        self.blobs.core().key()
     }
 
     /// The db bee.

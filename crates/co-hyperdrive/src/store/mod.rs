@@ -9,8 +9,11 @@
 //! Cores are compat cores: the core key is the Ed25519 public key. Our own cores are opened by
 //! name ([`Store::open_named`]); other peers' by key ([`Store::open_key`], read-only).
 
+mod core;
 mod file;
 pub mod keys;
+
+pub use core::{Core, CoreError};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -77,7 +80,7 @@ pub struct Store {
 struct Inner {
     dir: Option<PathBuf>,
     primary: [u8; 32],
-    cores: Mutex<HashMap<Key, Hypercore>>,
+    cores: Mutex<HashMap<Key, Core>>,
     files: Mutex<Vec<Arc<FileStorage>>>,
     _lock: Option<std::fs::File>,
 }
@@ -176,7 +179,7 @@ impl Store {
     }
 
     /// Opens (creating if new) our writable core `name`.
-    pub async fn open_named(&self, name: &str) -> Result<Hypercore, StoreError> {
+    pub async fn open_named(&self, name: &str) -> Result<Core, StoreError> {
         let sk = keys::key_pair(&self.inner.primary, name);
         let key = Key(sk.verifying_key().to_bytes());
         self.open_core(
@@ -192,7 +195,7 @@ impl Store {
 
     /// Opens a core by key, read-only unless it is one of ours. With `create` false, a core the
     /// store has never held is an error.
-    pub async fn open_key(&self, key: Key, create: bool) -> Result<Hypercore, StoreError> {
+    pub async fn open_key(&self, key: Key, create: bool) -> Result<Core, StoreError> {
         let public = VerifyingKey::from_bytes(&key.0).map_err(|_| StoreError::Core {
             key,
             reason: "not an Ed25519 public key".into(),
@@ -235,7 +238,7 @@ impl Store {
         key: Key,
         kp: PartialKeypair,
         create: bool,
-    ) -> Result<Hypercore, StoreError> {
+    ) -> Result<Core, StoreError> {
         if let Some(core) = self
             .inner
             .cores
@@ -256,11 +259,12 @@ impl Store {
                     return Err(StoreError::UnknownCore(key));
                 }
                 let storage = Storage::new_memory().await.map_err(core_err)?;
-                HypercoreBuilder::new(storage)
+                let hc = HypercoreBuilder::new(storage)
                     .key_pair(kp)
                     .build()
                     .await
-                    .map_err(core_err)?
+                    .map_err(core_err)?;
+                Core::new(hc, None)
             }
             Some(dir) => {
                 let exists = dir.join("oplog").is_file()
@@ -271,7 +275,8 @@ impl Store {
                     return Err(StoreError::UnknownCore(key));
                 }
                 std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-                let files = ["tree", "data", "bitfield", "oplog"]
+                // No bitfield file: see `core.rs` for why hypercore's bitfield stays in memory.
+                let files = ["tree", "data", "oplog"]
                     .iter()
                     .map(|n| FileStorage::open(&dir.join(n)))
                     .collect::<Result<Vec<_>, _>>()
@@ -282,31 +287,34 @@ impl Store {
                     .unwrap_or_else(|e| e.into_inner())
                     .extend(files.iter().cloned());
                 let by_name: HashMap<&'static str, Arc<FileStorage>> =
-                    ["tree", "data", "bitfield", "oplog"]
-                        .into_iter()
-                        .zip(files)
-                        .collect();
+                    ["tree", "data", "oplog"].into_iter().zip(files).collect();
                 let storage = Storage::open(
                     |store| {
-                        let name = match store {
-                            hypercore::Store::Tree => "tree",
-                            hypercore::Store::Data => "data",
-                            hypercore::Store::Bitfield => "bitfield",
-                            hypercore::Store::Oplog => "oplog",
+                        let f: Arc<dyn StorageTraits> = match store {
+                            hypercore::Store::Tree => by_name["tree"].clone(),
+                            hypercore::Store::Data => by_name["data"].clone(),
+                            hypercore::Store::Oplog => by_name["oplog"].clone(),
+                            hypercore::Store::Bitfield => {
+                                Arc::new(random_access_memory::RandomAccessMemory::default())
+                            }
                         };
-                        let f = by_name[name].clone();
                         Box::pin(async move { Ok::<Arc<dyn StorageTraits>, RandomAccessError>(f) })
                     },
                     false,
                 )
                 .await
                 .map_err(core_err)?;
-                open_guarded(storage, kp, exists)
+                let hc = open_guarded(storage, kp, exists)
                     .await
-                    .map_err(|reason| StoreError::Core { key, reason })?
+                    .map_err(|reason| StoreError::Core { key, reason })?;
+                let files = Arc::new(core::CoreFiles {
+                    tree: by_name["tree"].clone(),
+                    data: by_name["data"].clone(),
+                });
+                Core::new(hc, Some(files))
             }
         };
-        if core.key_pair().public.to_bytes() != key.0 {
+        if core.key() != key {
             return Err(StoreError::Core {
                 key,
                 reason: "stored core has a different key".into(),
@@ -346,36 +354,12 @@ async fn open_guarded(
     });
     match task.await {
         Ok(r) => r,
-        Err(e) if e.is_panic() => Err(corrupted_message(&*e.into_panic())),
+        Err(e) if e.is_panic() => Err(format!(
+            "the core files look corrupted ({})",
+            core::panic_message(&*e.into_panic())
+        )),
         Err(e) => Err(e.to_string()),
     }
-}
-
-/// Runs a call into an open hypercore (`get`, `append`…), turning a panic inside it into an
-/// error, as [`open_guarded`] does for opening. Reads can panic too: a damaged `tree` file gives
-/// node lengths whose sums overflow in hypercore's byte-offset code (`merkle_tree.rs`), and a
-/// damaged `bitfield` indexes past its pages. No task is spawned: the future is polled in place,
-/// so this costs nothing on the hot path. A core that panicked may be left inconsistent (a
-/// poisoned lock): later calls on it then fail through this guard as well.
-///
-/// A process that wants no panic message on stderr at all installs a quiet panic hook (`cohd`
-/// does); the hook still runs before the panic is caught here.
-pub(crate) async fn guard_core<F: std::future::Future>(f: F) -> Result<F::Output, String> {
-    use futures::FutureExt;
-    std::panic::AssertUnwindSafe(f)
-        .catch_unwind()
-        .await
-        .map_err(|p| corrupted_message(&*p))
-}
-
-/// The error for a panic caught inside hypercore, with the panic's message.
-fn corrupted_message(payload: &(dyn std::any::Any + Send)) -> String {
-    let msg = payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("unknown panic");
-    format!("the core files look corrupted (hypercore failed: {msg})")
 }
 
 #[cfg(test)]
@@ -395,7 +379,7 @@ mod tests {
             c.append(b"one").await.unwrap();
             c.append_batch([b"two", b"333"]).await.unwrap();
             s.flush().unwrap();
-            assert_eq!(s.named_key("db").0, c.key_pair().public.to_bytes());
+            assert_eq!(s.named_key("db"), c.key());
             s.named_key("db")
         };
         assert!(matches!(
@@ -413,6 +397,35 @@ mod tests {
             s.open_key(other, false).await,
             Err(StoreError::UnknownCore(_)) | Err(StoreError::Core { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn cores_past_one_bitfield_page_reopen_and_read() {
+        // hypercore's own bitfield loader cannot reopen more than 32,768 blocks (store/core.rs).
+        let dir = tempfile::tempdir().unwrap();
+        let n: u64 = 40_000;
+        {
+            let s = Store::create(dir.path()).unwrap();
+            let c = s.open_named("big").await.unwrap();
+            let blocks: Vec<Vec<u8>> = (0..n)
+                .map(|i| i.to_le_bytes()[..(i % 7 + 1) as usize].to_vec())
+                .collect();
+            for chunk in blocks.chunks(10_000) {
+                c.append_batch(chunk).await.unwrap();
+            }
+            s.flush().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let c = s.open_named("big").await.unwrap();
+        assert_eq!((c.info().length, c.info().contiguous_length), (n, n));
+        for i in [0, 1, 32_767, 32_768, 35_001, n - 1] {
+            let want = i.to_le_bytes()[..(i % 7 + 1) as usize].to_vec();
+            assert_eq!(c.get(i).await.unwrap(), Some(want), "block {i}");
+        }
+        assert_eq!(c.get(n).await.unwrap(), None);
+        c.append(b"after").await.unwrap();
+        assert_eq!(c.get(n).await.unwrap().unwrap(), b"after");
+        assert_eq!(c.info().contiguous_length, n + 1);
     }
 
     #[tokio::test]
