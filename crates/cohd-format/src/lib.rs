@@ -8,6 +8,7 @@
 //! - [`key`]: 32-byte keys in hex or z-base-32.
 //! - [`sub`]: Hyperbee sub-encoder key prefixes (`files\0...`).
 
+pub mod auth;
 pub mod bee;
 pub mod entry;
 pub mod key;
@@ -15,6 +16,7 @@ pub mod path;
 pub mod sub;
 pub mod varint;
 
+pub use auth::{AuthKind, AuthMessage};
 pub use bee::{BeeHeader, BeeNode, DecodeError, Level, YoloIndex};
 pub use entry::{BlobId, Entry, EntryError};
 pub use key::{Key, KeyError};
