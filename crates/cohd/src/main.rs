@@ -1,6 +1,8 @@
 //! `cohd`: the co-hyperdrive command-line tool.
 //!
-//! One store per `--dir` (default `./.cohd`). Errors print one line on stderr and exit 1.
+//! One store per `--dir` (default `./.cohd`). File commands work on the merged view of a
+//! co-drive (the store's own, or `--drive KEY`) and write to the store's own drive as the local
+//! writer. Errors print one line on stderr and exit 1.
 
 mod cmd;
 mod output;
@@ -20,7 +22,11 @@ struct Cli {
     /// Store directory.
     #[arg(long, global = true, default_value = ".cohd", env = "COHD_DIR")]
     dir: PathBuf,
-    /// Open the drive with this key (64 hex or z-base-32) instead of the store's own drive.
+    /// Work on the co-drive with this key (64 hex or z-base-32) instead of the store's own.
+    ///
+    /// A co-drive's key is its primary writer's drive key; the store's own co-drive is the one
+    /// whose primary is this store's drive. Writes always go to this store's drive, as the local
+    /// writer, which must be one of the co-drive's writers.
     #[arg(long, global = true)]
     drive: Option<String>,
     #[command(subcommand)]
@@ -31,13 +37,19 @@ struct Cli {
 enum Command {
     /// Create a store and its drive; prints the drive key.
     Init,
-    /// Show the drive key, version and core lengths.
+    /// Show this store's own drive (not the merged view): key, version, core lengths.
+    ///
+    /// This is the local writer's drive, whatever `--drive` names; the output also gives the
+    /// co-drive's key (`codrive`) and the local writer key (`local_writer`) with `--json`.
     Info {
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Write a file from LOCAL_FILE, or stdin when it is `-` or absent.
+    /// Write a file to the co-drive from LOCAL_FILE, or stdin when it is `-` or absent.
+    ///
+    /// The local writer must be a writer: a writer runs `cohd authorize KEY` with the key
+    /// `cohd whoami` prints here.
     Put {
         /// Path in the drive.
         path: String,
@@ -50,12 +62,12 @@ enum Command {
         #[arg(long)]
         metadata: Option<String>,
     },
-    /// Print a file's bytes to stdout.
+    /// Print a file's bytes (the winning version in the merged view) to stdout.
     Cat {
         /// Path in the drive.
         path: String,
     },
-    /// List a folder (one normalized path per line, sorted).
+    /// List a folder of the merged view (one normalized path per line, sorted).
     Ls {
         /// Folder (default `/`).
         path: Option<String>,
@@ -69,7 +81,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Delete a file (or, with -r, everything under a folder).
+    /// Delete a file from the co-drive (or, with -r, everything under a folder).
+    ///
+    /// Whoever wrote it: the versions seen so far disappear from the merged view.
     Rm {
         /// Path in the drive.
         path: String,
@@ -77,7 +91,7 @@ enum Command {
         #[arg(short, long)]
         recursive: bool,
     },
-    /// Show a file's entry.
+    /// Show a file's entry in the merged view, with the winning writer and any conflicts.
     Stat {
         /// Path in the drive.
         path: String,
@@ -85,33 +99,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Copy a local folder into the drive.
+    /// Copy a local folder into the co-drive.
     Import {
         /// Local folder.
         local: PathBuf,
         /// Drive folder (default `/`).
         path: Option<String>,
     },
-    /// Copy a drive folder to a local folder.
+    /// Copy a folder of the merged view to a local folder.
     Export {
         /// Drive folder, then local folder; with one argument it is the local folder.
         #[arg(num_args = 1..=2, required = true)]
         args: Vec<String>,
     },
-    /// Create a symlink PATH -> TARGET.
+    /// Create a symlink PATH -> TARGET in the co-drive.
     Symlink {
         /// Path of the link.
         path: String,
         /// Target it points to.
         target: String,
     },
-    /// Show the drive's history, one line per write.
+    /// Show the history of this store's own drive (not the merged view), one line per write.
+    ///
+    /// Only the local writer's writes, with the versions of its drive they made.
     Log {
         /// Print JSON lines.
         #[arg(long)]
         json: bool,
     },
-    /// Show what changed between two versions.
+    /// Show what changed in this store's own drive (not the merged view) between versions.
+    ///
+    /// Only the local writer's writes; FROM and TO are versions of its drive (see `cohd log`).
     Diff {
         /// Older version.
         from: u64,

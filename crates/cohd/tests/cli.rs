@@ -426,7 +426,7 @@ fn ls_variants() {
 
 #[test]
 fn stat_rm_symlink() {
-    let (d, _) = Dir::init();
+    let (d, key) = Dir::init();
     d.put("/a/one", b"1");
     d.put("/a/two", b"22");
     d.put("/a/sub/three", b"333");
@@ -442,6 +442,10 @@ fn stat_rm_symlink() {
     assert_eq!(j["executable"], false);
     assert!(j["blob"].is_object(), "{j}");
     assert!(j["seq"].as_u64().expect("seq") > 0);
+    // Merged-view fields: the winning writer (this store's drive) and no conflicts.
+    assert_eq!(j["writer"], key.as_str());
+    assert_eq!(j["conflicts"], serde_json::json!([]));
+    assert!(st.contains(&format!("writer:     {key}")), "{st}");
     // A folder stats as a directory.
     assert_eq!(
         d.ok(&["stat", "/a", "--json"]).json(),
@@ -509,6 +513,9 @@ fn info_log_diff() {
     let (d, key) = Dir::init();
     let info = d.ok(&["info", "--json"]).json();
     assert_eq!(info["key"], key.as_str());
+    // The store's own co-drive is the one whose primary is its drive; it is the local writer.
+    assert_eq!(info["codrive"], key.as_str());
+    assert_eq!(info["local_writer"], key.as_str());
     assert!(is_hex_key(info["blobs_key"].as_str().expect("blobs_key")));
     assert_ne!(info["blobs_key"], key.as_str());
     assert_eq!(info["id"].as_str().expect("id").len(), 52);
@@ -529,14 +536,16 @@ fn info_log_diff() {
 
     let info = d.ok(&["info", "--json"]).json();
     let v = info["version"].as_u64().expect("version");
-    assert_eq!(v, v2 + 4);
+    // Every write through the co-drive appends its entry and its version record in one batch.
+    assert_eq!(v, v2 + 8);
     assert_eq!(info["db"]["length"], v);
     assert_eq!(info["blobs"]["byte_length"], 4 + 1 + 7 + 1);
     let text = d.ok(&["info"]).text();
     assert!(text.contains(&key), "{text}");
     assert!(text.contains(&format!("version:   {v}")), "{text}");
 
-    // log --json: one line per write, versions increasing by one, ending at the current version.
+    // log --json: one line per write, ending at the current version; each line shows the
+    // version its write made (after the entry and its record: two blocks per write).
     let log = d.ok(&["log", "--json"]).json_lines();
     let ops: Vec<(String, String)> = log
         .iter()
@@ -563,7 +572,11 @@ fn info_log_diff() {
     for w in log.windows(2) {
         assert_eq!(
             w[1]["version"].as_u64().expect("v"),
-            w[0]["version"].as_u64().expect("v") + 1
+            w[0]["version"].as_u64().expect("v") + 2
+        );
+        assert_eq!(
+            w[1]["seq"].as_u64().expect("seq") + 2,
+            w[1]["version"].as_u64().expect("v")
         );
     }
     assert_eq!(log.last().expect("last")["version"], v);
@@ -730,10 +743,11 @@ fn bad_input_gives_one_clean_error() {
         let e = d.err(args);
         assert!(e.contains(want), "{args:?}: expected {want:?} in {e:?}");
     }
-    // Writing to another drive is refused too (read-only), after checking it exists.
-    assert!(d
-        .err(&["--drive", &other_key, "put", "/x", local])
-        .contains("not in this store"));
+    // Writing to another co-drive needs this store's drive to be one of its writers: the error
+    // says how to become one.
+    let own_key = d.ok(&["whoami"]).text().trim().to_string();
+    let e = d.err(&["--drive", &other_key, "put", "/x", local]);
+    assert!(e.contains(&format!("cohd authorize {own_key}")), "{e}");
     // Nothing above changed the store.
     let changed = changed_files(&before, &snapshot(&d.path()));
     assert!(
@@ -1136,4 +1150,262 @@ fn kill_9_during_import() {
         );
     }
     eprintln!("{partial} of 5 kills interrupted the import");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. the co-drive: writers, the non-writer error, and two writers
+
+/// `--drive KEY` followed by `args`.
+fn on<'a>(key: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    ["--drive", key]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect()
+}
+
+/// Copies `from`'s own drive (its db and blobs cores) into `to`'s store, as replication will
+/// deliver it (both stores must be idle).
+fn copy_own_drive(from: &Dir, to: &Dir) {
+    let info = from.ok(&["info", "--json"]).json();
+    for field in ["key", "blobs_key"] {
+        let key = info[field].as_str().expect("key");
+        let (src, dst) = (from.core_dir(key), to.core_dir(key));
+        let _ = std::fs::remove_dir_all(&dst);
+        std::fs::create_dir_all(&dst).expect("mkdir");
+        for e in std::fs::read_dir(&src).expect("read_dir") {
+            let e = e.expect("dir entry");
+            std::fs::copy(e.path(), dst.join(e.file_name())).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn writers_whoami_authorize_in_one_store() {
+    let (d, key) = Dir::init();
+    assert_eq!(d.ok(&["whoami"]).text().trim(), key);
+    assert_eq!(d.ok(&["writers"]).lines(), [format!("{key} (primary)")]);
+    assert_eq!(
+        d.ok(&["writers", "--json"]).json(),
+        serde_json::json!([{"key": key, "primary": true, "removed": false, "held": true}])
+    );
+    // --drive with the store's own key is the store's own co-drive.
+    d.put("/f", b"f");
+    assert_eq!(d.ok(&on(&key, &["cat", "/f"])).stdout, b"f");
+    ok(d.run_stdin(&on(&key, &["put", "/g"]), b"g"));
+    assert_eq!(ls_paths(&d, &["ls"]), ["/f", "/g"]);
+
+    // Bad keys and the primary are refused, writing nothing.
+    let before = snapshot(&d.path());
+    assert!(d.err(&["authorize", "xyz"]).contains("invalid key"));
+    let e = d.err(&["authorize", &"ab".repeat(32)]);
+    assert!(e.contains("not a valid writer key"), "{e}");
+    assert!(d
+        .err(&["deauthorize", &key])
+        .contains("cannot be deauthorized"));
+    assert!(changed_files(&before, &snapshot(&d.path())).is_empty());
+
+    // Authorizing a key whose drive the store does not hold yet: listed, marked as missing.
+    let other = Dir::init().1;
+    d.ok(&["authorize", &other]);
+    let w = d.ok(&["writers"]).lines();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(w.contains(&format!("{key} (primary)")), "{w:?}");
+    assert!(
+        w.contains(&format!("{other} (not in this store yet)")),
+        "{w:?}"
+    );
+    let wj = d.ok(&["writers", "--json"]).json();
+    let held: Vec<(String, bool)> = wj
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|w| {
+            (
+                w["key"].as_str().expect("key").to_string(),
+                w["held"].as_bool().expect("held"),
+            )
+        })
+        .collect();
+    assert!(held.contains(&(other.clone(), false)), "{held:?}");
+    // The record is not a file: the view, the listing and the log are unchanged.
+    assert_eq!(ls_paths(&d, &["ls"]), ["/f", "/g"]);
+    assert_eq!(d.ok(&["log"]).lines().len(), 2);
+    assert!(d.ok(&["conflicts"]).stdout.is_empty());
+    d.ok(&["deauthorize", &other]);
+    let w = d.ok(&["writers"]).lines();
+    assert!(
+        w.iter()
+            .any(|l| l.starts_with(&other) && l.contains("removed")),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn non_writer_is_told_how_to_become_one() {
+    // This store follows another co-drive (whose drive it does not even hold yet): its own
+    // drive is not a writer there, so every write fails with the hint, on one line, writing
+    // nothing; reads say the co-drive is not here.
+    let (d, own) = Dir::init();
+    let other = Dir::init().1;
+    let local = d.scratch("local");
+    std::fs::write(&local, b"data").expect("write");
+    let folder = d.scratch("folder");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    std::fs::write(folder.join("f"), b"f").expect("write");
+    let before = snapshot(&d.path());
+    let hint = format!("not a writer of this co-drive: ask a writer to run `cohd authorize {own}`");
+    for args in [
+        vec!["put", "/x", local.to_str().expect("utf8")],
+        vec!["rm", "/x"],
+        vec!["rm", "-r", "/"],
+        vec!["import", folder.to_str().expect("utf8")],
+        vec!["symlink", "/l", "/x"],
+        vec!["authorize", &other],
+    ] {
+        let e = d.err(&on(&other, &args));
+        assert_eq!(e, format!("error: {hint}"), "{args:?}");
+    }
+    // From stdin too.
+    let e = clean_error(&d.run_stdin(&on(&other, &["put", "/x"]), b"piped"));
+    assert!(e.contains(&hint), "{e}");
+    for args in [
+        vec!["ls"],
+        vec!["cat", "/x"],
+        vec!["stat", "/x"],
+        vec!["conflicts"],
+    ] {
+        let e = d.err(&on(&other, &args));
+        assert!(e.contains("not in this store"), "{args:?}: {e}");
+    }
+    assert_eq!(
+        d.ok(&on(&other, &["writers"])).lines(),
+        [format!("{other} (primary) (not in this store yet)")]
+    );
+    assert_eq!(
+        d.ok(&on(&other, &["info", "--json"])).json()["codrive"],
+        other.as_str()
+    );
+    let changed = changed_files(&before, &snapshot(&d.path()));
+    assert!(
+        changed.is_empty(),
+        "a refused write changed the store: {changed:?}"
+    );
+    // Its own co-drive is unaffected.
+    d.put("/mine", b"mine");
+    assert_eq!(d.cat("/mine"), b"mine");
+}
+
+#[test]
+fn two_writers_through_copied_cores() {
+    // Replication is not built yet: copying a drive's core folders into another store gives it
+    // what replication would, so two stores can act as two writers of one co-drive.
+    let (a, ka) = Dir::init();
+    let (b, kb) = Dir::init();
+    a.put("/a.txt", b"from a");
+    a.put("/docs/x", b"x");
+    assert!(b.err(&on(&ka, &["ls"])).contains("not in this store"));
+
+    // B reads A's co-drive once it holds A's drive, but may not write to it yet.
+    copy_own_drive(&a, &b);
+    assert_eq!(ls_paths(&b, &on(&ka, &["ls", "-r"])), ["/a.txt", "/docs/x"]);
+    assert_eq!(b.ok(&on(&ka, &["cat", "/a.txt"])).stdout, b"from a");
+    assert_eq!(
+        b.ok(&on(&ka, &["stat", "/a.txt", "--json"])).json()["writer"],
+        ka.as_str()
+    );
+    let e = clean_error(&b.run_stdin(&on(&ka, &["put", "/b.txt"]), b"from b"));
+    assert!(e.contains(&format!("cohd authorize {kb}")), "{e}");
+
+    // A authorizes B; B learns it from A's log.
+    a.ok(&["authorize", &kb]);
+    assert!(a
+        .ok(&["writers"])
+        .lines()
+        .contains(&format!("{kb} (not in this store yet)")));
+    copy_own_drive(&a, &b);
+    assert_eq!(b.ok(&on(&ka, &["writers"])).lines().len(), 2);
+    ok(b.run_stdin(&on(&ka, &["put", "/b.txt"]), b"from b"));
+    // B overwrites A's file (having seen it) and deletes another of A's files.
+    ok(b.run_stdin(&on(&ka, &["put", "/a.txt"]), b"a, edited by b"));
+    b.ok(&on(&ka, &["rm", "/docs/x"]));
+    assert_eq!(ls_paths(&b, &on(&ka, &["ls", "-r"])), ["/a.txt", "/b.txt"]);
+    assert_eq!(b.ok(&on(&ka, &["cat", "/a.txt"])).stdout, b"a, edited by b");
+    let st = b.ok(&on(&ka, &["stat", "/a.txt", "--json"])).json();
+    assert_eq!(st["writer"], kb.as_str());
+    assert_eq!(st["conflicts"], serde_json::json!([]));
+    // B's writes are in B's own drive (its log), whatever --drive names.
+    let log: Vec<(String, String)> = b
+        .ok(&on(&ka, &["log", "--json"]))
+        .json_lines()
+        .iter()
+        .map(|l| (l["op"].to_string(), l["path"].to_string()))
+        .collect();
+    assert_eq!(
+        log,
+        [
+            (r#""put""#.into(), r#""/b.txt""#.into()),
+            (r#""put""#.into(), r#""/a.txt""#.into()),
+            (r#""del""#.into(), r#""/docs/x""#.into()),
+        ]
+    );
+
+    // A sees B's writes once it holds B's drive; A's own drive still has its old files.
+    copy_own_drive(&b, &a);
+    assert_eq!(ls_paths(&a, &["ls", "-r"]), ["/a.txt", "/b.txt"]);
+    assert_eq!(a.cat("/a.txt"), b"a, edited by b");
+    assert_eq!(a.cat("/b.txt"), b"from b");
+    assert!(a.err(&["cat", "/docs/x"]).contains("no such file"));
+    assert_eq!(a.ok(&["log"]).lines().len(), 2, "A's drive was not written");
+    assert_eq!(a.ok(&["writers"]).lines(), {
+        let mut w = vec![format!("{ka} (primary)"), kb.clone()];
+        w.sort();
+        w
+    });
+
+    // Concurrent writes (neither saw the other's) conflict; both stores pick the same winner.
+    a.put("/c", b"A's c");
+    ok(b.run_stdin(&on(&ka, &["put", "/c"]), b"B's c"));
+    copy_own_drive(&a, &b);
+    copy_own_drive(&b, &a);
+    let conflicts = a.ok(&["conflicts", "--json"]).json_lines();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0]["path"], "/c");
+    let versions = conflicts[0]["versions"].as_array().expect("versions");
+    assert_eq!(versions.len(), 2);
+    assert_eq!(versions.iter().filter(|v| v["winner"] == true).count(), 1);
+    assert_eq!(
+        b.ok(&on(&ka, &["conflicts", "--json"])).json_lines(),
+        conflicts
+    );
+    let st = a.ok(&["stat", "/c", "--json"]).json();
+    assert_eq!(st["conflicts"].as_array().expect("conflicts").len(), 2);
+    let winner = versions
+        .iter()
+        .find(|v| v["winner"] == true)
+        .expect("winner");
+    assert_eq!(st["writer"], winner["writer"]);
+    let c = a.cat("/c");
+    assert!(c == b"A's c" || c == b"B's c");
+    assert_eq!(b.ok(&on(&ka, &["cat", "/c"])).stdout, c);
+    assert!(a.ok(&["stat", "/c"]).text().contains("conflicts:  "));
+
+    // Export gives the merged view.
+    let out = b.scratch("out");
+    b.ok(&on(&ka, &["export", out.to_str().expect("utf8")]));
+    let tree: Vec<String> = read_tree(&out).into_keys().collect();
+    assert_eq!(tree, ["a.txt", "b.txt", "c"]);
+
+    // A write that saw both versions resolves the conflict.
+    a.put("/c", b"resolved");
+    copy_own_drive(&a, &b);
+    assert!(b.ok(&on(&ka, &["conflicts"])).stdout.is_empty());
+    assert_eq!(b.ok(&on(&ka, &["cat", "/c"])).stdout, b"resolved");
+
+    // Removed, B is told again how to become a writer; what A had seen of B's stays.
+    a.ok(&["deauthorize", &kb]);
+    copy_own_drive(&a, &b);
+    let e = clean_error(&b.run_stdin(&on(&ka, &["put", "/late"]), b"late"));
+    assert!(e.contains(&format!("cohd authorize {kb}")), "{e}");
+    assert_eq!(b.ok(&on(&ka, &["cat", "/b.txt"])).stdout, b"from b");
+    assert_eq!(a.cat("/b.txt"), b"from b");
 }

@@ -1,16 +1,23 @@
 //! [`CoDrive`]: the merged view over the writers' drives a store holds, and writes that carry
 //! the co-drive's records. Each writer writes only to its own drive.
+//!
+//! Reading: [`CoDrive::snapshot`] computes the view once (it loads every writer's index) and the
+//! [`Snapshot`] answers any number of lookups, listings and content reads from it. Writing:
+//! [`Snapshot::batch`] (or [`CoDrive::batch`]) starts a [`CoBatch`], one atomic append to the
+//! local writer's drive in which every file entry lands together with its version record;
+//! [`CoBatch::writer`] streams a file's content, so a large file never sits in memory whole.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
-use cohd_format::{path, sub, Key};
+use cohd_format::{path, sub, Entry, Key};
 
 use super::records::{self, RecordError, SUB};
-use super::view::{self, Clock, MemberOp, MemberRecord, PathVersion, View, WriterData};
+use super::view::{self, Clock, MemberOp, MemberRecord, PathVersion, Resolved, View, WriterData};
 use crate::bee::Range;
-use crate::drive::{Drive, DriveError};
-use crate::store::Store;
+use crate::blobs::{BlobError, BlobWriter};
+use crate::drive::{Drive, DriveBatch, DriveError, PutOptions};
+use crate::store::{Store, StoreError};
 
 /// Errors of co-drive operations.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +40,9 @@ pub enum CoDriveError {
     Record(#[from] RecordError),
 }
 
+/// Symlink hops followed before giving up (as Hyperdrive does).
+const MAX_LINK_HOPS: usize = 16;
+
 /// A multi-writer drive: the primary's key names it; `own` is the local writer's drive.
 #[derive(Debug)]
 pub struct CoDrive {
@@ -44,6 +54,10 @@ pub struct CoDrive {
 
 fn cohd_key(k: &str) -> Vec<u8> {
     sub::encode(SUB, k.as_bytes())
+}
+
+fn is_valid_key(k: &Key) -> bool {
+    ed25519_dalek::VerifyingKey::from_bytes(&k.0).is_ok()
 }
 
 impl CoDrive {
@@ -84,10 +98,11 @@ impl CoDrive {
         &self.own
     }
 
-    /// A writer's drive, if the store holds it.
-    async fn drive(&self, key: Key) -> Option<Drive> {
+    /// A writer's drive; `None` if the store does not hold it (not received yet), it holds no
+    /// drive yet, or the key cannot name a core. Damaged storage is an error, not an absence.
+    async fn drive(&self, key: Key) -> Result<Option<Drive>, CoDriveError> {
         if key == self.own.key() {
-            return Some(self.own.clone());
+            return Ok(Some(self.own.clone()));
         }
         if let Some(d) = self
             .drives
@@ -95,14 +110,23 @@ impl CoDrive {
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
         {
-            return Some(d.clone());
+            return Ok(Some(d.clone()));
         }
-        let d = Drive::open_key(&self.store, key).await.ok()?;
+        if !is_valid_key(&key) {
+            return Ok(None);
+        }
+        let d = match Drive::open_key(&self.store, key).await {
+            Ok(d) => d,
+            Err(DriveError::Store(StoreError::UnknownCore(_)) | DriveError::NotADrive(_)) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.drives
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, d.clone());
-        Some(d)
+        Ok(Some(d))
     }
 
     /// Reads one writer's records and files (at `limit`, when given).
@@ -181,15 +205,18 @@ impl CoDrive {
         Ok(data)
     }
 
-    /// Loads every writer the store holds that the records mention, and computes the view.
-    pub async fn view(&self) -> Result<View, CoDriveError> {
+    /// Loads every writer the store holds that the records mention and computes the view; also
+    /// returns the writers (current or removed) whose drives the store does not hold.
+    async fn compute(&self) -> Result<(View, BTreeSet<Key>), CoDriveError> {
         let mut data: BTreeMap<Key, WriterData> = BTreeMap::new();
+        let mut absent: BTreeSet<Key> = BTreeSet::new();
         let mut todo = vec![self.primary, self.own.key()];
         while let Some(k) = todo.pop() {
-            if data.contains_key(&k) {
+            if data.contains_key(&k) || absent.contains(&k) {
                 continue;
             }
-            let Some(d) = self.drive(k).await else {
+            let Some(d) = self.drive(k).await? else {
+                absent.insert(k);
                 continue;
             };
             let wd = self.load(&d, None).await?;
@@ -197,14 +224,14 @@ impl CoDrive {
             todo.extend(
                 view::mentioned(&data)
                     .into_iter()
-                    .filter(|m| !data.contains_key(m)),
+                    .filter(|m| !data.contains_key(m) && !absent.contains(m)),
             );
         }
         let v = view::view(self.primary, &data);
         // Removed writers count only up to their limit: reload those from a checkout there.
         let mut changed = false;
         for (k, limit) in &v.removed {
-            if let Some(d) = self.drive(*k).await {
+            if let Some(d) = self.drive(*k).await? {
                 if *limit < d.version() {
                     let limited = self.load(&d, Some(*limit)).await?;
                     if let Some(w) = data.get_mut(k) {
@@ -214,10 +241,58 @@ impl CoDrive {
                 }
             }
         }
-        Ok(if changed {
+        let v = if changed {
             view::view(self.primary, &data)
         } else {
             v
+        };
+        // Of the writers that could not be loaded, those the store does not hold at all (an
+        // empty drive is held: it just has nothing to show yet).
+        absent.retain(|k| {
+            (v.writers.contains_key(k) || v.removed.contains_key(k)) && !self.store.has_core(k)
+        });
+        Ok((v, absent))
+    }
+
+    /// Loads every writer the store holds that the records mention, and computes the view.
+    pub async fn view(&self) -> Result<View, CoDriveError> {
+        Ok(self.compute().await?.0)
+    }
+
+    /// Computes the view once, for any number of reads (and writes) from it.
+    pub async fn snapshot(&self) -> Result<Snapshot<'_>, CoDriveError> {
+        let (view, missing) = self.compute().await?;
+        Ok(Snapshot {
+            co: self,
+            view,
+            missing,
+        })
+    }
+
+    /// Starts an atomic batch of writes on a freshly computed view; fails with
+    /// [`CoDriveError::NotAWriter`] unless the local writer is a writer.
+    pub async fn batch(&self) -> Result<CoBatch<'_>, CoDriveError> {
+        let view = self.compute().await?.0;
+        CoBatch::new(self, ViewSlot::Owned(view)).await
+    }
+
+    /// Starts a streaming write of one file; [`CoFileWriter::finish`] writes its entry and
+    /// version record in one atomic append. The local writer's drive stays locked for writing
+    /// until the writer finishes or is dropped.
+    pub async fn writer(
+        &self,
+        name: &str,
+        opts: PutOptions,
+    ) -> Result<CoFileWriter<'_, '_>, CoDriveError> {
+        let path = path::normalize(name).map_err(DriveError::from)?;
+        let batch = self.batch().await?;
+        batch.prepare(&path).await?;
+        let blob = self.own.blobs().writer();
+        Ok(CoFileWriter {
+            batch: BatchSlot::Owned(Box::new(batch)),
+            path,
+            opts,
+            blob,
         })
     }
 
@@ -229,31 +304,20 @@ impl CoDrive {
         Ok(v)
     }
 
-    fn seen(v: &View, p: &str) -> Vec<PathVersion> {
-        v.paths
-            .get(p)
-            .map(|r| {
-                if r.conflicts.is_empty() {
-                    vec![r.winner.clone()]
-                } else {
-                    r.conflicts.clone()
-                }
-            })
-            .unwrap_or_default()
-    }
-
     /// Writes a file (its version supersedes every version of the path we can see).
     pub async fn put(&self, name: &str, data: &[u8]) -> Result<(), CoDriveError> {
         let p = path::normalize(name).map_err(DriveError::from)?;
-        let v = self.writable_view().await?;
-        let mut b = self.own.batch().await?;
-        b.put(&p, data).await?;
-        let clock = view::next_clock(self.own.key(), b.version(), Self::seen(&v, &p).iter());
-        b.put_raw(
-            &cohd_key(&records::version_key(&p)),
-            &records::encode_version(&clock, false),
-        )
-        .await?;
+        let mut b = self.batch().await?;
+        b.put(&p, data, PutOptions::default()).await?;
+        b.flush().await?;
+        Ok(())
+    }
+
+    /// Writes a symlink `name` -> `target` (a version of `name` like a file).
+    pub async fn symlink(&self, name: &str, target: &str) -> Result<(), CoDriveError> {
+        let p = path::normalize(name).map_err(DriveError::from)?;
+        let mut b = self.batch().await?;
+        b.symlink(&p, target).await?;
         b.flush().await?;
         Ok(())
     }
@@ -261,48 +325,27 @@ impl CoDrive {
     /// Deletes a path (hiding every version we can see); `false` if nothing was visible.
     pub async fn del(&self, name: &str) -> Result<bool, CoDriveError> {
         let p = path::normalize(name).map_err(DriveError::from)?;
-        let v = self.writable_view().await?;
-        self.tombstones(&v, std::slice::from_ref(&p)).await
+        let mut b = self.batch().await?;
+        let found = b.del(&p).await?;
+        if found {
+            b.flush().await?;
+        }
+        Ok(found)
     }
 
     /// Deletes everything visible under `folder`.
     pub async fn del_folder(&self, folder: &str) -> Result<usize, CoDriveError> {
-        let v = self.writable_view().await?;
-        let f = path::folder(folder);
-        let paths: Vec<String> = v
-            .files()
-            .map(|(p, _)| p.clone())
-            .filter(|p| path::is_under(p, &f))
-            .collect();
-        self.tombstones(&v, &paths).await?;
-        Ok(paths.len())
-    }
-
-    async fn tombstones(&self, v: &View, paths: &[String]) -> Result<bool, CoDriveError> {
-        let visible: Vec<&String> = paths
-            .iter()
-            .filter(|p| v.paths.get(*p).is_some_and(|r| r.winner.entry.is_some()))
-            .collect();
-        if visible.is_empty() {
-            return Ok(false);
+        let mut b = self.batch().await?;
+        let n = b.del_folder(folder).await?;
+        if n > 0 {
+            b.flush().await?;
         }
-        let mut b = self.own.batch().await?;
-        for p in visible {
-            b.del(p).await?;
-            let clock = view::next_clock(self.own.key(), b.version(), Self::seen(v, p).iter());
-            b.put_raw(
-                &cohd_key(&records::version_key(p)),
-                &records::encode_version(&clock, true),
-            )
-            .await?;
-        }
-        b.flush().await?;
-        Ok(true)
+        Ok(n)
     }
 
     async fn member(&self, op: MemberOp) -> Result<(), CoDriveError> {
         let (MemberOp::Authorize(target) | MemberOp::Deauthorize(target)) = op;
-        if ed25519_dalek::VerifyingKey::from_bytes(&target.0).is_err() {
+        if !is_valid_key(&target) {
             return Err(CoDriveError::BadKey(target));
         }
         let v = self.writable_view().await?;
@@ -311,7 +354,7 @@ impl CoDrive {
         }
         let mut frontier = Clock::new();
         for k in v.writers.keys().chain(v.removed.keys()) {
-            if let Some(d) = self.drive(*k).await {
+            if let Some(d) = self.drive(*k).await? {
                 frontier.insert(*k, d.db().core().info().contiguous_length);
             }
         }
@@ -344,22 +387,427 @@ impl CoDrive {
         self.member(MemberOp::Deauthorize(key)).await
     }
 
-    /// The merged content of `name` (the winning version), `None` if absent or deleted.
+    /// The merged content of `name` (the winning version, symlinks followed), `None` if absent
+    /// or deleted.
     pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, CoDriveError> {
+        path::normalize(name).map_err(DriveError::from)?;
+        self.snapshot().await?.get(name).await
+    }
+}
+
+/// A visible file (or symlink) of the merged view: the winning version of its path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoEntry {
+    /// Normalized path.
+    pub path: String,
+    /// The writer whose version wins (its drive holds the entry and the content).
+    pub writer: Key,
+    /// Seq of the winning version in the writer's db core.
+    pub seq: u64,
+    /// The Hyperdrive entry.
+    pub entry: Entry,
+    /// Every concurrent version of the path (the winner included) when there is more than one;
+    /// empty otherwise. A version with no entry is a concurrent delete.
+    pub conflicts: Vec<PathVersion>,
+}
+
+impl CoEntry {
+    fn from_resolved(path: &str, r: &Resolved) -> Option<Self> {
+        Some(Self {
+            path: path.to_string(),
+            writer: r.winner.writer,
+            seq: r.winner.seq,
+            entry: r.winner.entry.clone()?,
+            conflicts: r.conflicts.clone(),
+        })
+    }
+
+    fn is_symlink(&self) -> bool {
+        self.entry.linkname.is_some() && self.entry.blob.is_none()
+    }
+}
+
+/// The merged view as computed once by [`CoDrive::snapshot`]: lookups and listings answer from
+/// memory, content reads go to the winning writer's blobs. It sees the local writer's writes made
+/// through its own [`Snapshot::batch`] once they are flushed, and nothing written after it was
+/// taken by any other handle.
+#[derive(Debug)]
+pub struct Snapshot<'a> {
+    co: &'a CoDrive,
+    view: View,
+    missing: BTreeSet<Key>,
+}
+
+impl<'a> Snapshot<'a> {
+    /// The merged view.
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    /// Whether the local writer is in the writer set (may write).
+    pub fn is_writer(&self) -> bool {
+        self.view.writers.contains_key(&self.co.own.key())
+    }
+
+    /// Writers (current or removed, the primary included) whose drives the store does not hold:
+    /// their files are not in this view yet.
+    pub fn missing(&self) -> &BTreeSet<Key> {
+        &self.missing
+    }
+
+    /// The visible entry at `name`, symlinks not followed; `None` if absent or deleted.
+    pub fn entry(&self, name: &str) -> Result<Option<CoEntry>, CoDriveError> {
         let p = path::normalize(name).map_err(DriveError::from)?;
-        let v = self.view().await?;
-        let Some(r) = v.paths.get(&p) else {
+        Ok(self
+            .view
+            .paths
+            .get(&p)
+            .and_then(|r| CoEntry::from_resolved(&p, r)))
+    }
+
+    /// The visible entry at `name` with symlinks followed through the merged view (up to 16
+    /// hops; a relative target resolves against the link's path, as Hyperdrive does).
+    pub fn stat(&self, name: &str) -> Result<Option<CoEntry>, CoDriveError> {
+        let mut cur = path::normalize(name).map_err(DriveError::from)?;
+        for _ in 0..MAX_LINK_HOPS {
+            let Some(e) = self.entry(&cur)? else {
+                return Ok(None);
+            };
+            if !e.is_symlink() {
+                return Ok(Some(e));
+            }
+            let link = e.entry.linkname.unwrap_or_default();
+            let target = if link.starts_with('/') {
+                link
+            } else {
+                format!("{cur}/{link}")
+            };
+            cur = path::normalize(&target).map_err(DriveError::from)?;
+        }
+        Err(DriveError::Symlink(format!("too many levels of symbolic links: {name}")).into())
+    }
+
+    /// Every visible entry under `folder`, recursively, sorted by path.
+    pub fn list(&self, folder: &str) -> Vec<CoEntry> {
+        let f = path::folder(folder);
+        self.view
+            .paths
+            .range(format!("{f}/")..format!("{f}0"))
+            .filter_map(|(p, r)| CoEntry::from_resolved(p, r))
+            .collect()
+    }
+
+    /// Names directly in `folder`: its visible files and the subfolders that hold visible files,
+    /// in path order (like [`Drive::readdir`]).
+    pub fn readdir(&self, folder: &str) -> Vec<String> {
+        let f = path::folder(folder);
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for (p, r) in self.view.paths.range(format!("{f}/")..format!("{f}0")) {
+            if r.winner.entry.is_none() {
+                continue;
+            }
+            let rest = &p[f.len() + 1..];
+            let name = rest.split('/').next().unwrap_or(rest);
+            if seen.insert(name) {
+                out.push(name.to_string());
+            }
+        }
+        out
+    }
+
+    /// Streams bytes `start..start+len` of the file at `name` (symlinks followed) from the
+    /// winning writer's blobs to `sink`; returns the bytes sent.
+    pub async fn read_range(
+        &self,
+        name: &str,
+        start: u64,
+        len: u64,
+        sink: impl FnMut(&[u8]) -> Result<(), BlobError>,
+    ) -> Result<u64, CoDriveError> {
+        let e = self
+            .stat(name)?
+            .ok_or_else(|| DriveError::NotFound(name.to_string()))?;
+        let blob = e
+            .entry
+            .blob
+            .ok_or_else(|| DriveError::Symlink(format!("{} is a dangling symlink", e.path)))?;
+        let d = self
+            .co
+            .drive(e.writer)
+            .await?
+            .ok_or(DriveError::Store(StoreError::UnknownCore(e.writer)))?;
+        Ok(d.blobs()
+            .read_range(&blob, start, len, sink)
+            .await
+            .map_err(DriveError::from)?)
+    }
+
+    /// The whole content of the file at `name` (symlinks followed); `None` if absent.
+    pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, CoDriveError> {
+        if self.stat(name)?.is_none() {
             return Ok(None);
+        }
+        let mut out = Vec::new();
+        self.read_range(name, 0, u64::MAX, |c| {
+            out.extend_from_slice(c);
+            Ok(())
+        })
+        .await?;
+        Ok(Some(out))
+    }
+
+    /// Starts an atomic batch of writes whose versions supersede what this snapshot shows; fails
+    /// with [`CoDriveError::NotAWriter`] unless the local writer is a writer. Once flushed, the
+    /// snapshot shows the batch's writes.
+    pub async fn batch(&mut self) -> Result<CoBatch<'_>, CoDriveError> {
+        CoBatch::new(self.co, ViewSlot::Lent(&mut self.view)).await
+    }
+}
+
+#[derive(Debug)]
+enum ViewSlot<'a> {
+    Owned(View),
+    Lent(&'a mut View),
+}
+
+impl ViewSlot<'_> {
+    fn get(&self) -> &View {
+        match self {
+            Self::Owned(v) => v,
+            Self::Lent(v) => v,
+        }
+    }
+
+    fn get_mut(&mut self) -> &mut View {
+        match self {
+            Self::Owned(v) => v,
+            Self::Lent(v) => v,
+        }
+    }
+}
+
+/// Writes to the co-drive that land in the local writer's drive as one atomic append: each file
+/// entry (or deletion) together with its version record. It holds that drive's write lock until
+/// flushed or dropped; dropped unflushed, it writes no entries (streamed content stays unused in
+/// the blobs core).
+#[derive(Debug)]
+pub struct CoBatch<'a> {
+    co: &'a CoDrive,
+    view: ViewSlot<'a>,
+    batch: DriveBatch<'a>,
+    /// The versions written in this batch, shown by the view once flushed.
+    written: BTreeMap<String, PathVersion>,
+}
+
+impl<'a> CoBatch<'a> {
+    async fn new(co: &'a CoDrive, view: ViewSlot<'a>) -> Result<Self, CoDriveError> {
+        if !view.get().writers.contains_key(&co.own.key()) {
+            return Err(CoDriveError::NotAWriter(co.own.key()));
+        }
+        Ok(Self {
+            co,
+            view,
+            batch: co.own.batch().await?,
+            written: BTreeMap::new(),
+        })
+    }
+
+    /// The version of `p` this batch supersedes: its own latest, else the view's winner.
+    fn current(&self, p: &str) -> Option<&PathVersion> {
+        self.written
+            .get(p)
+            .or_else(|| self.view.get().paths.get(p).map(|r| &r.winner))
+    }
+
+    /// Every version of `p` a new version must supersede (all concurrent ones).
+    fn seen(&self, p: &str) -> Vec<PathVersion> {
+        if let Some(v) = self.written.get(p) {
+            return vec![v.clone()];
+        }
+        match self.view.get().paths.get(p) {
+            Some(r) if r.conflicts.is_empty() => vec![r.winner.clone()],
+            Some(r) => r.conflicts.clone(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Walks the index to both keys a write of `p` touches before any content is written: on a
+    /// damaged db the write fails here, not after appending a blob no entry will point at.
+    async fn prepare(&self, p: &str) -> Result<(), CoDriveError> {
+        self.co.own.entry(p).await?;
+        self.co
+            .own
+            .db()
+            .get(&cohd_key(&records::version_key(p)))
+            .await
+            .map_err(DriveError::from)?;
+        Ok(())
+    }
+
+    /// Adds a version of normalized path `p` (`None`: a delete) with its version record.
+    async fn add(&mut self, p: String, entry: Option<Entry>) -> Result<PathVersion, CoDriveError> {
+        match &entry {
+            Some(e) => {
+                self.batch.put_entry(p.clone(), e.clone()).await?;
+            }
+            None => {
+                self.batch.del(&p).await?;
+            }
+        }
+        let seq = self.batch.version();
+        let clock = view::next_clock(self.co.own.key(), seq, self.seen(&p).iter());
+        self.batch
+            .put_raw(
+                &cohd_key(&records::version_key(&p)),
+                &records::encode_version(&clock, entry.is_none()),
+            )
+            .await?;
+        let v = PathVersion {
+            writer: self.co.own.key(),
+            seq,
+            clock,
+            entry,
         };
-        let Some(entry) = &r.winner.entry else {
-            return Ok(None);
-        };
-        let Some(blob) = entry.blob else {
-            return Ok(None);
-        };
-        let Some(d) = self.drive(r.winner.writer).await else {
-            return Ok(None);
-        };
-        Ok(Some(d.blobs().get(&blob).await.map_err(DriveError::from)?))
+        self.written.insert(p, v.clone());
+        Ok(v)
+    }
+
+    /// Writes a whole file (stream large ones with [`CoBatch::writer`]).
+    pub async fn put(
+        &mut self,
+        name: &str,
+        data: &[u8],
+        opts: PutOptions,
+    ) -> Result<PathVersion, CoDriveError> {
+        let mut w = self.writer(name, opts).await?;
+        w.write(data).await?;
+        w.finish().await
+    }
+
+    /// Starts a streaming write of the file `name`; its entry joins this batch on
+    /// [`CoFileWriter::finish`].
+    pub async fn writer(
+        &mut self,
+        name: &str,
+        opts: PutOptions,
+    ) -> Result<CoFileWriter<'_, 'a>, CoDriveError> {
+        let path = path::normalize(name).map_err(DriveError::from)?;
+        self.prepare(&path).await?;
+        let co: &'a CoDrive = self.co;
+        Ok(CoFileWriter {
+            batch: BatchSlot::Lent(self),
+            path,
+            opts,
+            blob: co.own.blobs().writer(),
+        })
+    }
+
+    /// Writes a symlink `name` -> `target`.
+    pub async fn symlink(&mut self, name: &str, target: &str) -> Result<PathVersion, CoDriveError> {
+        let p = path::normalize(name).map_err(DriveError::from)?;
+        self.add(p, Some(Entry::symlink(target.to_string()))).await
+    }
+
+    /// Deletes `name` (hiding every version of it we can see); `false` if nothing was visible.
+    pub async fn del(&mut self, name: &str) -> Result<bool, CoDriveError> {
+        let p = path::normalize(name).map_err(DriveError::from)?;
+        if self.current(&p).is_none_or(|v| v.entry.is_none()) {
+            return Ok(false);
+        }
+        self.add(p, None).await?;
+        Ok(true)
+    }
+
+    /// Deletes every visible path under `folder` (and `folder` itself if it is a file); returns
+    /// how many.
+    pub async fn del_folder(&mut self, folder: &str) -> Result<usize, CoDriveError> {
+        let f = path::folder(folder);
+        let under = |p: &&String| path::is_under(p, &f);
+        let candidates: BTreeSet<String> = self
+            .view
+            .get()
+            .paths
+            .range(f.clone()..)
+            .map(|(p, _)| p)
+            .take_while(|p| p.starts_with(f.as_str()))
+            .filter(under)
+            .chain(self.written.keys().filter(under))
+            .cloned()
+            .collect();
+        let mut n = 0;
+        for p in candidates {
+            if self.current(&p).is_some_and(|v| v.entry.is_some()) {
+                self.add(p, None).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Paths written so far in this batch.
+    pub fn len(&self) -> usize {
+        self.written.len()
+    }
+
+    /// Whether nothing was written in this batch yet.
+    pub fn is_empty(&self) -> bool {
+        self.written.is_empty()
+    }
+
+    /// Appends the batch and fsyncs; returns the local writer's new version.
+    pub async fn flush(self) -> Result<u64, CoDriveError> {
+        let version = self.batch.flush().await?;
+        let mut view = self.view;
+        let paths = &mut view.get_mut().paths;
+        for (p, v) in self.written {
+            // The new version saw every candidate of its path, so it supersedes them all.
+            paths.insert(
+                p,
+                Resolved {
+                    winner: v,
+                    conflicts: Vec::new(),
+                },
+            );
+        }
+        Ok(version)
+    }
+}
+
+#[derive(Debug)]
+enum BatchSlot<'b, 'a> {
+    Owned(Box<CoBatch<'a>>),
+    Lent(&'b mut CoBatch<'a>),
+}
+
+/// A streaming file write to the co-drive, from [`CoBatch::writer`] or [`CoDrive::writer`].
+#[derive(Debug)]
+pub struct CoFileWriter<'b, 'a> {
+    batch: BatchSlot<'b, 'a>,
+    path: String,
+    opts: PutOptions,
+    blob: BlobWriter<'a>,
+}
+
+impl CoFileWriter<'_, '_> {
+    /// Appends bytes to the file's content.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), CoDriveError> {
+        self.blob.write(data).await.map_err(DriveError::from)?;
+        Ok(())
+    }
+
+    /// Finishes the content and adds the entry and its version record to the batch. A writer
+    /// from [`CoDrive::writer`] then flushes its own batch, so the file is written.
+    pub async fn finish(self) -> Result<PathVersion, CoDriveError> {
+        let blob = self.blob.finish().await.map_err(DriveError::from)?;
+        let entry = Entry::file(blob, self.opts.executable, self.opts.metadata);
+        match self.batch {
+            BatchSlot::Lent(b) => b.add(self.path, Some(entry)).await,
+            BatchSlot::Owned(mut b) => {
+                let v = b.add(self.path, Some(entry)).await?;
+                b.flush().await?;
+                Ok(v)
+            }
+        }
     }
 }

@@ -3,11 +3,13 @@
 //! [`view`] is the pure heart: given what a peer holds of each writer's log (plain data, no I/O,
 //! no clock), it computes the writer set and the merged files, so peers that hold the same data
 //! show the same view whatever order it arrived in. [`records`] is how that data is kept in each
-//! writer's db; [`CoDrive`] reads and writes it. See `docs/codrive.md` for the semantics.
+//! writer's db; [`CoDrive`] reads and writes it: a [`Snapshot`] reads the merged view computed
+//! once, a [`CoBatch`] writes files with their records in one atomic append. See
+//! `docs/codrive.md` for the semantics.
 
 mod handle;
 pub mod records;
 pub mod view;
 
-pub use handle::{CoDrive, CoDriveError};
+pub use handle::{CoBatch, CoDrive, CoDriveError, CoEntry, CoFileWriter, Snapshot};
 pub use view::{Clock, MemberOp, MemberRecord, PathVersion, Resolved, View, WriterData};

@@ -1,15 +1,20 @@
-//! File commands: info, put, cat, ls, rm, stat.
+//! File commands over the merged co-drive view: put, cat, ls, rm, stat; and info (own drive).
 
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use co_hyperdrive::{Drive, DriveEntry, PutOptions};
-use tokio::io::AsyncReadExt;
+use co_hyperdrive::codrive::{CoDrive, CoEntry, PathVersion};
+use co_hyperdrive::format::{path, Key};
+use co_hyperdrive::PutOptions;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::read_snapshot;
 use crate::output;
 
-pub(crate) async fn info(drive: &Drive, json: bool) -> Result<()> {
+/// `info` describes this store's own drive (the local writer's), plus which co-drive it is in.
+pub(crate) async fn info(co: &CoDrive, json: bool) -> Result<()> {
+    let drive = co.own();
     let db = drive.db().core().info();
     let blobs = drive.blobs().core().info();
     if json {
@@ -21,6 +26,8 @@ pub(crate) async fn info(drive: &Drive, json: bool) -> Result<()> {
             "version": drive.version(),
             "db": { "length": db.length, "byte_length": db.byte_length },
             "blobs": { "length": blobs.length, "byte_length": blobs.byte_length },
+            "codrive": co.key().to_hex(),
+            "local_writer": co.local_key().to_hex(),
         });
         println!("{v}");
     } else {
@@ -39,12 +46,13 @@ pub(crate) async fn info(drive: &Drive, json: bool) -> Result<()> {
             blobs.length,
             output::size(blobs.byte_length)
         );
+        println!("co-drive:  {}", co.key());
     }
     Ok(())
 }
 
 pub(crate) async fn put(
-    drive: &Drive,
+    co: &CoDrive,
     path: &str,
     local: Option<&Path>,
     executable: bool,
@@ -59,50 +67,49 @@ pub(crate) async fn put(
         executable,
         metadata,
     };
-    let mut w = drive.writer(path, opts).await?;
-    let mut buf = vec![0u8; 1 << 20];
-    match local {
-        Some(p) if p != Path::new("-") => {
-            let mut f = tokio::fs::File::open(p)
-                .await
-                .with_context(|| format!("cannot read {}", p.display()))?;
-            loop {
-                let n = f
-                    .read(&mut buf)
+    let (mut source, what): (Box<dyn AsyncRead + Unpin>, String) = match local {
+        Some(p) if p != Path::new("-") => (
+            Box::new(
+                tokio::fs::File::open(p)
                     .await
-                    .with_context(|| format!("reading {}", p.display()))?;
-                if n == 0 {
-                    break;
-                }
-                w.write(&buf[..n]).await?;
-            }
+                    .with_context(|| format!("cannot read {}", p.display()))?,
+            ),
+            p.display().to_string(),
+        ),
+        _ => (Box::new(tokio::io::stdin()), "stdin".to_string()),
+    };
+    let mut snap = co.snapshot().await?;
+    let mut batch = snap.batch().await?;
+    let mut w = batch.writer(path, opts).await?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = source
+            .read(&mut buf)
+            .await
+            .with_context(|| format!("reading {what}"))?;
+        if n == 0 {
+            break;
         }
-        _ => {
-            let mut stdin = tokio::io::stdin();
-            loop {
-                let n = stdin.read(&mut buf).await.context("reading stdin")?;
-                if n == 0 {
-                    break;
-                }
-                w.write(&buf[..n]).await?;
-            }
-        }
+        w.write(&buf[..n]).await?;
     }
     w.finish().await?;
+    batch.flush().await?;
     Ok(())
 }
 
-pub(crate) async fn cat(drive: &Drive, path: &str) -> Result<()> {
+pub(crate) async fn cat(co: &CoDrive, path: &str) -> Result<()> {
+    let snap = read_snapshot(co).await?;
     let mut out = std::io::stdout().lock();
     let mut err = None;
-    drive
-        .read_range(path, 0, u64::MAX, |chunk| {
+    snap.read_range(path, 0, u64::MAX, |chunk| {
+        if err.is_none() {
             if let Err(e) = out.write_all(chunk) {
                 err = Some(e);
             }
-            Ok(())
-        })
-        .await?;
+        }
+        Ok(())
+    })
+    .await?;
     if let Some(e) = err {
         return Err(e.into());
     }
@@ -110,7 +117,7 @@ pub(crate) async fn cat(drive: &Drive, path: &str) -> Result<()> {
     Ok(())
 }
 
-fn entry_json(e: &DriveEntry) -> serde_json::Value {
+fn entry_json(e: &CoEntry) -> serde_json::Value {
     serde_json::json!({
         "path": e.path,
         "seq": e.seq,
@@ -119,10 +126,11 @@ fn entry_json(e: &DriveEntry) -> serde_json::Value {
         "linkname": e.entry.linkname,
         "blob": e.entry.blob,
         "metadata": e.entry.metadata,
+        "writer": e.writer.to_hex(),
     })
 }
 
-fn long_line(e: &DriveEntry) -> String {
+fn long_line(e: &CoEntry) -> String {
     let kind = if e.entry.linkname.is_some() && e.entry.blob.is_none() {
         'l'
     } else {
@@ -139,19 +147,21 @@ fn long_line(e: &DriveEntry) -> String {
 }
 
 pub(crate) async fn ls(
-    drive: &Drive,
+    co: &CoDrive,
     folder: &str,
     recursive: bool,
     long: bool,
     json: bool,
 ) -> Result<()> {
+    let snap = read_snapshot(co).await?;
     let mut out = std::io::stdout().lock();
     if recursive || long || json {
-        let entries = if recursive {
-            drive.list(folder).await?
-        } else {
-            drive.list_shallow(folder).await?
-        };
+        let mut entries = snap.list(folder);
+        if !recursive {
+            // Only the entries directly in the folder.
+            let f = path::folder(folder);
+            entries.retain(|e| !e.path[f.len() + 1..].contains('/'));
+        }
         if json {
             let v: Vec<_> = entries.iter().map(entry_json).collect();
             writeln!(out, "{}", serde_json::Value::Array(v))?;
@@ -165,8 +175,8 @@ pub(crate) async fn ls(
             }
         }
         if !recursive && !json {
-            // Subfolders, which list_shallow leaves out, shown as `path/`.
-            for name in drive.readdir(folder).await? {
+            // Subfolders, which the entries leave out, shown as `path/`.
+            for name in snap.readdir(folder) {
                 let p = join(folder, &name);
                 if !entries.iter().any(|e| e.path == p) {
                     writeln!(
@@ -182,7 +192,7 @@ pub(crate) async fn ls(
             }
         }
     } else {
-        for name in drive.readdir(folder).await? {
+        for name in snap.readdir(folder) {
             writeln!(out, "{}", join(folder, &name))?;
         }
     }
@@ -190,50 +200,80 @@ pub(crate) async fn ls(
 }
 
 fn join(folder: &str, name: &str) -> String {
-    let f = co_hyperdrive::format::path::folder(folder);
-    format!("{f}/{name}")
+    format!("{}/{name}", path::folder(folder))
 }
 
-pub(crate) async fn rm(drive: &Drive, path: &str, recursive: bool) -> Result<()> {
+/// `rm` writes tombstones through the co-drive: the versions it saw disappear from the merged
+/// view, whichever writer wrote them.
+pub(crate) async fn rm(co: &CoDrive, target: &str, recursive: bool) -> Result<()> {
+    let mut snap = co.snapshot().await?;
+    let mut batch = snap.batch().await?;
     if recursive {
-        let entries = drive.list(path).await?;
-        let exact = drive.entry(path).await.ok().flatten();
-        if entries.is_empty() && exact.is_none() {
-            bail!("no such file or folder: {path}");
+        if batch.del_folder(target).await? == 0 {
+            bail!("no such file or folder: {target}");
         }
-        let mut b = drive.batch().await?;
-        for e in exact.iter().chain(entries.iter()) {
-            b.del(&e.path).await?;
+    } else if !batch.del(target).await? {
+        drop(batch);
+        if !snap.list(target).is_empty() {
+            bail!("{target} is a folder (use rm -r)");
         }
-        b.flush().await?;
-        return Ok(());
+        bail!("no such file: {target}");
     }
-    if !drive.del(path).await? {
-        if !drive.list(path).await?.is_empty() {
-            bail!("{path} is a folder (use rm -r)");
-        }
-        bail!("no such file: {path}");
-    }
+    batch.flush().await?;
     Ok(())
 }
 
-pub(crate) async fn stat(drive: &Drive, path: &str, json: bool) -> Result<()> {
-    let Some(e) = drive.entry(path).await? else {
-        if !drive.list(path).await?.is_empty() {
+/// `writer@seq` of each version, as `cohd conflicts` shows them.
+pub(crate) fn versions_text(versions: &[PathVersion]) -> String {
+    versions
+        .iter()
+        .map(|c| {
+            format!(
+                "{}@{}{}",
+                &c.writer.to_hex()[..8],
+                c.seq,
+                if c.entry.is_none() { " (deleted)" } else { "" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The versions as `cohd conflicts --json` shows them; `winner` is the winning (writer, seq).
+pub(crate) fn versions_json(versions: &[PathVersion], winner: (Key, u64)) -> serde_json::Value {
+    versions
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "writer": c.writer.to_hex(),
+                "seq": c.seq,
+                "deleted": c.entry.is_none(),
+                "winner": (c.writer, c.seq) == winner,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn stat(co: &CoDrive, target: &str, json: bool) -> Result<()> {
+    let snap = read_snapshot(co).await?;
+    let Some(e) = snap.entry(target)? else {
+        if !snap.list(target).is_empty() {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({ "path": co_hyperdrive::format::path::resolve(path), "directory": true })
+                    serde_json::json!({ "path": path::resolve(target), "directory": true })
                 );
             } else {
-                println!("{}: directory", co_hyperdrive::format::path::resolve(path));
+                println!("{}: directory", path::resolve(target));
             }
             return Ok(());
         }
-        bail!("no such file: {path}");
+        bail!("no such file: {target}");
     };
     if json {
-        println!("{}", entry_json(&e));
+        let mut v = entry_json(&e);
+        v["conflicts"] = versions_json(&e.conflicts, (e.writer, e.seq));
+        println!("{v}");
     } else {
         println!("path:       {}", e.path);
         println!(
@@ -259,6 +299,10 @@ pub(crate) async fn stat(drive: &Drive, path: &str, json: bool) -> Result<()> {
             println!("metadata:   {m}");
         }
         println!("seq:        {}", e.seq);
+        println!("writer:     {}", e.writer);
+        if !e.conflicts.is_empty() {
+            println!("conflicts:  {}", versions_text(&e.conflicts));
+        }
     }
     Ok(())
 }

@@ -1,34 +1,72 @@
-//! log and diff.
+//! log and diff: the history of this store's own drive (the local writer's log), not the
+//! merged co-drive.
 
 use anyhow::Result;
+use co_hyperdrive::codrive::records;
 use co_hyperdrive::format::{sub, Entry};
 use co_hyperdrive::Drive;
 
+/// One line per file write. A co-drive write is a file entry followed, in the same batch, by its
+/// version record: the line shows the version after the record, the one the write made. A
+/// delete of a path this drive never held is a version record alone (a tombstone).
 pub(crate) async fn log(drive: &Drive, json: bool) -> Result<()> {
     let len = drive.version();
+    let mut next = if len > 1 {
+        Some(drive.db().block_at(1).await?)
+    } else {
+        None
+    };
+    let mut prev_file: Option<String> = None;
     for seq in 1..len {
-        let (key, value) = drive.db().block_at(seq).await?;
-        let Some(path) = sub::decode(sub::FILES, &key) else {
-            continue;
+        let Some((key, value)) = next.take() else {
+            break;
         };
-        let path = String::from_utf8_lossy(path);
-        let (op, size) = match &value {
-            None => ("del", 0),
-            Some(v) => match Entry::decode(v) {
-                Ok(e) if e.blob.is_none() => ("symlink", 0),
-                Ok(e) => ("put", e.size()),
-                Err(_) => ("bad-entry", 0),
-            },
+        if seq + 1 < len {
+            next = Some(drive.db().block_at(seq + 1).await?);
+        }
+        let (path, op, size, version) = if let Some(p) = sub::decode(sub::FILES, &key) {
+            let path = String::from_utf8_lossy(p).into_owned();
+            let record = sub::encode(records::SUB, records::version_key(&path).as_bytes());
+            let version = match &next {
+                Some((k, _)) if *k == record => seq + 2,
+                _ => seq + 1,
+            };
+            let (op, size) = match &value {
+                None => ("del", 0),
+                Some(v) => match Entry::decode(v) {
+                    Ok(e) if e.blob.is_none() => ("symlink", 0),
+                    Ok(e) => ("put", e.size()),
+                    Err(_) => ("bad-entry", 0),
+                },
+            };
+            prev_file = Some(path.clone());
+            (path, op, size, version)
+        } else {
+            let prev = prev_file.take();
+            let Some(path) = sub::decode(records::SUB, &key)
+                .and_then(|k| k.strip_prefix(b"v"))
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+            else {
+                continue;
+            };
+            // A record right after its file's entry was shown with that entry.
+            if prev.as_deref() == Some(path.as_str()) {
+                continue;
+            }
+            match value.as_deref().map(records::decode_version) {
+                Some(Ok((_, true))) => (path, "del", 0, seq + 1),
+                _ => continue,
+            }
         };
         if json {
             println!(
                 "{}",
-                serde_json::json!({ "version": seq + 1, "seq": seq, "op": op, "path": path, "size": size })
+                serde_json::json!({ "version": version, "seq": seq, "op": op, "path": path, "size": size })
             );
         } else {
             println!(
                 "{:>6} {:<8} {}{}",
-                seq + 1,
+                version,
                 op,
                 path,
                 if op == "put" {

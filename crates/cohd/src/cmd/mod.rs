@@ -6,29 +6,31 @@ mod history;
 mod transfer;
 mod writers;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Result};
+use co_hyperdrive::codrive::{CoDrive, Snapshot};
 use co_hyperdrive::format::Key;
 use co_hyperdrive::{Drive, Store};
 
 use crate::{Cli, Command};
 
-/// The drive a command works on: the store's own, or `--drive KEY`.
-pub(crate) async fn open_drive(cli: &Cli) -> Result<(Store, Drive)> {
+/// The co-drive a command works on: the one named by `--drive KEY`, else the store's own (whose
+/// primary is this store's drive). Either way the local writer is this store's drive.
+async fn open_codrive(cli: &Cli) -> Result<CoDrive> {
     let store = Store::open(&cli.dir)?;
-    let drive = match &cli.drive {
-        None => Drive::open_own(&store, "db").await?,
-        Some(k) => {
-            let key: Key = k.parse()?;
-            if key == store.named_key("db") {
-                Drive::open_own(&store, "db").await?
-            } else {
-                Drive::open_key(&store, key)
-                    .await
-                    .with_context(|| format!("opening drive {key}"))?
-            }
-        }
-    };
-    Ok((store, drive))
+    Ok(match &cli.drive {
+        None => CoDrive::create(&store, "db").await?,
+        Some(k) => CoDrive::open(&store, k.parse::<Key>()?, "db").await?,
+    })
+}
+
+/// The merged view for a read: reading a co-drive whose primary drive the store does not hold
+/// is an error (there would be nothing to show).
+pub(crate) async fn read_snapshot(co: &CoDrive) -> Result<Snapshot<'_>> {
+    let snap = co.snapshot().await?;
+    if snap.missing().contains(&co.key()) {
+        bail!("drive {} is not in this store", co.key());
+    }
+    Ok(snap)
 }
 
 pub(crate) async fn run(cli: Cli) -> Result<()> {
@@ -42,80 +44,59 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo => demo::run().await,
-        Command::Whoami
-        | Command::Writers { .. }
-        | Command::Authorize { .. }
-        | Command::Deauthorize { .. }
-        | Command::Conflicts { .. } => writers::run(&cli).await,
         _ => {
-            let (_store, drive) = open_drive(&cli).await?;
-            let r = dispatch(&cli.command, &drive).await;
+            let co = open_codrive(&cli).await?;
+            let r = dispatch(&cli.command, &co).await;
             // Make whatever was written durable before exiting, even after an error.
-            let synced = drive.sync();
+            let synced = co.own().sync();
             r?;
             Ok(synced?)
         }
     }
 }
 
-async fn dispatch(command: &Command, drive: &Drive) -> Result<()> {
+async fn dispatch(command: &Command, co: &CoDrive) -> Result<()> {
     match command {
-        Command::Info { json } => files::info(drive, *json).await,
+        Command::Info { json } => files::info(co, *json).await,
         Command::Put {
             path,
             local,
             executable,
             metadata,
-        } => {
-            files::put(
-                drive,
-                path,
-                local.as_deref(),
-                *executable,
-                metadata.as_deref(),
-            )
-            .await
-        }
-        Command::Cat { path } => files::cat(drive, path).await,
+        } => files::put(co, path, local.as_deref(), *executable, metadata.as_deref()).await,
+        Command::Cat { path } => files::cat(co, path).await,
         Command::Ls {
             path,
             recursive,
             long,
             json,
-        } => {
-            files::ls(
-                drive,
-                path.as_deref().unwrap_or("/"),
-                *recursive,
-                *long,
-                *json,
-            )
-            .await
-        }
-        Command::Rm { path, recursive } => files::rm(drive, path, *recursive).await,
-        Command::Stat { path, json } => files::stat(drive, path, *json).await,
-        Command::Symlink { path, target } => {
-            drive.symlink(path, target).await?;
-            Ok(())
-        }
+        } => files::ls(co, path.as_deref().unwrap_or("/"), *recursive, *long, *json).await,
+        Command::Rm { path, recursive } => files::rm(co, path, *recursive).await,
+        Command::Stat { path, json } => files::stat(co, path, *json).await,
+        Command::Symlink { path, target } => Ok(co.symlink(path, target).await?),
         Command::Import { local, path } => {
-            transfer::import(drive, local, path.as_deref().unwrap_or("/")).await
+            transfer::import(co, local, path.as_deref().unwrap_or("/")).await
         }
         Command::Export { args } => {
             let (from, to) = match args.as_slice() {
                 [to] => ("/", to.as_str()),
                 [from, to] => (from.as_str(), to.as_str()),
-                _ => anyhow::bail!("export takes [DRIVE_DIR] LOCAL_DIR"),
+                _ => bail!("export takes [DRIVE_DIR] LOCAL_DIR"),
             };
-            transfer::export(drive, from, std::path::Path::new(to)).await
+            transfer::export(co, from, std::path::Path::new(to)).await
         }
-        Command::Log { json } => history::log(drive, *json).await,
+        Command::Log { json } => history::log(co.own(), *json).await,
         Command::Diff {
             from,
             to,
             path,
             json,
-        } => history::diff(drive, *from, *to, path, *json).await,
-        _ => unreachable!("handled before opening a store"),
+        } => history::diff(co.own(), *from, *to, path, *json).await,
+        Command::Whoami
+        | Command::Writers { .. }
+        | Command::Authorize { .. }
+        | Command::Deauthorize { .. }
+        | Command::Conflicts { .. } => writers::run(command, co).await,
+        Command::Init | Command::Demo => unreachable!("handled before opening a store"),
     }
 }

@@ -1,12 +1,20 @@
-//! import / export between a local folder and the drive.
+//! import / export between a local folder and the co-drive.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use co_hyperdrive::{Drive, PutOptions};
+use co_hyperdrive::codrive::CoDrive;
+use co_hyperdrive::PutOptions;
 use tokio::io::AsyncReadExt;
 
+use super::read_snapshot;
 use crate::output;
+
+/// An import appends its files in batches of at most this many files…
+const BATCH_FILES: usize = 64;
+/// …or about this much content: one fsync per batch, and an interrupted import keeps every
+/// batch it finished.
+const BATCH_BYTES: u64 = 32 << 20;
 
 /// Local files under `root` (not following symlinks), sorted, with sizes.
 fn walk(root: &Path) -> Result<Vec<(PathBuf, u64)>> {
@@ -29,15 +37,18 @@ fn walk(root: &Path) -> Result<Vec<(PathBuf, u64)>> {
     Ok(out)
 }
 
-pub(crate) async fn import(drive: &Drive, local: &Path, folder: &str) -> Result<()> {
+pub(crate) async fn import(co: &CoDrive, local: &Path, folder: &str) -> Result<()> {
     if !local.is_dir() {
         bail!("{} is not a folder", local.display());
     }
     let files = walk(local)?;
     let total: u64 = files.iter().map(|f| f.1).sum();
+    let mut snap = co.snapshot().await?;
+    let mut batch = snap.batch().await?;
     let pb = output::progress(total, "import");
     let base = co_hyperdrive::format::path::folder(folder);
     let mut buf = vec![0u8; 1 << 20];
+    let mut batch_bytes = 0;
     for (p, _) in &files {
         let rel = p.strip_prefix(local).unwrap_or(p);
         let rel = rel
@@ -50,7 +61,10 @@ pub(crate) async fn import(drive: &Drive, local: &Path, folder: &str) -> Result<
         };
         #[cfg(not(unix))]
         let executable = false;
-        let mut w = drive
+        let mut f = tokio::fs::File::open(p)
+            .await
+            .with_context(|| format!("cannot read {}", p.display()))?;
+        let mut w = batch
             .writer(
                 &format!("{base}/{rel}"),
                 PutOptions {
@@ -59,27 +73,35 @@ pub(crate) async fn import(drive: &Drive, local: &Path, folder: &str) -> Result<
                 },
             )
             .await?;
-        let mut f = tokio::fs::File::open(p)
-            .await
-            .with_context(|| format!("cannot read {}", p.display()))?;
         loop {
-            let n = f.read(&mut buf).await?;
+            let n = f
+                .read(&mut buf)
+                .await
+                .with_context(|| format!("reading {}", p.display()))?;
             if n == 0 {
                 break;
             }
             w.write(&buf[..n]).await?;
             pb.inc(n as u64);
+            batch_bytes += n as u64;
         }
         w.finish().await?;
+        if batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES {
+            batch.flush().await?;
+            batch = snap.batch().await?;
+            batch_bytes = 0;
+        }
     }
+    batch.flush().await?;
     pb.finish_and_clear();
     eprintln!("imported {} files ({})", files.len(), output::size(total));
     Ok(())
 }
 
-pub(crate) async fn export(drive: &Drive, folder: &str, local: &Path) -> Result<()> {
-    let entries = drive.list(folder).await?;
-    let exact = drive.entry(folder).await.ok().flatten();
+pub(crate) async fn export(co: &CoDrive, folder: &str, local: &Path) -> Result<()> {
+    let snap = read_snapshot(co).await?;
+    let entries = snap.list(folder);
+    let exact = snap.entry(folder).ok().flatten();
     if entries.is_empty() && exact.is_none() {
         bail!("nothing to export under {folder}");
     }
@@ -107,18 +129,17 @@ pub(crate) async fn export(drive: &Drive, folder: &str, local: &Path) -> Result<
                 let mut f = std::fs::File::create(&dest)
                     .with_context(|| format!("creating {}", dest.display()))?;
                 let mut werr = None;
-                drive
-                    .read_range(&e.path, 0, u64::MAX, |c| {
-                        use std::io::Write;
-                        if werr.is_none() {
-                            if let Err(err) = f.write_all(c) {
-                                werr = Some(err);
-                            }
+                snap.read_range(&e.path, 0, u64::MAX, |c| {
+                    use std::io::Write;
+                    if werr.is_none() {
+                        if let Err(err) = f.write_all(c) {
+                            werr = Some(err);
                         }
-                        pb.inc(c.len() as u64);
-                        Ok(())
-                    })
-                    .await?;
+                    }
+                    pb.inc(c.len() as u64);
+                    Ok(())
+                })
+                .await?;
                 if let Some(err) = werr {
                     return Err(err).with_context(|| format!("writing {}", dest.display()));
                 }

@@ -3,71 +3,67 @@
 use anyhow::Result;
 use co_hyperdrive::codrive::CoDrive;
 use co_hyperdrive::format::{path, Key};
-use co_hyperdrive::Store;
 
-use crate::{Cli, Command};
+use super::files::{versions_json, versions_text};
+use super::read_snapshot;
+use crate::Command;
 
-pub(crate) async fn run(cli: &Cli) -> Result<()> {
-    let store = Store::open(&cli.dir)?;
-    // The store's co-drive: named by --drive, else the one whose primary is our own drive.
-    let co = match &cli.drive {
-        Some(k) => CoDrive::open(&store, k.parse::<Key>()?, "db").await?,
-        None => CoDrive::create(&store, "db").await?,
-    };
-    let r = command(cli, &co).await;
-    co.own().sync()?;
-    r
-}
-
-async fn command(cli: &Cli, co: &CoDrive) -> Result<()> {
-    match &cli.command {
+pub(crate) async fn run(command: &Command, co: &CoDrive) -> Result<()> {
+    match command {
         Command::Whoami => println!("{}", co.local_key()),
         Command::Writers { json } => {
-            let v = co.view().await?;
+            let snap = co.snapshot().await?;
+            let v = snap.view();
+            let held = |k: &Key| !snap.missing().contains(k);
             if *json {
+                let one = |k: &Key, counted: Option<u64>| {
+                    let mut j = serde_json::json!({
+                        "key": k.to_hex(),
+                        "primary": *k == co.key(),
+                        "removed": counted.is_some(),
+                        "held": held(k),
+                    });
+                    if let Some(l) = counted {
+                        j["counted_length"] = l.into();
+                    }
+                    j
+                };
                 let w: Vec<_> = v
                     .writers
                     .keys()
-                    .map(|k| serde_json::json!({ "key": k.to_hex(), "primary": *k == co.key(), "removed": false }))
-                    .chain(v.removed.iter().map(|(k, l)| serde_json::json!({ "key": k.to_hex(), "primary": false, "removed": true, "counted_length": l })))
+                    .map(|k| one(k, None))
+                    .chain(v.removed.iter().map(|(k, l)| one(k, Some(*l))))
                     .collect();
                 println!("{}", serde_json::Value::Array(w));
             } else {
+                let note = |k: &Key| {
+                    if held(k) {
+                        ""
+                    } else {
+                        " (not in this store yet)"
+                    }
+                };
                 for k in v.writers.keys() {
-                    println!("{k}{}", if *k == co.key() { " (primary)" } else { "" });
+                    let primary = if *k == co.key() { " (primary)" } else { "" };
+                    println!("{k}{primary}{}", note(k));
                 }
                 for (k, l) in &v.removed {
-                    println!("{k} (removed; first {l} blocks count)");
+                    println!("{k} (removed; first {l} blocks count){}", note(k));
                 }
             }
         }
         Command::Authorize { key } => co.authorize(key.parse()?).await?,
         Command::Deauthorize { key } => co.deauthorize(key.parse()?).await?,
         Command::Conflicts { path: folder, json } => {
-            let v = co.view().await?;
+            let snap = read_snapshot(co).await?;
+            let v = snap.view();
             let f = path::folder(folder.as_deref().unwrap_or("/"));
             for (p, r) in v.conflicts().filter(|(p, _)| path::is_under(p, &f)) {
                 if *json {
-                    let versions: Vec<_> = r
-                        .conflicts
-                        .iter()
-                        .map(|c| serde_json::json!({ "writer": c.writer.to_hex(), "seq": c.seq, "deleted": c.entry.is_none(), "winner": c == &r.winner }))
-                        .collect();
+                    let versions = versions_json(&r.conflicts, (r.winner.writer, r.winner.seq));
                     println!("{}", serde_json::json!({ "path": p, "versions": versions }));
                 } else {
-                    let who: Vec<String> = r
-                        .conflicts
-                        .iter()
-                        .map(|c| {
-                            format!(
-                                "{}@{}{}",
-                                &c.writer.to_hex()[..8],
-                                c.seq,
-                                if c.entry.is_none() { " (deleted)" } else { "" }
-                            )
-                        })
-                        .collect();
-                    println!("{p}: {}", who.join(", "));
+                    println!("{p}: {}", versions_text(&r.conflicts));
                 }
             }
             for p in v.clashes().iter().filter(|p| path::is_under(p, &f)) {
