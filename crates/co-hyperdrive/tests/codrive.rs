@@ -84,3 +84,28 @@ async fn authorize_write_overwrite_delete_revoke() {
     b.put("/back", b"again").await.unwrap();
     assert_eq!(a.get("/back").await.unwrap().unwrap(), b"again");
 }
+
+#[tokio::test]
+async fn malformed_data_from_a_writer_is_ignored_not_fatal() {
+    let store = Store::memory();
+    let a = CoDrive::create(&store, "db").await.unwrap();
+    let b = CoDrive::open(&store, a.key(), "w2").await.unwrap();
+    a.authorize(b.local_key()).await.unwrap();
+    b.put("/good", b"ok").await.unwrap();
+    a.put("/a", b"a").await.unwrap();
+    // Writer b's drive gets garbage under both subs, written behind the co-drive's back.
+    let mut batch = b.own().batch().await.unwrap();
+    batch.put_raw(b"files\0/bad", b"{not json").await.unwrap();
+    batch
+        .put_raw(b"cohd\0v/x/../y", br#"{"clock":{},"deleted":false}"#)
+        .await
+        .unwrap();
+    batch
+        .put_raw(b"cohd\0m/ffffffffffffffff", b"\xff\xfe")
+        .await
+        .unwrap();
+    batch.flush().await.unwrap();
+    let v = a.view().await.unwrap();
+    assert_eq!(names(&v), vec!["/a", "/good"]);
+    assert_eq!(a.get("/good").await.unwrap().unwrap(), b"ok");
+}

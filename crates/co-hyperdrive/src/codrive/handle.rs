@@ -156,13 +156,19 @@ impl CoDrive {
             else {
                 continue;
             };
+            // Only normalized paths: a record for `/a/../b` would show a path no file can have.
+            if p != path::resolve(p) {
+                continue;
+            }
             if let Ok((clock, deleted)) = records::decode_version(&e.value) {
                 clocks.insert(p.to_string(), (e.seq, clock, deleted));
             }
         }
+        // Another writer's malformed entries are ignored, as every peer ignores them.
         let files: BTreeMap<String, _> = d
-            .list("/")
+            .list_valid("/")
             .await?
+            .0
             .into_iter()
             .map(|e| (e.path.clone(), e))
             .collect();

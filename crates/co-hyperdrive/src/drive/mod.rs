@@ -373,6 +373,25 @@ impl Drive {
             .collect()
     }
 
+    /// Like [`Drive::list`], but entries that are not valid Hyperdrive entries (another writer's
+    /// malformed data) are skipped instead of failing the whole listing; returns how many were.
+    pub async fn list_valid(&self, folder: &str) -> Result<(Vec<DriveEntry>, usize), DriveError> {
+        let f = path::folder(folder);
+        let range = Range::exclusive(files_key(&format!("{f}/")), files_key(&format!("{f}0")));
+        let mut skipped = 0;
+        let mut out = Vec::new();
+        for e in self.db.range(&range).await? {
+            match self.to_drive_entry(e) {
+                Ok(e) => out.push(e),
+                Err(err) => {
+                    skipped += 1;
+                    tracing::warn!(drive = %self.key, "skipping a malformed entry: {err}");
+                }
+            }
+        }
+        Ok((out, skipped))
+    }
+
     /// The entries directly in `folder` (files and symlinks, not subfolders), sorted.
     pub async fn list_shallow(&self, folder: &str) -> Result<Vec<DriveEntry>, DriveError> {
         let mut out = Vec::new();
