@@ -1,13 +1,16 @@
 //! cohd-bench: runs the workloads of `js/bench.js` on our Rust [`Drive`], on disk, then runs
 //! `js/bench.js` itself, and compares the two.
 //!
-//! Usage: `cohd-bench [--runs N] [--json] [--no-js]`
+//! Usage: `cohd-bench [--runs N] [--json] [--no-js] [--codrive]`
 //!
 //! - `--runs N`: run both sides N times (default 1) and report the median of each workload.
 //! - `--json`: print only the final JSON line on stdout.
 //! - `--no-js`: skip the JavaScript side.
+//! - `--codrive`: instead, the co-drive benchmark (merged reads with 1, 4, 16 writers).
 //!
 //! Progress goes to stderr; the table and one JSON line with every number go to stdout.
+
+mod codrive;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -55,10 +58,11 @@ struct Options {
     runs: usize,
     json: bool,
     js: bool,
+    codrive: bool,
 }
 
 fn usage() -> &'static str {
-    "usage: cohd-bench [--runs N] [--json] [--no-js]"
+    "usage: cohd-bench [--runs N] [--json] [--no-js] [--codrive]"
 }
 
 fn parse_args() -> Result<Options> {
@@ -66,6 +70,7 @@ fn parse_args() -> Result<Options> {
         runs: 1,
         json: false,
         js: true,
+        codrive: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -80,6 +85,7 @@ fn parse_args() -> Result<Options> {
             }
             "--json" => opts.json = true,
             "--no-js" => opts.js = false,
+            "--codrive" => opts.codrive = true,
             "-h" | "--help" => {
                 println!("{}", usage());
                 std::process::exit(0);
@@ -373,6 +379,7 @@ async fn run(opts: &Options) -> Result<()> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let result = match parse_args() {
+        Ok(opts) if opts.codrive => codrive::run(opts.json).await,
         Ok(opts) => run(&opts).await,
         Err(e) => Err(e),
     };

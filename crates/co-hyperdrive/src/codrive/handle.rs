@@ -8,7 +8,7 @@
 //! [`CoBatch::writer`] streams a file's content, so a large file never sits in memory whole.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use cohd_format::{path, sub, Entry, Key};
 
@@ -50,6 +50,18 @@ pub struct CoDrive {
     primary: Key,
     own: Drive,
     drives: Mutex<BTreeMap<Key, Drive>>,
+    cache: Mutex<Option<Cached>>,
+}
+
+/// The last computed view and what it was computed from: every loaded writer's version, and the
+/// writers the store did not hold. Blocks never change once written, so while those are the
+/// same the view is too, and reads need not reload every writer.
+#[derive(Debug)]
+struct Cached {
+    versions: BTreeMap<Key, u64>,
+    absent: BTreeSet<Key>,
+    view: Arc<View>,
+    missing: BTreeSet<Key>,
 }
 
 fn cohd_key(k: &str) -> Vec<u8> {
@@ -80,6 +92,7 @@ impl CoDrive {
             primary,
             own,
             drives: Mutex::default(),
+            cache: Mutex::default(),
         }
     }
 
@@ -213,7 +226,11 @@ impl CoDrive {
 
     /// Loads every writer the store holds that the records mention and computes the view; also
     /// returns the writers (current or removed) whose drives the store does not hold.
-    async fn compute(&self) -> Result<(View, BTreeSet<Key>), CoDriveError> {
+    async fn compute(&self) -> Result<(Arc<View>, BTreeSet<Key>), CoDriveError> {
+        if let Some(hit) = self.cached().await? {
+            return Ok(hit);
+        }
+        let mut versions: BTreeMap<Key, u64> = BTreeMap::new();
         let mut data: BTreeMap<Key, WriterData> = BTreeMap::new();
         let mut absent: BTreeSet<Key> = BTreeSet::new();
         let mut todo = vec![self.primary, self.own.key()];
@@ -225,6 +242,7 @@ impl CoDrive {
                 absent.insert(k);
                 continue;
             };
+            versions.insert(k, d.version());
             let wd = self.load(&d, None).await?;
             data.insert(k, wd);
             todo.extend(
@@ -254,15 +272,46 @@ impl CoDrive {
         };
         // Of the writers that could not be loaded, those the store does not hold at all (an
         // empty drive is held: it just has nothing to show yet).
-        absent.retain(|k| {
+        let mut missing = absent.clone();
+        missing.retain(|k| {
             (v.writers.contains_key(k) || v.removed.contains_key(k)) && !self.store.has_core(k)
         });
-        Ok((v, absent))
+        let v = Arc::new(v);
+        *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(Cached {
+            versions,
+            absent,
+            view: v.clone(),
+            missing: missing.clone(),
+        });
+        Ok((v, missing))
+    }
+
+    /// The cached view, if no writer it was computed from has changed and no writer it lacked
+    /// has appeared in the store.
+    async fn cached(&self) -> Result<Option<(Arc<View>, BTreeSet<Key>)>, CoDriveError> {
+        let (versions, absent) = {
+            let c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            match c.as_ref() {
+                None => return Ok(None),
+                Some(c) => (c.versions.clone(), c.absent.clone()),
+            }
+        };
+        for (k, v) in &versions {
+            match self.drive(*k).await? {
+                Some(d) if d.version() == *v => {}
+                _ => return Ok(None),
+            }
+        }
+        if absent.iter().any(|k| self.store.has_core(k)) {
+            return Ok(None);
+        }
+        let c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(c.as_ref().map(|c| (c.view.clone(), c.missing.clone())))
     }
 
     /// Loads every writer the store holds that the records mention, and computes the view.
     pub async fn view(&self) -> Result<View, CoDriveError> {
-        Ok(self.compute().await?.0)
+        Ok(View::clone(&self.compute().await?.0))
     }
 
     /// Computes the view once, for any number of reads (and writes) from it.
@@ -440,7 +489,7 @@ impl CoEntry {
 #[derive(Debug)]
 pub struct Snapshot<'a> {
     co: &'a CoDrive,
-    view: View,
+    view: Arc<View>,
     missing: BTreeSet<Key>,
 }
 
@@ -573,8 +622,8 @@ impl<'a> Snapshot<'a> {
 
 #[derive(Debug)]
 enum ViewSlot<'a> {
-    Owned(View),
-    Lent(&'a mut View),
+    Owned(Arc<View>),
+    Lent(&'a mut Arc<View>),
 }
 
 impl ViewSlot<'_> {
@@ -585,10 +634,11 @@ impl ViewSlot<'_> {
         }
     }
 
+    /// Copy-on-write: the cached view shared with other snapshots is not changed.
     fn get_mut(&mut self) -> &mut View {
         match self {
-            Self::Owned(v) => v,
-            Self::Lent(v) => v,
+            Self::Owned(v) => Arc::make_mut(v),
+            Self::Lent(v) => Arc::make_mut(v),
         }
     }
 }

@@ -1,0 +1,193 @@
+//! `cohd-bench --codrive`: merged reads and listings with 1, 4 and 16 writers (1000 files
+//! each), against one plain drive holding the same files, in the same run. Target (issue 4):
+//! 16 writers cost at most 3x one drive.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use co_hyperdrive::codrive::CoDrive;
+use co_hyperdrive::{Drive, PutOptions, Store};
+
+const FILES_PER_WRITER: usize = 1000;
+const FILE_SIZE: usize = 1024;
+const LOOKUPS: usize = 2000;
+
+/// One row: `writers` writers, or a plain drive (`writers == 0`) with the 16-writer file count.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Row {
+    pub(crate) setup: String,
+    pub(crate) files: usize,
+    /// First merged view from disk, in a fresh process-like open (ms).
+    pub(crate) open_ms: f64,
+    pub(crate) stat_us: f64,
+    pub(crate) get_us: f64,
+    pub(crate) list_ms: f64,
+}
+
+fn path(w: usize, i: usize) -> String {
+    format!("/w{w:02}/dir{:02}/f{i:04}.bin", i % 20)
+}
+
+fn pick(n: usize, k: usize) -> impl Iterator<Item = usize> {
+    // A fixed stride walk, the same on every run and both sides.
+    (0..k).map(move |j| (j * 7919) % n)
+}
+
+async fn co_row(writers: usize) -> Result<Row> {
+    let dir = tempfile::Builder::new()
+        .prefix("cohd-bench-co-")
+        .tempdir()
+        .context("temp dir")?;
+    let data = vec![7u8; FILE_SIZE];
+    let primary_key = {
+        let store = Store::create(dir.path())?;
+        let primary = CoDrive::create(&store, "w00").await?;
+        let mut all = vec![];
+        for w in 1..writers {
+            let co = CoDrive::open(&store, primary.key(), &format!("w{w:02}")).await?;
+            primary.authorize(co.local_key()).await?;
+            all.push(co);
+        }
+        for (w, co) in std::iter::once(&primary).chain(all.iter()).enumerate() {
+            let mut snap = co.snapshot().await?;
+            let mut b = snap.batch().await?;
+            for i in 0..FILES_PER_WRITER {
+                b.put(&path(w, i), &data, PutOptions::default()).await?;
+            }
+            b.flush().await?;
+        }
+        primary.key()
+    };
+    let store = Store::open(dir.path())?;
+    let t = Instant::now();
+    let co = CoDrive::open(&store, primary_key, "w00").await?;
+    let files = co.snapshot().await?.list("/").len();
+    let open_ms = t.elapsed().as_secs_f64() * 1e3;
+    anyhow::ensure!(
+        files == writers * FILES_PER_WRITER,
+        "expected {} files, found {files}",
+        writers * FILES_PER_WRITER
+    );
+    let n = files;
+    let t = Instant::now();
+    for j in pick(n, LOOKUPS) {
+        let p = path(j % writers, j / writers % FILES_PER_WRITER);
+        co.snapshot()
+            .await?
+            .stat(&p)?
+            .context("stat found nothing")?;
+    }
+    let stat_us = t.elapsed().as_secs_f64() * 1e6 / LOOKUPS as f64;
+    let t = Instant::now();
+    for j in pick(n, LOOKUPS) {
+        let p = path(j % writers, j / writers % FILES_PER_WRITER);
+        anyhow::ensure!(co.get(&p).await?.context("get found nothing")?.len() == FILE_SIZE);
+    }
+    let get_us = t.elapsed().as_secs_f64() * 1e6 / LOOKUPS as f64;
+    let t = Instant::now();
+    let listed = co.snapshot().await?.list("/").len();
+    let list_ms = t.elapsed().as_secs_f64() * 1e3;
+    anyhow::ensure!(listed == n);
+    Ok(Row {
+        setup: format!("co-drive, {writers} writer(s)"),
+        files: n,
+        open_ms,
+        stat_us,
+        get_us,
+        list_ms,
+    })
+}
+
+async fn drive_row(files: usize) -> Result<Row> {
+    let dir = tempfile::Builder::new()
+        .prefix("cohd-bench-d-")
+        .tempdir()
+        .context("temp dir")?;
+    let data = vec![7u8; FILE_SIZE];
+    {
+        let store = Store::create(dir.path())?;
+        let d = Drive::open_own(&store, "db").await?;
+        let mut b = d.batch().await?;
+        for j in 0..files {
+            b.put(&path(j % 16, j / 16), &data).await?;
+        }
+        b.flush().await?;
+    }
+    let store = Store::open(dir.path())?;
+    let t = Instant::now();
+    let d = Drive::open_own(&store, "db").await?;
+    let open_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    for j in pick(files, LOOKUPS) {
+        d.stat(&path(j % 16, j / 16))
+            .await?
+            .context("stat found nothing")?;
+    }
+    let stat_us = t.elapsed().as_secs_f64() * 1e6 / LOOKUPS as f64;
+    let t = Instant::now();
+    for j in pick(files, LOOKUPS) {
+        anyhow::ensure!(
+            d.get(&path(j % 16, j / 16))
+                .await?
+                .context("get found nothing")?
+                .len()
+                == FILE_SIZE
+        );
+    }
+    let get_us = t.elapsed().as_secs_f64() * 1e6 / LOOKUPS as f64;
+    let t = Instant::now();
+    let listed = d.list("/").await?.len();
+    let list_ms = t.elapsed().as_secs_f64() * 1e3;
+    anyhow::ensure!(listed == files);
+    Ok(Row {
+        setup: "plain drive".into(),
+        files,
+        open_ms,
+        stat_us,
+        get_us,
+        list_ms,
+    })
+}
+
+/// Runs every row and prints the table (and a JSON line).
+pub(crate) async fn run(json: bool) -> Result<()> {
+    let mut rows = Vec::new();
+    for w in [1, 4, 16] {
+        eprintln!("co-drive with {w} writer(s)...");
+        rows.push(co_row(w).await?);
+    }
+    eprintln!("plain drive...");
+    let base = drive_row(16 * FILES_PER_WRITER).await?;
+    let co16 = rows.last().cloned().context("no rows")?;
+    let ratios = serde_json::json!({
+        "stat": co16.stat_us / base.stat_us,
+        "get": co16.get_us / base.get_us,
+        "list": co16.list_ms / base.list_ms,
+    });
+    rows.push(base);
+    if !json {
+        println!("co-drive merged reads ({FILES_PER_WRITER} files per writer; ratio = 16 writers / plain drive of 16000 files)");
+        println!(
+            "{:<26} {:>7} {:>10} {:>9} {:>9} {:>9}",
+            "setup", "files", "open ms", "stat us", "get us", "ls -r ms"
+        );
+        for r in &rows {
+            println!(
+                "{:<26} {:>7} {:>10.1} {:>9.2} {:>9.2} {:>9.2}",
+                r.setup, r.files, r.open_ms, r.stat_us, r.get_us, r.list_ms
+            );
+        }
+        for (k, v) in ratios.as_object().into_iter().flatten() {
+            let v = v.as_f64().unwrap_or(f64::NAN);
+            println!(
+                "16 writers / one drive, {k}: {v:.2}x (target <= 3x: {})",
+                if v <= 3.0 { "PASS" } else { "MISS" }
+            );
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "codrive": rows, "ratios": ratios })
+    );
+    Ok(())
+}
