@@ -12,12 +12,26 @@
 //!    roots left of it; its length is the size of leaf `2i`).
 //! 2. **It panics on damaged files** (unchecked arithmetic on lengths read from disk). Every
 //!    call goes through [`guard`], which turns a panic into an error.
+//! 3. **Its oplog decoder reads the wrong flag bits** (`oplog/entry.rs`: every field is gated on
+//!    flag 2), so entries written by `verify_and_apply_proof` (flags 2|8, 2|4, 8) do not decode.
+//!    hypercore flushes its oplog on the 1st, 5th, 9th… write since open, so a core that received
+//!    data and was closed at another count cannot reopen or loses its last blocks. [`Core::close`]
+//!    re-applies the last proof until the count ends on a flush; opening a read-only core whose
+//!    oplog does not decode falls back to the last flushed state (the store truncates the
+//!    oplog's entries), and the lost blocks are fetched again.
+//!
+//! `Core` also carries what replication needs: a watch of the length (poked after every local
+//! append and every applied proof), a per-core write lock (hypercore's `verify_and_apply_proof`
+//! must not interleave with another write) and a channel of wanted blocks for sparse reads.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cohd_format::Key;
 use hypercore::{AppendOutcome, Hypercore, HypercoreError, Info};
+use hypercore_schema::Proof;
 use random_access_storage::RandomAccess;
+use tokio::sync::{broadcast, watch, Mutex};
 
 use super::file::FileStorage;
 
@@ -57,14 +71,85 @@ pub(crate) struct CoreFiles {
 pub struct Core {
     hc: Hypercore,
     files: Option<Arc<CoreFiles>>,
+    live: Arc<Live>,
 }
+
+#[derive(Debug)]
+struct Live {
+    length: watch::Sender<u64>,
+    wants: broadcast::Sender<u64>,
+    writes: Mutex<Writes>,
+}
+
+/// Writes since open, and the last applied proof (to pad the count on close).
+#[derive(Debug, Default)]
+struct Writes {
+    count: u64,
+    last_proof: Option<Proof>,
+}
+
+/// How long a sparse read waits for a connected peer to deliver a block.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Size in bytes of one stored merkle tree node: u64 little-endian size, then a 32-byte hash.
 const NODE_SIZE: u64 = 40;
 
 impl Core {
     pub(crate) fn new(hc: Hypercore, files: Option<Arc<CoreFiles>>) -> Self {
-        Self { hc, files }
+        let (length, _) = watch::channel(hc.info().length);
+        let (wants, _) = broadcast::channel(1024);
+        let live = Arc::new(Live {
+            length,
+            wants,
+            writes: Mutex::default(),
+        });
+        Self { hc, files, live }
+    }
+
+    fn poke(&self) {
+        self.live.length.send_replace(self.hc.info().length);
+    }
+
+    /// Watches the length: changes after every local append and every applied proof.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.live.length.subscribe()
+    }
+
+    /// Blocks a sparse read is waiting for; replication sessions subscribe and fetch them.
+    pub fn wants(&self) -> broadcast::Receiver<u64> {
+        self.live.wants.subscribe()
+    }
+
+    /// Verifies a proof from a peer and applies it; `false` if it does not fit (another fork).
+    pub async fn apply_proof(&self, proof: Proof) -> Result<bool, CoreError> {
+        let mut w = self.live.writes.lock().await;
+        let ok = guard(self.hc.verify_and_apply_proof(proof.clone())).await??;
+        if ok {
+            w.count += 1;
+            if proof.block.is_some() || proof.upgrade.is_some() {
+                w.last_proof = Some(proof);
+            }
+        }
+        drop(w);
+        if ok {
+            self.poke();
+        }
+        Ok(ok)
+    }
+
+    /// Ends the session's writes on an oplog flush (see the module docs, point 3), so the core
+    /// reopens with everything it received. Idempotent; call before dropping the store.
+    pub async fn close(&self) -> Result<(), CoreError> {
+        let mut w = self.live.writes.lock().await;
+        let Some(proof) = w.last_proof.clone() else {
+            return Ok(());
+        };
+        // Re-applying an applied proof changes nothing but counts as a write.
+        while w.count % 4 != 1 {
+            guard(self.hc.verify_and_apply_proof(proof.clone())).await??;
+            w.count += 1;
+        }
+        Ok(())
     }
 
     /// The underlying hypercore (for replication).
@@ -89,7 +174,7 @@ impl Core {
 
     /// Appends one block.
     pub async fn append(&self, data: &[u8]) -> Result<AppendOutcome, CoreError> {
-        Ok(guard(self.hc.append(data)).await??)
+        self.append_batch([data]).await
     }
 
     /// Appends blocks in one signed append.
@@ -97,11 +182,45 @@ impl Core {
         &self,
         batch: B,
     ) -> Result<AppendOutcome, CoreError> {
-        Ok(guard(self.hc.append_batch(batch)).await??)
+        let mut w = self.live.writes.lock().await;
+        let out = guard(self.hc.append_batch(batch)).await??;
+        w.count += 1;
+        drop(w);
+        self.poke();
+        Ok(out)
     }
 
-    /// Block `index`, or `None` when it is not stored locally.
+    /// Block `index`. When it is not stored locally but a replication session is attached, asks
+    /// the connected peers for it and waits (bounded); `None` when nobody delivers it.
     pub async fn get(&self, index: u64) -> Result<Option<Vec<u8>>, CoreError> {
+        if let Some(b) = self.get_local(index).await? {
+            return Ok(Some(b));
+        }
+        if self.live.wants.receiver_count() == 0 {
+            return Ok(None);
+        }
+        let mut changed = self.subscribe();
+        let _ = self.live.wants.send(index);
+        let wait = async {
+            loop {
+                if changed.changed().await.is_err() {
+                    return Ok(None);
+                }
+                if let Some(b) = self.get_local(index).await? {
+                    return Ok(Some(b));
+                }
+                // Re-announce: a session attached since (or a peer that just grew) may have it.
+                let _ = self.live.wants.send(index);
+            }
+        };
+        match tokio::time::timeout(FETCH_TIMEOUT, wait).await {
+            Ok(r) => r,
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Block `index` if stored locally.
+    pub async fn get_local(&self, index: u64) -> Result<Option<Vec<u8>>, CoreError> {
         if let Some(b) = guard(self.hc.get(index)).await?? {
             return Ok(Some(b));
         }

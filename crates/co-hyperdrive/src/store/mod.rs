@@ -23,7 +23,7 @@ use cohd_format::Key;
 use hypercore::{
     Hypercore, HypercoreBuilder, PartialKeypair, Storage, StorageTraits, VerifyingKey,
 };
-use random_access_storage::RandomAccessError;
+use random_access_storage::{RandomAccess, RandomAccessError};
 
 use file::FileStorage;
 
@@ -288,25 +288,33 @@ impl Store {
                     .extend(files.iter().cloned());
                 let by_name: HashMap<&'static str, Arc<FileStorage>> =
                     ["tree", "data", "oplog"].into_iter().zip(files).collect();
-                let storage = Storage::open(
-                    |store| {
-                        let f: Arc<dyn StorageTraits> = match store {
-                            hypercore::Store::Tree => by_name["tree"].clone(),
-                            hypercore::Store::Data => by_name["data"].clone(),
-                            hypercore::Store::Oplog => by_name["oplog"].clone(),
-                            hypercore::Store::Bitfield => {
-                                Arc::new(random_access_memory::RandomAccessMemory::default())
-                            }
-                        };
-                        Box::pin(async move { Ok::<Arc<dyn StorageTraits>, RandomAccessError>(f) })
-                    },
-                    false,
+                let hc = match open_guarded(
+                    storage_for(&by_name).await.map_err(core_err)?,
+                    kp.clone(),
+                    exists,
                 )
                 .await
-                .map_err(core_err)?;
-                let hc = open_guarded(storage, kp, exists)
-                    .await
-                    .map_err(|reason| StoreError::Core { key, reason })?;
+                {
+                    Ok(hc) => hc,
+                    // A read-only core whose oplog entries do not decode (hypercore's decoder bug,
+                    // see core.rs): fall back to its last flushed state; what is lost is fetched
+                    // again from peers.
+                    Err(reason) if exists && kp.secret.is_none() => {
+                        tracing::warn!(%key, "reopening from the last flushed oplog state: {reason}");
+                        let oplog = &by_name["oplog"];
+                        oplog
+                            .truncate(oplog.len().min(OPLOG_HEADERS))
+                            .await
+                            .map_err(|e| StoreError::Core {
+                                key,
+                                reason: e.to_string(),
+                            })?;
+                        open_guarded(storage_for(&by_name).await.map_err(core_err)?, kp, exists)
+                            .await
+                            .map_err(|reason| StoreError::Core { key, reason })?
+                    }
+                    Err(reason) => return Err(StoreError::Core { key, reason }),
+                };
                 let files = Arc::new(core::CoreFiles {
                     tree: by_name["tree"].clone(),
                     data: by_name["data"].clone(),
@@ -324,6 +332,37 @@ impl Store {
         Ok(cores.entry(key).or_insert(core).clone())
     }
 
+    /// Ends every core's session cleanly (see `Core::close`) and makes everything durable. Call
+    /// before dropping a store that received data from peers.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let cores: Vec<Core> = self
+            .inner
+            .cores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for c in cores {
+            c.close().await.map_err(|e| StoreError::Core {
+                key: c.key(),
+                reason: e.to_string(),
+            })?;
+        }
+        self.flush()
+    }
+
+    /// Every core the store has opened so far.
+    pub fn open_cores(&self) -> Vec<Core> {
+        self.inner
+            .cores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Makes everything written so far durable (fsync of every dirty core file).
     pub fn flush(&self) -> Result<(), StoreError> {
         let files = self
@@ -337,6 +376,35 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Bytes of hypercore's two oplog header slots; entries follow them.
+const OPLOG_HEADERS: u64 = 8192;
+
+/// hypercore storage over a core's files; its bitfield lives in memory (see `core.rs`).
+async fn storage_for(
+    files: &HashMap<&'static str, Arc<FileStorage>>,
+) -> Result<Storage, hypercore::HypercoreError> {
+    let (tree, data, oplog) = (
+        files["tree"].clone(),
+        files["data"].clone(),
+        files["oplog"].clone(),
+    );
+    Storage::open(
+        move |store| {
+            let f: Arc<dyn StorageTraits> = match store {
+                hypercore::Store::Tree => tree.clone(),
+                hypercore::Store::Data => data.clone(),
+                hypercore::Store::Oplog => oplog.clone(),
+                hypercore::Store::Bitfield => {
+                    Arc::new(random_access_memory::RandomAccessMemory::default())
+                }
+            };
+            Box::pin(async move { Ok::<Arc<dyn StorageTraits>, RandomAccessError>(f) })
+        },
+        false,
+    )
+    .await
 }
 
 /// Opens a hypercore on `storage`, turning a panic inside the young hypercore crate (it has
