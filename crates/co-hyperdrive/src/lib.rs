@@ -7,6 +7,7 @@ pub mod bee;
 pub mod blobs;
 pub mod codrive;
 pub mod drive;
+pub mod net;
 pub mod store;
 
 pub use cohd_format as format;

@@ -29,6 +29,9 @@ struct Cli {
     /// writer, which must be one of the co-drive's writers.
     #[arg(long, global = true)]
     drive: Option<String>,
+    /// Replicate with the peer at this address first (clone, sync, and reads on demand).
+    #[arg(long, global = true)]
+    peer: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Command,
 }
@@ -144,6 +147,26 @@ enum Command {
     },
     /// Run a self-contained demo in a temporary store.
     Demo,
+    /// Serve the store's co-drive to peers over TCP until killed.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+    /// Follow the co-drive KEY: create the store if needed and download it from --peer.
+    Clone {
+        /// Co-drive key (64 hex or z-base-32).
+        key: String,
+        /// Download every file's content (else metadata only; content is fetched on demand).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Catch up with --peer, then exit.
+    Sync {
+        /// Download every file's content too.
+        #[arg(long)]
+        all: bool,
+    },
     /// Print the local writer key (what a writer authorizes).
     Whoami,
     /// List the co-drive's writers.
@@ -198,6 +221,22 @@ fn quiet_panics() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     quiet_panics();
+    // Diagnostics on stderr: `COHD_LOG=info` (or debug, or any tracing filter). By default only
+    // our own warnings (and, for `serve`, connection logs); hypercore's `instrument(err)` logs
+    // stay off, since our one-line errors already say what failed.
+    let default = if matches!(cli.command, Command::Serve { .. }) {
+        "co_hyperdrive=info"
+    } else {
+        "co_hyperdrive=warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("COHD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false)
+        .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

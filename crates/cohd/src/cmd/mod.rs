@@ -3,6 +3,7 @@
 mod demo;
 mod files;
 mod history;
+mod net;
 mod transfer;
 mod writers;
 
@@ -13,14 +14,19 @@ use co_hyperdrive::{Drive, Store};
 
 use crate::{Cli, Command};
 
-/// The co-drive a command works on: the one named by `--drive KEY`, else the store's own (whose
-/// primary is this store's drive). Either way the local writer is this store's drive.
-async fn open_codrive(cli: &Cli) -> Result<CoDrive> {
+/// The co-drive a command works on: the one named by `--drive KEY`, else the one the store
+/// follows (recorded by `clone`), else the store's own (whose primary is this store's drive).
+/// Either way the local writer is this store's drive.
+async fn open_codrive(cli: &Cli) -> Result<(Store, CoDrive)> {
     let store = Store::open(&cli.dir)?;
-    Ok(match &cli.drive {
-        None => CoDrive::create(&store, "db").await?,
+    let co = match &cli.drive {
         Some(k) => CoDrive::open(&store, k.parse::<Key>()?, "db").await?,
-    })
+        None => match net::followed(&cli.dir)? {
+            Some(k) => CoDrive::open(&store, k, "db").await?,
+            None => CoDrive::create(&store, "db").await?,
+        },
+    };
+    Ok((store, co))
 }
 
 /// The merged view for a read: reading a co-drive whose primary drive the store does not hold
@@ -44,11 +50,19 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo => demo::run().await,
+        Command::Clone { key, all } => net::clone(&cli, key, *all).await,
         _ => {
-            let co = open_codrive(&cli).await?;
-            let r = dispatch(&cli.command, &co).await;
-            // Make whatever was written durable before exiting, even after an error.
-            let synced = co.own().sync();
+            let (store, co) = open_codrive(&cli).await?;
+            let r = match (&cli.command, cli.peer) {
+                (Command::Serve { listen }, _) => net::serve(&store, &co, *listen).await,
+                (Command::Sync { all }, peer) => net::sync(&store, &co, peer, *all).await,
+                (command, Some(peer)) => {
+                    net::with_peer(&store, &co, peer, dispatch(command, &co)).await
+                }
+                (command, None) => dispatch(command, &co).await,
+            };
+            // Make whatever was written or received durable before exiting, even after an error.
+            let synced = store.close().await;
             r?;
             Ok(synced?)
         }
@@ -97,6 +111,12 @@ async fn dispatch(command: &Command, co: &CoDrive) -> Result<()> {
         | Command::Authorize { .. }
         | Command::Deauthorize { .. }
         | Command::Conflicts { .. } => writers::run(command, co).await,
-        Command::Init | Command::Demo => unreachable!("handled before opening a store"),
+        Command::Init
+        | Command::Demo
+        | Command::Clone { .. }
+        | Command::Serve { .. }
+        | Command::Sync { .. } => {
+            unreachable!("handled before dispatch")
+        }
     }
 }

@@ -1,0 +1,17 @@
+//! Replication over the Hypercore wire protocol (`docs/replication-notes.md`).
+//!
+//! - [`transport`]: TCP, framing, Noise XX, secretstream, and the repairs the young protocol
+//!   crates need to talk to JavaScript peers (frame normalization, EOF, keepalive, timeouts).
+//! - `peer`: one core with one remote as a state machine (no I/O; hostile input is unit tested).
+//! - [`Replicator`]: connections, channels, and the actions the state machines ask for.
+//! - [`catch_up`] / [`add_known_cores`]: which cores a co-drive needs, found as data arrives.
+
+mod follow;
+mod peer;
+pub(crate) mod proof;
+mod session;
+pub mod transport;
+
+pub use follow::{add_known_cores, catch_up};
+pub use peer::PeerError;
+pub use session::{ExtensionMessage, ReplicateOptions, Replicator, SessionError};

@@ -1,0 +1,561 @@
+//! One core's replication with one remote peer, as a state machine: messages in, actions out.
+//! No I/O here, so hostile input is tested without sockets (see the tests below).
+//!
+//! Serving follows what JavaScript Hypercore 11 expects (`docs/replication-notes.md` §3): on
+//! open a `Sync` plus a `Range` of our contiguous prefix (a JS reader only asks peers that
+//! announced blocks), `Range` again on `Want`, and `Sync` + `Range` after every local change.
+//! Reading asks for an upgrade when the remote is longer and can prove it, then pipelines block
+//! requests: every block (`download_all`) or only blocks a local read waits for.
+
+use std::collections::{BTreeSet, HashMap};
+
+use hypercore_protocol::schema::{Data, Range, Request, Synchronize, Want};
+use hypercore_protocol::Message;
+use hypercore_schema::{RequestBlock, RequestUpgrade};
+
+/// Block requests in flight per channel.
+pub(crate) const PIPELINE: usize = 32;
+/// Inbound requests a peer may have queued before we call it a flood.
+pub(crate) const MAX_QUEUED: usize = 4096;
+
+/// What we know of our own core when handling a message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Local {
+    pub(crate) length: u64,
+    pub(crate) contiguous: u64,
+    pub(crate) fork: u64,
+    pub(crate) writable: bool,
+}
+
+/// Something the session must do for this channel.
+#[derive(Debug)]
+pub(crate) enum Action {
+    /// Send these messages (one batch).
+    Send(Vec<Message>),
+    /// Build a proof for this request and send Data, or NoData.
+    Serve(Request),
+    /// Verify and apply this Data, then call [`Peer::on_applied`].
+    Apply(Data),
+    /// An extension message for the layer above (name already decompressed).
+    Extension(String, Vec<u8>),
+}
+
+/// Why the remote misbehaved; the connection is closed with this reason.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// Data for a request we never made (or already answered).
+    #[error("data for unknown request {0}")]
+    UnknownRequest(u64),
+    /// Data that does not answer what we asked.
+    #[error("data does not match request {0}")]
+    Mismatch(u64),
+    /// A message that makes no sense here.
+    #[error("unexpected message: {0}")]
+    Unexpected(&'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Inflight {
+    Upgrade,
+    Block(u64),
+}
+
+/// State of one channel.
+#[derive(Debug, Default)]
+pub(crate) struct Peer {
+    synced: bool,
+    /// The remote's fork, length and whether it can prove an upgrade from our length.
+    fork: u64,
+    length: u64,
+    remote_length: u64,
+    can_upgrade: bool,
+    /// Blocks the remote announced (`Range` from 0).
+    has_contiguous: u64,
+    download_all: bool,
+    next_id: u64,
+    inflight: HashMap<u64, Inflight>,
+    requested: BTreeSet<u64>,
+    /// Blocks a local read waits for that are not requested yet.
+    wanted: BTreeSet<u64>,
+    /// Last extension name the remote sent (JS sends "" for "same as last time").
+    last_ext: String,
+    announced_length: u64,
+}
+
+impl Peer {
+    pub(crate) fn new(download_all: bool) -> Self {
+        Self {
+            download_all,
+            ..Self::default()
+        }
+    }
+
+    /// The remote's length as last announced (0 before its first Sync).
+    pub(crate) fn announced_remote_length(&self) -> u64 {
+        self.length
+    }
+
+    fn sync(&self, local: &Local) -> Message {
+        let same_fork = self.fork == local.fork;
+        Message::Synchronize(Synchronize {
+            fork: local.fork,
+            length: local.length,
+            remote_length: if same_fork { self.length } else { 0 },
+            // Our log never forks: any length up to ours on our fork is a prefix we can prove.
+            can_upgrade: same_fork && self.length <= local.length,
+            uploading: true,
+            downloading: true,
+        })
+    }
+
+    fn range(local: &Local) -> Option<Message> {
+        (local.contiguous > 0).then_some(Message::Range(Range {
+            drop: false,
+            start: 0,
+            length: local.contiguous,
+        }))
+    }
+
+    /// Messages to send when the channel opens.
+    pub(crate) fn on_open(&mut self, local: &Local) -> Vec<Message> {
+        self.announced_length = local.length;
+        let mut out = vec![self.sync(local)];
+        out.extend(Self::range(local));
+        if !local.writable {
+            // Ask for the remote's blocks; JS answers a Want with its Range.
+            out.push(Message::Want(Want {
+                start: 0,
+                length: u64::from(u32::MAX),
+            }));
+        }
+        out
+    }
+
+    /// Handles one message from the remote.
+    pub(crate) fn on_message(
+        &mut self,
+        msg: Message,
+        local: &Local,
+    ) -> Result<Vec<Action>, PeerError> {
+        let mut out = Vec::new();
+        match msg {
+            Message::Synchronize(s) => {
+                let first = !self.synced;
+                self.synced = true;
+                self.fork = s.fork;
+                self.length = s.length;
+                self.remote_length = s.remote_length;
+                self.can_upgrade = s.can_upgrade;
+                if first || s.remote_length != local.length {
+                    out.push(Action::Send(vec![self.sync(local)]));
+                }
+                out.extend(self.requests(local));
+            }
+            Message::Request(r) => out.push(Action::Serve(r)),
+            Message::Data(d) => {
+                let kind = self
+                    .inflight
+                    .remove(&d.request)
+                    .ok_or(PeerError::UnknownRequest(d.request))?;
+                let fits = match kind {
+                    Inflight::Upgrade => d.upgrade.is_some(),
+                    Inflight::Block(i) => d.block.as_ref().is_some_and(|b| b.index == i),
+                };
+                if !fits {
+                    return Err(PeerError::Mismatch(d.request));
+                }
+                if let Inflight::Block(i) = kind {
+                    self.requested.remove(&i);
+                }
+                out.push(Action::Apply(d));
+            }
+            Message::NoData(n) => {
+                // The remote lacks it: forget the request; a wanted block stays wanted for a
+                // later announcement (or another peer).
+                match self.inflight.remove(&n.request) {
+                    Some(Inflight::Block(i)) => {
+                        self.requested.remove(&i);
+                        if i < self.has_contiguous {
+                            self.has_contiguous = i;
+                        }
+                    }
+                    Some(Inflight::Upgrade) => self.can_upgrade = false,
+                    None => {}
+                }
+            }
+            Message::Want(_) => out.extend(Self::range(local).map(|m| Action::Send(vec![m]))),
+            Message::Range(r) => {
+                if !r.drop && r.start == 0 {
+                    self.has_contiguous = self.has_contiguous.max(r.length);
+                }
+                out.extend(self.requests(local));
+            }
+            Message::Extension(e) => {
+                let name = if e.name.is_empty() {
+                    self.last_ext.clone()
+                } else {
+                    e.name
+                };
+                self.last_ext.clone_from(&name);
+                out.push(Action::Extension(name, e.message));
+            }
+            // Cancel, Unwant, Bitfield: nothing we need to act on.
+            Message::Cancel(_) | Message::Unwant(_) | Message::Bitfield(_) => {}
+            Message::Open(_) | Message::Close(_) | Message::LocalSignal(_) => {}
+        }
+        Ok(out)
+    }
+
+    /// After a Data was applied: re-sync if the length changed, and keep the pipeline full.
+    pub(crate) fn on_applied(&mut self, local: &Local) -> Vec<Action> {
+        let mut out = Vec::new();
+        if local.length != self.announced_length {
+            self.announced_length = local.length;
+            out.push(Action::Send(vec![self.sync(local)]));
+        }
+        out.extend(self.requests(local));
+        out
+    }
+
+    /// After our core changed locally (an append, or data from another peer).
+    pub(crate) fn on_local_change(&mut self, local: &Local) -> Vec<Action> {
+        if local.length == self.announced_length {
+            return self.requests(local);
+        }
+        self.announced_length = local.length;
+        let mut msgs = vec![self.sync(local)];
+        msgs.extend(Self::range(local));
+        let mut out = vec![Action::Send(msgs)];
+        out.extend(self.requests(local));
+        out
+    }
+
+    /// A local read waits for block `index`.
+    pub(crate) fn want(&mut self, index: u64, local: &Local) -> Vec<Action> {
+        if index >= local.contiguous {
+            self.wanted.insert(index);
+        }
+        self.requests(local)
+    }
+
+    /// Whether everything the remote announced is here (and no request is pending).
+    pub(crate) fn caught_up(&self, local: &Local) -> bool {
+        self.synced
+            && self.inflight.is_empty()
+            && (local.writable || !self.can_upgrade || self.length <= local.length)
+            && (!self.download_all || local.contiguous >= self.length.min(self.has_contiguous))
+    }
+
+    /// New requests: an upgrade when the remote is ahead, then blocks up to the pipeline size.
+    fn requests(&mut self, local: &Local) -> Vec<Action> {
+        let mut msgs = Vec::new();
+        let upgrading = self.inflight.values().any(|k| *k == Inflight::Upgrade);
+        if !local.writable
+            && !upgrading
+            && self.synced
+            && self.can_upgrade
+            && self.fork == local.fork
+            && self.length > local.length
+            && self.remote_length == local.length
+        {
+            let id = self.id();
+            self.inflight.insert(id, Inflight::Upgrade);
+            msgs.push(Message::Request(Request {
+                id,
+                fork: local.fork,
+                block: None,
+                hash: None,
+                seek: None,
+                upgrade: Some(RequestUpgrade {
+                    start: local.length,
+                    length: self.length - local.length,
+                }),
+                manifest: false,
+                priority: 0,
+            }));
+        }
+        let available = self.has_contiguous.min(local.length);
+        self.wanted.retain(|i| *i >= local.contiguous);
+        let mut candidates: Vec<u64> = self
+            .wanted
+            .iter()
+            .copied()
+            .filter(|i| *i < available)
+            .collect();
+        if self.download_all {
+            let mut i = local.contiguous;
+            while i < available && candidates.len() < PIPELINE * 2 {
+                candidates.push(i);
+                i += 1;
+            }
+        }
+        for i in candidates {
+            if self.inflight.len() >= PIPELINE {
+                break;
+            }
+            if self.requested.contains(&i) {
+                continue;
+            }
+            let id = self.id();
+            self.inflight.insert(id, Inflight::Block(i));
+            self.requested.insert(i);
+            // `nodes` is filled in by the session (hypercore's missing_nodes needs the core).
+            msgs.push(Message::Request(Request {
+                id,
+                fork: local.fork,
+                block: Some(RequestBlock { index: i, nodes: 0 }),
+                hash: None,
+                seek: None,
+                upgrade: None,
+                manifest: false,
+                priority: 0,
+            }));
+        }
+        if msgs.is_empty() {
+            Vec::new()
+        } else {
+            vec![Action::Send(msgs)]
+        }
+    }
+
+    fn id(&mut self) -> u64 {
+        // Ids only need to be unique among our requests in flight.
+        self.next_id = self.next_id.wrapping_add(1);
+        while self.inflight.contains_key(&self.next_id) || self.next_id == 0 {
+            self.next_id = self.next_id.wrapping_add(1);
+        }
+        self.next_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hypercore_protocol::schema::{Extension, NoData};
+    use hypercore_schema::{DataBlock, DataUpgrade};
+
+    fn sent(actions: &[Action]) -> Vec<&Message> {
+        actions
+            .iter()
+            .filter_map(|a| {
+                if let Action::Send(m) = a {
+                    Some(m)
+                } else {
+                    None
+                }
+            })
+            .flatten()
+            .collect()
+    }
+
+    fn sync(length: u64, remote_length: u64) -> Message {
+        Message::Synchronize(Synchronize {
+            fork: 0,
+            length,
+            remote_length,
+            can_upgrade: true,
+            uploading: true,
+            downloading: true,
+        })
+    }
+
+    #[test]
+    fn writer_announces_and_serves() {
+        let local = Local {
+            length: 5,
+            contiguous: 5,
+            fork: 0,
+            writable: true,
+        };
+        let mut p = Peer::new(false);
+        let open = p.on_open(&local);
+        assert!(matches!(
+            open[0],
+            Message::Synchronize(Synchronize { length: 5, .. })
+        ));
+        assert!(matches!(
+            open[1],
+            Message::Range(Range {
+                start: 0,
+                length: 5,
+                ..
+            })
+        ));
+        let a = p.on_message(sync(0, 0), &local).unwrap();
+        assert_eq!(sent(&a).len(), 1, "first sync is answered");
+        let req = Request {
+            id: 1,
+            fork: 0,
+            block: Some(RequestBlock { index: 2, nodes: 2 }),
+            hash: None,
+            seek: None,
+            upgrade: None,
+            manifest: false,
+            priority: 0,
+        };
+        let a = p.on_message(Message::Request(req), &local).unwrap();
+        assert!(matches!(a[0], Action::Serve(Request { id: 1, .. })));
+        // A writer never asks to upgrade its own core.
+        let a = p.on_message(sync(9, 5), &local).unwrap();
+        assert!(sent(&a).iter().all(|m| !matches!(m, Message::Request(_))));
+    }
+
+    #[test]
+    fn reader_upgrades_then_downloads_in_a_pipeline() {
+        let mut local = Local {
+            length: 0,
+            contiguous: 0,
+            fork: 0,
+            writable: false,
+        };
+        let mut p = Peer::new(true);
+        p.on_open(&local);
+        let a = p.on_message(sync(100, 0), &local).unwrap();
+        let reqs: Vec<_> = sent(&a)
+            .into_iter()
+            .filter_map(|m| {
+                if let Message::Request(r) = m {
+                    Some(r.clone())
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(reqs.len(), 1);
+        let up = reqs[0].upgrade.clone().unwrap();
+        assert_eq!((up.start, up.length), (0, 100));
+        // Data for it applies; then blocks are requested once the remote announced them.
+        let d = Data {
+            request: reqs[0].id,
+            fork: 0,
+            block: None,
+            hash: None,
+            seek: None,
+            upgrade: Some(DataUpgrade {
+                start: 0,
+                length: 100,
+                nodes: vec![],
+                additional_nodes: vec![],
+                signature: vec![],
+            }),
+        };
+        let a = p.on_message(Message::Data(d), &local).unwrap();
+        assert!(matches!(a[0], Action::Apply(_)));
+        local.length = 100;
+        let a = p.on_applied(&local);
+        assert!(sent(&a)
+            .iter()
+            .any(|m| matches!(m, Message::Synchronize(Synchronize { length: 100, .. }))));
+        let a = p
+            .on_message(
+                Message::Range(Range {
+                    drop: false,
+                    start: 0,
+                    length: 100,
+                }),
+                &local,
+            )
+            .unwrap();
+        let n = sent(&a)
+            .iter()
+            .filter(|m| matches!(m, Message::Request(Request { block: Some(_), .. })))
+            .count();
+        assert_eq!(n, PIPELINE);
+        assert!(!p.caught_up(&local));
+    }
+
+    #[test]
+    fn hostile_data_is_refused() {
+        let local = Local {
+            length: 10,
+            contiguous: 0,
+            fork: 0,
+            writable: false,
+        };
+        let mut p = Peer::new(false);
+        let d = Data {
+            request: 77,
+            fork: 0,
+            block: Some(DataBlock {
+                index: 0,
+                value: vec![1],
+                nodes: vec![],
+            }),
+            hash: None,
+            seek: None,
+            upgrade: None,
+        };
+        assert_eq!(
+            p.on_message(Message::Data(d), &local).unwrap_err(),
+            PeerError::UnknownRequest(77)
+        );
+        // A block other than the one asked for.
+        p.on_message(sync(10, 10), &local).unwrap();
+        p.on_message(
+            Message::Range(Range {
+                drop: false,
+                start: 0,
+                length: 10,
+            }),
+            &local,
+        )
+        .unwrap();
+        let a = p.want(3, &local);
+        let id = sent(&a)
+            .iter()
+            .find_map(|m| {
+                if let Message::Request(r) = m {
+                    Some(r.id)
+                } else {
+                    None
+                }
+            })
+            .unwrap();
+        let d = Data {
+            request: id,
+            fork: 0,
+            block: Some(DataBlock {
+                index: 4,
+                value: vec![1],
+                nodes: vec![],
+            }),
+            hash: None,
+            seek: None,
+            upgrade: None,
+        };
+        assert_eq!(
+            p.on_message(Message::Data(d), &local).unwrap_err(),
+            PeerError::Mismatch(id)
+        );
+        // NoData frees the request; nothing panics on unknown ids.
+        p.on_message(Message::NoData(NoData { request: 12345 }), &local)
+            .unwrap();
+    }
+
+    #[test]
+    fn extension_names_are_decompressed() {
+        let local = Local::default();
+        let mut p = Peer::new(false);
+        let a = p
+            .on_message(
+                Message::Extension(Extension {
+                    name: "x".into(),
+                    message: vec![1],
+                }),
+                &local,
+            )
+            .unwrap();
+        assert!(matches!(&a[0], Action::Extension(n, m) if n == "x" && m == &vec![1]));
+        let a = p
+            .on_message(
+                Message::Extension(Extension {
+                    name: String::new(),
+                    message: vec![2],
+                }),
+                &local,
+            )
+            .unwrap();
+        assert!(matches!(&a[0], Action::Extension(n, _) if n == "x"));
+    }
+}

@@ -1,0 +1,522 @@
+//! Connections: drives a `Protocol` per connection, one task per channel (core), the
+//! [`Peer`](super::peer::Peer) state machine in each, and the actions it asks for.
+//!
+//! Every core the [`Replicator`] holds is offered on every connection, and every core a remote
+//! opens that we hold is served back, so a peer that is not a writer still relays every writer
+//! core it knows. Writes to one core (appends, applied proofs) are serialized by the core.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cohd_format::Key;
+use futures::StreamExt;
+use hypercore_protocol::schema::{Extension, NoData};
+use hypercore_protocol::{discovery_key, Channel, Event, Message};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, watch};
+
+use super::peer::{Action, Local, Peer, PeerError, MAX_QUEUED};
+use super::proof::data_for;
+use super::transport::{self, TransportError, TransportOptions};
+use crate::store::Core;
+
+/// Why a connection ended or could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The transport (TCP, Noise, framing) failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The remote broke the protocol; the connection was closed.
+    #[error("peer misbehaved on core {core}: {reason}")]
+    Peer {
+        /// The core's key.
+        core: Key,
+        /// What it did.
+        reason: String,
+    },
+    /// The protocol stream failed.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// Socket error.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How a replicator behaves.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicateOptions {
+    /// Download every block of every core (else only what reads ask for, plus lengths).
+    pub download_all: bool,
+    /// Transport settings (keepalive, timeouts, frame size).
+    pub transport: TransportOptions,
+}
+
+/// An extension message received from a peer.
+#[derive(Debug, Clone)]
+pub struct ExtensionMessage {
+    /// The connection it came on (to reply on the same one).
+    pub connection: u64,
+    /// The remote's public key from the handshake.
+    pub remote: [u8; 32],
+    /// The core whose channel carried it.
+    pub core: Key,
+    /// Extension name.
+    pub name: String,
+    /// Raw payload.
+    pub message: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+struct Outgoing {
+    connection: Option<u64>,
+    dk: [u8; 32],
+    name: String,
+    message: Vec<u8>,
+}
+
+/// Per (connection, discovery key): whether the remote announced its state and we caught up
+/// with it, and the length it announced.
+type ChannelStatus = (bool, u64);
+
+/// The channel closed while we were sending.
+#[derive(Debug)]
+struct Closed;
+
+/// Replication state shared by every connection.
+#[derive(Debug, Clone)]
+pub struct Replicator {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    opts: ReplicateOptions,
+    cores: Mutex<HashMap<[u8; 32], Core>>,
+    added: broadcast::Sender<Core>,
+    incoming_ext: broadcast::Sender<ExtensionMessage>,
+    outgoing_ext: broadcast::Sender<Outgoing>,
+    /// (connection, discovery key) -> (remote synced and caught up, remote length).
+    status: Mutex<HashMap<(u64, [u8; 32]), ChannelStatus>>,
+    status_changed: watch::Sender<u64>,
+    next_conn: AtomicU64,
+    connections: watch::Sender<usize>,
+}
+
+impl Replicator {
+    /// A replicator with no cores yet.
+    pub fn new(opts: ReplicateOptions) -> Self {
+        let (added, _) = broadcast::channel(256);
+        let (incoming_ext, _) = broadcast::channel(256);
+        let (outgoing_ext, _) = broadcast::channel(256);
+        let (status_changed, _) = watch::channel(0);
+        let (connections, _) = watch::channel(0);
+        Self {
+            inner: Arc::new(Inner {
+                opts,
+                cores: Mutex::default(),
+                added,
+                incoming_ext,
+                outgoing_ext,
+                status: Mutex::default(),
+                status_changed,
+                next_conn: AtomicU64::new(1),
+                connections,
+            }),
+        }
+    }
+
+    /// Replicates `core` on every connection (current and future).
+    pub fn add_core(&self, core: Core) {
+        let dk = discovery_key(&core.key().0);
+        let fresh = self
+            .inner
+            .cores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(dk, core.clone())
+            .is_none();
+        if fresh {
+            let _ = self.inner.added.send(core);
+        }
+    }
+
+    /// Keys of every replicated core.
+    pub fn core_keys(&self) -> Vec<Key> {
+        self.inner
+            .cores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|c| c.key())
+            .collect()
+    }
+
+    /// Whether `key` is replicated.
+    pub fn has_core(&self, key: &Key) -> bool {
+        self.inner
+            .cores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&discovery_key(&key.0))
+    }
+
+    /// Extension messages from every peer.
+    pub fn extensions(&self) -> broadcast::Receiver<ExtensionMessage> {
+        self.inner.incoming_ext.subscribe()
+    }
+
+    /// Sends an extension message on `core`'s channel: to one connection, or to all.
+    pub fn send_extension(&self, connection: Option<u64>, core: Key, name: &str, message: Vec<u8>) {
+        let _ = self.inner.outgoing_ext.send(Outgoing {
+            connection,
+            dk: discovery_key(&core.0),
+            name: name.to_string(),
+            message,
+        });
+    }
+
+    /// Number of live connections, watched.
+    pub fn connections(&self) -> watch::Receiver<usize> {
+        self.inner.connections.subscribe()
+    }
+
+    /// Channels open for `core` whose remote has announced its state, with their lengths.
+    fn remote_states(&self, core: &Key) -> Vec<(bool, u64)> {
+        let dk = discovery_key(&core.0);
+        let s = self.inner.status.lock().unwrap_or_else(|e| e.into_inner());
+        s.iter()
+            .filter(|((_, d), _)| *d == dk)
+            .map(|(_, v)| *v)
+            .collect()
+    }
+
+    /// Waits until, for each core, some connected peer announced it and we have caught up with
+    /// it (its length; every block with `download_all`). `false` on timeout.
+    pub async fn wait_caught_up(&self, cores: &[Key], timeout: Duration) -> bool {
+        let mut rx = self.inner.status_changed.subscribe();
+        let check = |me: &Self| {
+            cores
+                .iter()
+                .all(|k| me.remote_states(k).iter().any(|(ok, _)| *ok))
+        };
+        let wait = async {
+            loop {
+                if check(self) {
+                    return true;
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+    }
+
+    /// The largest length any connected peer announced for `core`.
+    pub fn remote_length(&self, core: &Key) -> Option<u64> {
+        self.remote_states(core).iter().map(|(_, l)| *l).max()
+    }
+
+    /// Listens on `addr`; returns the bound address and the accept loop's task.
+    pub async fn listen(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), SessionError> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, from)) = listener.accept().await else {
+                    continue;
+                };
+                let me = me.clone();
+                tokio::spawn(async move {
+                    match me.run(tcp, false).await {
+                        Ok(()) => tracing::debug!(%from, "connection closed"),
+                        Err(e) => tracing::info!(%from, "connection closed: {e}"),
+                    }
+                });
+            }
+        });
+        Ok((local, task))
+    }
+
+    /// Dials `addr` and replicates until the connection ends (spawned; returns its task).
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<tokio::task::JoinHandle<Result<(), SessionError>>, SessionError> {
+        let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connecting to {addr} timed out"),
+                )
+            })??;
+        let me = self.clone();
+        Ok(tokio::spawn(async move { me.run(tcp, true).await }))
+    }
+
+    /// Runs one connection to its end.
+    pub async fn run(&self, tcp: TcpStream, initiator: bool) -> Result<(), SessionError> {
+        let _ = tcp.set_nodelay(true);
+        let conn = if initiator {
+            transport::connect(tcp, &self.inner.opts.transport).await?
+        } else {
+            transport::accept(tcp, &self.inner.opts.transport).await?
+        };
+        let id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.inner.connections.send_modify(|n| *n += 1);
+        let r = self.drive(id, conn).await;
+        self.inner
+            .connections
+            .send_modify(|n| *n = n.saturating_sub(1));
+        self.inner
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(c, _), _| *c != id);
+        self.inner.status_changed.send_modify(|n| *n += 1);
+        r
+    }
+
+    async fn drive(&self, id: u64, conn: transport::Connection) -> Result<(), SessionError> {
+        let transport::Connection {
+            mut protocol,
+            mut rejected,
+        } = conn;
+        let mut added = self.inner.added.subscribe();
+        let (fail_tx, mut fail_rx) = tokio::sync::mpsc::unbounded_channel::<SessionError>();
+        let mut remote = [0u8; 32];
+        let mut handshaken = false;
+        let mut tasks = Vec::new();
+        // Channels we opened on this connection: a core is opened once, whichever of our offer
+        // and the remote's Open comes first.
+        let mut opened: std::collections::HashSet<[u8; 32]> = std::collections::HashSet::new();
+        let result = loop {
+            tokio::select! {
+                ev = protocol.next() => {
+                    let ev = match ev {
+                        None => break Ok(()),
+                        Some(Err(e)) => break Err(SessionError::Protocol(e.to_string())),
+                        Some(Ok(ev)) => ev,
+                    };
+                    match ev {
+                        Event::Handshake(pk) => {
+                            remote = pk;
+                            handshaken = true;
+                            let keys: Vec<[u8; 32]> = self.inner.cores.lock().unwrap_or_else(|e| e.into_inner()).values().map(|c| c.key().0).collect();
+                            for k in keys {
+                                if opened.insert(discovery_key(&k)) {
+                                    let _ = protocol.open(k).await;
+                                }
+                            }
+                        }
+                        Event::DiscoveryKey(dk) => {
+                            let key = self.inner.cores.lock().unwrap_or_else(|e| e.into_inner()).get(&dk).map(|c| c.key().0);
+                            if let Some(k) = key {
+                                if opened.insert(dk) {
+                                    let _ = protocol.open(k).await;
+                                }
+                            }
+                        }
+                        Event::Channel(ch) => {
+                            let core = self.inner.cores.lock().unwrap_or_else(|e| e.into_inner()).get(ch.discovery_key()).cloned();
+                            if let Some(core) = core {
+                                let me = self.clone();
+                                let fail = fail_tx.clone();
+                                tasks.push(tokio::spawn(async move {
+                                    if let Err(e) = me.channel(id, remote, ch, core).await {
+                                        let _ = fail.send(e);
+                                    }
+                                }));
+                            }
+                        }
+                        Event::Close(dk) => {
+                            opened.remove(&dk);
+                            self.inner.status.lock().unwrap_or_else(|e| e.into_inner()).remove(&(id, dk));
+                        }
+                        _ => {}
+                    }
+                }
+                Some(dk) = rejected.recv() => {
+                    // The remote does not have (or want) this core: forget our half-open channel so
+                    // a later Open from the remote is answered properly.
+                    opened.remove(&dk);
+                    let _ = protocol.commands().close(dk).await;
+                }
+                core = added.recv(), if handshaken => {
+                    if let Ok(core) = core {
+                        if opened.insert(discovery_key(&core.key().0)) {
+                            let _ = protocol.open(core.key().0).await;
+                        }
+                    }
+                }
+                Some(e) = fail_rx.recv() => break Err(e),
+            }
+        };
+        for t in tasks {
+            t.abort();
+        }
+        result
+    }
+
+    fn set_status(&self, conn: u64, dk: [u8; 32], caught_up: bool, length: u64) {
+        let mut s = self.inner.status.lock().unwrap_or_else(|e| e.into_inner());
+        let new = (caught_up, length);
+        if s.insert((conn, dk), new) != Some(new) {
+            drop(s);
+            self.inner.status_changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    async fn channel(
+        &self,
+        conn: u64,
+        remote: [u8; 32],
+        mut ch: Channel,
+        core: Core,
+    ) -> Result<(), SessionError> {
+        let key = core.key();
+        let dk = *ch.discovery_key();
+        let fail = |reason: String| SessionError::Peer { core: key, reason };
+        let rx = ch
+            .take_receiver()
+            .ok_or_else(|| fail("channel has no receiver".into()))?;
+        let mut peer = Peer::new(self.inner.opts.download_all);
+        let mut length = core.subscribe();
+        let mut wants = core.wants();
+        let mut ext = self.inner.outgoing_ext.subscribe();
+        let local = |c: &Core| {
+            let i = c.info();
+            Local {
+                length: i.length,
+                contiguous: i.contiguous_length,
+                fork: i.fork,
+                writable: i.writeable,
+            }
+        };
+        let open = peer.on_open(&local(&core));
+        if ch.send_batch(&open).await.is_err() {
+            return Ok(()); // closed meanwhile (rejected, or the connection ended)
+        }
+        loop {
+            let actions = tokio::select! {
+                msg = rx.recv() => {
+                    let Ok(msg) = msg else { return Ok(()) };
+                    if rx.len() > MAX_QUEUED {
+                        return Err(fail(format!("flooded us with over {MAX_QUEUED} queued messages")));
+                    }
+                    if matches!(msg, Message::Close(_)) {
+                        return Ok(());
+                    }
+                    peer.on_message(msg, &local(&core)).map_err(|e: PeerError| fail(e.to_string()))?
+                }
+                r = length.changed() => {
+                    if r.is_err() { return Ok(()) }
+                    peer.on_local_change(&local(&core))
+                }
+                w = wants.recv() => match w {
+                    Ok(i) => peer.want(i, &local(&core)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => Vec::new(),
+                    Err(_) => return Ok(()),
+                },
+                o = ext.recv() => match o {
+                    Ok(o) if o.dk == dk && o.connection.is_none_or(|c| c == conn) => {
+                        vec![Action::Send(vec![Message::Extension(Extension { name: o.name, message: o.message })])]
+                    }
+                    _ => Vec::new(),
+                },
+            };
+            if ch.closed() {
+                return Ok(());
+            }
+            match self
+                .execute(conn, remote, &ch, &core, &mut peer, actions)
+                .await
+            {
+                Err(Closed) => return Ok(()),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(())) => {}
+            }
+            let l = local(&core);
+            self.set_status(conn, dk, peer.caught_up(&l), peer.announced_remote_length());
+        }
+    }
+
+    /// Runs actions; `Err(Closed)` when the channel closed under us (not an error of the peer).
+    async fn execute(
+        &self,
+        conn: u64,
+        remote: [u8; 32],
+        ch: &Channel,
+        core: &Core,
+        peer: &mut Peer,
+        actions: Vec<Action>,
+    ) -> Result<Result<(), SessionError>, Closed> {
+        let key = core.key();
+        let fail = |reason: String| SessionError::Peer { core: key, reason };
+        let mut queue: std::collections::VecDeque<Action> = actions.into();
+        while let Some(a) = queue.pop_front() {
+            match a {
+                Action::Send(mut msgs) => {
+                    for m in &mut msgs {
+                        if let Message::Request(r) = m {
+                            if let Some(b) = &mut r.block {
+                                b.nodes =
+                                    core.hypercore().missing_nodes(b.index).await.unwrap_or(0);
+                            }
+                        }
+                    }
+                    ch.send_batch(&msgs).await.map_err(|_| Closed)?;
+                }
+                Action::Serve(req) => {
+                    let id = req.id;
+                    let reply = match data_for(core, &req).await {
+                        Ok(Some(d)) => Message::Data(d),
+                        Ok(None) => Message::NoData(NoData { request: id }),
+                        Err(e) => {
+                            tracing::debug!(%key, "cannot answer request {id}: {e}");
+                            Message::NoData(NoData { request: id })
+                        }
+                    };
+                    ch.send(reply).await.map_err(|_| Closed)?;
+                }
+                Action::Apply(data) => {
+                    match core.apply_proof(data.into_proof()).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            return Ok(Err(fail("sent a proof that does not fit our core".into())))
+                        }
+                        Err(e) => {
+                            return Ok(Err(fail(format!("sent a proof that does not verify: {e}"))))
+                        }
+                    }
+                    let i = core.info();
+                    queue.extend(peer.on_applied(&Local {
+                        length: i.length,
+                        contiguous: i.contiguous_length,
+                        fork: i.fork,
+                        writable: i.writeable,
+                    }));
+                }
+                Action::Extension(name, message) => {
+                    let _ = self.inner.incoming_ext.send(ExtensionMessage {
+                        connection: conn,
+                        remote,
+                        core: key,
+                        name,
+                        message,
+                    });
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+}

@@ -1,0 +1,142 @@
+//! serve, clone, sync, and `--peer` on other commands.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use co_hyperdrive::codrive::CoDrive;
+use co_hyperdrive::format::Key;
+use co_hyperdrive::net::{add_known_cores, catch_up, ReplicateOptions, Replicator};
+use co_hyperdrive::Store;
+
+use crate::Cli;
+
+/// How long clone/sync wait for a peer to bring every core up to date.
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+const FOLLOWED: &str = "co-drive";
+
+/// The co-drive key the store follows (written by `clone`).
+pub(crate) fn followed(dir: &Path) -> Result<Option<Key>> {
+    let p = dir.join(FOLLOWED);
+    match std::fs::read_to_string(&p) {
+        Ok(s) => Ok(Some(
+            s.trim()
+                .parse::<Key>()
+                .with_context(|| format!("corrupted {}", p.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+}
+
+async fn connect(
+    repl: &Replicator,
+    peer: SocketAddr,
+) -> Result<tokio::task::JoinHandle<Result<(), co_hyperdrive::net::SessionError>>> {
+    repl.connect(peer)
+        .await
+        .with_context(|| format!("cannot connect to {peer}"))
+}
+
+async fn follow(store: &Store, co: &CoDrive, peer: SocketAddr, all: bool) -> Result<Replicator> {
+    let repl = Replicator::new(ReplicateOptions {
+        download_all: all,
+        ..ReplicateOptions::default()
+    });
+    add_known_cores(store, &repl, co.key(), "db").await;
+    let conn = connect(&repl, peer).await?;
+    if !catch_up(store, &repl, co.key(), "db", CATCH_UP).await {
+        if conn.is_finished() {
+            match conn.await {
+                Ok(Err(e)) => bail!("connection to {peer} failed: {e}"),
+                _ => bail!("connection to {peer} closed before catching up"),
+            }
+        }
+        bail!(
+            "{peer} did not bring the co-drive up to date within {}s",
+            CATCH_UP.as_secs()
+        );
+    }
+    Ok(repl)
+}
+
+/// `cohd clone KEY --peer ADDR [--all]`.
+pub(crate) async fn clone(cli: &Cli, key: &str, all: bool) -> Result<()> {
+    let key: Key = key.parse()?;
+    let peer = cli.peer.context("clone needs --peer ADDR")?;
+    if let Some(k) = followed(&cli.dir)? {
+        if k != key {
+            bail!("the store at {} already follows {k}", cli.dir.display());
+        }
+    }
+    let store = if cli.dir.join("primary-key").exists() {
+        Store::open(&cli.dir)?
+    } else {
+        Store::create(&cli.dir)?
+    };
+    std::fs::write(cli.dir.join(FOLLOWED), format!("{key}\n"))
+        .context("recording the followed co-drive")?;
+    let co = CoDrive::open(&store, key, "db").await?;
+    let r = follow(&store, &co, peer, all).await;
+    store.close().await?;
+    r?;
+    let files = co.snapshot().await?.list("/").len();
+    eprintln!("cloned {key}: {files} files");
+    Ok(())
+}
+
+/// `cohd sync --peer ADDR [--all]`.
+pub(crate) async fn sync(
+    store: &Store,
+    co: &CoDrive,
+    peer: Option<SocketAddr>,
+    all: bool,
+) -> Result<()> {
+    let peer = peer.context("sync needs --peer ADDR")?;
+    follow(store, co, peer, all).await?;
+    Ok(())
+}
+
+/// Runs `command` while replicating with `peer` (metadata first; content on demand).
+pub(crate) async fn with_peer(
+    store: &Store,
+    co: &CoDrive,
+    peer: SocketAddr,
+    command: impl Future<Output = Result<()>>,
+) -> Result<()> {
+    let _repl = follow(store, co, peer, false).await?;
+    command.await
+}
+
+/// `cohd serve [--listen ADDR]`: serves until killed; prints the address and key.
+pub(crate) async fn serve(store: &Store, co: &CoDrive, listen: SocketAddr) -> Result<()> {
+    let repl = Replicator::new(ReplicateOptions {
+        download_all: true,
+        ..ReplicateOptions::default()
+    });
+    add_known_cores(store, &repl, co.key(), "db").await;
+    // Our own drive too, once it is a writer (or to let others see it while it asks to be one).
+    repl.add_core(co.own().db().core().clone());
+    repl.add_core(co.own().blobs().core().clone());
+    let (addr, _task) = repl
+        .listen(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {addr}")?;
+        writeln!(out, "key {}", co.key())?;
+        out.flush()?;
+    }
+    // New writers and blobs cores appear as records and headers arrive: look for them whenever
+    // something changed, and make received data durable.
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        add_known_cores(store, &repl, co.key(), "db").await;
+        store.flush()?;
+    }
+}
