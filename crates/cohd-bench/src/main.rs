@@ -1,16 +1,18 @@
 //! cohd-bench: runs the workloads of `js/bench.js` on our Rust [`Drive`], on disk, then runs
 //! `js/bench.js` itself, and compares the two.
 //!
-//! Usage: `cohd-bench [--runs N] [--json] [--no-js] [--codrive]`
+//! Usage: `cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication]`
 //!
 //! - `--runs N`: run both sides N times (default 1) and report the median of each workload.
 //! - `--json`: print only the final JSON line on stdout.
 //! - `--no-js`: skip the JavaScript side.
 //! - `--codrive`: instead, the co-drive benchmark (merged reads with 1, 4, 16 writers).
+//! - `--replication`: instead, replication of ~100 MiB over loopback, ours and JavaScript.
 //!
 //! Progress goes to stderr; the table and one JSON line with every number go to stdout.
 
 mod codrive;
+mod replication;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -59,10 +61,11 @@ struct Options {
     json: bool,
     js: bool,
     codrive: bool,
+    replication: bool,
 }
 
 fn usage() -> &'static str {
-    "usage: cohd-bench [--runs N] [--json] [--no-js] [--codrive]"
+    "usage: cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication]"
 }
 
 fn parse_args() -> Result<Options> {
@@ -71,6 +74,7 @@ fn parse_args() -> Result<Options> {
         json: false,
         js: true,
         codrive: false,
+        replication: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -86,6 +90,7 @@ fn parse_args() -> Result<Options> {
             "--json" => opts.json = true,
             "--no-js" => opts.js = false,
             "--codrive" => opts.codrive = true,
+            "--replication" => opts.replication = true,
             "-h" | "--help" => {
                 println!("{}", usage());
                 std::process::exit(0);
@@ -380,6 +385,7 @@ async fn run(opts: &Options) -> Result<()> {
 async fn main() -> ExitCode {
     let result = match parse_args() {
         Ok(opts) if opts.codrive => codrive::run(opts.json).await,
+        Ok(opts) if opts.replication => replication::run(&repo_root(), opts.js, opts.json).await,
         Ok(opts) => run(&opts).await,
         Err(e) => Err(e),
     };

@@ -62,6 +62,13 @@ async fn proof_for(core: &Core, req: &Request) -> Result<Option<Proof>, CoreErro
     if !answerable(core, req) {
         return Ok(None);
     }
+    // A block hypercore's in-memory bitfield lacks (written in an earlier session) would make
+    // create_proof build the tree proof and then give up: go to the fallback directly.
+    if let (Some(b), None) = (&req.block, &req.hash) {
+        if !core.hypercore().has(b.index) {
+            return fallback_block_proof(core, b, req).await;
+        }
+    }
     let direct = create_proof(
         core,
         req.block.clone(),
