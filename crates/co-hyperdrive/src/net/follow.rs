@@ -69,3 +69,20 @@ pub async fn catch_up(
         }
     }
 }
+
+/// Keeps adding the co-drive's cores as records and headers arrive (every `every`), until the
+/// returned task is aborted: what `cohd serve` and long-lived peers run.
+pub fn spawn_follow(
+    store: Store,
+    repl: Replicator,
+    primary: Key,
+    own_name: String,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            add_known_cores(&store, &repl, primary, &own_name).await;
+            tokio::time::sleep(every).await;
+        }
+    })
+}

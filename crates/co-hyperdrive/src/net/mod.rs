@@ -6,12 +6,13 @@
 //! - [`Replicator`]: connections, channels, and the actions the state machines ask for.
 //! - [`catch_up`] / [`add_known_cores`]: which cores a co-drive needs, found as data arrives.
 
+pub mod auth;
 mod follow;
 mod peer;
 pub(crate) mod proof;
 mod session;
 pub mod transport;
 
-pub use follow::{add_known_cores, catch_up};
+pub use follow::{add_known_cores, catch_up, spawn_follow};
 pub use peer::PeerError;
 pub use session::{ExtensionMessage, ReplicateOptions, Replicator, SessionError};

@@ -144,6 +144,11 @@ impl Replicator {
         }
     }
 
+    /// Number of connections with an open channel for `core` whose remote announced its state.
+    pub fn channels_for(&self, core: &Key) -> usize {
+        self.remote_states(core).len()
+    }
+
     /// Keys of every replicated core.
     pub fn core_keys(&self) -> Vec<Key> {
         self.inner
