@@ -12,7 +12,8 @@ use co_hyperdrive::Store;
 const LOCAL: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 struct Node {
-    store: Store,
+    /// Kept alive for the node's lifetime (the cores live in it).
+    _store: Store,
     co: Arc<CoDrive>,
     repl: Replicator,
 }
@@ -38,7 +39,7 @@ async fn writer_node(policy: Option<AuthPolicy>) -> (Node, SocketAddr) {
         let (r, c) = (repl.clone(), co.clone());
         tokio::spawn(async move { auth::answer_requests(r, &c, p).await });
     }
-    (Node { store, co, repl }, addr)
+    (Node { _store: store, co, repl }, addr)
 }
 
 async fn follower(
@@ -61,7 +62,7 @@ async fn follower(
     );
     repl.connect(peer).await.unwrap();
     assert!(catch_up(&store, &repl, primary, "db", Duration::from_secs(10)).await);
-    Node { store, co, repl }
+    Node { _store: store, co, repl }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
