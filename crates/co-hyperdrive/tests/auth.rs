@@ -39,7 +39,14 @@ async fn writer_node(policy: Option<AuthPolicy>) -> (Node, SocketAddr) {
         let (r, c) = (repl.clone(), co.clone());
         tokio::spawn(async move { auth::answer_requests(r, &c, p).await });
     }
-    (Node { _store: store, co, repl }, addr)
+    (
+        Node {
+            _store: store,
+            co,
+            repl,
+        },
+        addr,
+    )
 }
 
 async fn follower(
@@ -62,7 +69,11 @@ async fn follower(
     );
     repl.connect(peer).await.unwrap();
     assert!(catch_up(&store, &repl, primary, "db", Duration::from_secs(10)).await);
-    Node { _store: store, co, repl }
+    Node {
+        _store: store,
+        co,
+        repl,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -309,7 +309,7 @@ impl Replicator {
                 ev = protocol.next() => {
                     let ev = match ev {
                         None => break Ok(()),
-                        Some(Err(e)) => break Err(SessionError::Protocol(e.to_string())),
+                        Some(Err(e)) => break Err(SessionError::Transport(TransportError::from(e))),
                         Some(Ok(ev)) => ev,
                     };
                     match ev {

@@ -18,8 +18,13 @@
 //!
 //! - Poll it continuously (all I/O, timers and keepalives run inside its `poll_next`).
 //! - When the connection ends (peer gone, timeout, malformed input, ...) it yields
-//!   `Some(Err(io::Error))`, and keeps yielding an error if polled again; it never yields
-//!   `None`. Convert the error with `TransportError::from` to get the typed reason back.
+//!   `Some(Err(io::Error))`; stop there. Polled again it does not hang: it yields an error again,
+//!   possibly after an event it still had queued (e.g. a late `Event::Handshake`). It never
+//!   yields `None`. `TransportError::from(io_error)` gives the typed reason back (errors of
+//!   `hypercore-protocol` itself come back as `TransportError::Io`).
+//! - The `Cipher` panics on a few malformed inputs; those panics are caught (`catch_unwind`), so
+//!   the binary must not be built with `panic = "abort"`. The default panic hook still prints
+//!   them to stderr.
 //! - Open channels only after `Event::Handshake` (before it, the accepting side would send an
 //!   Open without a capability).
 //! - On a discovery key from [`Connection::rejected`], call `protocol.commands().close(dk)`, so
