@@ -152,6 +152,18 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
+        /// Grant every authorization request (default: deny all).
+        #[arg(long)]
+        allow_all: bool,
+        /// Grant authorization requests for these writer keys.
+        #[arg(long, num_args = 1..)]
+        allow: Vec<String>,
+    },
+    /// Ask the writers connected through --peer to make this store's drive a writer.
+    RequestAuth {
+        /// Seconds to wait for a decision.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
     },
     /// Follow the co-drive KEY: create the store if needed and download it from --peer.
     Clone {
@@ -262,7 +274,7 @@ fn main() -> ExitCode {
         }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             if output::is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;

@@ -1,7 +1,163 @@
-//! Output helpers: one-line errors, broken pipes, progress bars.
+//! Output helpers: where a command's output goes, one-line errors, broken pipes, progress bars.
+
+use std::io::{IsTerminal, Write};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use std::io::IsTerminal;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::cmd::forward::{push_frame, TAG_STDERR, TAG_STDOUT};
+
+/// Remote output is sent to the client once this much is buffered (by [`Out::pace`]).
+const PACE: usize = 256 << 10;
+
+/// Where a command writes: this process's stdout and stderr, or — for a command forwarded to a
+/// running `cohd serve` — frames to the client that forwarded it (see `cmd::forward`).
+///
+/// Commands write their stdout text with `write!`/`writeln!` and their stderr notes with
+/// [`Out::note`]. Writes to a client are buffered: a command that prints a lot as it goes calls
+/// [`Out::pace`] (or [`Out::drain`]) between steps, and whoever ran the command drains the rest.
+pub(crate) struct Out {
+    remote: Option<Remote>,
+}
+
+struct Remote {
+    w: Box<dyn AsyncWrite + Unpin + Send>,
+    /// Stdout bytes not yet framed.
+    stdout: Vec<u8>,
+    /// Encoded frames not yet sent.
+    frames: Vec<u8>,
+}
+
+impl Remote {
+    /// Frames the pending stdout bytes, so what comes next keeps its order after them.
+    fn seal(&mut self) {
+        if !self.stdout.is_empty() {
+            push_frame(&mut self.frames, TAG_STDOUT, &self.stdout);
+            self.stdout.clear();
+        }
+    }
+
+    async fn send(&mut self) -> std::io::Result<()> {
+        self.seal();
+        if !self.frames.is_empty() {
+            self.w.write_all(&self.frames).await?;
+            self.frames.clear();
+        }
+        self.w.flush().await
+    }
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Out")
+            .field("remote", &self.remote.is_some())
+            .finish()
+    }
+}
+
+impl Out {
+    /// This process's stdout and stderr.
+    pub(crate) fn stdout() -> Self {
+        Self { remote: None }
+    }
+
+    /// Frames to a forwarding client, written to `w`.
+    pub(crate) fn remote(w: impl AsyncWrite + Unpin + Send + 'static) -> Self {
+        Self {
+            remote: Some(Remote {
+                w: Box::new(w),
+                stdout: Vec::new(),
+                frames: Vec::new(),
+            }),
+        }
+    }
+
+    /// Whether the output goes to a forwarding client (no terminal here: no progress bars).
+    pub(crate) fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// A line for stderr (a summary, not an error).
+    pub(crate) fn note(&mut self, line: &str) {
+        match &mut self.remote {
+            None => {
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
+            Some(r) => {
+                r.seal();
+                push_frame(&mut r.frames, TAG_STDERR, format!("{line}\n").as_bytes());
+            }
+        }
+    }
+
+    /// Sends everything buffered to the client (flushes stdout here).
+    pub(crate) async fn drain(&mut self) -> std::io::Result<()> {
+        match &mut self.remote {
+            None => std::io::stdout().flush(),
+            Some(r) => r.send().await,
+        }
+    }
+
+    /// [`Out::drain`] once a fair amount is buffered: bounds the memory of a long output.
+    pub(crate) async fn pace(&mut self) -> std::io::Result<()> {
+        match &mut self.remote {
+            Some(r) if r.stdout.len() + r.frames.len() >= PACE => r.send().await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks, at the end of a command's stdin, that the client is still there: a client that
+    /// died mid-input also ends its stdin, and must not leave a truncated file behind. A client
+    /// that half-closed its side normally still reads, so an (empty) frame to it goes through;
+    /// one that is gone makes the write fail.
+    pub(crate) async fn confirm_input(&mut self) -> std::io::Result<()> {
+        match &mut self.remote {
+            None => Ok(()),
+            Some(r) => {
+                r.seal();
+                push_frame(&mut r.frames, TAG_STDOUT, &[]);
+                r.send().await
+            }
+        }
+    }
+
+    /// The client's writer, with what is still buffered (for the closing frames).
+    pub(crate) fn into_remote(self) -> Option<(Box<dyn AsyncWrite + Unpin + Send>, Vec<u8>)> {
+        self.remote.map(|mut r| {
+            r.seal();
+            (r.w, r.frames)
+        })
+    }
+}
+
+impl Write for Out {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.remote {
+            None => std::io::stdout().write(buf),
+            Some(r) => {
+                r.stdout.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match &mut self.remote {
+            None => std::io::stdout().write_all(buf),
+            Some(r) => {
+                r.stdout.extend_from_slice(buf);
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &self.remote {
+            None => std::io::stdout().flush(),
+            Some(_) => Ok(()),
+        }
+    }
+}
 
 /// The error and its causes on one line.
 pub(crate) fn one_line(e: &anyhow::Error) -> String {
@@ -23,9 +179,10 @@ pub(crate) fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-/// A progress bar on stderr when it is a terminal; hidden otherwise.
-pub(crate) fn progress(len: u64, what: &str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
+/// A progress bar on stderr when it is a terminal; hidden otherwise, and for a forwarded
+/// command (its terminal is the client's).
+pub(crate) fn progress(out: &Out, len: u64, what: &str) -> ProgressBar {
+    if out.is_remote() || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(len);

@@ -89,8 +89,17 @@ fn wait_output(mut child: Child, what: &str) -> Out {
 
 /// Runs `cohd --dir DIR ARGS…` with `stdin` as its standard input.
 fn run_in(dir: &Path, args: &[&str], stdin: &[u8]) -> Out {
+    run_at(dir, None, args, stdin)
+}
+
+/// [`run_in`], in the current directory `cwd` when given.
+fn run_at(dir: &Path, cwd: Option<&Path>, args: &[&str], stdin: &[u8]) -> Out {
     let what = args.join(" ");
-    let mut child = cohd()
+    let mut cmd = cohd();
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
+    let mut child = cmd
         .arg("--dir")
         .arg(dir)
         .args(args)
@@ -1408,4 +1417,302 @@ fn two_writers_through_copied_cores() {
     assert!(e.contains(&format!("cohd authorize {kb}")), "{e}");
     assert_eq!(b.ok(&on(&ka, &["cat", "/b.txt"])).stdout, b"from b");
     assert_eq!(a.cat("/b.txt"), b"from b");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. commands on a store that `cohd serve` holds
+
+/// A running `cohd serve`, killed when dropped.
+struct Served {
+    child: Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Served {
+    /// `cohd --dir DIR serve`, once it printed its key (the local socket is ready by then).
+    fn start(d: &Dir) -> (Self, String) {
+        let mut child = cohd()
+            .arg("--dir")
+            .arg(d.path())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cohd serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut se = child.stderr.take().expect("piped stderr");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = se.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.lock().expect("stderr buffer").push_str(&text);
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut served = Self { child, stderr };
+        let deadline = Instant::now() + HANG;
+        let key = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(k) = line.strip_prefix("key ") {
+                        break k.to_string();
+                    }
+                }
+                Err(_) => panic!(
+                    "`cohd serve` printed no key; stderr: {}",
+                    served.stderr.lock().expect("stderr buffer")
+                ),
+            }
+        };
+        assert!(served.child.try_wait().expect("try_wait").is_none());
+        (served, key)
+    }
+
+    /// Kills the server (as `kill -9` would: it cleans nothing up).
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Asserts the server is still running and said nothing alarming.
+    #[track_caller]
+    fn check_alive(&mut self) {
+        let stderr = self.stderr.lock().expect("stderr buffer").clone();
+        assert!(
+            self.child.try_wait().expect("try_wait").is_none(),
+            "`cohd serve` exited; stderr: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!stderr.contains("warning"), "{stderr}");
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+fn commands_run_inside_a_running_serve() {
+    let (d, key) = Dir::init();
+    d.put("/before.txt", b"before serving");
+    let (mut server, served) = Served::start(&d);
+    assert_eq!(served, key);
+    assert!(d.path().join("cohd.sock").exists());
+
+    // Reads and writes through the server, stdin streamed both ways (several `cat` pieces).
+    let big = noise(7, 9 << 20);
+    ok(d.run_stdin(&["put", "/big.bin", "-"], &big));
+    assert!(
+        d.cat("/big.bin") == big,
+        "cat through the server changed bytes"
+    );
+    d.put("/x", b"x via stdin, no file argument");
+    assert_eq!(d.cat("/x"), b"x via stdin, no file argument");
+    assert_eq!(
+        ls_paths(&d, &["ls", "-r"]),
+        ["/before.txt", "/big.bin", "/x"]
+    );
+    assert_eq!(ls_paths(&d, &["ls"]), ["/before.txt", "/big.bin", "/x"]);
+    let st = d.ok(&["stat", "/big.bin", "--json"]).json();
+    assert_eq!(st["size"], big.len());
+    assert_eq!(st["writer"], key.as_str());
+    assert_eq!(d.ok(&["info", "--json"]).json()["key"], key.as_str());
+    d.ok(&["symlink", "/link", "/x"]);
+    assert_eq!(d.cat("/link"), b"x via stdin, no file argument");
+    d.ok(&["rm", "/link"]);
+    d.ok(&["rm", "/big.bin"]);
+    assert_eq!(ls_paths(&d, &["ls", "-r"]), ["/before.txt", "/x"]);
+    let log = d.ok(&["log", "--json"]).json_lines();
+    assert_eq!(log.last().expect("log")["path"], "/big.bin");
+
+    // Local paths are the client's: relative to its current directory, not the server's.
+    let work = d.scratch("work");
+    std::fs::create_dir_all(work.join("src/sub")).expect("mkdir");
+    std::fs::write(work.join("src/a.txt"), b"a").expect("write");
+    std::fs::write(work.join("src/sub/b.txt"), b"b").expect("write");
+    std::fs::write(work.join("file.txt"), b"from a relative path").expect("write");
+    let at = |args: &[&str]| ok(run_at(&d.path(), Some(&work), args, b""));
+    at(&["put", "/file.txt", "file.txt"]);
+    let out = at(&["import", "src", "/imp"]);
+    assert!(out.stderr.contains("imported 2 files"), "{}", out.stderr);
+    let out = at(&["export", "/imp", "copy"]);
+    assert!(out.stderr.contains("exported 2 files"), "{}", out.stderr);
+    assert_eq!(read_tree(&work.join("copy")), read_tree(&work.join("src")));
+    at(&["export", "whole"]);
+    assert!(work.join("whole/imp/sub/b.txt").is_file());
+    assert_eq!(d.cat("/file.txt"), b"from a relative path");
+    let e = clean_error(&run_at(
+        &d.path(),
+        Some(&work),
+        &["put", "/m", "missing.txt"],
+        b"",
+    ));
+    assert!(
+        e.contains(&work.join("missing.txt").display().to_string()),
+        "{e}"
+    );
+
+    // Clean one-line errors: the command's own, and for what cannot run through a server.
+    assert!(d.err(&["cat", "/nope"]).contains("no such file"));
+    assert!(d.err(&["rm", "/nope"]).contains("no such file"));
+    assert!(d.err(&["init"]).contains("already exists"));
+    assert!(d.err(&["serve"]).contains("already served"));
+    let e = d.err(&["sync", "--peer", "127.0.0.1:9"]);
+    assert!(e.contains("while `cohd serve` runs"), "{e}");
+    let e = d.err(&["ls", "--peer", "127.0.0.1:9"]);
+    assert!(e.contains("--peer"), "{e}");
+    server.check_alive();
+
+    // Forwarded commands wait their turn: concurrent writers all land.
+    let writers: Vec<_> = (0..6)
+        .map(|i| {
+            let dir = d.path();
+            std::thread::spawn(move || {
+                let data = noise(i, 300_000);
+                ok(run_in(&dir, &["put", &format!("/c/{i}"), "-"], &data));
+                data
+            })
+        })
+        .collect();
+    for (i, w) in writers.into_iter().enumerate() {
+        let data = w.join().expect("writer");
+        assert!(d.cat(&format!("/c/{i}")) == data, "/c/{i}");
+    }
+    server.check_alive();
+
+    // The store is one process's: the server's, which also reads back what it was sent.
+    let want = [
+        "/before.txt",
+        "/c/0",
+        "/c/1",
+        "/c/2",
+        "/c/3",
+        "/c/4",
+        "/c/5",
+        "/file.txt",
+        "/imp/a.txt",
+        "/imp/sub/b.txt",
+        "/x",
+    ];
+    assert_eq!(ls_paths(&d, &["ls", "-r"]), want);
+
+    // Killed, the server leaves its socket behind; commands open the store again themselves.
+    server.kill();
+    assert!(d.path().join("cohd.sock").exists());
+    assert_eq!(ls_paths(&d, &["ls", "-r"]), want);
+    d.put("/after", b"after the server");
+    // A new server replaces the stale socket.
+    let (mut server, _) = Served::start(&d);
+    assert_eq!(d.cat("/after"), b"after the server");
+    d.put("/again", b"served again");
+    server.check_alive();
+    server.kill();
+    assert_eq!(d.cat("/again"), b"served again");
+}
+
+#[test]
+fn a_client_that_dies_mid_input_writes_nothing() {
+    let (d, _) = Dir::init();
+    let (mut server, _) = Served::start(&d);
+    let mut client = cohd()
+        .arg("--dir")
+        .arg(d.path())
+        .args(["put", "/partial", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = client.stdin.take().expect("stdin");
+    stdin.write_all(&noise(3, 200_000)).expect("write");
+    stdin.flush().expect("flush");
+    // The server is reading the client's stdin now; the client dies before its end.
+    std::thread::sleep(Duration::from_millis(500));
+    client.kill().expect("kill");
+    let _ = client.wait();
+    drop(stdin);
+    // The server goes on with the next command; the partial file was never written.
+    d.put("/whole", b"whole");
+    assert_eq!(ls_paths(&d, &["ls", "-r"]), ["/whole"]);
+    server.check_alive();
+}
+
+#[test]
+fn a_stale_socket_without_a_server_is_ignored() {
+    let (d, _) = Dir::init();
+    // A socket file that nobody listens on, as a killed server leaves behind.
+    #[cfg(unix)]
+    {
+        let l = std::os::unix::net::UnixListener::bind(d.path().join("cohd.sock")).expect("bind");
+        drop(l);
+    }
+    d.put("/a", b"a");
+    assert_eq!(d.cat("/a"), b"a");
+    // Another command holding the store (not a server): still the in-use error, no hang.
+    let mut writer = cohd()
+        .arg("--dir")
+        .arg(d.path())
+        .args(["put", "/b", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = writer.stdin.take().expect("stdin");
+    stdin.write_all(b"b").expect("write");
+    let start = Instant::now();
+    let e = loop {
+        assert!(start.elapsed() < Duration::from_secs(20), "never locked");
+        let out = d.run(&["ls"]);
+        if !out.status.success() {
+            break clean_error(&out);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(e.contains("in use by another process"), "{e}");
+    drop(stdin);
+    ok(wait_output(writer, "put /b -"));
+    assert_eq!(ls_paths(&d, &["ls", "-r"]), ["/a", "/b"]);
+}
+
+#[test]
+fn another_co_drive_through_a_running_serve_is_read_only() {
+    let (a, ka) = Dir::init();
+    let (b, _) = Dir::init();
+    b.put("/from-b", b"b's file");
+    copy_own_drive(&b, &a);
+    let kb = b.ok(&["info", "--json"]).json()["key"]
+        .as_str()
+        .expect("key")
+        .to_string();
+    let (mut server, _) = Served::start(&a);
+    // The served co-drive, named explicitly, works as without --drive.
+    a.ok(&on(&ka, &["symlink", "/l", "/t"]));
+    assert_eq!(ls_paths(&a, &on(&ka, &["ls", "-r"])), ["/l"]);
+    // Another co-drive the store holds can be read, not written.
+    assert_eq!(a.ok(&on(&kb, &["cat", "/from-b"])).stdout, b"b's file");
+    assert_eq!(ls_paths(&a, &on(&kb, &["ls", "-r"])), ["/from-b"]);
+    let e = clean_error(&a.run_stdin(&on(&kb, &["put", "/x"]), b"x"));
+    assert!(e.contains("must wait until it stops"), "{e}");
+    server.check_alive();
+    server.kill();
+    assert_eq!(ls_paths(&a, &on(&kb, &["ls", "-r"])), ["/from-b"]);
 }

@@ -9,11 +9,14 @@ use co_hyperdrive::format::{path, Key};
 use co_hyperdrive::PutOptions;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::read_snapshot;
-use crate::output;
+use super::{read_snapshot, Io};
+use crate::output::{self, Out};
+
+/// `cat` reads a file in pieces of this size, so a forwarding client gets it as it goes.
+const CAT_PIECE: u64 = 4 << 20;
 
 /// `info` describes this store's own drive (the local writer's), plus which co-drive it is in.
-pub(crate) async fn info(co: &CoDrive, json: bool) -> Result<()> {
+pub(crate) async fn info(co: &CoDrive, out: &mut Out, json: bool) -> Result<()> {
     let drive = co.own();
     let db = drive.db().core().info();
     let blobs = drive.blobs().core().info();
@@ -29,30 +32,33 @@ pub(crate) async fn info(co: &CoDrive, json: bool) -> Result<()> {
             "codrive": co.key().to_hex(),
             "local_writer": co.local_key().to_hex(),
         });
-        println!("{v}");
+        writeln!(out, "{v}")?;
     } else {
-        println!("key:       {}", drive.key());
-        println!("id:        {}", drive.key().to_z32());
-        println!("writable:  {}", drive.writable());
-        println!("version:   {}", drive.version());
-        println!(
+        writeln!(out, "key:       {}", drive.key())?;
+        writeln!(out, "id:        {}", drive.key().to_z32())?;
+        writeln!(out, "writable:  {}", drive.writable())?;
+        writeln!(out, "version:   {}", drive.version())?;
+        writeln!(
+            out,
             "db core:   {} blocks, {}",
             db.length,
             output::size(db.byte_length)
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "blobs core: {}, {} blocks, {}",
             drive.blobs_key(),
             blobs.length,
             output::size(blobs.byte_length)
-        );
-        println!("co-drive:  {}", co.key());
+        )?;
+        writeln!(out, "co-drive:  {}", co.key())?;
     }
     Ok(())
 }
 
 pub(crate) async fn put(
     co: &CoDrive,
+    io: &mut Io,
     path: &str,
     local: Option<&Path>,
     executable: bool,
@@ -67,17 +73,18 @@ pub(crate) async fn put(
         executable,
         metadata,
     };
-    let (mut source, what): (Box<dyn AsyncRead + Unpin>, String) = match local {
-        Some(p) if p != Path::new("-") => (
-            Box::new(
-                tokio::fs::File::open(p)
-                    .await
-                    .with_context(|| format!("cannot read {}", p.display()))?,
-            ),
-            p.display().to_string(),
-        ),
-        _ => (Box::new(tokio::io::stdin()), "stdin".to_string()),
+    let Io { out, stdin } = io;
+    let mut file;
+    let (source, what): (&mut (dyn AsyncRead + Unpin + Send), String) = match local {
+        Some(p) if p != Path::new("-") => {
+            file = tokio::fs::File::open(p)
+                .await
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            (&mut file, p.display().to_string())
+        }
+        _ => (&mut **stdin, "stdin".to_string()),
     };
+    let from_stdin = !matches!(local, Some(p) if p != Path::new("-"));
     let mut snap = co.snapshot().await?;
     let mut batch = snap.batch().await?;
     let mut w = batch.writer(path, opts).await?;
@@ -92,29 +99,40 @@ pub(crate) async fn put(
         }
         w.write(&buf[..n]).await?;
     }
+    if from_stdin {
+        out.confirm_input()
+            .await
+            .context("the client went away before the end of its input; nothing was written")?;
+    }
     w.finish().await?;
     batch.flush().await?;
     Ok(())
 }
 
-pub(crate) async fn cat(co: &CoDrive, path: &str) -> Result<()> {
+pub(crate) async fn cat(co: &CoDrive, out: &mut Out, path: &str) -> Result<()> {
     let snap = read_snapshot(co).await?;
-    let mut out = std::io::stdout().lock();
-    let mut err = None;
-    snap.read_range(path, 0, u64::MAX, |chunk| {
-        if err.is_none() {
-            if let Err(e) = out.write_all(chunk) {
-                err = Some(e);
-            }
+    let mut pos = 0;
+    loop {
+        let mut err = None;
+        let n = snap
+            .read_range(path, pos, CAT_PIECE, |chunk| {
+                if err.is_none() {
+                    if let Err(e) = out.write_all(chunk) {
+                        err = Some(e);
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        if let Some(e) = err {
+            return Err(e.into());
         }
-        Ok(())
-    })
-    .await?;
-    if let Some(e) = err {
-        return Err(e.into());
+        out.drain().await?;
+        pos += n;
+        if n < CAT_PIECE {
+            return Ok(());
+        }
     }
-    out.flush()?;
-    Ok(())
 }
 
 fn entry_json(e: &CoEntry) -> serde_json::Value {
@@ -148,13 +166,13 @@ fn long_line(e: &CoEntry) -> String {
 
 pub(crate) async fn ls(
     co: &CoDrive,
+    out: &mut Out,
     folder: &str,
     recursive: bool,
     long: bool,
     json: bool,
 ) -> Result<()> {
     let snap = read_snapshot(co).await?;
-    let mut out = std::io::stdout().lock();
     if recursive || long || json {
         let mut entries = snap.list(folder);
         if !recursive {
@@ -254,17 +272,18 @@ pub(crate) fn versions_json(versions: &[PathVersion], winner: (Key, u64)) -> ser
         .collect()
 }
 
-pub(crate) async fn stat(co: &CoDrive, target: &str, json: bool) -> Result<()> {
+pub(crate) async fn stat(co: &CoDrive, out: &mut Out, target: &str, json: bool) -> Result<()> {
     let snap = read_snapshot(co).await?;
     let Some(e) = snap.entry(target)? else {
         if !snap.list(target).is_empty() {
             if json {
-                println!(
+                writeln!(
+                    out,
                     "{}",
                     serde_json::json!({ "path": path::resolve(target), "directory": true })
-                );
+                )?;
             } else {
-                println!("{}: directory", path::resolve(target));
+                writeln!(out, "{}: directory", path::resolve(target))?;
             }
             return Ok(());
         }
@@ -273,35 +292,37 @@ pub(crate) async fn stat(co: &CoDrive, target: &str, json: bool) -> Result<()> {
     if json {
         let mut v = entry_json(&e);
         v["conflicts"] = versions_json(&e.conflicts, (e.writer, e.seq));
-        println!("{v}");
+        writeln!(out, "{v}")?;
     } else {
-        println!("path:       {}", e.path);
-        println!(
+        writeln!(out, "path:       {}", e.path)?;
+        writeln!(
+            out,
             "type:       {}",
             if e.entry.blob.is_none() {
                 "symlink"
             } else {
                 "file"
             }
-        );
-        println!("size:       {}", e.entry.size());
-        println!("executable: {}", e.entry.executable);
+        )?;
+        writeln!(out, "size:       {}", e.entry.size())?;
+        writeln!(out, "executable: {}", e.entry.executable)?;
         if let Some(l) = &e.entry.linkname {
-            println!("linkname:   {l}");
+            writeln!(out, "linkname:   {l}")?;
         }
         if let Some(b) = &e.entry.blob {
-            println!(
+            writeln!(
+                out,
                 "blob:       blocks {}+{}, bytes {}+{}",
                 b.block_offset, b.block_length, b.byte_offset, b.byte_length
-            );
+            )?;
         }
         if let Some(m) = &e.entry.metadata {
-            println!("metadata:   {m}");
+            writeln!(out, "metadata:   {m}")?;
         }
-        println!("seq:        {}", e.seq);
-        println!("writer:     {}", e.writer);
+        writeln!(out, "seq:        {}", e.seq)?;
+        writeln!(out, "writer:     {}", e.writer)?;
         if !e.conflicts.is_empty() {
-            println!("conflicts:  {}", versions_text(&e.conflicts));
+            writeln!(out, "conflicts:  {}", versions_text(&e.conflicts))?;
         }
     }
     Ok(())

@@ -1,15 +1,19 @@
 //! log and diff: the history of this store's own drive (the local writer's log), not the
 //! merged co-drive.
 
+use std::io::Write;
+
 use anyhow::Result;
 use co_hyperdrive::codrive::records;
 use co_hyperdrive::format::{sub, Entry};
 use co_hyperdrive::Drive;
 
+use crate::output::Out;
+
 /// One line per file write. A co-drive write is a file entry followed, in the same batch, by its
 /// version record: the line shows the version after the record, the one the write made. A
 /// delete of a path this drive never held is a version record alone (a tombstone).
-pub(crate) async fn log(drive: &Drive, json: bool) -> Result<()> {
+pub(crate) async fn log(drive: &Drive, out: &mut Out, json: bool) -> Result<()> {
     let len = drive.version();
     let mut next = if len > 1 {
         Some(drive.db().block_at(1).await?)
@@ -18,6 +22,8 @@ pub(crate) async fn log(drive: &Drive, json: bool) -> Result<()> {
     };
     let mut prev_file: Option<String> = None;
     for seq in 1..len {
+        // A long history reaches a forwarding client as it goes.
+        out.pace().await?;
         let Some((key, value)) = next.take() else {
             break;
         };
@@ -59,12 +65,14 @@ pub(crate) async fn log(drive: &Drive, json: bool) -> Result<()> {
             }
         };
         if json {
-            println!(
+            writeln!(
+                out,
                 "{}",
                 serde_json::json!({ "version": version, "seq": seq, "op": op, "path": path, "size": size })
-            );
+            )?;
         } else {
-            println!(
+            writeln!(
+                out,
                 "{:>6} {:<8} {}{}",
                 version,
                 op,
@@ -74,7 +82,7 @@ pub(crate) async fn log(drive: &Drive, json: bool) -> Result<()> {
                 } else {
                     String::new()
                 }
-            );
+            )?;
         }
     }
     Ok(())
@@ -82,6 +90,7 @@ pub(crate) async fn log(drive: &Drive, json: bool) -> Result<()> {
 
 pub(crate) async fn diff(
     drive: &Drive,
+    out: &mut Out,
     from: u64,
     to: Option<u64>,
     folder: &str,
@@ -95,14 +104,18 @@ pub(crate) async fn diff(
             _ => "modified",
         };
         if json {
-            println!("{}", serde_json::json!({ "path": c.path, "change": kind }));
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "path": c.path, "change": kind })
+            )?;
         } else {
             let sign = match kind {
                 "added" => '+',
                 "deleted" => '-',
                 _ => '~',
             };
-            println!("{sign} {}", c.path);
+            writeln!(out, "{sign} {}", c.path)?;
         }
     }
     Ok(())

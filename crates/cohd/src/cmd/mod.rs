@@ -2,17 +2,47 @@
 
 mod demo;
 mod files;
+pub(crate) mod forward;
 mod history;
 mod net;
 mod transfer;
 mod writers;
 
+use std::io::Write;
+
 use anyhow::{bail, Result};
 use co_hyperdrive::codrive::{CoDrive, Snapshot};
 use co_hyperdrive::format::Key;
 use co_hyperdrive::{Drive, Store};
+use tokio::io::AsyncRead;
 
+use crate::output::Out;
 use crate::{Cli, Command};
+
+/// A command's standard streams: this process's, or those of the client that forwarded the
+/// command to a running `cohd serve` (see [`forward`]).
+pub(crate) struct Io {
+    /// Stdout and stderr notes.
+    pub(crate) out: Out,
+    /// What `put` reads when it has no local file.
+    pub(crate) stdin: Box<dyn AsyncRead + Unpin + Send>,
+}
+
+impl std::fmt::Debug for Io {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Io").field("out", &self.out).finish()
+    }
+}
+
+impl Io {
+    /// This process's stdin, stdout and stderr.
+    fn here() -> Self {
+        Self {
+            out: Out::stdout(),
+            stdin: Box::new(tokio::io::stdin()),
+        }
+    }
+}
 
 /// The co-drive a command works on: the one named by `--drive KEY`, else the one the store
 /// follows (recorded by `clone`), else the store's own (whose primary is this store's drive).
@@ -39,84 +69,120 @@ pub(crate) async fn read_snapshot(co: &CoDrive) -> Result<Snapshot<'_>> {
     Ok(snap)
 }
 
-pub(crate) async fn run(cli: Cli) -> Result<()> {
+/// Runs the command; returns the exit status. When another process holds the store and it is a
+/// `cohd serve` that listens on the store's local socket, the command runs there instead.
+pub(crate) async fn run(cli: Cli) -> Result<u8> {
+    match run_here(&cli).await {
+        Err(e) if forward::is_locked(&e) => forward::forward(&cli, e).await,
+        r => r.map(|()| 0),
+    }
+}
+
+async fn run_here(cli: &Cli) -> Result<()> {
+    let mut io = Io::here();
     match &cli.command {
         Command::Init => {
             let store = Store::create(&cli.dir)?;
             let drive = Drive::open_own(&store, "db").await?;
             // Like every other command, make the new cores' files durable before reporting.
             drive.sync()?;
-            println!("{}", drive.key());
-            Ok(())
+            writeln!(io.out, "{}", drive.key())?;
         }
-        Command::Demo => demo::run().await,
-        Command::Clone { key, all } => net::clone(&cli, key, *all).await,
+        Command::Demo => demo::run(&mut io.out).await?,
+        Command::Clone { key, all } => net::clone(cli, key, *all).await?,
         _ => {
-            let (store, co) = open_codrive(&cli).await?;
+            let (store, co) = open_codrive(cli).await?;
             let r = match (&cli.command, cli.peer) {
-                (Command::Serve { listen }, _) => net::serve(&store, &co, *listen).await,
+                (
+                    Command::Serve {
+                        listen,
+                        allow_all,
+                        allow,
+                    },
+                    _,
+                ) => net::serve(&store, &co, *listen, net::policy(*allow_all, allow)?).await,
+                (Command::RequestAuth { timeout }, peer) => {
+                    net::request_auth(&store, &co, peer, *timeout).await
+                }
                 (Command::Sync { all }, peer) => net::sync(&store, &co, peer, *all).await,
                 (command, Some(peer)) => {
-                    net::with_peer(&store, &co, peer, dispatch(command, &co)).await
+                    net::with_peer(&store, &co, peer, dispatch(command, &co, &mut io)).await
                 }
-                (command, None) => dispatch(command, &co).await,
+                (command, None) => dispatch(command, &co, &mut io).await,
             };
             // Make whatever was written or received durable before exiting, even after an error.
             let synced = store.close().await;
             r?;
-            Ok(synced?)
+            synced?;
         }
     }
+    io.out.drain().await?;
+    Ok(())
 }
 
-async fn dispatch(command: &Command, co: &CoDrive) -> Result<()> {
+/// Runs a command that works on an open co-drive (every command but init, demo, clone, serve
+/// and sync), here or for a forwarding client.
+async fn dispatch(command: &Command, co: &CoDrive, io: &mut Io) -> Result<()> {
+    let out = &mut io.out;
     match command {
-        Command::Info { json } => files::info(co, *json).await,
+        Command::Info { json } => files::info(co, out, *json).await,
         Command::Put {
             path,
             local,
             executable,
             metadata,
-        } => files::put(co, path, local.as_deref(), *executable, metadata.as_deref()).await,
-        Command::Cat { path } => files::cat(co, path).await,
+        } => {
+            let (local, metadata) = (local.as_deref(), metadata.as_deref());
+            files::put(co, io, path, local, *executable, metadata).await
+        }
+        Command::Cat { path } => files::cat(co, out, path).await,
         Command::Ls {
             path,
             recursive,
             long,
             json,
-        } => files::ls(co, path.as_deref().unwrap_or("/"), *recursive, *long, *json).await,
+        } => {
+            let folder = path.as_deref().unwrap_or("/");
+            files::ls(co, out, folder, *recursive, *long, *json).await
+        }
         Command::Rm { path, recursive } => files::rm(co, path, *recursive).await,
-        Command::Stat { path, json } => files::stat(co, path, *json).await,
+        Command::Stat { path, json } => files::stat(co, out, path, *json).await,
         Command::Symlink { path, target } => Ok(co.symlink(path, target).await?),
         Command::Import { local, path } => {
-            transfer::import(co, local, path.as_deref().unwrap_or("/")).await
+            transfer::import(co, out, local, path.as_deref().unwrap_or("/")).await
         }
         Command::Export { args } => {
-            let (from, to) = match args.as_slice() {
-                [to] => ("/", to.as_str()),
-                [from, to] => (from.as_str(), to.as_str()),
-                _ => bail!("export takes [DRIVE_DIR] LOCAL_DIR"),
-            };
-            transfer::export(co, from, std::path::Path::new(to)).await
+            let (from, to) = export_args(args)?;
+            transfer::export(co, out, from, std::path::Path::new(to)).await
         }
-        Command::Log { json } => history::log(co.own(), *json).await,
+        Command::Log { json } => history::log(co.own(), out, *json).await,
         Command::Diff {
             from,
             to,
             path,
             json,
-        } => history::diff(co.own(), *from, *to, path, *json).await,
+        } => history::diff(co.own(), out, *from, *to, path, *json).await,
         Command::Whoami
         | Command::Writers { .. }
         | Command::Authorize { .. }
         | Command::Deauthorize { .. }
-        | Command::Conflicts { .. } => writers::run(command, co).await,
+        | Command::Conflicts { .. } => writers::run(command, co, out).await,
         Command::Init
         | Command::Demo
         | Command::Clone { .. }
         | Command::Serve { .. }
-        | Command::Sync { .. } => {
+        | Command::Sync { .. }
+        | Command::RequestAuth { .. } => {
             unreachable!("handled before dispatch")
         }
     }
+}
+
+/// `export`'s drive folder and local folder (one argument: the local folder, from `/`).
+fn export_args(args: &[String]) -> Result<(&str, &str)> {
+    Ok(match args {
+        [to] => ("/", to.as_str()),
+        [from, to] => (from.as_str(), to.as_str()),
+        _ => bail!("export takes [DRIVE_DIR] LOCAL_DIR"),
+    })
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use co_hyperdrive::codrive::CoDrive;
 use co_hyperdrive::format::Key;
-use co_hyperdrive::net::{add_known_cores, catch_up, ReplicateOptions, Replicator};
+use co_hyperdrive::net::auth::{self, AuthPolicy};
+use co_hyperdrive::net::{add_known_cores, catch_up, spawn_follow, ReplicateOptions, Replicator};
 use co_hyperdrive::Store;
 
 use crate::Cli;
@@ -113,7 +114,47 @@ pub(crate) async fn with_peer(
 }
 
 /// `cohd serve [--listen ADDR]`: serves until killed; prints the address and key.
-pub(crate) async fn serve(store: &Store, co: &CoDrive, listen: SocketAddr) -> Result<()> {
+/// The authorization policy of `serve`: `--allow-all`, `--allow KEY...`, default deny.
+pub(crate) fn policy(allow_all: bool, allow: &[String]) -> Result<AuthPolicy> {
+    if allow_all {
+        return Ok(auth::allow_all());
+    }
+    let keys = allow
+        .iter()
+        .map(|k| k.parse::<Key>())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(auth::allow_keys(keys))
+}
+
+/// `cohd request-auth --peer ADDR [--timeout SECS]`.
+pub(crate) async fn request_auth(
+    store: &Store,
+    co: &CoDrive,
+    peer: Option<SocketAddr>,
+    timeout: u64,
+) -> Result<()> {
+    let peer = peer.context("request-auth needs --peer ADDR")?;
+    let repl = follow(store, co, peer, false).await?;
+    let _follow = spawn_follow(
+        store.clone(),
+        repl.clone(),
+        co.key(),
+        "db".into(),
+        Duration::from_millis(100),
+    );
+    auth::request_authorization(&repl, co, Duration::from_secs(timeout))
+        .await
+        .with_context(|| format!("authorization of {} was not granted", co.local_key()))?;
+    eprintln!("{} is now a writer of {}", co.local_key(), co.key());
+    Ok(())
+}
+
+pub(crate) async fn serve(
+    store: &Store,
+    co: &CoDrive,
+    listen: SocketAddr,
+    policy: AuthPolicy,
+) -> Result<()> {
     let repl = Replicator::new(ReplicateOptions {
         download_all: true,
         ..ReplicateOptions::default()
@@ -126,17 +167,33 @@ pub(crate) async fn serve(store: &Store, co: &CoDrive, listen: SocketAddr) -> Re
         .listen(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    // Other `cohd` commands on this store run in this process, sent over a local socket (see
+    // `forward`); it is ready before the key is printed.
+    let local = super::forward::LocalServer::bind(store);
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {addr}")?;
         writeln!(out, "key {}", co.key())?;
         out.flush()?;
     }
-    // New writers and blobs cores appear as records and headers arrive: look for them whenever
-    // something changed, and make received data durable.
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        add_known_cores(store, &repl, co.key(), "db").await;
-        store.flush()?;
+    // New writers and blobs cores appear as records and headers arrive: look for them, answer
+    // authorization requests, and make received data durable.
+    let _follow = spawn_follow(
+        store.clone(),
+        repl.clone(),
+        co.key(),
+        "db".into(),
+        Duration::from_millis(250),
+    );
+    let durable = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            store.flush()?;
+        }
+    };
+    tokio::select! {
+        () = auth::answer_requests(repl.clone(), co, policy) => Ok(()),
+        r = durable => r,
+        r = super::forward::run_server(local, store, co) => r,
     }
 }

@@ -8,7 +8,7 @@ use co_hyperdrive::PutOptions;
 use tokio::io::AsyncReadExt;
 
 use super::read_snapshot;
-use crate::output;
+use crate::output::{self, Out};
 
 /// An import appends its files in batches of at most this many files…
 const BATCH_FILES: usize = 64;
@@ -37,7 +37,7 @@ fn walk(root: &Path) -> Result<Vec<(PathBuf, u64)>> {
     Ok(out)
 }
 
-pub(crate) async fn import(co: &CoDrive, local: &Path, folder: &str) -> Result<()> {
+pub(crate) async fn import(co: &CoDrive, out: &mut Out, local: &Path, folder: &str) -> Result<()> {
     if !local.is_dir() {
         bail!("{} is not a folder", local.display());
     }
@@ -45,7 +45,7 @@ pub(crate) async fn import(co: &CoDrive, local: &Path, folder: &str) -> Result<(
     let total: u64 = files.iter().map(|f| f.1).sum();
     let mut snap = co.snapshot().await?;
     let mut batch = snap.batch().await?;
-    let pb = output::progress(total, "import");
+    let pb = output::progress(out, total, "import");
     let base = co_hyperdrive::format::path::folder(folder);
     let mut buf = vec![0u8; 1 << 20];
     let mut batch_bytes = 0;
@@ -94,11 +94,15 @@ pub(crate) async fn import(co: &CoDrive, local: &Path, folder: &str) -> Result<(
     }
     batch.flush().await?;
     pb.finish_and_clear();
-    eprintln!("imported {} files ({})", files.len(), output::size(total));
+    out.note(&format!(
+        "imported {} files ({})",
+        files.len(),
+        output::size(total)
+    ));
     Ok(())
 }
 
-pub(crate) async fn export(co: &CoDrive, folder: &str, local: &Path) -> Result<()> {
+pub(crate) async fn export(co: &CoDrive, out: &mut Out, folder: &str, local: &Path) -> Result<()> {
     let snap = read_snapshot(co).await?;
     let entries = snap.list(folder);
     let exact = snap.entry(folder).ok().flatten();
@@ -107,7 +111,7 @@ pub(crate) async fn export(co: &CoDrive, folder: &str, local: &Path) -> Result<(
     }
     let base = co_hyperdrive::format::path::folder(folder);
     let total: u64 = entries.iter().map(|e| e.entry.size()).sum();
-    let pb = output::progress(total, "export");
+    let pb = output::progress(out, total, "export");
     for e in &entries {
         let rel = &e.path[base.len() + 1..];
         // Paths are normalized (no `..`, no empty parts), so they stay inside `local`.
@@ -152,6 +156,10 @@ pub(crate) async fn export(co: &CoDrive, folder: &str, local: &Path) -> Result<(
         }
     }
     pb.finish_and_clear();
-    eprintln!("exported {} files ({})", entries.len(), output::size(total));
+    out.note(&format!(
+        "exported {} files ({})",
+        entries.len(),
+        output::size(total)
+    ));
     Ok(())
 }

@@ -1,16 +1,19 @@
 //! Co-drive commands: whoami, writers, authorize, deauthorize, conflicts.
 
+use std::io::Write;
+
 use anyhow::Result;
 use co_hyperdrive::codrive::CoDrive;
 use co_hyperdrive::format::{path, Key};
 
 use super::files::{versions_json, versions_text};
 use super::read_snapshot;
+use crate::output::Out;
 use crate::Command;
 
-pub(crate) async fn run(command: &Command, co: &CoDrive) -> Result<()> {
+pub(crate) async fn run(command: &Command, co: &CoDrive, out: &mut Out) -> Result<()> {
     match command {
-        Command::Whoami => println!("{}", co.local_key()),
+        Command::Whoami => writeln!(out, "{}", co.local_key())?,
         Command::Writers { json } => {
             let snap = co.snapshot().await?;
             let v = snap.view();
@@ -34,7 +37,7 @@ pub(crate) async fn run(command: &Command, co: &CoDrive) -> Result<()> {
                     .map(|k| one(k, None))
                     .chain(v.removed.iter().map(|(k, l)| one(k, Some(*l))))
                     .collect();
-                println!("{}", serde_json::Value::Array(w));
+                writeln!(out, "{}", serde_json::Value::Array(w))?;
             } else {
                 let note = |k: &Key| {
                     if held(k) {
@@ -45,10 +48,10 @@ pub(crate) async fn run(command: &Command, co: &CoDrive) -> Result<()> {
                 };
                 for k in v.writers.keys() {
                     let primary = if *k == co.key() { " (primary)" } else { "" };
-                    println!("{k}{primary}{}", note(k));
+                    writeln!(out, "{k}{primary}{}", note(k))?;
                 }
                 for (k, l) in &v.removed {
-                    println!("{k} (removed; first {l} blocks count){}", note(k));
+                    writeln!(out, "{k} (removed; first {l} blocks count){}", note(k))?;
                 }
             }
         }
@@ -61,13 +64,17 @@ pub(crate) async fn run(command: &Command, co: &CoDrive) -> Result<()> {
             for (p, r) in v.conflicts().filter(|(p, _)| path::is_under(p, &f)) {
                 if *json {
                     let versions = versions_json(&r.conflicts, (r.winner.writer, r.winner.seq));
-                    println!("{}", serde_json::json!({ "path": p, "versions": versions }));
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({ "path": p, "versions": versions })
+                    )?;
                 } else {
-                    println!("{p}: {}", versions_text(&r.conflicts));
+                    writeln!(out, "{p}: {}", versions_text(&r.conflicts))?;
                 }
             }
             for p in v.clashes().iter().filter(|p| path::is_under(p, &f)) {
-                println!("{p}: file/folder clash between writers");
+                writeln!(out, "{p}: file/folder clash between writers")?;
             }
         }
         _ => unreachable!("dispatched by cmd::run"),

@@ -1,0 +1,206 @@
+//! Several `cohd` processes on loopback TCP: authorization requests (allowed, denied, nobody able
+//! to decide), writes by an authorized writer reaching every peer, relay through a non-writer,
+//! deauthorization, and concurrent writes shown as conflicts on every peer.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn cohd(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cohd"));
+    c.arg("--dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("COHD_LOG")
+        .env_remove("COHD_DIR");
+    c
+}
+
+/// Runs a command with a bound; returns its output.
+fn run(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = cohd(dir, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cohd");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("stdin");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > WAIT {
+            let _ = child.kill();
+            panic!("`cohd {}` did not finish within {WAIT:?}", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    ok_in(dir, args, b"")
+}
+
+fn ok_in(dir: &Path, args: &[&str], stdin: &[u8]) -> String {
+    let out = run(dir, args, stdin);
+    assert!(
+        out.status.success(),
+        "`cohd {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args, b"");
+    assert!(
+        !out.status.success(),
+        "`cohd {}` should fail",
+        args.join(" ")
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.trim().lines().count() == 1 && err.starts_with("error:"),
+        "one clean error line: {err}"
+    );
+    err
+}
+
+/// A running `cohd serve`, killed on drop.
+struct Serve {
+    child: Child,
+    addr: String,
+    key: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &Path, extra: &[&str]) -> Serve {
+    let mut args = vec!["serve"];
+    args.extend_from_slice(extra);
+    let mut child = cohd(dir, &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in lines.by_ref().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(WAIT)
+        .expect("listening line")
+        .trim_start_matches("listening on ")
+        .to_string();
+    let key = rx
+        .recv_timeout(WAIT)
+        .expect("key line")
+        .trim_start_matches("key ")
+        .to_string();
+    Serve { child, addr, key }
+}
+
+/// Polls `check` until it holds (bounded).
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn dirs(n: usize) -> (tempfile::TempDir, Vec<PathBuf>) {
+    let t = tempfile::tempdir().expect("tempdir");
+    let v = (0..n).map(|i| t.path().join(format!("peer{i}"))).collect();
+    (t, v)
+}
+
+#[test]
+fn request_auth_write_relay_deauthorize_and_conflicts() {
+    let (_t, d) = dirs(4);
+    let (a, b, c, e) = (&d[0], &d[1], &d[2], &d[3]);
+    ok(a, &["init"]);
+    ok_in(a, &["put", "/a.txt", "-"], b"from a");
+    let sa = serve(a, &["--allow-all"]);
+
+    // B follows A, asks to write, is allowed, writes, and syncs back.
+    ok(b, &["--peer", &sa.addr, "clone", &sa.key]);
+    assert_eq!(ok(b, &["--peer", &sa.addr, "cat", "/a.txt"]), "from a");
+    let b_key = ok(b, &["whoami"]).trim().to_string();
+    assert!(fails(b, &["put", "/b.txt", "-"]).contains("cohd authorize"));
+    ok(b, &["--peer", &sa.addr, "request-auth", "--timeout", "20"]);
+    ok_in(b, &["put", "/b.txt", "-"], b"from b");
+    ok(b, &["--peer", &sa.addr, "sync", "--all"]);
+    // A (through its running serve) sees B's file.
+    eventually("A to see B's file", || {
+        run(a, &["cat", "/b.txt"], b"").stdout == b"from b"
+    });
+    assert!(ok(a, &["writers"]).contains(&b_key));
+
+    // C follows A and relays to E, which is connected to C only.
+    ok(c, &["--peer", &sa.addr, "clone", &sa.key, "--all"]);
+    let sc = serve(c, &[]);
+    ok(e, &["--peer", &sc.addr, "clone", &sa.key, "--all"]);
+    let listed = ok(e, &["ls", "-r"]);
+    assert!(
+        listed.contains("/a.txt") && listed.contains("/b.txt"),
+        "{listed}"
+    );
+    // C is not a writer: asking it fails quickly with a clear reason.
+    let t = Instant::now();
+    let err = fails(e, &["--peer", &sc.addr, "request-auth", "--timeout", "20"]);
+    assert!(err.contains("no connected peer is a writer"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(15));
+
+    // Concurrent writes of one path by A and B, then deauthorization of B by A.
+    ok_in(a, &["put", "/same.txt", "-"], b"A's");
+    ok_in(b, &["put", "/same.txt", "-"], b"B's");
+    ok(b, &["--peer", &sa.addr, "sync", "--all"]);
+    eventually("A to list the conflict", || {
+        String::from_utf8_lossy(&run(a, &["conflicts"], b"").stdout).contains("/same.txt")
+    });
+    ok(a, &["deauthorize", &b_key]);
+    ok_in(b, &["put", "/late.txt", "-"], b"too late");
+    ok(b, &["--peer", &sa.addr, "sync", "--all"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ok(a, &["cat", "/b.txt"]), "from b", "seen writes stay");
+    assert!(
+        !run(a, &["cat", "/late.txt"], b"").status.success(),
+        "later writes are ignored"
+    );
+    drop(sc);
+    drop(sa);
+}
+
+#[test]
+fn request_auth_denied_by_default() {
+    let (_t, d) = dirs(2);
+    ok(&d[0], &["init"]);
+    let s = serve(&d[0], &[]);
+    ok(&d[1], &["--peer", &s.addr, "clone", &s.key]);
+    let err = fails(
+        &d[1],
+        &["--peer", &s.addr, "request-auth", "--timeout", "10"],
+    );
+    assert!(err.contains("denied"), "{err}");
+}
