@@ -1666,21 +1666,31 @@ fn a_stale_socket_without_a_server_is_ignored() {
     }
     d.put("/a", b"a");
     assert_eq!(d.cat("/a"), b"a");
-    // Another command holding the store (not a server): still the in-use error, no hang.
-    let mut writer = cohd()
-        .arg("--dir")
-        .arg(d.path())
-        .args(["put", "/b", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut stdin = writer.stdin.take().expect("stdin");
-    stdin.write_all(b"b").expect("write");
+    // Another command holding the store (not a server): still the in-use error, no hang. The
+    // holder is restarted if it lost the race for the lock to one of our `ls` runs.
+    let spawn_writer = || {
+        let mut w = cohd()
+            .arg("--dir")
+            .arg(d.path())
+            .args(["put", "/b", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut stdin = w.stdin.take().expect("stdin");
+        stdin.write_all(b"b").expect("write");
+        (w, stdin)
+    };
+    let (mut writer, mut stdin) = spawn_writer();
     let start = Instant::now();
     let e = loop {
         assert!(start.elapsed() < Duration::from_secs(20), "never locked");
+        if writer.try_wait().expect("try_wait").is_some() {
+            (writer, stdin) = spawn_writer();
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
         let out = d.run(&["ls"]);
         if !out.status.success() {
             break clean_error(&out);

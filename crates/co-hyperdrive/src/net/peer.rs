@@ -81,7 +81,13 @@ pub(crate) struct Peer {
     /// Last extension name the remote sent (JS sends "" for "same as last time").
     last_ext: String,
     announced_length: u64,
+    /// Contiguous blocks we last told the remote we hold.
+    announced_contiguous: u64,
 }
+
+/// Announce a grown contiguous prefix at least every this many blocks (and when complete), so a
+/// peer pushing to us (`cohd sync`) learns its blocks arrived without a message per block.
+const RANGE_EVERY: u64 = 64;
 
 impl Peer {
     pub(crate) fn new(download_all: bool) -> Self {
@@ -120,6 +126,7 @@ impl Peer {
     /// Messages to send when the channel opens.
     pub(crate) fn on_open(&mut self, local: &Local) -> Vec<Message> {
         self.announced_length = local.length;
+        self.announced_contiguous = local.contiguous;
         let mut out = vec![self.sync(local)];
         out.extend(Self::range(local));
         if !local.writable {
@@ -214,16 +221,30 @@ impl Peer {
             self.announced_length = local.length;
             out.push(Action::Send(vec![self.sync(local)]));
         }
+        out.extend(self.range_update(local));
         out.extend(self.requests(local));
         out
+    }
+
+    /// A `Range` when our contiguous prefix grew enough (or became complete) since we said.
+    fn range_update(&mut self, local: &Local) -> Option<Action> {
+        let grown = local.contiguous.saturating_sub(self.announced_contiguous);
+        if grown == 0 || (grown < RANGE_EVERY && local.contiguous < local.length) {
+            return None;
+        }
+        self.announced_contiguous = local.contiguous;
+        Self::range(local).map(|m| Action::Send(vec![m]))
     }
 
     /// After our core changed locally (an append, or data from another peer).
     pub(crate) fn on_local_change(&mut self, local: &Local) -> Vec<Action> {
         if local.length == self.announced_length {
-            return self.requests(local);
+            let mut out: Vec<Action> = self.range_update(local).into_iter().collect();
+            out.extend(self.requests(local));
+            return out;
         }
         self.announced_length = local.length;
+        self.announced_contiguous = local.contiguous;
         let mut msgs = vec![self.sync(local)];
         msgs.extend(Self::range(local));
         let mut out = vec![Action::Send(msgs)];
@@ -237,6 +258,11 @@ impl Peer {
             self.wanted.insert(index);
         }
         self.requests(local)
+    }
+
+    /// How many blocks from the start the remote announced it holds.
+    pub(crate) fn remote_contiguous(&self) -> u64 {
+        self.has_contiguous
     }
 
     /// Whether everything the remote announced is here (and no request is pending).

@@ -79,8 +79,8 @@ struct Outgoing {
 }
 
 /// Per (connection, discovery key): whether the remote announced its state and we caught up
-/// with it, and the length it announced.
-type ChannelStatus = (bool, u64);
+/// with it, the length it announced, and how many blocks from the start it holds.
+type ChannelStatus = (bool, u64, u64);
 
 /// The channel closed while we were sending.
 #[derive(Debug)]
@@ -190,7 +190,7 @@ impl Replicator {
     }
 
     /// Channels open for `core` whose remote has announced its state, with their lengths.
-    fn remote_states(&self, core: &Key) -> Vec<(bool, u64)> {
+    fn remote_states(&self, core: &Key) -> Vec<ChannelStatus> {
         let dk = discovery_key(&core.0);
         let s = self.inner.status.lock().unwrap_or_else(|e| e.into_inner());
         s.iter()
@@ -206,7 +206,7 @@ impl Replicator {
         let check = |me: &Self| {
             cores
                 .iter()
-                .all(|k| me.remote_states(k).iter().any(|(ok, _)| *ok))
+                .all(|k| me.remote_states(k).iter().any(|(ok, _, _)| *ok))
         };
         let wait = async {
             loop {
@@ -223,7 +223,35 @@ impl Replicator {
 
     /// The largest length any connected peer announced for `core`.
     pub fn remote_length(&self, core: &Key) -> Option<u64> {
-        self.remote_states(core).iter().map(|(_, l)| *l).max()
+        self.remote_states(core).iter().map(|(_, l, _)| *l).max()
+    }
+
+    /// Waits until, for each core, some connected peer holds every block we have (what `sync`
+    /// waits for before leaving, so our writes are delivered, not only announced). `false` on
+    /// timeout.
+    pub async fn wait_delivered(&self, cores: &[Core], timeout: Duration) -> bool {
+        let mut rx = self.inner.status_changed.subscribe();
+        let check = |me: &Self| {
+            cores.iter().all(|c| {
+                let have = c.info().contiguous_length;
+                have == 0
+                    || me
+                        .remote_states(&c.key())
+                        .iter()
+                        .any(|(_, _, r)| *r >= have)
+            })
+        };
+        let wait = async {
+            loop {
+                if check(self) {
+                    return true;
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
     }
 
     /// Listens on `addr`; returns the bound address and the accept loop's task.
@@ -372,10 +400,9 @@ impl Replicator {
         result
     }
 
-    fn set_status(&self, conn: u64, dk: [u8; 32], caught_up: bool, length: u64) {
+    fn set_status(&self, conn: u64, dk: [u8; 32], status: ChannelStatus) {
         let mut s = self.inner.status.lock().unwrap_or_else(|e| e.into_inner());
-        let new = (caught_up, length);
-        if s.insert((conn, dk), new) != Some(new) {
+        if s.insert((conn, dk), status) != Some(status) {
             drop(s);
             self.inner.status_changed.send_modify(|n| *n += 1);
         }
@@ -451,7 +478,15 @@ impl Replicator {
                 Ok(Ok(())) => {}
             }
             let l = local(&core);
-            self.set_status(conn, dk, peer.caught_up(&l), peer.announced_remote_length());
+            self.set_status(
+                conn,
+                dk,
+                (
+                    peer.caught_up(&l),
+                    peer.announced_remote_length(),
+                    peer.remote_contiguous(),
+                ),
+            );
         }
     }
 

@@ -98,7 +98,19 @@ pub(crate) async fn sync(
     all: bool,
 ) -> Result<()> {
     let peer = peer.context("sync needs --peer ADDR")?;
-    follow(store, co, peer, all).await?;
+    let repl = follow(store, co, peer, all).await?;
+    // Our own writes: stay until the peer holds them (it downloads what we announce), so they
+    // are delivered before we leave, not only announced.
+    let own: Vec<_> = [
+        co.own().db().core().clone(),
+        co.own().blobs().core().clone(),
+    ]
+    .into_iter()
+    .filter(|c| repl.has_core(&c.key()))
+    .collect();
+    if !own.is_empty() && !repl.wait_delivered(&own, CATCH_UP).await {
+        eprintln!("warning: {peer} has not fetched all of this store's writes yet");
+    }
     Ok(())
 }
 
