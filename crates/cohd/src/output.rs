@@ -211,3 +211,17 @@ pub(crate) fn size(n: u64) -> String {
         format!("{v:.1} {}", U[i])
     }
 }
+
+/// A progress bar counting blocks on stderr when it is a terminal; hidden otherwise.
+pub(crate) fn progress_blocks(what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(0);
+    let style = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} blocks {per_sec} {eta}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    pb.set_style(style);
+    pb.set_message(what.to_string());
+    pb
+}

@@ -149,6 +149,24 @@ impl Replicator {
         self.remote_states(core).len()
     }
 
+    /// Download progress over every replicated core: (blocks held from the start, blocks the
+    /// connected peers announced), for progress bars.
+    pub fn progress(&self) -> (u64, u64) {
+        let cores: Vec<Core> = self
+            .inner
+            .cores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        cores.iter().fold((0, 0), |(have, want), c| {
+            let i = c.info();
+            let remote = self.remote_length(&c.key()).unwrap_or(0).max(i.length);
+            (have + i.contiguous_length.min(remote), want + remote)
+        })
+    }
+
     /// Keys of every replicated core.
     pub fn core_keys(&self) -> Vec<Key> {
         self.inner

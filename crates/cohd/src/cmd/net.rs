@@ -50,6 +50,22 @@ async fn follow(store: &Store, co: &CoDrive, peer: SocketAddr, all: bool) -> Res
     });
     add_known_cores(store, &repl, co.key(), "db").await;
     let conn = connect(&repl, peer).await?;
+    // A progress bar on a terminal while blocks arrive (hidden otherwise).
+    let bar = all.then(|| {
+        let pb = crate::output::progress_blocks("download");
+        let r = repl.clone();
+        let p = pb.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let (have, want) = r.progress();
+                p.set_length(want);
+                p.set_position(have);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        (pb, task)
+    });
+    let _bar = BarGuard(bar);
     if !catch_up(store, &repl, co.key(), "db", CATCH_UP).await {
         if conn.is_finished() {
             match conn.await {
@@ -63,6 +79,18 @@ async fn follow(store: &Store, co: &CoDrive, peer: SocketAddr, all: bool) -> Res
         );
     }
     Ok(repl)
+}
+
+/// Clears a progress bar and stops its updater when dropped.
+struct BarGuard(Option<(indicatif::ProgressBar, tokio::task::JoinHandle<()>)>);
+
+impl Drop for BarGuard {
+    fn drop(&mut self) {
+        if let Some((pb, task)) = self.0.take() {
+            task.abort();
+            pb.finish_and_clear();
+        }
+    }
 }
 
 /// `cohd clone KEY --peer ADDR [--all]`.
