@@ -43,7 +43,8 @@ enum Command {
     /// Show this store's own drive (not the merged view): key, version, core lengths.
     ///
     /// This is the local writer's drive, whatever `--drive` names; the output also gives the
-    /// co-drive's key (`codrive`) and the local writer key (`local_writer`) with `--json`.
+    /// co-drive's key (`codrive`) and the local writer key (`local_writer`) with `--json`, and
+    /// the co-drive's version (`frontier`: every writer's length, for `ls`/`cat`/`stat --at`).
     Info {
         /// Print JSON.
         #[arg(long)]
@@ -69,6 +70,9 @@ enum Command {
     Cat {
         /// Path in the drive.
         path: String,
+        /// Read the co-drive as it was at this version (a `frontier` from `cohd info --json`).
+        #[arg(long, value_name = "FRONTIER")]
+        at: Option<String>,
     },
     /// List a folder of the merged view (one normalized path per line, sorted).
     Ls {
@@ -83,6 +87,9 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Read the co-drive as it was at this version (a `frontier` from `cohd info --json`).
+        #[arg(long, value_name = "FRONTIER")]
+        at: Option<String>,
     },
     /// Delete a file from the co-drive (or, with -r, everything under a folder).
     ///
@@ -101,6 +108,9 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Read the co-drive as it was at this version (a `frontier` from `cohd info --json`).
+        #[arg(long, value_name = "FRONTIER")]
+        at: Option<String>,
     },
     /// Copy a local folder into the co-drive.
     Import {

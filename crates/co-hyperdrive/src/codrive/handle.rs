@@ -6,12 +6,17 @@
 //! [`Snapshot::batch`] (or [`CoDrive::batch`]) starts a [`CoBatch`], one atomic append to the
 //! local writer's drive in which every file entry lands together with its version record;
 //! [`CoBatch::writer`] streams a file's content, so a large file never sits in memory whole.
+//!
+//! Versions: every view is computed from a [`Frontier`] (each writer's db length);
+//! [`CoDrive::version`] gives the current one, [`CoDrive::checkout`] the read-only view at any
+//! earlier one, and [`CoDrive::watch`] reports each new one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use cohd_format::{path, sub, Entry, Key};
 
+use super::frontier::Frontier;
 use super::records::{self, RecordError, SUB};
 use super::view::{self, Clock, MemberOp, MemberRecord, PathVersion, Resolved, View, WriterData};
 use crate::bee::Range;
@@ -32,6 +37,19 @@ pub enum CoDriveError {
     /// The primary cannot be removed.
     #[error("the primary writer cannot be deauthorized")]
     Primary,
+    /// A checkout of a past version cannot be written to.
+    #[error("this is a checkout of a past version of the co-drive: it is read-only")]
+    Checkout,
+    /// A version names more of a writer's log than this store holds.
+    #[error("the version names {wanted} blocks of writer {writer}, but this store holds {held}")]
+    BeyondStore {
+        /// The writer.
+        writer: Key,
+        /// The length the version names.
+        wanted: u64,
+        /// The length the store holds.
+        held: u64,
+    },
     /// A drive operation failed.
     #[error(transparent)]
     Drive(#[from] DriveError),
@@ -53,15 +71,24 @@ pub struct CoDrive {
     cache: Mutex<Option<Cached>>,
 }
 
-/// The last computed view and what it was computed from: every loaded writer's version, and the
-/// writers the store did not hold. Blocks never change once written, so while those are the
-/// same the view is too, and reads need not reload every writer.
+/// The last computed view, and the writers the store did not hold when it was computed. Blocks
+/// never change once written, so while every writer's length is the frontier's and those
+/// writers are still not held, the view is the same and reads need not reload every writer.
 #[derive(Debug)]
 struct Cached {
-    versions: BTreeMap<Key, u64>,
-    absent: BTreeSet<Key>,
-    view: Arc<View>,
-    missing: BTreeSet<Key>,
+    computed: Computed,
+    unheld: BTreeSet<Key>,
+}
+
+/// A merged view and what it was computed from.
+#[derive(Debug, Clone)]
+pub(super) struct Computed {
+    pub(super) view: Arc<View>,
+    /// Writers (current or removed) the view names but has no data of.
+    pub(super) missing: BTreeSet<Key>,
+    /// The length of every writer's log the view was computed from; writers the store holds
+    /// but that have nothing yet are named with 0.
+    pub(super) frontier: Frontier,
 }
 
 fn cohd_key(k: &str) -> Vec<u8> {
@@ -111,9 +138,13 @@ impl CoDrive {
         &self.own
     }
 
+    pub(super) fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// A writer's drive; `None` if the store does not hold it (not received yet), it holds no
     /// drive yet, or the key cannot name a core. Damaged storage is an error, not an absence.
-    async fn drive(&self, key: Key) -> Result<Option<Drive>, CoDriveError> {
+    pub(super) async fn drive(&self, key: Key) -> Result<Option<Drive>, CoDriveError> {
         if key == self.own.key() {
             return Ok(Some(self.own.clone()));
         }
@@ -142,13 +173,10 @@ impl CoDrive {
         Ok(Some(d))
     }
 
-    /// Reads one writer's records and files (at `limit`, when given).
-    async fn load(&self, drive: &Drive, limit: Option<u64>) -> Result<WriterData, CoDriveError> {
-        let d = match limit {
-            Some(l) if l < drive.version() => drive.checkout(l)?,
-            _ => drive.clone(),
-        };
-        let writer = drive.key();
+    /// Reads one writer's records and files from `d` (a checkout, so that every read sees the
+    /// same length).
+    async fn load(&self, d: &Drive) -> Result<WriterData, CoDriveError> {
+        let writer = d.key();
         let mut data = WriterData::default();
         let members = Range::exclusive(cohd_key("m/"), cohd_key("m0"));
         for e in d.db().range(&members).await.map_err(DriveError::from)? {
@@ -224,13 +252,29 @@ impl CoDrive {
         Ok(data)
     }
 
-    /// Loads every writer the store holds that the records mention and computes the view; also
-    /// returns the writers (current or removed) whose drives the store does not hold.
-    async fn compute(&self) -> Result<(Arc<View>, BTreeSet<Key>), CoDriveError> {
+    /// Loads every writer the store holds that the records mention and computes the view (or
+    /// returns the cached one if nothing changed since).
+    pub(super) async fn compute(&self) -> Result<Computed, CoDriveError> {
         if let Some(hit) = self.cached().await? {
             return Ok(hit);
         }
-        let mut versions: BTreeMap<Key, u64> = BTreeMap::new();
+        let (computed, unheld) = self.compute_at(None).await?;
+        *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(Cached {
+            computed: computed.clone(),
+            unheld,
+        });
+        Ok(computed)
+    }
+
+    /// Computes the view from every writer's log as the store holds it now (`at` is `None`), or
+    /// at the lengths `at` names (a writer it does not name is empty). Also returns the writers
+    /// the records mention that the store does not hold (`None` only).
+    async fn compute_at(
+        &self,
+        at: Option<&Frontier>,
+    ) -> Result<(Computed, BTreeSet<Key>), CoDriveError> {
+        let mut frontier = Frontier::default();
+        let mut drives: BTreeMap<Key, Drive> = BTreeMap::new();
         let mut data: BTreeMap<Key, WriterData> = BTreeMap::new();
         let mut absent: BTreeSet<Key> = BTreeSet::new();
         let mut todo = vec![self.primary, self.own.key()];
@@ -238,13 +282,39 @@ impl CoDrive {
             if data.contains_key(&k) || absent.contains(&k) {
                 continue;
             }
-            let Some(d) = self.drive(k).await? else {
+            let found = match at {
+                None => self.drive(k).await?.map(|d| (d.version(), d)),
+                Some(f) => match f.get(&k) {
+                    0 => None,
+                    wanted => match self.drive(k).await? {
+                        Some(d) if d.version() >= wanted => Some((wanted, d)),
+                        d => {
+                            return Err(CoDriveError::BeyondStore {
+                                writer: k,
+                                wanted,
+                                held: d.map_or(0, |d| d.version()),
+                            })
+                        }
+                    },
+                },
+            };
+            let Some((len, d)) = found else {
+                // Held but empty (or named with 0): nothing to show, yet not missing.
+                let held = match at {
+                    None => self.store.has_core(&k),
+                    Some(f) => f.0.contains_key(&k),
+                };
+                if held {
+                    frontier.0.insert(k, 0);
+                }
                 absent.insert(k);
                 continue;
             };
-            versions.insert(k, d.version());
-            let wd = self.load(&d, None).await?;
-            data.insert(k, wd);
+            // Pinned at `len`: a writer growing meanwhile does not change what is read.
+            let d = d.checkout(len)?;
+            frontier.0.insert(k, len);
+            data.insert(k, self.load(&d).await?);
+            drives.insert(k, d);
             todo.extend(
                 view::mentioned(&data)
                     .into_iter()
@@ -255,9 +325,9 @@ impl CoDrive {
         // Removed writers count only up to their limit: reload those from a checkout there.
         let mut changed = false;
         for (k, limit) in &v.removed {
-            if let Some(d) = self.drive(*k).await? {
+            if let Some(d) = drives.get(k) {
                 if *limit < d.version() {
-                    let limited = self.load(&d, Some(*limit)).await?;
+                    let limited = self.load(&d.checkout(*limit)?).await?;
                     if let Some(w) = data.get_mut(k) {
                         w.versions = limited.versions;
                         changed = true;
@@ -274,60 +344,96 @@ impl CoDrive {
         // empty drive is held: it just has nothing to show yet).
         let mut missing = absent.clone();
         missing.retain(|k| {
-            (v.writers.contains_key(k) || v.removed.contains_key(k)) && !self.store.has_core(k)
+            (v.writers.contains_key(k) || v.removed.contains_key(k)) && !frontier.0.contains_key(k)
         });
-        let v = Arc::new(v);
-        *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(Cached {
-            versions,
-            absent,
-            view: v.clone(),
-            missing: missing.clone(),
-        });
-        Ok((v, missing))
+        absent.retain(|k| !frontier.0.contains_key(k));
+        let computed = Computed {
+            view: Arc::new(v),
+            missing,
+            frontier,
+        };
+        Ok((computed, absent))
     }
 
     /// The cached view, if no writer it was computed from has changed and no writer it lacked
     /// has appeared in the store.
-    async fn cached(&self) -> Result<Option<(Arc<View>, BTreeSet<Key>)>, CoDriveError> {
-        let (versions, absent) = {
+    async fn cached(&self) -> Result<Option<Computed>, CoDriveError> {
+        let (frontier, unheld) = {
             let c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             match c.as_ref() {
                 None => return Ok(None),
-                Some(c) => (c.versions.clone(), c.absent.clone()),
+                Some(c) => (c.computed.frontier.clone(), c.unheld.clone()),
             }
         };
-        for (k, v) in &versions {
-            match self.drive(*k).await? {
-                Some(d) if d.version() == *v => {}
-                _ => return Ok(None),
+        for (k, len) in frontier.iter() {
+            let now = self.drive(*k).await?.map_or(0, |d| d.version());
+            if now != *len {
+                return Ok(None);
             }
         }
-        if absent.iter().any(|k| self.store.has_core(k)) {
+        if unheld.iter().any(|k| self.store.has_core(k)) {
             return Ok(None);
         }
         let c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(c.as_ref().map(|c| (c.view.clone(), c.missing.clone())))
+        Ok(c.as_ref()
+            .filter(|c| c.computed.frontier == frontier)
+            .map(|c| c.computed.clone()))
     }
 
     /// Loads every writer the store holds that the records mention, and computes the view.
     pub async fn view(&self) -> Result<View, CoDriveError> {
-        Ok(View::clone(&self.compute().await?.0))
+        Ok(View::clone(&self.compute().await?.view))
+    }
+
+    /// The current version: the length of every writer's db core (current and removed writers,
+    /// and any other the records mention that the store holds) the view is computed from. Give
+    /// it to [`CoDrive::checkout`] to see this view again later.
+    pub async fn version(&self) -> Result<Frontier, CoDriveError> {
+        Ok(self.compute().await?.frontier)
     }
 
     /// Computes the view once, for any number of reads (and writes) from it.
     pub async fn snapshot(&self) -> Result<Snapshot<'_>, CoDriveError> {
-        let (view, missing) = self.compute().await?;
+        let c = self.compute().await?;
         Ok(Snapshot {
             co: self,
-            view,
-            missing,
+            view: c.view,
+            missing: c.missing,
+            frontier: c.frontier,
+            checkout: false,
+        })
+    }
+
+    /// The read-only view at version `at` (from [`CoDrive::version`], [`Snapshot::version`] or
+    /// a watch): the merge of every writer's drive checked out at the length `at` names (a
+    /// writer it does not name counts as empty). It is the view the co-drive showed at that
+    /// version. Fails with [`CoDriveError::BeyondStore`] if `at` names more of a writer than the
+    /// store holds; its [`Snapshot::batch`] fails with [`CoDriveError::Checkout`].
+    pub async fn checkout(&self, at: &Frontier) -> Result<Snapshot<'_>, CoDriveError> {
+        let current = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|c| c.computed.frontier == *at)
+            .map(|c| c.computed.clone());
+        let c = match current {
+            Some(c) => c,
+            None => self.compute_at(Some(at)).await?.0,
+        };
+        Ok(Snapshot {
+            co: self,
+            view: c.view,
+            missing: c.missing,
+            frontier: c.frontier,
+            checkout: true,
         })
     }
 
     /// Starts an atomic batch of writes on a freshly computed view; fails with
     /// [`CoDriveError::NotAWriter`] unless the local writer is a writer.
     pub async fn batch(&self) -> Result<CoBatch<'_>, CoDriveError> {
-        let view = self.compute().await?.0;
+        let view = self.compute().await?.view;
         CoBatch::new(self, ViewSlot::Owned(view)).await
     }
 
@@ -482,15 +588,18 @@ impl CoEntry {
     }
 }
 
-/// The merged view as computed once by [`CoDrive::snapshot`]: lookups and listings answer from
-/// memory, content reads go to the winning writer's blobs. It sees the local writer's writes made
-/// through its own [`Snapshot::batch`] once they are flushed, and nothing written after it was
-/// taken by any other handle.
+/// The merged view as computed once by [`CoDrive::snapshot`] (or, read-only, at a past version
+/// by [`CoDrive::checkout`]): lookups and listings answer from memory, content reads go to the
+/// winning writer's blobs. It sees the local writer's writes made through its own
+/// [`Snapshot::batch`] once they are flushed, and nothing written after it was taken by any other
+/// handle.
 #[derive(Debug)]
 pub struct Snapshot<'a> {
     co: &'a CoDrive,
     view: Arc<View>,
     missing: BTreeSet<Key>,
+    frontier: Frontier,
+    checkout: bool,
 }
 
 impl<'a> Snapshot<'a> {
@@ -499,9 +608,20 @@ impl<'a> Snapshot<'a> {
         &self.view
     }
 
-    /// Whether the local writer is in the writer set (may write).
+    /// Whether the local writer is in the writer set (may write, unless this is a checkout).
     pub fn is_writer(&self) -> bool {
         self.view.writers.contains_key(&self.co.own.key())
+    }
+
+    /// The version this view was computed from (for [`CoDrive::checkout`]). Flushing a batch of
+    /// this snapshot moves the local writer's length to the one the batch made.
+    pub fn version(&self) -> &Frontier {
+        &self.frontier
+    }
+
+    /// Whether this is a read-only checkout from [`CoDrive::checkout`].
+    pub fn is_checkout(&self) -> bool {
+        self.checkout
     }
 
     /// Writers (current or removed, the primary included) whose drives the store does not hold:
@@ -614,23 +734,27 @@ impl<'a> Snapshot<'a> {
 
     /// Starts an atomic batch of writes whose versions supersede what this snapshot shows; fails
     /// with [`CoDriveError::NotAWriter`] unless the local writer is a writer. Once flushed, the
-    /// snapshot shows the batch's writes.
+    /// snapshot shows the batch's writes. A checkout fails with [`CoDriveError::Checkout`].
     pub async fn batch(&mut self) -> Result<CoBatch<'_>, CoDriveError> {
-        CoBatch::new(self.co, ViewSlot::Lent(&mut self.view)).await
+        if self.checkout {
+            return Err(CoDriveError::Checkout);
+        }
+        CoBatch::new(self.co, ViewSlot::Lent(&mut self.view, &mut self.frontier)).await
     }
 }
 
 #[derive(Debug)]
 enum ViewSlot<'a> {
     Owned(Arc<View>),
-    Lent(&'a mut Arc<View>),
+    /// A snapshot's view and version.
+    Lent(&'a mut Arc<View>, &'a mut Frontier),
 }
 
 impl ViewSlot<'_> {
     fn get(&self) -> &View {
         match self {
             Self::Owned(v) => v,
-            Self::Lent(v) => v,
+            Self::Lent(v, _) => v,
         }
     }
 
@@ -638,7 +762,7 @@ impl ViewSlot<'_> {
     fn get_mut(&mut self) -> &mut View {
         match self {
             Self::Owned(v) => Arc::make_mut(v),
-            Self::Lent(v) => Arc::make_mut(v),
+            Self::Lent(v, _) => Arc::make_mut(v),
         }
     }
 }
@@ -815,6 +939,11 @@ impl<'a> CoBatch<'a> {
     pub async fn flush(self) -> Result<u64, CoDriveError> {
         let version = self.batch.flush().await?;
         let mut view = self.view;
+        if let ViewSlot::Lent(_, frontier) = &mut view {
+            // The view now is the one at the local writer's new length: the batch added only
+            // versions that supersede everything of their paths the view had.
+            frontier.0.insert(self.co.own.key(), version);
+        }
         let paths = &mut view.get_mut().paths;
         for (p, v) in self.written {
             // The new version saw every candidate of its path, so it supersedes them all.

@@ -4,12 +4,18 @@
 //! no clock), it computes the writer set and the merged files, so peers that hold the same data
 //! show the same view whatever order it arrived in. [`records`] is how that data is kept in each
 //! writer's db; [`CoDrive`] reads and writes it: a [`Snapshot`] reads the merged view computed
-//! once, a [`CoBatch`] writes files with their records in one atomic append. See
-//! `docs/codrive.md` for the semantics.
+//! once, a [`CoBatch`] writes files with their records in one atomic append. A view is a function
+//! of a [`Frontier`] (each writer's log length): [`CoDrive::version`] names the current one,
+//! [`CoDrive::checkout`] shows the view at any past one, read-only, and a [`Watch`] reports each
+//! new one. See `docs/codrive.md` for the semantics.
 
+mod frontier;
 mod handle;
 pub mod records;
 pub mod view;
+mod watch;
 
+pub use frontier::{Frontier, FrontierError};
 pub use handle::{CoBatch, CoDrive, CoDriveError, CoEntry, CoFileWriter, Snapshot};
 pub use view::{Clock, MemberOp, MemberRecord, PathVersion, Resolved, View, WriterData};
+pub use watch::{Watch, POLL};

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use co_hyperdrive::codrive::{CoDrive, CoEntry, PathVersion};
+use co_hyperdrive::codrive::{CoDrive, CoEntry, Frontier, PathVersion, Snapshot};
 use co_hyperdrive::format::{path, Key};
 use co_hyperdrive::PutOptions;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -15,8 +15,29 @@ use crate::output::{self, Out};
 /// `cat` reads a file in pieces of this size, so a forwarding client gets it as it goes.
 const CAT_PIECE: u64 = 4 << 20;
 
-/// `info` describes this store's own drive (the local writer's), plus which co-drive it is in.
+/// The merged view a read shows: the current one, or with `--at` the read-only checkout at that
+/// version.
+async fn snapshot_at<'a>(co: &'a CoDrive, at: Option<&str>) -> Result<Snapshot<'a>> {
+    let Some(at) = at else {
+        return read_snapshot(co).await;
+    };
+    let version: Frontier = at.parse()?;
+    let snap = co.checkout(&version).await?;
+    if snap.missing().contains(&co.key()) {
+        bail!(
+            "--at names no length for the co-drive's primary {}: not a version of this co-drive",
+            co.key()
+        );
+    }
+    Ok(snap)
+}
+
+/// `info` describes this store's own drive (the local writer's), plus which co-drive it is in
+/// and that co-drive's version.
 pub(crate) async fn info(co: &CoDrive, out: &mut Out, json: bool) -> Result<()> {
+    // The co-drive's version needs every writer's data; a writer that cannot be read does not
+    // stop `info` from describing this store's own drive.
+    let frontier = co.version().await.map(|f| f.to_string());
     let drive = co.own();
     let db = drive.db().core().info();
     let blobs = drive.blobs().core().info();
@@ -31,6 +52,7 @@ pub(crate) async fn info(co: &CoDrive, out: &mut Out, json: bool) -> Result<()> 
             "blobs": { "length": blobs.length, "byte_length": blobs.byte_length },
             "codrive": co.key().to_hex(),
             "local_writer": co.local_key().to_hex(),
+            "frontier": frontier.as_ref().ok(),
         });
         writeln!(out, "{v}")?;
     } else {
@@ -52,6 +74,10 @@ pub(crate) async fn info(co: &CoDrive, out: &mut Out, json: bool) -> Result<()> 
             output::size(blobs.byte_length)
         )?;
         writeln!(out, "co-drive:  {}", co.key())?;
+        match &frontier {
+            Ok(f) => writeln!(out, "frontier:  {f}")?,
+            Err(e) => writeln!(out, "frontier:  unknown ({e})")?,
+        }
     }
     Ok(())
 }
@@ -109,8 +135,8 @@ pub(crate) async fn put(
     Ok(())
 }
 
-pub(crate) async fn cat(co: &CoDrive, out: &mut Out, path: &str) -> Result<()> {
-    let snap = read_snapshot(co).await?;
+pub(crate) async fn cat(co: &CoDrive, out: &mut Out, path: &str, at: Option<&str>) -> Result<()> {
+    let snap = snapshot_at(co, at).await?;
     let mut pos = 0;
     loop {
         let mut err = None;
@@ -171,8 +197,9 @@ pub(crate) async fn ls(
     recursive: bool,
     long: bool,
     json: bool,
+    at: Option<&str>,
 ) -> Result<()> {
-    let snap = read_snapshot(co).await?;
+    let snap = snapshot_at(co, at).await?;
     if recursive || long || json {
         let mut entries = snap.list(folder);
         if !recursive {
@@ -272,8 +299,14 @@ pub(crate) fn versions_json(versions: &[PathVersion], winner: (Key, u64)) -> ser
         .collect()
 }
 
-pub(crate) async fn stat(co: &CoDrive, out: &mut Out, target: &str, json: bool) -> Result<()> {
-    let snap = read_snapshot(co).await?;
+pub(crate) async fn stat(
+    co: &CoDrive,
+    out: &mut Out,
+    target: &str,
+    json: bool,
+    at: Option<&str>,
+) -> Result<()> {
+    let snap = snapshot_at(co, at).await?;
     let Some(e) = snap.entry(target)? else {
         if !snap.list(target).is_empty() {
             if json {

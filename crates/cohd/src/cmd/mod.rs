@@ -135,18 +135,19 @@ async fn dispatch(command: &Command, co: &CoDrive, io: &mut Io) -> Result<()> {
             let (local, metadata) = (local.as_deref(), metadata.as_deref());
             files::put(co, io, path, local, *executable, metadata).await
         }
-        Command::Cat { path } => files::cat(co, out, path).await,
+        Command::Cat { path, at } => files::cat(co, out, path, at.as_deref()).await,
         Command::Ls {
             path,
             recursive,
             long,
             json,
+            at,
         } => {
             let folder = path.as_deref().unwrap_or("/");
-            files::ls(co, out, folder, *recursive, *long, *json).await
+            files::ls(co, out, folder, *recursive, *long, *json, at.as_deref()).await
         }
         Command::Rm { path, recursive } => files::rm(co, path, *recursive).await,
-        Command::Stat { path, json } => files::stat(co, out, path, *json).await,
+        Command::Stat { path, json, at } => files::stat(co, out, path, *json, at.as_deref()).await,
         Command::Symlink { path, target } => Ok(co.symlink(path, target).await?),
         Command::Import { local, path } => {
             transfer::import(co, out, local, path.as_deref().unwrap_or("/")).await

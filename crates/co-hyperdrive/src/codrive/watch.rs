@@ -1,0 +1,160 @@
+//! [`Watch`]: the co-drive's new versions as writers' logs grow.
+//!
+//! It listens to the length of the db core of every writer the view names (current and removed,
+//! and any other writer the records mention that the store holds), local appends and data from
+//! peers alike. After each change it recomputes the version, and starts listening to writers the
+//! new view names, so a writer authorized after the watch began is followed too. A writer the
+//! view names whose core the store does not hold yet has nothing to listen to: while there is
+//! one, the watch also looks again every [`POLL`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cohd_format::Key;
+use futures::Stream;
+use tokio::sync::watch;
+
+use super::frontier::Frontier;
+use super::handle::{CoDrive, CoDriveError, Computed};
+use crate::drive::DriveError;
+use crate::store::StoreError;
+
+/// How often a watch looks again while the view names a writer the store does not hold.
+pub const POLL: Duration = Duration::from_millis(250);
+
+/// New versions of a co-drive, from [`CoDrive::watch`]. Changes between two calls of
+/// [`Watch::next`] are reported once, as the latest version.
+#[derive(Debug)]
+pub struct Watch<'a> {
+    co: &'a CoDrive,
+    subs: BTreeMap<Key, watch::Receiver<u64>>,
+    /// Whether some writer the view names has no core to listen to.
+    poll: bool,
+    last: Frontier,
+}
+
+impl CoDrive {
+    /// Watches the co-drive's version: [`Watch::next`] returns each new one. Its starting point
+    /// is the version now ([`Watch::current`]).
+    pub async fn watch(&self) -> Result<Watch<'_>, CoDriveError> {
+        let mut w = Watch {
+            co: self,
+            subs: BTreeMap::new(),
+            poll: false,
+            last: Frontier::default(),
+        };
+        // Listen first, then compute: a change in between is then seen by `next`.
+        w.follow([self.key(), self.local_key()]).await?;
+        let c = self.compute().await?;
+        w.learn(&c).await?;
+        w.last = c.frontier;
+        Ok(w)
+    }
+}
+
+impl<'a> Watch<'a> {
+    /// The last version reported (or, before the first, the one the watch started from).
+    pub fn current(&self) -> &Frontier {
+        &self.last
+    }
+
+    /// Waits until the version differs from the last one reported and returns it.
+    pub async fn next(&mut self) -> Result<Frontier, CoDriveError> {
+        loop {
+            let c = self.co.compute().await?;
+            let added = self.learn(&c).await?;
+            if c.frontier != self.last {
+                self.last = c.frontier.clone();
+                return Ok(c.frontier);
+            }
+            if added {
+                // New writers' cores were not listened to while computing: look once more.
+                continue;
+            }
+            self.wait().await;
+        }
+    }
+
+    /// The new versions as a stream (it never ends; an error is one item, and the watch goes on).
+    pub fn into_stream(self) -> impl Stream<Item = Result<Frontier, CoDriveError>> + 'a {
+        futures::stream::unfold(self, |mut w| async move {
+            let r = w.next().await;
+            Some((r, w))
+        })
+    }
+
+    /// Listens to every writer `c` names that is not listened to yet; returns whether any was
+    /// added.
+    async fn learn(&mut self, c: &Computed) -> Result<bool, CoDriveError> {
+        let keys: Vec<Key> = c
+            .frontier
+            .iter()
+            .map(|(k, _)| *k)
+            .chain(c.view.writers.keys().copied())
+            .chain(c.view.removed.keys().copied())
+            .collect();
+        let (added, unheld) = self.follow(keys).await?;
+        self.poll = unheld;
+        Ok(added)
+    }
+
+    /// Listens to the cores of `keys` not listened to yet; returns whether any was added, and
+    /// whether the store lacks some of them.
+    async fn follow(
+        &mut self,
+        keys: impl IntoIterator<Item = Key>,
+    ) -> Result<(bool, bool), CoDriveError> {
+        let (mut added, mut unheld) = (false, false);
+        for k in keys {
+            if self.subs.contains_key(&k) {
+                continue;
+            }
+            let core = match self.co.drive(k).await? {
+                Some(d) => d.db().core().clone(),
+                // Held but holding no drive yet: its core still grows when the drive arrives.
+                None => match self.co.store().open_key(k, false).await {
+                    Ok(core) => core,
+                    Err(StoreError::UnknownCore(_)) => {
+                        unheld = true;
+                        continue;
+                    }
+                    // Not a key any core can have: nothing will ever arrive.
+                    Err(StoreError::Core { .. }) => continue,
+                    Err(e) => return Err(DriveError::from(e).into()),
+                },
+            };
+            self.subs.insert(k, core.subscribe());
+            added = true;
+        }
+        Ok((added, unheld))
+    }
+
+    /// Waits for any listened core to change (or for [`POLL`], when polling).
+    async fn wait(&mut self) {
+        if self.subs.is_empty() {
+            tokio::time::sleep(POLL).await;
+            return;
+        }
+        let keys: Vec<Key> = self.subs.keys().copied().collect();
+        let any = futures::future::select_all(
+            self.subs
+                .values_mut()
+                .map(|rx| Box::pin(rx.changed()))
+                .collect::<Vec<_>>(),
+        );
+        let closed = if self.poll {
+            match tokio::time::timeout(POLL, any).await {
+                Ok((r, i, _)) => r.is_err().then_some(i),
+                Err(_) => None,
+            }
+        } else {
+            let (r, i, _) = any.await;
+            r.is_err().then_some(i)
+        };
+        if let Some(i) = closed {
+            // The core is gone from the store: listen again to whatever now holds the writer.
+            self.subs.remove(&keys[i]);
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
