@@ -383,6 +383,13 @@ async fn run(opts: &Options) -> Result<()> {
 // so one thread (like Node's event loop) is all the benchmark needs.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // `COHD_LOG=debug` shows the library's diagnostics on stderr.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("COHD_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let result = match parse_args() {
         Ok(opts) if opts.codrive => codrive::run(opts.json).await,
         Ok(opts) if opts.replication => replication::run(&repo_root(), opts.js, opts.json).await,

@@ -96,7 +96,8 @@ pub(crate) async fn fallback_block_proof(
     let Some(leaf) = b.index.checked_mul(2) else {
         return Ok(None);
     };
-    let Some(value) = core.get(b.index).await? else {
+    // Only what we hold: serving must never turn into fetching from another peer.
+    let Some(value) = core.get_local(b.index).await? else {
         return Ok(None);
     };
     let hash_req = RequestBlock {

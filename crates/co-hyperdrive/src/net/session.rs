@@ -14,7 +14,7 @@ use std::time::Duration;
 use cohd_format::Key;
 use futures::StreamExt;
 use hypercore_protocol::schema::{Extension, NoData};
-use hypercore_protocol::{discovery_key, Channel, Event, Message};
+use hypercore_protocol::{discovery_key, Channel, ChannelReceiver, Event, Message};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch};
 
@@ -355,7 +355,14 @@ impl Replicator {
                 ev = protocol.next() => {
                     let ev = match ev {
                         None => break Ok(()),
-                        Some(Err(e)) => break Err(SessionError::Transport(TransportError::from(e))),
+                        Some(Err(e)) => {
+                            // When a channel task fails, the protocol fails right after, on the
+                            // next message for that channel ("sending into a closed channel"):
+                            // report the channel's reason, the real one, if it is there.
+                            break Err(fail_rx.try_recv().unwrap_or_else(|_| {
+                                SessionError::Transport(TransportError::from(e))
+                            }));
+                        }
                         Some(Ok(ev)) => ev,
                     };
                     match ev {
@@ -377,15 +384,20 @@ impl Replicator {
                                 }
                             }
                         }
-                        Event::Channel(ch) => {
+                        Event::Channel(mut ch) => {
                             let core = self.inner.cores.lock().unwrap_or_else(|e| e.into_inner()).get(ch.discovery_key()).cloned();
                             if let Some(core) = core {
                                 let me = self.clone();
                                 let fail = fail_tx.clone();
                                 tasks.push(tokio::spawn(async move {
-                                    if let Err(e) = me.channel(id, remote, ch, core).await {
+                                    // The receiver outlives the report of a failure: once it
+                                    // is dropped, the protocol fails on the next message for
+                                    // this channel, and that error would race the reason.
+                                    let rx = ch.take_receiver();
+                                    if let Err(e) = me.channel(id, remote, ch, rx.as_ref(), core).await {
                                         let _ = fail.send(e);
                                     }
+                                    drop(rx);
                                 }));
                             }
                         }
@@ -430,15 +442,14 @@ impl Replicator {
         &self,
         conn: u64,
         remote: [u8; 32],
-        mut ch: Channel,
+        ch: Channel,
+        rx: Option<&ChannelReceiver<Message>>,
         core: Core,
     ) -> Result<(), SessionError> {
         let key = core.key();
         let dk = *ch.discovery_key();
         let fail = |reason: String| SessionError::Peer { core: key, reason };
-        let rx = ch
-            .take_receiver()
-            .ok_or_else(|| fail("channel has no receiver".into()))?;
+        let rx = rx.ok_or_else(|| fail("channel has no receiver".into()))?;
         let mut peer = Peer::new(self.inner.opts.download_all);
         let mut length = core.subscribe();
         let mut wants = core.wants();
@@ -494,6 +505,14 @@ impl Replicator {
                 Err(Closed) => return Ok(()),
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok(())) => {}
+            }
+            // A batch is one announcement (JS and `Peer::on_open` send Sync then Range together):
+            // publish the status only once the messages that already arrived are handled.
+            // Otherwise the moment between a Sync (the remote's length) and its Range (its
+            // blocks) looks "caught up" to a reader that has the length but not the blocks (a
+            // resumed download), and `wait_caught_up` returns before anything was requested.
+            if !rx.is_empty() {
+                continue;
             }
             let l = local(&core);
             self.set_status(
