@@ -22,6 +22,9 @@ pub(crate) struct Row {
     pub(crate) stat_us: f64,
     pub(crate) get_us: f64,
     pub(crate) list_ms: f64,
+    /// A new peer following the co-drive over loopback TCP until its merged view lists every
+    /// file (metadata only, as `cohd clone` without `--all`).
+    pub(crate) converge_ms: Option<f64>,
 }
 
 fn path(w: usize, i: usize) -> String {
@@ -88,6 +91,7 @@ async fn co_row(writers: usize) -> Result<Row> {
     let listed = co.snapshot().await?.list("/").len();
     let list_ms = t.elapsed().as_secs_f64() * 1e3;
     anyhow::ensure!(listed == n);
+    let converge_ms = Some(converge(&store, primary_key, n).await?);
     Ok(Row {
         setup: format!("co-drive, {writers} writer(s)"),
         files: n,
@@ -95,7 +99,52 @@ async fn co_row(writers: usize) -> Result<Row> {
         stat_us,
         get_us,
         list_ms,
+        converge_ms,
     })
+}
+
+/// Serves `store`'s co-drive and times a fresh peer until it lists all `n` files.
+async fn converge(store: &Store, primary: co_hyperdrive::format::Key, n: usize) -> Result<f64> {
+    use co_hyperdrive::net::{add_known_cores, catch_up, ReplicateOptions, Replicator};
+    // As `cohd serve` does.
+    let server = Replicator::new(ReplicateOptions {
+        download_all: true,
+        ..ReplicateOptions::default()
+    });
+    add_known_cores(store, &server, primary, "w00").await;
+    let (addr, task) = server
+        .listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await?;
+    let dir = tempfile::Builder::new()
+        .prefix("cohd-bench-conv-")
+        .tempdir()
+        .context("temp dir")?;
+    let peer_store = Store::create(dir.path())?;
+    let t = Instant::now();
+    let peer = CoDrive::open(&peer_store, primary, "db").await?;
+    let repl = Replicator::new(ReplicateOptions::default());
+    add_known_cores(&peer_store, &repl, primary, "db").await;
+    let _conn = repl.connect(addr).await?;
+    let caught = catch_up(
+        &peer_store,
+        &repl,
+        primary,
+        "db",
+        std::time::Duration::from_secs(20),
+    )
+    .await;
+    if !caught {
+        for k in repl.core_keys() {
+            eprintln!("core {k}: remote length {:?}", repl.remote_length(&k));
+        }
+        eprintln!("progress {:?}", repl.progress());
+    }
+    anyhow::ensure!(caught, "no catch-up");
+    let listed = peer.snapshot().await?.list("/").len();
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    task.abort();
+    anyhow::ensure!(listed == n, "the new peer lists {listed} of {n} files");
+    Ok(ms)
 }
 
 async fn drive_row(files: usize) -> Result<Row> {
@@ -146,6 +195,7 @@ async fn drive_row(files: usize) -> Result<Row> {
         stat_us,
         get_us,
         list_ms,
+        converge_ms: None,
     })
 }
 
@@ -168,13 +218,14 @@ pub(crate) async fn run(json: bool) -> Result<()> {
     if !json {
         println!("co-drive merged reads ({FILES_PER_WRITER} files per writer; ratio = 16 writers / plain drive of 16000 files)");
         println!(
-            "{:<26} {:>7} {:>10} {:>9} {:>9} {:>9}",
-            "setup", "files", "open ms", "stat us", "get us", "ls -r ms"
+            "{:<26} {:>7} {:>10} {:>9} {:>9} {:>9} {:>12}",
+            "setup", "files", "open ms", "stat us", "get us", "ls -r ms", "converge ms"
         );
         for r in &rows {
+            let conv = r.converge_ms.map_or("-".to_string(), |c| format!("{c:.0}"));
             println!(
-                "{:<26} {:>7} {:>10.1} {:>9.2} {:>9.2} {:>9.2}",
-                r.setup, r.files, r.open_ms, r.stat_us, r.get_us, r.list_ms
+                "{:<26} {:>7} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>12}",
+                r.setup, r.files, r.open_ms, r.stat_us, r.get_us, r.list_ms, conv
             );
         }
         for (k, v) in ratios.as_object().into_iter().flatten() {

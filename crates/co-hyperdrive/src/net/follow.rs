@@ -32,7 +32,8 @@ pub async fn add_known_cores(
             continue;
         };
         if !repl.has_core(&w) {
-            repl.add_core(db);
+            // Metadata: the merged view reads every entry, so db cores are fetched whole.
+            repl.add_core_full(db);
             added += 1;
         }
         if let Ok(d) = Drive::open_key(store, w).await {

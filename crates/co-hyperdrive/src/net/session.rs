@@ -96,6 +96,8 @@ pub struct Replicator {
 struct Inner {
     opts: ReplicateOptions,
     cores: Mutex<HashMap<[u8; 32], Core>>,
+    /// Cores downloaded in full whatever `download_all` says (a co-drive's db cores: metadata).
+    full: Mutex<std::collections::HashSet<[u8; 32]>>,
     added: broadcast::Sender<Core>,
     incoming_ext: broadcast::Sender<ExtensionMessage>,
     outgoing_ext: broadcast::Sender<Outgoing>,
@@ -118,6 +120,7 @@ impl Replicator {
             inner: Arc::new(Inner {
                 opts,
                 cores: Mutex::default(),
+                full: Mutex::default(),
                 added,
                 incoming_ext,
                 outgoing_ext,
@@ -142,6 +145,17 @@ impl Replicator {
         if fresh {
             let _ = self.inner.added.send(core);
         }
+    }
+
+    /// Replicates `core` and always downloads all of it (for small cores every read needs, such
+    /// as a drive's db core, fetching block by block on demand would cost a round trip each).
+    pub fn add_core_full(&self, core: Core) {
+        self.inner
+            .full
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(discovery_key(&core.key().0));
+        self.add_core(core);
     }
 
     /// Number of connections with an open channel for `core` whose remote announced its state.
@@ -450,7 +464,13 @@ impl Replicator {
         let dk = *ch.discovery_key();
         let fail = |reason: String| SessionError::Peer { core: key, reason };
         let rx = rx.ok_or_else(|| fail("channel has no receiver".into()))?;
-        let mut peer = Peer::new(self.inner.opts.download_all);
+        let full = self
+            .inner
+            .full
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&dk);
+        let mut peer = Peer::new(self.inner.opts.download_all || full);
         let mut length = core.subscribe();
         let mut wants = core.wants();
         let mut ext = self.inner.outgoing_ext.subscribe();
