@@ -10,7 +10,7 @@
 //! - bound the handshake by a deadline and send secret-stream keepalives (an empty encrypted
 //!   message) after `keepalive` without sending;
 //! - contain the panics `hypercore_handshake` has on some malformed input (a bad secretstream
-//!   header, its `todo!()`s): a panic inside the `Cipher` ends the connection with an error.
+//!   header, its unfinished-code panics): a panic inside the `Cipher` ends the connection with an error.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
