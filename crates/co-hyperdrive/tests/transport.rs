@@ -40,6 +40,7 @@ fn drive(conn: Connection) -> Driven {
     let Connection {
         mut protocol,
         mut rejected,
+        ..
     } = conn;
     let cmd = protocol.commands();
     let public_key = protocol.public_key();

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cohd_format::Key;
+use compact_encoding::CompactEncoding;
 use futures::StreamExt;
 use hypercore_protocol::schema::{Extension, NoData};
 use hypercore_protocol::{discovery_key, Channel, ChannelReceiver, Event, Message};
@@ -20,7 +21,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::peer::{Action, Local, Peer, PeerError, MAX_QUEUED};
 use super::proof::data_for;
-use super::transport::{self, TransportError, TransportOptions};
+use super::transport::{self, Backlog, TransportError, TransportOptions};
 use crate::store::Core;
 
 /// Why a connection ended or could not start.
@@ -106,6 +107,51 @@ struct Inner {
     status_changed: watch::Sender<u64>,
     next_conn: AtomicU64,
     connections: watch::Sender<usize>,
+    /// What each live connection has not written to its socket yet.
+    backlogs: Mutex<HashMap<u64, Backlog>>,
+}
+
+/// One live connection's place in the shared state; dropping it (the connection ended, or its
+/// task was aborted) takes the connection out.
+struct Live {
+    inner: Arc<Inner>,
+    id: u64,
+}
+
+impl Live {
+    fn new(inner: &Arc<Inner>, backlog: Backlog) -> Self {
+        let id = inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        inner.connections.send_modify(|n| *n += 1);
+        inner
+            .backlogs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, backlog);
+        Self {
+            inner: inner.clone(),
+            id,
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let id = self.id;
+        self.inner
+            .connections
+            .send_modify(|n| *n = n.saturating_sub(1));
+        self.inner
+            .backlogs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        self.inner
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(c, _), _| *c != id);
+        self.inner.status_changed.send_modify(|n| *n += 1);
+    }
 }
 
 impl Replicator {
@@ -128,6 +174,7 @@ impl Replicator {
                 status_changed,
                 next_conn: AtomicU64::new(1),
                 connections,
+                backlogs: Mutex::default(),
             }),
         }
     }
@@ -336,31 +383,36 @@ impl Replicator {
         } else {
             transport::accept(tcp, &self.inner.opts.transport).await?
         };
-        let id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
-        self.inner.connections.send_modify(|n| *n += 1);
-        let r = self.drive(id, conn).await;
+        let live = Live::new(&self.inner, conn.backlog.clone());
+        self.drive(live.id, conn).await
+    }
+
+    /// Bytes queued for peers and not yet written to their sockets, over every connection.
+    /// A peer that reads slowly holds at most a few MiB here; one that stops reading is
+    /// disconnected after the idle timeout.
+    pub fn backlog_bytes(&self) -> usize {
         self.inner
-            .connections
-            .send_modify(|n| *n = n.saturating_sub(1));
-        self.inner
-            .status
+            .backlogs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|(c, _), _| *c != id);
-        self.inner.status_changed.send_modify(|n| *n += 1);
-        r
+            .values()
+            .map(|b| b.protocol_bytes() + b.socket_bytes())
+            .sum()
     }
 
     async fn drive(&self, id: u64, conn: transport::Connection) -> Result<(), SessionError> {
         let transport::Connection {
             mut protocol,
             mut rejected,
+            backlog,
         } = conn;
         let mut added = self.inner.added.subscribe();
         let (fail_tx, mut fail_rx) = tokio::sync::mpsc::unbounded_channel::<SessionError>();
         let mut remote = [0u8; 32];
         let mut handshaken = false;
-        let mut tasks = Vec::new();
+        // Dropped with this future (the connection ended, or the caller aborted it): the
+        // channel tasks end with it.
+        let mut tasks = tokio::task::JoinSet::new();
         // Channels we opened on this connection: a core is opened once, whichever of our offer
         // and the remote's Open comes first.
         let mut opened: std::collections::HashSet<[u8; 32]> = std::collections::HashSet::new();
@@ -403,16 +455,18 @@ impl Replicator {
                             if let Some(core) = core {
                                 let me = self.clone();
                                 let fail = fail_tx.clone();
-                                tasks.push(tokio::spawn(async move {
+                                let backlog = backlog.clone();
+                                tasks.spawn(async move {
                                     // The receiver outlives the report of a failure: once it
                                     // is dropped, the protocol fails on the next message for
                                     // this channel, and that error would race the reason.
                                     let rx = ch.take_receiver();
-                                    if let Err(e) = me.channel(id, remote, ch, rx.as_ref(), core).await {
+                                    if let Err(e) = me.channel(id, remote, ch, rx.as_ref(), core, &backlog).await {
                                         let _ = fail.send(e);
                                     }
                                     drop(rx);
-                                }));
+                                });
+                                while tasks.try_join_next().is_some() {}
                             }
                         }
                         Event::Close(dk) => {
@@ -438,9 +492,7 @@ impl Replicator {
                 Some(e) = fail_rx.recv() => break Err(e),
             }
         };
-        for t in tasks {
-            t.abort();
-        }
+        tasks.abort_all();
         result
     }
 
@@ -459,6 +511,7 @@ impl Replicator {
         ch: Channel,
         rx: Option<&ChannelReceiver<Message>>,
         core: Core,
+        backlog: &Backlog,
     ) -> Result<(), SessionError> {
         let key = core.key();
         let dk = *ch.discovery_key();
@@ -519,7 +572,7 @@ impl Replicator {
                 return Ok(());
             }
             match self
-                .execute(conn, remote, &ch, &core, &mut peer, actions)
+                .execute(conn, remote, &ch, &core, &mut peer, actions, backlog)
                 .await
             {
                 Err(Closed) => return Ok(()),
@@ -556,6 +609,7 @@ impl Replicator {
         core: &Core,
         peer: &mut Peer,
         actions: Vec<Action>,
+        backlog: &Backlog,
     ) -> Result<Result<(), SessionError>, Closed> {
         let key = core.key();
         let fail = |reason: String| SessionError::Peer { core: key, reason };
@@ -574,6 +628,9 @@ impl Replicator {
                     ch.send_batch(&msgs).await.map_err(|_| Closed)?;
                 }
                 Action::Serve(req) => {
+                    // A peer that does not read gets no more answers (its requests wait in
+                    // the channel, where a flood of them ends the connection).
+                    backlog.ready().await;
                     let id = req.id;
                     let reply = match data_for(core, &req).await {
                         Ok(Some(d)) => Message::Data(d),
@@ -583,6 +640,9 @@ impl Replicator {
                             Message::NoData(NoData { request: id })
                         }
                     };
+                    if matches!(reply, Message::Data(_)) {
+                        backlog.data_queued(reply.encoded_size().unwrap_or(0));
+                    }
                     ch.send(reply).await.map_err(|_| Closed)?;
                 }
                 Action::Apply(data) => {

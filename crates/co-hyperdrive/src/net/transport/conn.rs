@@ -25,6 +25,7 @@ use hypercore_handshake::{Cipher, CipherEvent, CipherTrait};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::{Instant, Sleep};
 
+use super::backlog::Backlog;
 use super::framing::EndSlot;
 use super::wire::{self, Inbound};
 use super::TransportError;
@@ -50,6 +51,7 @@ pub(crate) struct Conn {
     /// Our local channel id -> discovery key, from our outbound Opens (to resolve Rejects).
     opened: HashMap<u64, [u8; 32]>,
     rejected: UnboundedSender<[u8; 32]>,
+    backlog: Backlog,
     opts: ConnOptions,
     keepalive_timer: Option<Pin<Box<Sleep>>>,
     handshake_timer: Option<Pin<Box<Sleep>>>,
@@ -89,6 +91,7 @@ impl Conn {
         end: EndSlot,
         opts: ConnOptions,
         rejected: UnboundedSender<[u8; 32]>,
+        backlog: Backlog,
     ) -> Self {
         let keepalive_timer = opts
             .keepalive
@@ -103,6 +106,7 @@ impl Conn {
             wire: Inbound::default(),
             opened: HashMap::new(),
             rejected,
+            backlog,
             opts,
             keepalive_timer,
             handshake_timer,
@@ -300,6 +304,8 @@ impl Sink<Vec<u8>> for Conn {
             this.opened.insert(id, dk);
         } else if let Some(id) = wire::outbound_close(&item) {
             this.opened.remove(&id);
+        } else {
+            this.backlog.data_passed(wire::outbound_data_bytes(&item));
         }
         let item = wire::normalize_outbound(item);
         let size = item.len() + SECRETSTREAM_OVERHEAD;

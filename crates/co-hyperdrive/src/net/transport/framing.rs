@@ -19,6 +19,7 @@ use futures::{Future, Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::backlog::{Backlog, SOCKET_LIMIT};
 use super::TransportError;
 
 /// Largest payload a uint24le length can announce.
@@ -31,7 +32,7 @@ pub(crate) const HEADER_FRAME_LEN: usize = 56;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Buffered outbound bytes above which `poll_ready` waits for the socket.
-const WRITE_HIGH_WATER: usize = 4 << 20;
+const WRITE_HIGH_WATER: usize = SOCKET_LIMIT;
 
 /// Where the framing leaves the reason the connection ended; the first reason wins.
 #[derive(Debug, Clone, Default)]
@@ -57,7 +58,9 @@ impl EndSlot {
 pub(crate) struct FramingOptions {
     /// Largest frame accepted or sent (at most [`MAX_WIRE_FRAME`]).
     pub(crate) max_frame: usize,
-    /// Reading ends with [`TransportError::Timeout`] when nothing arrives for this long.
+    /// Reading ends with [`TransportError::Timeout`] when nothing arrives for this long, and
+    /// writing with [`TransportError::Stalled`] when buffered bytes find no room in the socket
+    /// for this long.
     pub(crate) idle_timeout: Option<Duration>,
     /// The 1-based number of the inbound frame that is the secretstream header (the 2nd for the
     /// Noise XX initiator, the 3rd for the responder). Its length is checked, because
@@ -75,6 +78,9 @@ pub(crate) struct Framed<R, W> {
     wpos: usize,
     opts: FramingOptions,
     idle_timer: Option<Pin<Box<Sleep>>>,
+    /// Runs while buffered bytes wait for the socket; reset by every write.
+    stall_timer: Option<Pin<Box<Sleep>>>,
+    backlog: Backlog,
     frames_in: u64,
     end: EndSlot,
     done: bool,
@@ -93,7 +99,13 @@ impl<R, W> std::fmt::Debug for Framed<R, W> {
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Framed<R, W> {
     /// Frames `rd`/`wr`. Must be called inside a tokio runtime (for the idle timer).
-    pub(crate) fn new(rd: R, wr: W, mut opts: FramingOptions, end: EndSlot) -> Self {
+    pub(crate) fn new(
+        rd: R,
+        wr: W,
+        mut opts: FramingOptions,
+        end: EndSlot,
+        backlog: Backlog,
+    ) -> Self {
         opts.max_frame = opts.max_frame.min(MAX_WIRE_FRAME);
         let idle_timer = opts
             .idle_timeout
@@ -107,6 +119,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Framed<R, W> {
             wpos: 0,
             opts,
             idle_timer,
+            stall_timer: None,
+            backlog,
             frames_in: 0,
             end,
             done: false,
@@ -155,6 +169,43 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Framed<R, W> {
     }
 
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let start = self.wpos;
+        let polled = self.write_some(cx);
+        if self.wpos > start {
+            self.stall_timer = None;
+            self.backlog.socket_buffered(self.wbuf.len() - self.wpos);
+        }
+        match polled {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {
+                // The peer does not read: give up after the idle timeout rather than buffer
+                // (upstream, the session stops sending while this buffer is full).
+                if let Some(d) = self.opts.idle_timeout {
+                    let t = self
+                        .stall_timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
+                    if t.as_mut().poll(cx).is_ready() {
+                        let e = TransportError::Stalled(d);
+                        tracing::debug!(reason = %e, "transport write side ended");
+                        let copy = io::Error::new(io::ErrorKind::TimedOut, e.to_string());
+                        self.end.record(e);
+                        return Poll::Ready(Err(copy));
+                    }
+                }
+                return Poll::Pending;
+            }
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+        match Pin::new(&mut self.wr).poll_flush(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.write_failed(e))),
+            other => other,
+        }
+    }
+
+    /// Writes buffered bytes until the socket takes no more.
+    fn write_some(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.wpos < self.wbuf.len() {
             match Pin::new(&mut self.wr).poll_write(cx, &self.wbuf[self.wpos..]) {
                 Poll::Pending => return Poll::Pending,
@@ -168,12 +219,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Framed<R, W> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(self.write_failed(e))),
             }
         }
-        self.wbuf.clear();
-        self.wpos = 0;
-        match Pin::new(&mut self.wr).poll_flush(cx) {
-            Poll::Ready(Err(e)) => Poll::Ready(Err(self.write_failed(e))),
-            other => other,
-        }
+        Poll::Ready(Ok(()))
     }
 
     /// Records a write error and returns a copy for the caller.
@@ -256,8 +302,17 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Sink<Vec<u8>> for Framed<R, W>
     type Error = io::Error;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.wbuf.len() - self.wpos > WRITE_HIGH_WATER {
-            return self.poll_write_out(cx);
+        // Write what is buffered on every poll: `hypercore_protocol` flushes only right after
+        // it sends, so bytes left over by a full socket would otherwise wait for the next
+        // message (up to a keepalive interval).
+        if self.wpos < self.wbuf.len() {
+            match self.poll_write_out(cx) {
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if self.wbuf.len() - self.wpos > WRITE_HIGH_WATER => {
+                    return Poll::Pending
+                }
+                _ => {}
+            }
         }
         Poll::Ready(Ok(()))
     }
@@ -279,6 +334,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Sink<Vec<u8>> for Framed<R, W>
         self.wbuf
             .extend_from_slice(&[n as u8, (n >> 8) as u8, (n >> 16) as u8]);
         self.wbuf.extend_from_slice(&item);
+        self.backlog.socket_buffered(self.wbuf.len() - self.wpos);
         Ok(())
     }
 
@@ -310,7 +366,10 @@ mod tests {
             idle_timeout: idle,
             header_frame: None,
         };
-        (Framed::new(rd, wr, opts, end.clone()), end)
+        (
+            Framed::new(rd, wr, opts, end.clone(), Backlog::default()),
+            end,
+        )
     }
 
     async fn next(f: &mut TestFramed) -> Option<Vec<u8>> {
@@ -411,7 +470,7 @@ mod tests {
             idle_timeout: None,
             header_frame: Some(2),
         };
-        let mut f = Framed::new(rd, wr, opts, end.clone());
+        let mut f = Framed::new(rd, wr, opts, end.clone(), Backlog::default());
         b.write_all(&[2, 0, 0, 1, 2, 3, 0, 0, 1, 2, 3])
             .await
             .unwrap();
@@ -431,5 +490,60 @@ mod tests {
         assert_eq!(next(&mut rx).await.unwrap(), b"");
         let e = tx.send(vec![0; 1001]).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_does_not_read_stalls_the_writer() {
+        // A 64 KiB pipe nobody reads: the framing buffers, reports it, and gives up after the
+        // idle timeout with `Stalled`.
+        let (a, _b) = tokio::io::duplex(1 << 16);
+        let (rd, wr) = tokio::io::split(a);
+        let end = EndSlot::default();
+        let backlog = Backlog::default();
+        let opts = FramingOptions {
+            max_frame: 1 << 20,
+            idle_timeout: Some(Duration::from_millis(200)),
+            header_frame: None,
+        };
+        let mut f = Framed::new(rd, wr, opts, end.clone(), backlog.clone());
+        let t = Instant::now();
+        let mut sent = 0usize;
+        let err = loop {
+            let frame = vec![1u8; 100_000];
+            match tokio::time::timeout(Duration::from_secs(10), f.send(frame)).await {
+                Ok(Ok(())) => sent += 1,
+                Ok(Err(e)) => break e,
+                Err(_) => panic!("send neither finished nor failed"),
+            }
+            assert!(sent < 1000, "a writer nobody reads took {sent} frames");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(t.elapsed() >= Duration::from_millis(200));
+        assert!(matches!(end.take(), Some(TransportError::Stalled(_))));
+        assert!(backlog.socket_bytes() > 0);
+    }
+
+    #[tokio::test]
+    async fn buffered_bytes_are_written_on_the_next_poll_ready() {
+        use std::future::poll_fn;
+        let (a, b) = tokio::io::duplex(1 << 10);
+        let (mut tx, _) = framed(a, 1 << 20, None);
+        let (mut rx, _) = framed(b, 1 << 20, None);
+        // More than the pipe holds: the flush stays pending with bytes left over.
+        Pin::new(&mut tx).start_send(vec![5; 4000]).unwrap();
+        let flushed = poll_fn(|cx| Poll::Ready(Pin::new(&mut tx).poll_flush(cx))).await;
+        assert!(flushed.is_pending());
+        let reader = tokio::spawn(async move { next(&mut rx).await });
+        // No flush, only readiness checks (what the protocol does when it has nothing to send).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !reader.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "buffered bytes were never written"
+            );
+            let _ = poll_fn(|cx| Poll::Ready(Pin::new(&mut tx).poll_ready(cx))).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(reader.await.unwrap().unwrap(), vec![5; 4000]);
     }
 }

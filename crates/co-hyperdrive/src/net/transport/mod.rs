@@ -36,6 +36,7 @@
 //!   before, an unknown protocol's Open, and unknown message types are handled as protomux does
 //!   (error, ignored, ignored).
 
+mod backlog;
 mod conn;
 mod framing;
 mod wire;
@@ -50,6 +51,7 @@ use hypercore_protocol::Protocol;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedReceiver;
 
+pub use backlog::Backlog;
 use conn::{Conn, ConnOptions, SECRETSTREAM_OVERHEAD};
 use framing::{EndSlot, Framed, FramingOptions, MAX_WIRE_FRAME};
 
@@ -68,7 +70,9 @@ pub struct TransportOptions {
     pub keepalive: Option<Duration>,
     /// End the connection with [`TransportError::Timeout`] when nothing is received for this
     /// long. It also bounds the Noise handshake: without a completed handshake after this long
-    /// the connection ends the same way. `None`: wait forever.
+    /// the connection ends the same way; and the peer's reading: when what we send finds no
+    /// room in the socket for this long, the connection ends with
+    /// [`TransportError::Stalled`]. `None`: wait forever.
     pub idle_timeout: Option<Duration>,
     /// Largest frame accepted or sent, in bytes (secretstream ciphertext, 17 bytes more than the
     /// protomux frame). A larger inbound frame ends the connection with
@@ -103,6 +107,10 @@ pub enum TransportError {
     /// Nothing received for `idle_timeout`, or no handshake within it.
     #[error("connection timed out")]
     Timeout,
+    /// What we sent found no room in the socket for this long (`idle_timeout`): the peer does
+    /// not read.
+    #[error("the peer has not read what we sent for {0:?}")]
+    Stalled(Duration),
     /// The peer closed the connection.
     #[error("connection closed by the peer")]
     Closed,
@@ -119,6 +127,7 @@ impl TransportError {
             TransportError::Handshake(s) => TransportError::Handshake(s.clone()),
             TransportError::FrameTooLarge(n) => TransportError::FrameTooLarge(*n),
             TransportError::Timeout => TransportError::Timeout,
+            TransportError::Stalled(d) => TransportError::Stalled(*d),
             TransportError::Closed => TransportError::Closed,
             TransportError::Protocol(s) => TransportError::Protocol(s.clone()),
         }
@@ -129,7 +138,7 @@ impl TransportError {
     pub(crate) fn into_io(self) -> io::Error {
         let kind = match &self {
             TransportError::Io(e) => e.kind(),
-            TransportError::Timeout => io::ErrorKind::TimedOut,
+            TransportError::Timeout | TransportError::Stalled(_) => io::ErrorKind::TimedOut,
             TransportError::Closed => io::ErrorKind::ConnectionAborted,
             TransportError::FrameTooLarge(_)
             | TransportError::Handshake(_)
@@ -163,6 +172,10 @@ pub struct Connection {
     /// Discovery keys of channels we opened and the remote rejected (it does not have or want
     /// the core).
     pub rejected: UnboundedReceiver<[u8; 32]>,
+    /// What we sent that has not reached the socket. Nothing under the `Protocol` pushes back,
+    /// so whoever sends bulk data (Data messages) reports it with [`Backlog::data_queued`]
+    /// (crate-internal) and waits for [`Backlog::ready`] before sending more.
+    pub backlog: Backlog,
 }
 
 /// Wraps a connection we dialed: we are the Noise XX initiator (with a fresh key pair: an XX
@@ -199,13 +212,14 @@ fn wrap(
         )));
     }
     let end = EndSlot::default();
+    let backlog = Backlog::default();
     let framing = FramingOptions {
         max_frame,
         idle_timeout: opts.idle_timeout,
         header_frame: Some(if initiator { 2 } else { 3 }),
     };
     let io: Box<dyn CipherIo<Error = io::Error>> =
-        Box::new(Framed::new(rd, wr, framing, end.clone()));
+        Box::new(Framed::new(rd, wr, framing, end.clone(), backlog.clone()));
     let handshake = |e: hypercore_handshake::Error| TransportError::Handshake(e.to_string());
     let cipher = if initiator {
         Cipher::new(
@@ -231,9 +245,11 @@ fn wrap(
             max_frame,
         },
         tx,
+        backlog.clone(),
     );
     Ok(Connection {
         protocol: Protocol::new(Box::new(conn)),
         rejected,
+        backlog,
     })
 }

@@ -484,6 +484,44 @@ pub(crate) fn outbound_close(frame: &[u8]) -> Option<u64> {
     Reader::new(frame.strip_prefix(&[0u8, 3])?).uint().ok()
 }
 
+/// The protomux type of a Data message.
+const DATA: u64 = 3;
+
+/// The encoded size (type and payload, as `Message::encoded_size` counts it) of the Data
+/// messages in an outbound frame produced by `hypercore-protocol`: a single message
+/// `channel, type, ..` or a batch `0, 0, channel, (len, message | 0, channel)*`.
+pub(crate) fn outbound_data_bytes(frame: &[u8]) -> usize {
+    fn walk(frame: &[u8]) -> Option<usize> {
+        let mut r = Reader::new(frame);
+        if r.uint().ok()? != 0 {
+            let msg = r.rest();
+            return Some(if Reader::new(msg).uint().ok()? == DATA {
+                msg.len()
+            } else {
+                0
+            });
+        }
+        if r.uint().ok()? != 0 {
+            return Some(0); // Open / Close
+        }
+        r.uint().ok()?;
+        let mut total = 0;
+        while !r.is_empty() {
+            let len = r.len().ok()?;
+            if len == 0 {
+                r.uint().ok()?;
+                continue;
+            }
+            let msg = r.take(len).ok()?;
+            if Reader::new(msg).uint().ok()? == DATA {
+                total += len;
+            }
+        }
+        Some(total)
+    }
+    walk(frame).unwrap_or(0)
+}
+
 /// Rewrites the Extension messages of a frame produced by `hypercore-protocol` so that the
 /// payload after the name is the raw message (no length prefix), as JS expects. Other frames, and
 /// frames that do not parse (never produced by the crate), pass unchanged.
@@ -734,6 +772,53 @@ mod tests {
         let js = [1u8, 9, 1, b'x'];
         assert_eq!(frames(&js), vec![vec![1, 9, 1, b'x', 0]]);
         assert_eq!(normalize_outbound(vec![1, 9, 1, b'x', 0]), js.to_vec());
+    }
+
+    #[test]
+    fn outbound_data_bytes_match_encoded_size() {
+        use hypercore_protocol::Message;
+        use hypercore_schema::DataBlock;
+        let data = |request: u64, len: usize| {
+            Message::Data(Data {
+                request,
+                fork: 0,
+                block: Some(DataBlock {
+                    index: request,
+                    value: vec![7; len],
+                    nodes: vec![],
+                }),
+                hash: None,
+                seek: None,
+                upgrade: None,
+            })
+        };
+        let bytes = |m: &Message| m.to_encoded_bytes().unwrap().to_vec();
+        let size = |m: &Message| m.encoded_size().unwrap();
+        let (a, b, c) = (data(1, 300), data(2, 70_000), data(3, 0));
+        let other = Message::NoData(NoData { request: 9 });
+        // one message alone, as the crate frames it: channel, type, payload
+        let mut one = Vec::new();
+        write_uint(&mut one, 300);
+        one.extend(bytes(&a));
+        assert_eq!(outbound_data_bytes(&one), size(&a));
+        // a batch over two channels with a message that is not Data:
+        // 0, 0, channel, (len, message)*, 0, next channel, ...
+        let mut batch = vec![0u8, 0, 1];
+        for (switch, m) in [(None, &a), (Some(2), &other), (None, &b), (Some(1), &c)] {
+            if let Some(ch) = switch {
+                batch.push(0);
+                write_uint(&mut batch, ch);
+            }
+            write_buffer(&mut batch, &bytes(m));
+        }
+        assert_eq!(outbound_data_bytes(&batch), size(&a) + size(&b) + size(&c));
+        let mut none = vec![1u8];
+        none.extend(bytes(&other));
+        assert_eq!(outbound_data_bytes(&none), 0);
+        // Open / Close and frames that do not parse count nothing
+        assert_eq!(outbound_data_bytes(&[0, 3, 1]), 0);
+        assert_eq!(outbound_data_bytes(&[]), 0);
+        assert_eq!(outbound_data_bytes(&[0, 0, 1, 90, 3]), 0);
     }
 
     #[test]
