@@ -392,7 +392,9 @@ async fn main() -> ExitCode {
     }
     let result = match parse_args() {
         Ok(opts) if opts.codrive => codrive::run(opts.json).await,
-        Ok(opts) if opts.replication => replication::run(&repo_root(), opts.js, opts.json).await,
+        Ok(opts) if opts.replication => {
+            replication::run(&repo_root(), opts.js, opts.json, opts.runs).await
+        }
         Ok(opts) => run(&opts).await,
         Err(e) => Err(e),
     };

@@ -83,6 +83,15 @@ struct Outgoing {
 /// with it, the length it announced, and how many blocks from the start it holds.
 type ChannelStatus = (bool, u64, u64);
 
+/// What a channel task knows of its connection.
+#[derive(Debug, Clone)]
+struct ConnCtx {
+    id: u64,
+    /// The remote's public key from the handshake.
+    remote: [u8; 32],
+    backlog: Backlog,
+}
+
 /// The channel closed while we were sending.
 #[derive(Debug)]
 struct Closed;
@@ -455,13 +464,13 @@ impl Replicator {
                             if let Some(core) = core {
                                 let me = self.clone();
                                 let fail = fail_tx.clone();
-                                let backlog = backlog.clone();
+                                let ctx = ConnCtx { id, remote, backlog: backlog.clone() };
                                 tasks.spawn(async move {
                                     // The receiver outlives the report of a failure: once it
                                     // is dropped, the protocol fails on the next message for
                                     // this channel, and that error would race the reason.
                                     let rx = ch.take_receiver();
-                                    if let Err(e) = me.channel(id, remote, ch, rx.as_ref(), core, &backlog).await {
+                                    if let Err(e) = me.channel(&ctx, ch, rx.as_ref(), core).await {
                                         let _ = fail.send(e);
                                     }
                                     drop(rx);
@@ -506,12 +515,10 @@ impl Replicator {
 
     async fn channel(
         &self,
-        conn: u64,
-        remote: [u8; 32],
+        conn: &ConnCtx,
         ch: Channel,
         rx: Option<&ChannelReceiver<Message>>,
         core: Core,
-        backlog: &Backlog,
     ) -> Result<(), SessionError> {
         let key = core.key();
         let dk = *ch.discovery_key();
@@ -562,7 +569,7 @@ impl Replicator {
                     Err(_) => return Ok(()),
                 },
                 o = ext.recv() => match o {
-                    Ok(o) if o.dk == dk && o.connection.is_none_or(|c| c == conn) => {
+                    Ok(o) if o.dk == dk && o.connection.is_none_or(|c| c == conn.id) => {
                         vec![Action::Send(vec![Message::Extension(Extension { name: o.name, message: o.message })])]
                     }
                     _ => Vec::new(),
@@ -571,10 +578,7 @@ impl Replicator {
             if ch.closed() {
                 return Ok(());
             }
-            match self
-                .execute(conn, remote, &ch, &core, &mut peer, actions, backlog)
-                .await
-            {
+            match self.execute(conn, &ch, &core, &mut peer, actions).await {
                 Err(Closed) => return Ok(()),
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok(())) => {}
@@ -589,7 +593,7 @@ impl Replicator {
             }
             let l = local(&core);
             self.set_status(
-                conn,
+                conn.id,
                 dk,
                 (
                     peer.caught_up(&l),
@@ -603,13 +607,11 @@ impl Replicator {
     /// Runs actions; `Err(Closed)` when the channel closed under us (not an error of the peer).
     async fn execute(
         &self,
-        conn: u64,
-        remote: [u8; 32],
+        conn: &ConnCtx,
         ch: &Channel,
         core: &Core,
         peer: &mut Peer,
         actions: Vec<Action>,
-        backlog: &Backlog,
     ) -> Result<Result<(), SessionError>, Closed> {
         let key = core.key();
         let fail = |reason: String| SessionError::Peer { core: key, reason };
@@ -630,7 +632,7 @@ impl Replicator {
                 Action::Serve(req) => {
                     // A peer that does not read gets no more answers (its requests wait in
                     // the channel, where a flood of them ends the connection).
-                    backlog.ready().await;
+                    conn.backlog.ready().await;
                     let id = req.id;
                     let reply = match data_for(core, &req).await {
                         Ok(Some(d)) => Message::Data(d),
@@ -641,7 +643,7 @@ impl Replicator {
                         }
                     };
                     if matches!(reply, Message::Data(_)) {
-                        backlog.data_queued(reply.encoded_size().unwrap_or(0));
+                        conn.backlog.data_queued(reply.encoded_size().unwrap_or(0));
                     }
                     ch.send(reply).await.map_err(|_| Closed)?;
                 }
@@ -665,8 +667,8 @@ impl Replicator {
                 }
                 Action::Extension(name, message) => {
                     let _ = self.inner.incoming_ext.send(ExtensionMessage {
-                        connection: conn,
-                        remote,
+                        connection: conn.id,
+                        remote: conn.remote,
                         core: key,
                         name,
                         message,
