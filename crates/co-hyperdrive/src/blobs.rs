@@ -28,11 +28,15 @@ pub enum BlobError {
     /// The blobs core is read-only.
     #[error("the blobs core is read-only")]
     NotWritable,
+    /// A download could not get a block from any connected peer (or none is connected).
+    #[error("blob block {0} is not available from any connected peer")]
+    Unavailable(u64),
 }
 
 fn core_err(e: CoreError) -> BlobError {
     match e {
         CoreError::NotWritable => BlobError::NotWritable,
+        CoreError::Unavailable { index } => BlobError::Unavailable(index),
         e => BlobError::Core(e.to_string()),
     }
 }
@@ -74,6 +78,28 @@ impl Blobs {
         let mut w = self.writer();
         w.write(data).await?;
         w.finish().await
+    }
+
+    /// Fetches every block of `ids` that is not stored locally from connected peers (see
+    /// [`Core::download`]); returns how many blocks arrived.
+    pub async fn download<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a BlobId>,
+    ) -> Result<u64, BlobError> {
+        let mut ranges: Vec<std::ops::Range<u64>> = ids
+            .into_iter()
+            .map(|id| id.block_offset..id.block_offset.saturating_add(id.block_length))
+            .collect();
+        // In core order, overlaps merged: one pass over the core, each block asked for once.
+        ranges.sort_by_key(|r| r.start);
+        let mut merged: Vec<std::ops::Range<u64>> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        self.core.download(merged).await.map_err(core_err)
     }
 
     /// Reads a whole blob.

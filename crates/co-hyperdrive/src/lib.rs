@@ -11,5 +11,5 @@ pub mod net;
 pub mod store;
 
 pub use cohd_format as format;
-pub use drive::{Drive, DriveEntry, DriveError, PutOptions};
+pub use drive::{Downloaded, Drive, DriveEntry, DriveError, PutOptions};
 pub use store::{Core, CoreError, Store, StoreError};

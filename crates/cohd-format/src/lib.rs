@@ -7,12 +7,14 @@
 //! - [`path`]: Hyperdrive path normalization and folder ranges.
 //! - [`key`]: 32-byte keys in hex or z-base-32.
 //! - [`sub`]: Hyperbee sub-encoder key prefixes (`files\0...`).
+//! - [`present`]: the store's record of sparse blocks a core holds.
 
 pub mod auth;
 pub mod bee;
 pub mod entry;
 pub mod key;
 pub mod path;
+pub mod present;
 pub mod sub;
 pub mod varint;
 

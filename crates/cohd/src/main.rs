@@ -183,6 +183,13 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Fetch the content of every file under PATH (default `/`, everything; a file works too)
+    /// from --peer, or from the peers a running `cohd serve` is connected to, so that it reads
+    /// offline.
+    Download {
+        /// Folder or file in the drive.
+        path: Option<String>,
+    },
     /// Catch up with --peer, then exit.
     Sync {
         /// Download every file's content too.

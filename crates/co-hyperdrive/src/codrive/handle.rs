@@ -21,7 +21,7 @@ use super::records::{self, RecordError, SUB};
 use super::view::{self, Clock, MemberOp, MemberRecord, PathVersion, Resolved, View, WriterData};
 use crate::bee::Range;
 use crate::blobs::{BlobError, BlobWriter};
-use crate::drive::{Drive, DriveBatch, DriveError, PutOptions};
+use crate::drive::{Downloaded, Drive, DriveBatch, DriveError, PutOptions};
 use crate::store::{Store, StoreError};
 
 /// Errors of co-drive operations.
@@ -554,6 +554,12 @@ impl CoDrive {
         path::normalize(name).map_err(DriveError::from)?;
         self.snapshot().await?.get(name).await
     }
+
+    /// Fetches the content of every visible file under `path` in the merged view (see
+    /// [`Snapshot::download`]).
+    pub async fn download(&self, path: &str) -> Result<Downloaded, CoDriveError> {
+        self.snapshot().await?.download(path).await
+    }
 }
 
 /// A visible file (or symlink) of the merged view: the winning version of its path.
@@ -716,6 +722,45 @@ impl<'a> Snapshot<'a> {
             .read_range(&blob, start, len, sink)
             .await
             .map_err(DriveError::from)?)
+    }
+
+    /// Fetches from connected peers the content of every visible file under `path` (a folder,
+    /// recursively, or one file; `/` for everything), every concurrent version of a conflicted
+    /// path included, so that it all reads without the network. Fails with
+    /// [`BlobError::Unavailable`] (inside [`DriveError::Blob`]) when no connected peer
+    /// delivers a block.
+    pub async fn download(&self, path: &str) -> Result<Downloaded, CoDriveError> {
+        let mut versions: Vec<(Key, cohd_format::BlobId)> = Vec::new();
+        let mut files = 0;
+        let mut add = |e: CoEntry| {
+            let winner = e.entry.blob.map(|b| (e.writer, b));
+            files += usize::from(winner.is_some());
+            let others = e
+                .conflicts
+                .into_iter()
+                .filter_map(|v| Some((v.writer, v.entry?.blob?)));
+            versions.extend(winner.into_iter().chain(others));
+        };
+        self.list(path).into_iter().for_each(&mut add);
+        match cohd_format::path::normalize(path) {
+            Ok(p) => self.entry(&p)?.into_iter().for_each(&mut add),
+            Err(cohd_format::path::PathError::Root(_)) => {}
+            Err(e) => return Err(DriveError::from(e).into()),
+        }
+        let mut by_writer: BTreeMap<Key, Vec<cohd_format::BlobId>> = BTreeMap::new();
+        for (w, b) in versions {
+            by_writer.entry(w).or_default().push(b);
+        }
+        let mut blocks = 0;
+        for (w, ids) in by_writer {
+            let d = self
+                .co
+                .drive(w)
+                .await?
+                .ok_or(DriveError::Store(StoreError::UnknownCore(w)))?;
+            blocks += d.blobs().download(&ids).await.map_err(DriveError::from)?;
+        }
+        Ok(Downloaded { files, blocks })
     }
 
     /// The whole content of the file at `name` (symlinks followed); `None` if absent.

@@ -64,6 +64,15 @@ pub enum DriveError {
     Store(#[from] StoreError),
 }
 
+/// What a download fetched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Downloaded {
+    /// Files (with content) whose blocks are now all local.
+    pub files: usize,
+    /// Blocks that were fetched from peers (the rest were already here).
+    pub blocks: u64,
+}
+
 /// A file entry with where it lives.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DriveEntry {
@@ -359,6 +368,25 @@ impl Drive {
             .blob
             .ok_or_else(|| DriveError::Symlink(format!("{} is a dangling symlink", e.path)))?;
         Ok(self.blobs.read_range(&blob, start, len, sink).await?)
+    }
+
+    /// Fetches the content of every file under `path` (a folder, recursively, or one file;
+    /// `/` for the whole drive) from connected peers, so that it reads without the network.
+    /// Needs a replication session with the core attached; fails with
+    /// [`BlobError::Unavailable`] when no connected peer delivers a block.
+    pub async fn download(&self, path: &str) -> Result<Downloaded, DriveError> {
+        let mut entries = self.list(path).await?;
+        match path::normalize(path) {
+            Ok(p) => entries.extend(self.entry(&p).await?),
+            Err(path::PathError::Root(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let blobs: Vec<BlobId> = entries.into_iter().filter_map(|e| e.entry.blob).collect();
+        let blocks = self.blobs.download(&blobs).await?;
+        Ok(Downloaded {
+            files: blobs.len(),
+            blocks,
+        })
     }
 
     /// Every entry under `folder`, recursively, sorted by path.

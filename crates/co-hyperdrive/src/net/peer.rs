@@ -174,6 +174,9 @@ impl Peer {
                 }
                 if let Inflight::Block(i) = kind {
                     self.requested.remove(&i);
+                    // Beyond the contiguous prefix nothing else forgets it, and a block still
+                    // wanted after it arrived would be requested again.
+                    self.wanted.remove(&i);
                 }
                 out.push(Action::Apply(d));
             }
@@ -252,11 +255,14 @@ impl Peer {
         out
     }
 
-    /// A local read waits for block `index`.
-    pub(crate) fn want(&mut self, index: u64, local: &Local) -> Vec<Action> {
-        if index >= local.contiguous {
-            self.wanted.insert(index);
-        }
+    /// Local reads or downloads wait for `blocks` (those below our contiguous length are here).
+    pub(crate) fn want(
+        &mut self,
+        blocks: impl IntoIterator<Item = u64>,
+        local: &Local,
+    ) -> Vec<Action> {
+        self.wanted
+            .extend(blocks.into_iter().filter(|&i| i >= local.contiguous));
         self.requests(local)
     }
 
@@ -527,7 +533,7 @@ mod tests {
             &local,
         )
         .unwrap();
-        let a = p.want(3, &local);
+        let a = p.want([3], &local);
         let id = sent(&a)
             .iter()
             .find_map(|m| {
@@ -583,5 +589,66 @@ mod tests {
             )
             .unwrap();
         assert!(matches!(&a[0], Action::Extension(n, _) if n == "x"));
+    }
+
+    fn requested_blocks(actions: &[Action]) -> Vec<(u64, u64)> {
+        sent(actions)
+            .iter()
+            .filter_map(|m| match m {
+                Message::Request(Request {
+                    id, block: Some(b), ..
+                }) => Some((*id, b.index)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_sparse_block_is_requested_once() {
+        // A sparse reader: nothing contiguous, the remote holds all 100 blocks.
+        let local = Local {
+            length: 100,
+            contiguous: 0,
+            fork: 0,
+            writable: false,
+        };
+        let mut p = Peer::new(false);
+        p.on_open(&local);
+        p.on_message(sync(100, 100), &local).unwrap();
+        p.on_message(
+            Message::Range(Range {
+                drop: false,
+                start: 0,
+                length: 100,
+            }),
+            &local,
+        )
+        .unwrap();
+        let reqs = requested_blocks(&p.want(50..53, &local));
+        assert_eq!(
+            reqs.iter().map(|r| r.1).collect::<Vec<_>>(),
+            vec![50, 51, 52]
+        );
+        // Asking again while they are in flight sends nothing new.
+        assert!(requested_blocks(&p.want(50..53, &local)).is_empty());
+        for (id, index) in reqs {
+            let d = Data {
+                request: id,
+                fork: 0,
+                block: Some(DataBlock {
+                    index,
+                    value: vec![1],
+                    nodes: vec![],
+                }),
+                hash: None,
+                seek: None,
+                upgrade: None,
+            };
+            p.on_message(Message::Data(d), &local).unwrap();
+            // Still not contiguous: the arrived block must not be asked for again.
+            let again = requested_blocks(&p.on_applied(&local));
+            assert!(again.is_empty(), "block {index} requested again: {again:?}");
+        }
+        assert!(p.caught_up(&local));
     }
 }

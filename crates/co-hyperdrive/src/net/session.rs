@@ -564,7 +564,7 @@ impl Replicator {
                     peer.on_local_change(&local(&core))
                 }
                 w = wants.recv() => match w {
-                    Ok(i) => peer.want(i, &local(&core)),
+                    Ok(r) => peer.want(r.filter(|&i| !core.has(i)), &local(&core)),
                     Err(broadcast::error::RecvError::Lagged(_)) => Vec::new(),
                     Err(_) => return Ok(()),
                 },

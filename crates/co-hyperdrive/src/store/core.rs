@@ -20,10 +20,18 @@
 //!    oplog does not decode falls back to the last flushed state (the store truncates the
 //!    oplog's entries), and the lost blocks are fetched again.
 //!
+//! 4. **Sparse blocks** (fetched on demand or by a folder download, beyond the contiguous prefix)
+//!    would be forgotten on reopen, the bitfield being in memory. The core records them itself
+//!    ([`cohd_format::present`], the `present` file, written after the store's fsync) and reads
+//!    them from the tree and data files like older blocks, checking each against its leaf hash.
+//!
 //! `Core` also carries what replication needs: a watch of the length (poked after every local
 //! append and every applied proof), a per-core write lock (hypercore's `verify_and_apply_proof`
 //! must not interleave with another write) and a channel of wanted blocks for sparse reads.
 
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +56,13 @@ pub enum CoreError {
     /// Anything else hypercore reported.
     #[error("{0}")]
     Hypercore(String),
+    /// A download could not get a block: no replication session is attached, or no connected
+    /// peer delivered it in time.
+    #[error("block {index} is not available from any connected peer")]
+    Unavailable {
+        /// The first block that did not arrive.
+        index: u64,
+    },
 }
 
 impl From<HypercoreError> for CoreError {
@@ -64,6 +79,8 @@ impl From<HypercoreError> for CoreError {
 pub(crate) struct CoreFiles {
     pub(crate) tree: Arc<FileStorage>,
     pub(crate) data: Arc<FileStorage>,
+    /// Where the record of sparse blocks lives (`present`).
+    pub(crate) present: PathBuf,
 }
 
 /// A hypercore of the store; cheap to clone.
@@ -77,8 +94,13 @@ pub struct Core {
 #[derive(Debug)]
 struct Live {
     length: watch::Sender<u64>,
-    wants: broadcast::Sender<u64>,
+    wants: broadcast::Sender<Range<u64>>,
     writes: Mutex<Writes>,
+    /// Blocks held beyond what hypercore's in-memory bitfield may know after a reopen: start ->
+    /// end of disjoint, non-adjacent ranges.
+    present: std::sync::Mutex<BTreeMap<u64, u64>>,
+    /// Whether `present` changed since it was last written.
+    present_dirty: std::sync::atomic::AtomicBool,
 }
 
 /// Writes since open, and the last applied proof (to pad the count on close).
@@ -88,22 +110,127 @@ struct Writes {
     last_proof: Option<Proof>,
 }
 
-/// How long a sparse read waits for a connected peer to deliver a block.
+/// How long a sparse read waits for a connected peer to deliver a block, and how long a
+/// download waits without any block arriving.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Blocks a download asks for at once (peers pipeline their requests within it).
+const DOWNLOAD_WINDOW: usize = 1024;
+
+/// How often a download that is not done repeats what it wants.
+const REANNOUNCE: Duration = Duration::from_secs(1);
 
 /// Size in bytes of one stored merkle tree node: u64 little-endian size, then a 32-byte hash.
 const NODE_SIZE: u64 = 40;
 
 impl Core {
-    pub(crate) fn new(hc: Hypercore, files: Option<Arc<CoreFiles>>) -> Self {
+    pub(crate) fn new(
+        hc: Hypercore,
+        files: Option<Arc<CoreFiles>>,
+        present: Vec<Range<u64>>,
+    ) -> Self {
         let (length, _) = watch::channel(hc.info().length);
         let (wants, _) = broadcast::channel(1024);
+        let present = present.into_iter().map(|r| (r.start, r.end)).collect();
         let live = Arc::new(Live {
             length,
             wants,
             writes: Mutex::default(),
+            present: std::sync::Mutex::new(present),
+            present_dirty: std::sync::atomic::AtomicBool::new(false),
         });
         Self { hc, files, live }
+    }
+
+    fn present(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, u64>> {
+        self.live.present.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the record of sparse blocks holds `index`.
+    fn recorded(&self, index: u64) -> bool {
+        self.present()
+            .range(..=index)
+            .next_back()
+            .is_some_and(|(_, &end)| index < end)
+    }
+
+    /// Records that `index` is stored.
+    fn record(&self, index: u64) {
+        let mut p = self.present();
+        self.live
+            .present_dirty
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut start = index;
+        let mut end = index + 1;
+        if let Some((&s, &e)) = p.range(..=index).next_back() {
+            if index < e {
+                return;
+            }
+            if e == index {
+                start = s;
+            }
+        }
+        if let Some(e) = p.remove(&end) {
+            end = e;
+        }
+        p.insert(start, end);
+    }
+
+    /// Forgets `index` (its stored copy does not check out).
+    fn forget(&self, index: u64) {
+        let mut p = self.present();
+        self.live
+            .present_dirty
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some((&s, &e)) = p.range(..=index).next_back() {
+            if index < e {
+                p.remove(&s);
+                if s < index {
+                    p.insert(s, index);
+                }
+                if index + 1 < e {
+                    p.insert(index + 1, e);
+                }
+            }
+        }
+    }
+
+    /// Writes the record of sparse blocks (those beyond the contiguous prefix) to the core's
+    /// `present` file. Call only once the core's data and tree files are durable.
+    pub(crate) fn persist_present(&self) -> std::io::Result<()> {
+        let Some(files) = &self.files else {
+            return Ok(());
+        };
+        if !self
+            .live
+            .present_dirty
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        let contiguous = self.hc.info().contiguous_length;
+        let ranges: Vec<Range<u64>> = {
+            let mut p = self.present();
+            p.retain(|_, e| *e > contiguous);
+            p.iter().map(|(&s, &e)| s.max(contiguous)..e).collect()
+        };
+        if ranges.is_empty() && !files.present.exists() {
+            return Ok(());
+        }
+        let tmp = files.present.with_extension("tmp");
+        let written = (|| {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&cohd_format::present::encode(&ranges))?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &files.present)
+        })();
+        if written.is_err() {
+            self.live
+                .present_dirty
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        written
     }
 
     fn poke(&self) {
@@ -115,9 +242,88 @@ impl Core {
         self.live.length.subscribe()
     }
 
-    /// Blocks a sparse read is waiting for; replication sessions subscribe and fetch them.
-    pub fn wants(&self) -> broadcast::Receiver<u64> {
+    /// Blocks reads and downloads are waiting for; replication sessions subscribe and fetch
+    /// them.
+    pub fn wants(&self) -> broadcast::Receiver<Range<u64>> {
         self.live.wants.subscribe()
+    }
+
+    /// Whether block `index` is stored locally (cheap: no read).
+    pub fn has(&self, index: u64) -> bool {
+        index < self.hc.info().contiguous_length || self.hc.has(index) || self.recorded(index)
+    }
+
+    /// Fetches every block of `ranges` (cut at the core's length) that is not stored locally
+    /// from connected peers, and waits until all are here. Returns how many blocks arrived.
+    /// Fails with [`CoreError::Unavailable`] when no replication session is attached, or when
+    /// nothing arrives for a while (no connected peer has the blocks).
+    pub async fn download(
+        &self,
+        ranges: impl IntoIterator<Item = Range<u64>>,
+    ) -> Result<u64, CoreError> {
+        let length = self.hc.info().length;
+        let mut missing = ranges
+            .into_iter()
+            .flat_map(|r| r.start..r.end.min(length))
+            .filter(|&i| !self.has(i));
+        let mut fetched = 0;
+        loop {
+            // Groups of blocks in flight together (peers pipeline their requests within one).
+            let group: Vec<u64> = missing.by_ref().take(DOWNLOAD_WINDOW).collect();
+            if group.is_empty() {
+                return Ok(fetched);
+            }
+            self.download_group(&group).await?;
+            fetched += group.len() as u64;
+        }
+    }
+
+    /// Fetches `group` (ascending block indices) and waits for all of it.
+    async fn download_group(&self, group: &[u64]) -> Result<(), CoreError> {
+        if self.live.wants.receiver_count() == 0 {
+            return Err(CoreError::Unavailable { index: group[0] });
+        }
+        let mut changed = self.subscribe();
+        let mut pending = group;
+        self.announce(pending);
+        let mut progress = tokio::time::Instant::now();
+        loop {
+            // Sessions remember what is wanted; ask again now and then for peers that connected
+            // or grew since.
+            match tokio::time::timeout(REANNOUNCE, changed.changed()).await {
+                Ok(Ok(())) => {
+                    let here = pending.iter().take_while(|&&i| self.has(i)).count();
+                    if here > 0 {
+                        pending = &pending[here..];
+                        progress = tokio::time::Instant::now();
+                    }
+                    // Blocks may arrive out of order: check the rest once the first is here.
+                    if pending.iter().all(|&i| self.has(i)) {
+                        return Ok(());
+                    }
+                }
+                Ok(Err(_)) => return Err(CoreError::Unavailable { index: pending[0] }),
+                Err(_) => self.announce(pending),
+            }
+            if progress.elapsed() >= FETCH_TIMEOUT {
+                return Err(CoreError::Unavailable { index: pending[0] });
+            }
+        }
+    }
+
+    /// Tells replication sessions about `blocks` (ascending), as runs of consecutive indices.
+    fn announce(&self, blocks: &[u64]) {
+        let mut i = 0;
+        while i < blocks.len() {
+            let start = blocks[i];
+            let mut end = start + 1;
+            i += 1;
+            while i < blocks.len() && blocks[i] == end {
+                end += 1;
+                i += 1;
+            }
+            let _ = self.live.wants.send(start..end);
+        }
     }
 
     /// Verifies a proof from a peer and applies it; `false` if it does not fit (another fork).
@@ -125,6 +331,9 @@ impl Core {
         let mut w = self.live.writes.lock().await;
         let ok = guard(self.hc.verify_and_apply_proof(proof.clone())).await??;
         if ok {
+            if let Some(b) = &proof.block {
+                self.record(b.index);
+            }
             w.count += 1;
             if proof.block.is_some() || proof.upgrade.is_some() {
                 w.last_proof = Some(proof);
@@ -200,7 +409,7 @@ impl Core {
             return Ok(None);
         }
         let mut changed = self.subscribe();
-        let _ = self.live.wants.send(index);
+        let _ = self.live.wants.send(index..index + 1);
         let wait = async {
             loop {
                 if changed.changed().await.is_err() {
@@ -210,7 +419,7 @@ impl Core {
                     return Ok(Some(b));
                 }
                 // Re-announce: a session attached since (or a peer that just grew) may have it.
-                let _ = self.live.wants.send(index);
+                let _ = self.live.wants.send(index..index + 1);
             }
         };
         match tokio::time::timeout(FETCH_TIMEOUT, wait).await {
@@ -228,6 +437,15 @@ impl Core {
             Some(files) if index < self.hc.info().contiguous_length => {
                 files.read_block(index).await.map(Some)
             }
+            Some(files) if self.recorded(index) => match files.read_checked(index).await {
+                Ok(Some(b)) => Ok(Some(b)),
+                other => {
+                    // Wrong or unreadable: forget it, so it is fetched again.
+                    tracing::warn!(core = %self.key(), index, "a recorded sparse block does not check out: {other:?}");
+                    self.forget(index);
+                    Ok(None)
+                }
+            },
             _ => Ok(None),
         }
     }
@@ -243,6 +461,17 @@ impl CoreFiles {
         let mut b = [0u8; 8];
         b.copy_from_slice(&bytes);
         Ok(u64::from_le_bytes(b))
+    }
+
+    /// Block `index` if it matches the hash of its leaf in the tree file.
+    async fn read_checked(&self, index: u64) -> Result<Option<Vec<u8>>, CoreError> {
+        let block = self.read_block(index).await?;
+        let leaf = self
+            .tree
+            .read(index * 2 * NODE_SIZE + 8, 32)
+            .await
+            .map_err(|e| CoreError::Corrupted(format!("tree node {}: {e}", index * 2)))?;
+        Ok((hypercore_schema::Hash::data(&block).as_bytes() == leaf.as_slice()).then_some(block))
     }
 
     async fn read_block(&self, index: u64) -> Result<Vec<u8>, CoreError> {

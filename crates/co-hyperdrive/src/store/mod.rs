@@ -264,7 +264,7 @@ impl Store {
                     .build()
                     .await
                     .map_err(core_err)?;
-                Core::new(hc, None)
+                Core::new(hc, None, Vec::new())
             }
             Some(dir) => {
                 let exists = dir.join("oplog").is_file()
@@ -315,11 +315,24 @@ impl Store {
                     }
                     Err(reason) => return Err(StoreError::Core { key, reason }),
                 };
+                let present_file = dir.join("present");
+                let present = match std::fs::read(&present_file) {
+                    Ok(b) => cohd_format::present::decode(&b).unwrap_or_else(|e| {
+                        // Forgetting sparse blocks only means fetching them again.
+                        tracing::warn!(%key, "ignoring {}: {e}", present_file.display());
+                        Vec::new()
+                    }),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Err(e) => {
+                        return Err(io(format!("reading {}", present_file.display()))(e));
+                    }
+                };
                 let files = Arc::new(core::CoreFiles {
                     tree: by_name["tree"].clone(),
                     data: by_name["data"].clone(),
+                    present: present_file,
                 });
-                Core::new(hc, Some(files))
+                Core::new(hc, Some(files), present)
             }
         };
         if core.key() != key {
@@ -373,6 +386,13 @@ impl Store {
             .clone();
         for f in files {
             f.sync().map_err(io("syncing core files"))?;
+        }
+        // Only now that the blocks are durable may their presence be recorded.
+        for c in self.open_cores() {
+            c.persist_present().map_err(io(format!(
+                "recording the sparse blocks of core {}",
+                c.key()
+            )))?;
         }
         Ok(())
     }

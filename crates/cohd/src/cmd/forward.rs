@@ -421,7 +421,8 @@ mod unix {
             | Command::Writers { .. }
             | Command::Authorize { .. }
             | Command::Deauthorize { .. }
-            | Command::Conflicts { .. } => {}
+            | Command::Conflicts { .. }
+            | Command::Download { .. } => {}
             Command::Serve { .. } => bail!("the store at {dir} is already served by `cohd serve`"),
             Command::Init => bail!("a store already exists at {dir} (`cohd serve` is serving it)"),
             _ => bail!(

@@ -156,6 +156,16 @@ async fn dispatch(command: &Command, co: &CoDrive, io: &mut Io) -> Result<()> {
             let (from, to) = export_args(args)?;
             transfer::export(co, out, from, std::path::Path::new(to)).await
         }
+        Command::Download { path } => {
+            let path = path.as_deref().unwrap_or("/");
+            let d = co.download(path).await?;
+            writeln!(
+                out,
+                "{path}: {} files local, {} blocks downloaded",
+                d.files, d.blocks
+            )?;
+            Ok(())
+        }
         Command::Log { json } => history::log(co.own(), out, *json).await,
         Command::Diff {
             from,
