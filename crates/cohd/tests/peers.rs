@@ -278,3 +278,77 @@ fn download_a_folder_then_read_it_offline() {
         "{err}"
     );
 }
+
+/// Two writers remove each other while apart; once every record reached everyone, the three
+/// peers agree on one writer set and one listing (the first removal in the causal order wins,
+/// ties by author key), and the loser's writes after its removal are ignored everywhere.
+#[test]
+fn mutual_removal_ends_the_same_on_every_peer() {
+    let (_t, d) = dirs(3);
+    let (a, b, c) = (&d[0], &d[1], &d[2]);
+    ok(a, &["init"]);
+    ok_in(a, &["put", "/a.txt", "-"], b"from a");
+    let sa = serve(a, &["--allow-all"]);
+    let a_key = sa.key.clone();
+    for x in [b, c] {
+        ok(x, &["--peer", &sa.addr, "clone", &sa.key]);
+        ok(x, &["--peer", &sa.addr, "request-auth", "--timeout", "20"]);
+        ok(x, &["--peer", &sa.addr, "sync", "--all"]);
+    }
+    let (b_key, c_key) = (
+        ok(b, &["whoami"]).trim().to_string(),
+        ok(c, &["whoami"]).trim().to_string(),
+    );
+    // B learns that C is a writer, and both write once while still writers.
+    ok(b, &["--peer", &sa.addr, "sync", "--all"]);
+    ok_in(b, &["put", "/b-before.txt", "-"], b"b");
+    ok_in(c, &["put", "/c-before.txt", "-"], b"c");
+    ok(b, &["--peer", &sa.addr, "sync", "--all"]);
+    ok(c, &["--peer", &sa.addr, "sync", "--all"]);
+    ok(b, &["--peer", &sa.addr, "sync", "--all"]);
+    for x in [b, c] {
+        let w = ok(x, &["writers"]);
+        assert!(w.contains(&b_key) && w.contains(&c_key), "{w}");
+    }
+
+    // Apart: each removes the other, then writes.
+    ok(b, &["deauthorize", &c_key]);
+    ok(c, &["deauthorize", &b_key]);
+    ok_in(b, &["put", "/b-after.txt", "-"], b"b");
+    ok_in(c, &["put", "/c-after.txt", "-"], b"c");
+    // Everything reaches A; then B and C fetch what the other wrote.
+    for x in [b, c, b, c] {
+        ok(x, &["--peer", &sa.addr, "sync", "--all"]);
+    }
+    let state = |x: &Path| (ok(x, &["writers", "--json"]), ok(x, &["ls", "-r"]));
+    eventually("the three peers to agree", || {
+        let s = state(a);
+        s == state(b) && s == state(c)
+    });
+    let (writers, listing) = state(a);
+    let current: Vec<String> = serde_json::from_str::<serde_json::Value>(&writers)
+        .expect("json")
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|w| w["removed"] == false)
+        .map(|w| w["key"].as_str().expect("key").to_string())
+        .collect();
+    assert!(current.contains(&a_key), "{writers}");
+    let b_stays = current.contains(&b_key);
+    let c_stays = current.contains(&c_key);
+    assert!(
+        b_stays != c_stays,
+        "exactly one of two writers removing each other stays: {writers}"
+    );
+    let (winner, loser) = if b_stays { ("b", "c") } else { ("c", "b") };
+    for f in ["/a.txt", "/b-before.txt", "/c-before.txt"] {
+        assert!(listing.contains(f), "seen writes stay: {f} in {listing}");
+    }
+    assert!(listing.contains(&format!("/{winner}-after.txt")), "{listing}");
+    assert!(
+        !listing.contains(&format!("/{loser}-after.txt")),
+        "the removed writer's later write is ignored: {listing}"
+    );
+    drop(sa);
+}
