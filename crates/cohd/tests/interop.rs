@@ -747,3 +747,34 @@ fn rust_sparse_clone_fetches_on_demand() {
     );
     check_clone_reads(&store, &js.key, &js.files, &["--peer", &peer]);
 }
+
+/// A JavaScript peer does not know the authorization extension and never answers: asking it
+/// for write access ends with a timeout error after `--timeout`, not a hang.
+#[test]
+fn request_auth_to_a_peer_that_never_answers_times_out() {
+    require_js();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let js = start_js_drive(tmp.path(), "v11");
+    let store = tmp.path().join("clone");
+    let peer = format!("127.0.0.1:{}", js.port);
+    cohd_ok(&store, &["clone", &js.key, "--peer", &peer], b"");
+    let what = "cohd request-auth --timeout 2";
+    let t = std::time::Instant::now();
+    let mut p = Proc::spawn(
+        cohd_cmd(&store, &["--peer", &peer, "request-auth", "--timeout", "2"]),
+        what,
+        None,
+    );
+    let out = p.finish(WAIT);
+    let took = t.elapsed();
+    assert!(!out.status.success(), "{what} succeeded");
+    assert!(
+        out.stderr.contains("error:") && out.stderr.contains("no writer answered within 2s"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+        "{what} took {took:?}"
+    );
+}

@@ -299,10 +299,13 @@ fn mutual_removal_ends_the_same_on_every_peer() {
         ok(b, &["whoami"]).trim().to_string(),
         ok(c, &["whoami"]).trim().to_string(),
     );
-    // B learns that C is a writer, and both write once while still writers.
+    // B learns that C is a writer, and both write once while still writers; A deletes /a.txt
+    // while B, apart, rewrites it (a concurrent delete and write).
     ok(b, &["--peer", &sa.addr, "sync", "--all"]);
     ok_in(b, &["put", "/b-before.txt", "-"], b"b");
     ok_in(c, &["put", "/c-before.txt", "-"], b"c");
+    ok(a, &["rm", "/a.txt"]);
+    ok_in(b, &["put", "/a.txt", "-"], b"rewritten by b");
     ok(b, &["--peer", &sa.addr, "sync", "--all"]);
     ok(c, &["--peer", &sa.addr, "sync", "--all"]);
     ok(b, &["--peer", &sa.addr, "sync", "--all"]);
@@ -320,12 +323,21 @@ fn mutual_removal_ends_the_same_on_every_peer() {
     for x in [b, c, b, c] {
         ok(x, &["--peer", &sa.addr, "sync", "--all"]);
     }
-    let state = |x: &Path| (ok(x, &["writers", "--json"]), ok(x, &["ls", "-r"]));
+    let state = |x: &Path| {
+        (
+            ok(x, &["writers", "--json"]),
+            ok(x, &["ls", "-r"]),
+            ok(x, &["conflicts", "--json"]),
+        )
+    };
     eventually("the three peers to agree", || {
         let s = state(a);
         s == state(b) && s == state(c)
     });
-    let (writers, listing) = state(a);
+    let (writers, listing, conflicts) = state(a);
+    // The write concurrent with the delete survives, and the pair is listed as a conflict.
+    assert_eq!(ok(c, &["cat", "/a.txt"]), "rewritten by b");
+    assert!(conflicts.contains("/a.txt"), "{conflicts}");
     let current: Vec<String> = serde_json::from_str::<serde_json::Value>(&writers)
         .expect("json")
         .as_array()
@@ -345,7 +357,10 @@ fn mutual_removal_ends_the_same_on_every_peer() {
     for f in ["/a.txt", "/b-before.txt", "/c-before.txt"] {
         assert!(listing.contains(f), "seen writes stay: {f} in {listing}");
     }
-    assert!(listing.contains(&format!("/{winner}-after.txt")), "{listing}");
+    assert!(
+        listing.contains(&format!("/{winner}-after.txt")),
+        "{listing}"
+    );
     assert!(
         !listing.contains(&format!("/{loser}-after.txt")),
         "the removed writer's later write is ignored: {listing}"
