@@ -11,6 +11,7 @@ use co_hyperdrive::{Drive, PutOptions, Store};
 const FILES_PER_WRITER: usize = 1000;
 const FILE_SIZE: usize = 1024;
 const LOOKUPS: usize = 2000;
+const UPDATES: usize = 20;
 
 /// One row: `writers` writers, or a plain drive (`writers == 0`) with the 16-writer file count.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -22,6 +23,8 @@ pub(crate) struct Row {
     pub(crate) stat_us: f64,
     pub(crate) get_us: f64,
     pub(crate) list_ms: f64,
+    /// One writer puts a file, then the merged view shows it (ms, mean of [`UPDATES`]).
+    pub(crate) update_ms: f64,
     /// A new peer following the co-drive over loopback TCP until its merged view lists every
     /// file (metadata only, as `cohd clone` without `--all`).
     pub(crate) converge_ms: Option<f64>,
@@ -91,7 +94,17 @@ async fn co_row(writers: usize) -> Result<Row> {
     let listed = co.snapshot().await?.list("/").len();
     let list_ms = t.elapsed().as_secs_f64() * 1e3;
     anyhow::ensure!(listed == n);
-    let converge_ms = Some(converge(&store, primary_key, n).await?);
+    let t = Instant::now();
+    for u in 0..UPDATES {
+        let p = format!("/new/u{u:02}.bin");
+        co.put(&p, &data).await?;
+        co.snapshot()
+            .await?
+            .stat(&p)?
+            .context("the put is not in the view")?;
+    }
+    let update_ms = t.elapsed().as_secs_f64() * 1e3 / UPDATES as f64;
+    let converge_ms = Some(converge(&store, primary_key, n + UPDATES).await?);
     Ok(Row {
         setup: format!("co-drive, {writers} writer(s)"),
         files: n,
@@ -99,6 +112,7 @@ async fn co_row(writers: usize) -> Result<Row> {
         stat_us,
         get_us,
         list_ms,
+        update_ms,
         converge_ms,
     })
 }
@@ -188,6 +202,13 @@ async fn drive_row(files: usize) -> Result<Row> {
     let listed = d.list("/").await?.len();
     let list_ms = t.elapsed().as_secs_f64() * 1e3;
     anyhow::ensure!(listed == files);
+    let t = Instant::now();
+    for u in 0..UPDATES {
+        let p = format!("/new/u{u:02}.bin");
+        d.put(&p, &data).await?;
+        d.stat(&p).await?.context("the put is not there")?;
+    }
+    let update_ms = t.elapsed().as_secs_f64() * 1e3 / UPDATES as f64;
     Ok(Row {
         setup: "plain drive".into(),
         files,
@@ -195,6 +216,7 @@ async fn drive_row(files: usize) -> Result<Row> {
         stat_us,
         get_us,
         list_ms,
+        update_ms,
         converge_ms: None,
     })
 }
@@ -218,14 +240,21 @@ pub(crate) async fn run(json: bool) -> Result<()> {
     if !json {
         println!("co-drive merged reads ({FILES_PER_WRITER} files per writer; ratio = 16 writers / plain drive of 16000 files)");
         println!(
-            "{:<26} {:>7} {:>10} {:>9} {:>9} {:>9} {:>12}",
-            "setup", "files", "open ms", "stat us", "get us", "ls -r ms", "converge ms"
+            "{:<26} {:>7} {:>10} {:>9} {:>9} {:>9} {:>10} {:>12}",
+            "setup",
+            "files",
+            "open ms",
+            "stat us",
+            "get us",
+            "ls -r ms",
+            "update ms",
+            "converge ms"
         );
         for r in &rows {
             let conv = r.converge_ms.map_or("-".to_string(), |c| format!("{c:.0}"));
             println!(
-                "{:<26} {:>7} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>12}",
-                r.setup, r.files, r.open_ms, r.stat_us, r.get_us, r.list_ms, conv
+                "{:<26} {:>7} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>12}",
+                r.setup, r.files, r.open_ms, r.stat_us, r.get_us, r.list_ms, r.update_ms, conv
             );
         }
         for (k, v) in ratios.as_object().into_iter().flatten() {

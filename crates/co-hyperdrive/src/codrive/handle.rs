@@ -69,7 +69,22 @@ pub struct CoDrive {
     own: Drive,
     drives: Mutex<BTreeMap<Key, Drive>>,
     cache: Mutex<Option<Cached>>,
+    /// What each writer's log holds at a length, as loaded: a log never changes below a length
+    /// it reached, so when one writer grows only that writer is read again. At most
+    /// [`LOADS_PER_WRITER`] lengths per writer, the least recently used dropped first (so the
+    /// latest length and a removed writer's limit both stay).
+    loads: Mutex<Loads>,
 }
+
+/// Loaded writer logs by (writer, length), with when each was last used.
+#[derive(Debug, Default)]
+struct Loads {
+    tick: u64,
+    by_length: BTreeMap<(Key, u64), (Arc<WriterData>, u64)>,
+}
+
+/// Loaded lengths kept per writer.
+const LOADS_PER_WRITER: usize = 2;
 
 /// The last computed view, and the writers the store did not hold when it was computed. Blocks
 /// never change once written, so while every writer's length is the frontier's and those
@@ -120,6 +135,7 @@ impl CoDrive {
             own,
             drives: Mutex::default(),
             cache: Mutex::default(),
+            loads: Mutex::default(),
         }
     }
 
@@ -171,6 +187,39 @@ impl CoDrive {
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, d.clone());
         Ok(Some(d))
+    }
+
+    /// [`load`](Self::load) through the cache of loaded lengths.
+    async fn load_cached(&self, d: &Drive) -> Result<Arc<WriterData>, CoDriveError> {
+        let at = (d.key(), d.version());
+        {
+            let mut loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+            loads.tick += 1;
+            let tick = loads.tick;
+            if let Some((hit, used)) = loads.by_length.get_mut(&at) {
+                *used = tick;
+                return Ok(hit.clone());
+            }
+        }
+        let data = Arc::new(self.load(d).await?);
+        let mut loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+        loads.tick += 1;
+        let tick = loads.tick;
+        loads.by_length.insert(at, (data.clone(), tick));
+        loop {
+            let mine: Vec<(u64, u64)> = loads
+                .by_length
+                .range((at.0, 0)..=(at.0, u64::MAX))
+                .map(|((_, l), (_, used))| (*used, *l))
+                .collect();
+            if mine.len() <= LOADS_PER_WRITER {
+                break;
+            }
+            if let Some((_, oldest)) = mine.into_iter().min() {
+                loads.by_length.remove(&(at.0, oldest));
+            }
+        }
+        Ok(data)
     }
 
     /// Reads one writer's records and files from `d` (a checkout, so that every read sees the
@@ -275,7 +324,7 @@ impl CoDrive {
     ) -> Result<(Computed, BTreeSet<Key>), CoDriveError> {
         let mut frontier = Frontier::default();
         let mut drives: BTreeMap<Key, Drive> = BTreeMap::new();
-        let mut data: BTreeMap<Key, WriterData> = BTreeMap::new();
+        let mut data: BTreeMap<Key, Arc<WriterData>> = BTreeMap::new();
         let mut absent: BTreeSet<Key> = BTreeSet::new();
         let mut todo = vec![self.primary, self.own.key()];
         while let Some(k) = todo.pop() {
@@ -313,7 +362,7 @@ impl CoDrive {
             // Pinned at `len`: a writer growing meanwhile does not change what is read.
             let d = d.checkout(len)?;
             frontier.0.insert(k, len);
-            data.insert(k, self.load(&d).await?);
+            data.insert(k, self.load_cached(&d).await?);
             drives.insert(k, d);
             todo.extend(
                 view::mentioned(&data)
@@ -327,9 +376,12 @@ impl CoDrive {
         for (k, limit) in &v.removed {
             if let Some(d) = drives.get(k) {
                 if *limit < d.version() {
-                    let limited = self.load(&d.checkout(*limit)?).await?;
+                    let limited = self.load_cached(&d.checkout(*limit)?).await?;
                     if let Some(w) = data.get_mut(k) {
-                        w.versions = limited.versions;
+                        // Its records stay whole (they decided the limit); its files stop there.
+                        let mut w2 = WriterData::clone(w);
+                        w2.versions = limited.versions.clone();
+                        *w = Arc::new(w2);
                         changed = true;
                     }
                 }

@@ -17,6 +17,7 @@
 //! The winner is picked by a fixed rule on data every peer has (a put beats a delete, then the
 //! larger vector sum, then the larger writer key), and every concurrent version stays listed.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use cohd_format::{Entry, Key};
@@ -133,9 +134,10 @@ pub fn merge(into: &mut Clock, other: &Clock) {
 const MAX_PASSES: usize = 16;
 
 /// Computes the writer set: writer -> limit (`None` = unlimited), and removed writers' limits.
-pub fn writers(
+/// (`data` may hold `WriterData` or shared `Arc<WriterData>`, as every function here.)
+pub fn writers<D: Borrow<WriterData>>(
     primary: Key,
-    data: &BTreeMap<Key, WriterData>,
+    data: &BTreeMap<Key, D>,
 ) -> (BTreeMap<Key, Option<u64>>, BTreeMap<Key, u64>) {
     let order = membership_order(data);
     let mut limits: BTreeMap<Key, u64> = BTreeMap::new();
@@ -176,10 +178,10 @@ pub fn writers(
 }
 
 /// Membership records in "has seen" order, ties by (author, seq).
-fn membership_order(data: &BTreeMap<Key, WriterData>) -> Vec<(Key, MemberRecord)> {
+fn membership_order<D: Borrow<WriterData>>(data: &BTreeMap<Key, D>) -> Vec<(Key, MemberRecord)> {
     let mut all: Vec<(Key, MemberRecord)> = data
         .iter()
-        .flat_map(|(k, d)| d.members.iter().map(move |r| (*k, r.clone())))
+        .flat_map(|(k, d)| d.borrow().members.iter().map(move |r| (*k, r.clone())))
         .collect();
     all.sort_by_key(|a| (a.0, a.1.seq));
     // y depends on x when y's author had x in its log when writing y (own log: earlier seq).
@@ -207,7 +209,7 @@ fn membership_order(data: &BTreeMap<Key, WriterData>) -> Vec<(Key, MemberRecord)
 }
 
 /// The whole merged view.
-pub fn view(primary: Key, data: &BTreeMap<Key, WriterData>) -> View {
+pub fn view<D: Borrow<WriterData>>(primary: Key, data: &BTreeMap<Key, D>) -> View {
     let (writers, removed) = writers(primary, data);
     let mut candidates: BTreeMap<&String, Vec<&PathVersion>> = BTreeMap::new();
     for (key, d) in data {
@@ -216,7 +218,7 @@ pub fn view(primary: Key, data: &BTreeMap<Key, WriterData>) -> View {
             (None, Some(l)) => *l,
             (None, None) => continue,
         };
-        for (path, versions) in &d.versions {
+        for (path, versions) in &d.borrow().versions {
             if let Some(v) = versions.iter().rev().find(|v| v.seq < limit) {
                 candidates.entry(path).or_default().push(v);
             }
@@ -269,10 +271,10 @@ pub fn next_clock<'a>(
 }
 
 /// Keys of every writer the data mentions (for loading cores).
-pub fn mentioned(data: &BTreeMap<Key, WriterData>) -> BTreeSet<Key> {
+pub fn mentioned<D: Borrow<WriterData>>(data: &BTreeMap<Key, D>) -> BTreeSet<Key> {
     let mut out: BTreeSet<Key> = data.keys().copied().collect();
     for d in data.values() {
-        for r in &d.members {
+        for r in &d.borrow().members {
             let (MemberOp::Authorize(k) | MemberOp::Deauthorize(k)) = r.op;
             out.insert(k);
         }
