@@ -4,6 +4,7 @@
 //! may vanish without a version that saw it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use co_hyperdrive::codrive::view::{self, dominates, next_clock};
 use co_hyperdrive::codrive::{MemberOp, MemberRecord, PathVersion, View, WriterData};
@@ -185,14 +186,36 @@ proptest! {
 
         // Peers receive prefixes in random steps (each step extends one writer's prefix), then
         // everything; the final views must all equal the reference.
+        // Along the way, the incremental view (only the writer that grew re-resolved, its
+        // unchanged neighbours shared as in `CoDrive`) equals the view computed from scratch.
         for steps in &deliveries {
             let mut lens = vec![1u64; WRITERS];
+            let shared = |lens: &[u64], prev: Option<&BTreeMap<Key, Arc<WriterData>>>, prev_lens: &[u64]| {
+                world
+                    .data(lens)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (k, d))| {
+                        let same = prev.filter(|_| prev_lens[i] == lens[i]).and_then(|p| p.get(&k).cloned());
+                        (k, same.unwrap_or_else(|| Arc::new(d)))
+                    })
+                    .collect::<BTreeMap<Key, Arc<WriterData>>>()
+            };
+            let mut data = shared(&lens, None, &lens);
+            let mut inc = view::view(key(0), &data);
             for (i, n) in steps {
+                let before = lens.clone();
                 lens[*i] = (lens[*i] + n).min(full[*i]);
-                let _ = view::view(key(0), &world.data(&lens)); // intermediate views must not panic
+                let next = shared(&lens, Some(&data), &before);
+                inc = view::update(key(0), inc, &data, &next);
+                data = next;
+                prop_assert_eq!(&inc, &view::view(key(0), &data));
             }
             let fin = view::view(key(0), &world.data(&full));
             prop_assert_eq!(&fin, &reference);
+            // Owned data (nothing shared): compared path by path.
+            let last = world.data(&lens);
+            prop_assert_eq!(view::update(key(0), view::view(key(0), &last), &last, &world.data(&full)), reference.clone());
         }
 
         // Nothing silently lost: each counted writer's latest version of a path is shown, or a

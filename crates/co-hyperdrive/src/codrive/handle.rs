@@ -93,6 +93,8 @@ const LOADS_PER_WRITER: usize = 2;
 struct Cached {
     computed: Computed,
     unheld: BTreeSet<Key>,
+    /// The writers' data the view was merged from (to merge only what changed next time).
+    data: BTreeMap<Key, Arc<WriterData>>,
 }
 
 /// A merged view and what it was computed from.
@@ -307,21 +309,30 @@ impl CoDrive {
         if let Some(hit) = self.cached().await? {
             return Ok(hit);
         }
-        let (computed, unheld) = self.compute_at(None).await?;
+        let previous = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .map(|c| (c.computed.view, c.data));
+        let (computed, unheld, data) = self.compute_at(None, previous).await?;
         *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(Cached {
             computed: computed.clone(),
             unheld,
+            data,
         });
         Ok(computed)
     }
 
     /// Computes the view from every writer's log as the store holds it now (`at` is `None`), or
     /// at the lengths `at` names (a writer it does not name is empty). Also returns the writers
-    /// the records mention that the store does not hold (`None` only).
+    /// the records mention that the store does not hold (`None` only), and the data merged.
+    /// `previous`: an earlier view and its data, so that only what changed is merged again.
     async fn compute_at(
         &self,
         at: Option<&Frontier>,
-    ) -> Result<(Computed, BTreeSet<Key>), CoDriveError> {
+        previous: Option<(Arc<View>, BTreeMap<Key, Arc<WriterData>>)>,
+    ) -> Result<(Computed, BTreeSet<Key>, BTreeMap<Key, Arc<WriterData>>), CoDriveError> {
         let mut frontier = Frontier::default();
         let mut drives: BTreeMap<Key, Drive> = BTreeMap::new();
         let mut data: BTreeMap<Key, Arc<WriterData>> = BTreeMap::new();
@@ -370,27 +381,28 @@ impl CoDrive {
                     .filter(|m| !data.contains_key(m) && !absent.contains(m)),
             );
         }
-        let v = view::view(self.primary, &data);
-        // Removed writers count only up to their limit: reload those from a checkout there.
-        let mut changed = false;
-        for (k, limit) in &v.removed {
-            if let Some(d) = drives.get(k) {
+        // Removed writers count only up to their limit: their files are read again from a
+        // checkout there (the records stay whole: they decided the limit, and the writer set
+        // depends on the records alone).
+        let (_, removed) = view::writers(self.primary, &data);
+        for (k, limit) in &removed {
+            if let (Some(d), Some(w)) = (drives.get(k), data.get_mut(k)) {
                 if *limit < d.version() {
                     let limited = self.load_cached(&d.checkout(*limit)?).await?;
-                    if let Some(w) = data.get_mut(k) {
-                        // Its records stay whole (they decided the limit); its files stop there.
-                        let mut w2 = WriterData::clone(w);
-                        w2.versions = limited.versions.clone();
-                        *w = Arc::new(w2);
-                        changed = true;
-                    }
+                    *w = Arc::new(WriterData {
+                        members: w.members.clone(),
+                        versions: limited.versions.clone(),
+                    });
                 }
             }
         }
-        let v = if changed {
-            view::view(self.primary, &data)
-        } else {
-            v
+        let v = match previous {
+            Some((old, old_data)) => {
+                // Without other holders (snapshots), the old view is reused in place.
+                let old = Arc::try_unwrap(old).unwrap_or_else(|shared| View::clone(&shared));
+                view::update(self.primary, old, &old_data, &data)
+            }
+            None => view::view(self.primary, &data),
         };
         // Of the writers that could not be loaded, those the store does not hold at all (an
         // empty drive is held: it just has nothing to show yet).
@@ -404,7 +416,7 @@ impl CoDrive {
             missing,
             frontier,
         };
-        Ok((computed, absent))
+        Ok((computed, absent, data))
     }
 
     /// The cached view, if no writer it was computed from has changed and no writer it lacked
@@ -471,7 +483,7 @@ impl CoDrive {
             .map(|c| c.computed.clone());
         let c = match current {
             Some(c) => c,
-            None => self.compute_at(Some(at)).await?.0,
+            None => self.compute_at(Some(at), None).await?.0,
         };
         Ok(Snapshot {
             co: self,

@@ -208,38 +208,119 @@ fn membership_order<D: Borrow<WriterData>>(data: &BTreeMap<Key, D>) -> Vec<(Key,
     out
 }
 
+/// How much of `key`'s log counts: all of it for a writer, up to its limit for a removed one.
+fn counted(
+    key: &Key,
+    writers: &BTreeMap<Key, Option<u64>>,
+    removed: &BTreeMap<Key, u64>,
+) -> Option<u64> {
+    match (writers.get(key), removed.get(key)) {
+        (Some(_), _) => Some(u64::MAX),
+        (None, Some(l)) => Some(*l),
+        (None, None) => None,
+    }
+}
+
+/// A writer's candidate for a path: its latest version inside its limit.
+fn candidate(versions: &[PathVersion], limit: u64) -> Option<&PathVersion> {
+    versions.iter().rev().find(|v| v.seq < limit)
+}
+
+/// Resolves one path from its candidates (at least one).
+fn resolve(cands: &[&PathVersion]) -> Resolved {
+    let mut live: Vec<&PathVersion> = cands
+        .iter()
+        .copied()
+        .filter(|v| !cands.iter().any(|o| dominates(&o.clock, &v.clock)))
+        .collect();
+    // Identical vectors from different writers cannot happen honestly; keep both.
+    live.sort_by_key(|v| std::cmp::Reverse(rank(v)));
+    let winner = live[0].clone();
+    let conflicts = if live.len() > 1 {
+        live.into_iter().cloned().collect()
+    } else {
+        Vec::new()
+    };
+    Resolved { winner, conflicts }
+}
+
 /// The whole merged view.
 pub fn view<D: Borrow<WriterData>>(primary: Key, data: &BTreeMap<Key, D>) -> View {
     let (writers, removed) = writers(primary, data);
     let mut candidates: BTreeMap<&String, Vec<&PathVersion>> = BTreeMap::new();
     for (key, d) in data {
-        let limit = match (writers.get(key), removed.get(key)) {
-            (Some(_), _) => u64::MAX,
-            (None, Some(l)) => *l,
-            (None, None) => continue,
+        let Some(limit) = counted(key, &writers, &removed) else {
+            continue;
         };
         for (path, versions) in &d.borrow().versions {
-            if let Some(v) = versions.iter().rev().find(|v| v.seq < limit) {
+            if let Some(v) = candidate(versions, limit) {
                 candidates.entry(path).or_default().push(v);
             }
         }
     }
-    let mut paths = BTreeMap::new();
-    for (path, cands) in candidates {
-        let mut live: Vec<&PathVersion> = cands
+    let paths = candidates
+        .into_iter()
+        .map(|(path, cands)| (path.clone(), resolve(&cands)))
+        .collect();
+    View {
+        writers,
+        removed,
+        paths,
+    }
+}
+
+/// The view of `data`, given `old`, the view of `old_data`: equal to [`view`]`(primary, data)`,
+/// but when the writer set and limits are unchanged only the paths of writers whose data
+/// changed are resolved again. A writer's data counts as unchanged when both maps share it
+/// (the same allocation, e.g. one `Arc`), or when it compares equal path by path.
+pub fn update<D: Borrow<WriterData>>(
+    primary: Key,
+    old: View,
+    old_data: &BTreeMap<Key, D>,
+    data: &BTreeMap<Key, D>,
+) -> View {
+    let (writers, removed) = writers(primary, data);
+    if writers != old.writers || removed != old.removed {
+        return view(primary, data);
+    }
+    let empty = WriterData::default();
+    let of = |m: &BTreeMap<Key, D>, k: &Key| -> *const WriterData {
+        m.get(k)
+            .map_or(&empty as *const _, |d| d.borrow() as *const _)
+    };
+    let mut touched: BTreeSet<&String> = BTreeSet::new();
+    let keys: BTreeSet<&Key> = old_data.keys().chain(data.keys()).collect();
+    for k in keys {
+        if counted(k, &writers, &removed).is_none() || std::ptr::eq(of(old_data, k), of(data, k)) {
+            continue;
+        }
+        let before = old_data.get(k).map_or(&empty, |d| d.borrow());
+        let after = data.get(k).map_or(&empty, |d| d.borrow());
+        for (p, vs) in &before.versions {
+            if after.versions.get(p) != Some(vs) {
+                touched.insert(p);
+            }
+        }
+        for (p, vs) in &after.versions {
+            if before.versions.get(p) != Some(vs) {
+                touched.insert(p);
+            }
+        }
+    }
+    let mut paths = old.paths;
+    for p in touched {
+        let cands: Vec<&PathVersion> = data
             .iter()
-            .copied()
-            .filter(|v| !cands.iter().any(|o| dominates(&o.clock, &v.clock)))
+            .filter_map(|(k, d)| {
+                let limit = counted(k, &writers, &removed)?;
+                candidate(d.borrow().versions.get(p)?, limit)
+            })
             .collect();
-        // Identical vectors from different writers cannot happen honestly; keep both.
-        live.sort_by_key(|v| std::cmp::Reverse(rank(v)));
-        let winner = live[0].clone();
-        let conflicts = if live.len() > 1 {
-            live.into_iter().cloned().collect()
+        if cands.is_empty() {
+            paths.remove(p);
         } else {
-            Vec::new()
-        };
-        paths.insert(path.clone(), Resolved { winner, conflicts });
+            paths.insert(p.clone(), resolve(&cands));
+        }
     }
     View {
         writers,
