@@ -83,6 +83,9 @@ struct Loads {
     by_length: BTreeMap<(Key, u64), (Arc<WriterData>, u64)>,
 }
 
+/// Every writer's data, as merged into a view.
+type Merged = BTreeMap<Key, Arc<WriterData>>;
+
 /// Loaded lengths kept per writer.
 const LOADS_PER_WRITER: usize = 2;
 
@@ -94,7 +97,7 @@ struct Cached {
     computed: Computed,
     unheld: BTreeSet<Key>,
     /// The writers' data the view was merged from (to merge only what changed next time).
-    data: BTreeMap<Key, Arc<WriterData>>,
+    data: Merged,
 }
 
 /// A merged view and what it was computed from.
@@ -331,8 +334,8 @@ impl CoDrive {
     async fn compute_at(
         &self,
         at: Option<&Frontier>,
-        previous: Option<(Arc<View>, BTreeMap<Key, Arc<WriterData>>)>,
-    ) -> Result<(Computed, BTreeSet<Key>, BTreeMap<Key, Arc<WriterData>>), CoDriveError> {
+        previous: Option<(Arc<View>, Merged)>,
+    ) -> Result<(Computed, BTreeSet<Key>, Merged), CoDriveError> {
         let mut frontier = Frontier::default();
         let mut drives: BTreeMap<Key, Drive> = BTreeMap::new();
         let mut data: BTreeMap<Key, Arc<WriterData>> = BTreeMap::new();
