@@ -33,6 +33,24 @@ pub enum BlobError {
     Unavailable(u64),
 }
 
+/// The blocks of `ids`, in core order with overlaps merged: one pass over the core, each block
+/// once.
+pub fn block_ranges<'a>(ids: impl IntoIterator<Item = &'a BlobId>) -> Vec<std::ops::Range<u64>> {
+    let mut ranges: Vec<std::ops::Range<u64>> = ids
+        .into_iter()
+        .map(|id| id.block_offset..id.block_offset.saturating_add(id.block_length))
+        .collect();
+    ranges.sort_by_key(|r| r.start);
+    let mut merged: Vec<std::ops::Range<u64>> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    merged
+}
+
 fn core_err(e: CoreError) -> BlobError {
     match e {
         CoreError::NotWritable => BlobError::NotWritable,
@@ -86,20 +104,20 @@ impl Blobs {
         &self,
         ids: impl IntoIterator<Item = &'a BlobId>,
     ) -> Result<u64, BlobError> {
-        let mut ranges: Vec<std::ops::Range<u64>> = ids
-            .into_iter()
-            .map(|id| id.block_offset..id.block_offset.saturating_add(id.block_length))
-            .collect();
-        // In core order, overlaps merged: one pass over the core, each block asked for once.
-        ranges.sort_by_key(|r| r.start);
-        let mut merged: Vec<std::ops::Range<u64>> = Vec::with_capacity(ranges.len());
-        for r in ranges {
-            match merged.last_mut() {
-                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-                _ => merged.push(r),
-            }
-        }
-        self.core.download(merged).await.map_err(core_err)
+        self.download_with(&block_ranges(ids), &mut |_| {}).await
+    }
+
+    /// [`download`](Self::download) of `ranges` from [`block_ranges`], calling `arrived(n)` as
+    /// blocks arrive.
+    pub async fn download_with(
+        &self,
+        ranges: &[std::ops::Range<u64>],
+        arrived: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<u64, BlobError> {
+        self.core
+            .download_with(ranges.iter().cloned(), arrived)
+            .await
+            .map_err(core_err)
     }
 
     /// Reads a whole blob.

@@ -75,13 +75,24 @@ async fn a_folder_a_file_then_everything() {
         assert!(!local(&d, p).await, "{p} came without asking");
     }
 
-    let got = d.download("/a").await.unwrap();
+    let mut seen = Vec::new();
+    let got = d
+        .download_with("/a", &mut |done, total| seen.push((done, total)))
+        .await
+        .unwrap();
     assert_eq!(
         got,
         Downloaded {
             files: 2,
             blocks: 6
         }
+    );
+    // Progress: from nothing to everything, never backwards, always of the same total.
+    assert_eq!(seen.first(), Some(&(0, 6)));
+    assert_eq!(seen.last(), Some(&(6, 6)));
+    assert!(
+        seen.windows(2).all(|w| w[0].0 <= w[1].0 && w[1].1 == 6),
+        "{seen:?}"
     );
     assert!(local(&d, "/a/one.bin").await && local(&d, "/a/sub/two.bin").await);
     assert!(!local(&d, "/b/three.bin").await, "outside the folder");
@@ -203,7 +214,12 @@ async fn a_codrive_with_concurrent_versions() {
     let snap = c.snapshot().await.unwrap();
     let e = snap.stat("/c.bin").unwrap().unwrap();
     assert_eq!(e.conflicts.len(), 2, "the writes are concurrent");
-    let got = c.download("/").await.unwrap();
+    let mut last = (0, 0);
+    let got = c
+        .download_with("/", &mut |done, total| last = (done, total))
+        .await
+        .unwrap();
+    assert_eq!(last, (5, 5), "progress over both writers' blobs");
     assert_eq!(got.files, 2);
     assert_eq!(got.blocks, 2 + 2 + 1);
     for v in &e.conflicts {

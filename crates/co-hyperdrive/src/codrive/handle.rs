@@ -627,6 +627,15 @@ impl CoDrive {
     pub async fn download(&self, path: &str) -> Result<Downloaded, CoDriveError> {
         self.snapshot().await?.download(path).await
     }
+
+    /// [`download`](Self::download) with `progress(done, total)` in blocks, as they arrive.
+    pub async fn download_with(
+        &self,
+        path: &str,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<Downloaded, CoDriveError> {
+        self.snapshot().await?.download_with(path, progress).await
+    }
 }
 
 /// A visible file (or symlink) of the merged view: the winning version of its path.
@@ -797,6 +806,16 @@ impl<'a> Snapshot<'a> {
     /// [`BlobError::Unavailable`] (inside [`DriveError::Blob`]) when no connected peer
     /// delivers a block.
     pub async fn download(&self, path: &str) -> Result<Downloaded, CoDriveError> {
+        self.download_with(path, &mut |_, _| {}).await
+    }
+
+    /// [`download`](Self::download), calling `progress(done, total)` in blocks as they arrive
+    /// (`total`: the blocks that were missing, over every writer's blobs).
+    pub async fn download_with(
+        &self,
+        path: &str,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<Downloaded, CoDriveError> {
         let mut versions: Vec<(Key, cohd_format::BlobId)> = Vec::new();
         let mut files = 0;
         let mut add = |e: CoEntry| {
@@ -818,14 +837,30 @@ impl<'a> Snapshot<'a> {
         for (w, b) in versions {
             by_writer.entry(w).or_default().push(b);
         }
-        let mut blocks = 0;
+        let mut plan = Vec::with_capacity(by_writer.len());
+        let mut total = 0;
         for (w, ids) in by_writer {
             let d = self
                 .co
                 .drive(w)
                 .await?
                 .ok_or(DriveError::Store(StoreError::UnknownCore(w)))?;
-            blocks += d.blobs().download(&ids).await.map_err(DriveError::from)?;
+            let ranges = crate::blobs::block_ranges(&ids);
+            total += d.blobs().core().missing_blocks(&ranges);
+            plan.push((d, ranges));
+        }
+        let mut done = 0;
+        progress(done, total);
+        let mut blocks = 0;
+        for (d, ranges) in plan {
+            blocks += d
+                .blobs()
+                .download_with(&ranges, &mut |n| {
+                    done += n;
+                    progress(done, total);
+                })
+                .await
+                .map_err(DriveError::from)?;
         }
         Ok(Downloaded { files, blocks })
     }

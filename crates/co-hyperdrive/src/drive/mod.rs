@@ -375,6 +375,16 @@ impl Drive {
     /// Needs a replication session with the core attached; fails with
     /// [`BlobError::Unavailable`] when no connected peer delivers a block.
     pub async fn download(&self, path: &str) -> Result<Downloaded, DriveError> {
+        self.download_with(path, &mut |_, _| {}).await
+    }
+
+    /// [`download`](Self::download), calling `progress(done, total)` in blocks as they arrive
+    /// (`total`: the blocks that were missing).
+    pub async fn download_with(
+        &self,
+        path: &str,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<Downloaded, DriveError> {
         let mut entries = self.list(path).await?;
         match path::normalize(path) {
             Ok(p) => entries.extend(self.entry(&p).await?),
@@ -382,7 +392,17 @@ impl Drive {
             Err(e) => return Err(e.into()),
         }
         let blobs: Vec<BlobId> = entries.into_iter().filter_map(|e| e.entry.blob).collect();
-        let blocks = self.blobs.download(&blobs).await?;
+        let ranges = crate::blobs::block_ranges(&blobs);
+        let total = self.blobs.core().missing_blocks(&ranges);
+        let mut done = 0;
+        progress(done, total);
+        let blocks = self
+            .blobs
+            .download_with(&ranges, &mut |n| {
+                done += n;
+                progress(done, total);
+            })
+            .await?;
         Ok(Downloaded {
             files: blobs.len(),
             blocks,

@@ -261,6 +261,26 @@ impl Core {
         &self,
         ranges: impl IntoIterator<Item = Range<u64>>,
     ) -> Result<u64, CoreError> {
+        self.download_with(ranges, &mut |_| {}).await
+    }
+
+    /// How many blocks of `ranges` (cut at the core's length) are not stored locally.
+    pub fn missing_blocks(&self, ranges: &[Range<u64>]) -> u64 {
+        let length = self.hc.info().length;
+        ranges
+            .iter()
+            .flat_map(|r| r.start..r.end.min(length))
+            .filter(|&i| !self.has(i))
+            .count() as u64
+    }
+
+    /// [`download`](Self::download), calling `arrived(n)` as blocks arrive (`n` new ones each
+    /// time; they add up to the result).
+    pub async fn download_with(
+        &self,
+        ranges: impl IntoIterator<Item = Range<u64>>,
+        arrived: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<u64, CoreError> {
         let length = self.hc.info().length;
         let mut missing = ranges
             .into_iter()
@@ -273,13 +293,17 @@ impl Core {
             if group.is_empty() {
                 return Ok(fetched);
             }
-            self.download_group(&group).await?;
+            self.download_group(&group, arrived).await?;
             fetched += group.len() as u64;
         }
     }
 
     /// Fetches `group` (ascending block indices) and waits for all of it.
-    async fn download_group(&self, group: &[u64]) -> Result<(), CoreError> {
+    async fn download_group(
+        &self,
+        group: &[u64],
+        arrived: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<(), CoreError> {
         if self.live.wants.receiver_count() == 0 {
             return Err(CoreError::Unavailable { index: group[0] });
         }
@@ -292,13 +316,15 @@ impl Core {
             // or grew since.
             match tokio::time::timeout(REANNOUNCE, changed.changed()).await {
                 Ok(Ok(())) => {
+                    // Counted in order: a block that arrives early is counted once the ones
+                    // before it are here.
                     let here = pending.iter().take_while(|&&i| self.has(i)).count();
                     if here > 0 {
                         pending = &pending[here..];
                         progress = tokio::time::Instant::now();
+                        arrived(here as u64);
                     }
-                    // Blocks may arrive out of order: check the rest once the first is here.
-                    if pending.iter().all(|&i| self.has(i)) {
+                    if pending.is_empty() {
                         return Ok(());
                     }
                 }

@@ -158,7 +158,15 @@ async fn dispatch(command: &Command, co: &CoDrive, io: &mut Io) -> Result<()> {
         }
         Command::Download { path } => {
             let path = path.as_deref().unwrap_or("/");
-            let d = co.download(path).await?;
+            let bar = crate::output::progress_blocks("download");
+            let d = co
+                .download_with(path, &mut |done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                })
+                .await;
+            bar.finish_and_clear();
+            let d = d?;
             writeln!(
                 out,
                 "{path}: {} files local, {} blocks downloaded",
