@@ -147,7 +147,11 @@ impl Blobs {
             if pos >= end {
                 break;
             }
-            let seq = id.block_offset + i;
+            // A blob id from another writer may point past any core: refuse, do not overflow.
+            let seq = id
+                .block_offset
+                .checked_add(i)
+                .ok_or(BlobError::Mismatch(id.block_offset))?;
             // Blocks are 64 KiB except the last, so skip whole blocks before `start` unread.
             if i + 1 < id.block_length && pos + BLOCK_SIZE as u64 <= start {
                 pos += BLOCK_SIZE as u64;

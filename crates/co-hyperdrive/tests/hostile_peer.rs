@@ -1259,6 +1259,107 @@ async fn flood_from_a_peer_that_does_not_read() {
     assert_no_panics();
 }
 
+/// A replicator with one core of eight 60 KiB blocks, listening, and a 20 s idle timeout.
+async fn big_server() -> (Store, Core, Replicator, SocketAddr) {
+    let store = Store::memory();
+    let real = store.open_named("big").await.unwrap();
+    for i in 0..8u8 {
+        real.append(&vec![i; 60 * 1024]).await.unwrap();
+    }
+    let r = replicator(false);
+    r.add_core(real.clone());
+    let (addr, _) = r.listen(LOCAL).await.unwrap();
+    (store, real, r, addr)
+}
+
+/// Sends paced requests for big blocks, not reading, until the replicator waits for the socket.
+async fn congest(r: &Replicator, ch: &Channel, next_id: &mut u64) {
+    let start = std::time::Instant::now();
+    while r.backlog_bytes() < (4 << 20) {
+        assert!(
+            start.elapsed() < WAIT,
+            "the replicator never waited for the socket"
+        );
+        let batch: Vec<Message> = (0..100)
+            .map(|_| {
+                *next_id += 1;
+                Message::Request(block_request(*next_id, *next_id % 8, 0))
+            })
+            .collect();
+        timeout(WAIT, ch.send_batch(&batch)).await.unwrap().unwrap();
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A peer that stops reading and then floods requests: the requests pile up while the session
+/// waits for the socket, and the flood limit still ends the connection, long before the idle
+/// timeout would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood_while_congested_is_still_a_flood() {
+    watch_process();
+    let (_s, _core, r, addr) = big_server().await;
+    let mut t = tapped_client(addr).await;
+    let ch = t.evil.channel(_core.key()).await;
+    connections(&r, 1).await;
+    t.stall.send_replace(true);
+    let mut id = 0;
+    congest(&r, &ch, &mut id).await;
+    let start = std::time::Instant::now();
+    let flood = async {
+        while *r.connections().borrow() != 0 {
+            let batch: Vec<Message> = (0..500)
+                .map(|_| {
+                    id += 1;
+                    Message::Request(block_request(id, id % 8, 0))
+                })
+                .collect();
+            if timeout(Duration::from_secs(1), ch.send_batch(&batch))
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            sleep(Duration::from_millis(5)).await;
+        }
+    };
+    timeout(Duration::from_secs(15), flood)
+        .await
+        .expect("a flood while congested was not stopped");
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "ended by the flood limit, not the idle timeout"
+    );
+    assert_eq!(r.backlog_bytes(), 0);
+    assert_no_panics();
+}
+
+/// The remote closes its channel while the session waits for the socket, then reads again:
+/// the answers never sent leave nothing counted behind, and the connection stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_channel_while_congested_leaves_no_backlog() {
+    watch_process();
+    let (_s, core, r, addr) = big_server().await;
+    let mut t = tapped_client(addr).await;
+    let ch = t.evil.channel(core.key()).await;
+    connections(&r, 1).await;
+    t.stall.send_replace(true);
+    let mut id = 0;
+    congest(&r, &ch, &mut id).await;
+    let _ = ch.close().await;
+    sleep(Duration::from_millis(200)).await;
+    t.stall.send_replace(false);
+    let drained = async {
+        while r.backlog_bytes() != 0 {
+            sleep(Duration::from_millis(20)).await;
+        }
+    };
+    timeout(WAIT, drained)
+        .await
+        .unwrap_or_else(|_| panic!("{} bytes stay counted", r.backlog_bytes()));
+    assert_eq!(*r.connections().borrow(), 1, "the connection goes on");
+    assert_no_panics();
+}
+
 // ---- 6. garbage after the handshake, on an open channel ----
 
 /// What to send: plaintext frames (encrypted as usual), or raw bytes on the socket.

@@ -266,6 +266,27 @@ impl Peer {
         self.requests(local)
     }
 
+    /// Forgets wanted blocks that are stored now (another connection delivered them), from
+    /// the lowest up, until twice a pipeline's worth of still-missing ones is seen: those are
+    /// the next to be requested, and the walk stays short however much is wanted.
+    pub(crate) fn forget_held(&mut self, held: impl Fn(u64) -> bool) {
+        let mut missing = 0;
+        let mut gone = Vec::new();
+        for &i in &self.wanted {
+            if missing >= PIPELINE * 2 {
+                break;
+            }
+            if !self.requested.contains(&i) && held(i) {
+                gone.push(i);
+            } else {
+                missing += 1;
+            }
+        }
+        for i in gone {
+            self.wanted.remove(&i);
+        }
+    }
+
     /// How many blocks from the start the remote announced it holds.
     pub(crate) fn remote_contiguous(&self) -> u64 {
         self.has_contiguous
@@ -650,5 +671,35 @@ mod tests {
             assert!(again.is_empty(), "block {index} requested again: {again:?}");
         }
         assert!(p.caught_up(&local));
+    }
+
+    #[test]
+    fn blocks_another_connection_delivered_are_not_requested() {
+        let local = Local {
+            length: 1000,
+            contiguous: 0,
+            fork: 0,
+            writable: false,
+        };
+        let mut p = Peer::new(false);
+        p.on_open(&local);
+        // The remote has not announced its blocks yet: wants wait.
+        p.want(0..1000, &local);
+        // Another connection delivered the even blocks below 500.
+        p.forget_held(|i| i < 500 && i % 2 == 0);
+        p.on_message(sync(1000, 1000), &local).unwrap();
+        let a = p
+            .on_message(
+                Message::Range(Range {
+                    drop: false,
+                    start: 0,
+                    length: 1000,
+                }),
+                &local,
+            )
+            .unwrap();
+        let asked: Vec<u64> = requested_blocks(&a).into_iter().map(|r| r.1).collect();
+        assert_eq!(asked.len(), PIPELINE);
+        assert!(asked.iter().all(|i| i % 2 == 1), "{asked:?}");
     }
 }

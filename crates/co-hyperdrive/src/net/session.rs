@@ -92,6 +92,9 @@ struct ConnCtx {
     backlog: Backlog,
 }
 
+/// How often a channel waiting for a congested socket checks its queue for a flood.
+const FLOOD_CHECK: Duration = Duration::from_millis(50);
+
 /// The channel closed while we were sending.
 #[derive(Debug)]
 struct Closed;
@@ -149,16 +152,17 @@ impl Drop for Live {
         self.inner
             .connections
             .send_modify(|n| *n = n.saturating_sub(1));
-        self.inner
-            .backlogs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        self.inner
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(c, _), _| *c != id);
+        {
+            // Both under the status lock: `set_status` checks liveness under it too, so a
+            // channel task still running cannot put this connection's status back.
+            let mut status = self.inner.status.lock().unwrap_or_else(|e| e.into_inner());
+            self.inner
+                .backlogs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            status.retain(|(c, _), _| *c != id);
+        }
         self.inner.status_changed.send_modify(|n| *n += 1);
     }
 }
@@ -507,7 +511,13 @@ impl Replicator {
 
     fn set_status(&self, conn: u64, dk: [u8; 32], status: ChannelStatus) {
         let mut s = self.inner.status.lock().unwrap_or_else(|e| e.into_inner());
-        if s.insert((conn, dk), status) != Some(status) {
+        let live = self
+            .inner
+            .backlogs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&conn);
+        if live && s.insert((conn, dk), status) != Some(status) {
             drop(s);
             self.inner.status_changed.send_modify(|n| *n += 1);
         }
@@ -561,10 +571,15 @@ impl Replicator {
                 }
                 r = length.changed() => {
                     if r.is_err() { return Ok(()) }
+                    // Blocks another connection delivered are no longer wanted here.
+                    peer.forget_held(|i| core.has(i));
                     peer.on_local_change(&local(&core))
                 }
                 w = wants.recv() => match w {
-                    Ok(r) => peer.want(r.filter(|&i| !core.has(i)), &local(&core)),
+                    Ok(rs) => {
+                        let blocks = rs.iter().flat_map(|r| r.clone()).filter(|&i| !core.has(i));
+                        peer.want(blocks, &local(&core))
+                    }
                     Err(broadcast::error::RecvError::Lagged(_)) => Vec::new(),
                     Err(_) => return Ok(()),
                 },
@@ -578,7 +593,7 @@ impl Replicator {
             if ch.closed() {
                 return Ok(());
             }
-            match self.execute(conn, &ch, &core, &mut peer, actions).await {
+            match self.execute(conn, &ch, rx, &core, &mut peer, actions).await {
                 Err(Closed) => return Ok(()),
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok(())) => {}
@@ -609,6 +624,7 @@ impl Replicator {
         &self,
         conn: &ConnCtx,
         ch: &Channel,
+        rx: &ChannelReceiver<Message>,
         core: &Core,
         peer: &mut Peer,
         actions: Vec<Action>,
@@ -630,9 +646,20 @@ impl Replicator {
                     ch.send_batch(&msgs).await.map_err(|_| Closed)?;
                 }
                 Action::Serve(req) => {
-                    // A peer that does not read gets no more answers (its requests wait in
-                    // the channel, where a flood of them ends the connection).
-                    conn.backlog.ready().await;
+                    // A peer that does not read gets no more answers. Its requests wait in the
+                    // channel meanwhile, and a flood of them still ends the connection.
+                    let mut check = tokio::time::interval(FLOOD_CHECK);
+                    loop {
+                        if rx.len() > MAX_QUEUED {
+                            return Ok(Err(fail(format!(
+                                "flooded us with over {MAX_QUEUED} queued messages"
+                            ))));
+                        }
+                        tokio::select! {
+                            () = conn.backlog.ready() => break,
+                            _ = check.tick() => {}
+                        }
+                    }
                     let id = req.id;
                     let reply = match data_for(core, &req).await {
                         Ok(Some(d)) => Message::Data(d),
@@ -642,10 +669,16 @@ impl Replicator {
                             Message::NoData(NoData { request: id })
                         }
                     };
-                    if matches!(reply, Message::Data(_)) {
-                        conn.backlog.data_queued(reply.encoded_size().unwrap_or(0));
+                    let data = match reply {
+                        Message::Data(_) => reply.encoded_size().unwrap_or(0),
+                        _ => 0,
+                    };
+                    conn.backlog.data_queued(data);
+                    if ch.send(reply).await.is_err() {
+                        // Never handed to the protocol: it will never pass the connection.
+                        conn.backlog.data_passed(data);
+                        return Err(Closed);
                     }
-                    ch.send(reply).await.map_err(|_| Closed)?;
                 }
                 Action::Apply(data) => {
                     match core.apply_proof(data.into_proof()).await {

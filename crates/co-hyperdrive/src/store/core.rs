@@ -94,7 +94,7 @@ pub struct Core {
 #[derive(Debug)]
 struct Live {
     length: watch::Sender<u64>,
-    wants: broadcast::Sender<Range<u64>>,
+    wants: broadcast::Sender<Wanted>,
     writes: Mutex<Writes>,
     /// Blocks held beyond what hypercore's in-memory bitfield may know after a reopen: start ->
     /// end of disjoint, non-adjacent ranges.
@@ -116,6 +116,10 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Blocks a download asks for at once (peers pipeline their requests within it).
 const DOWNLOAD_WINDOW: usize = 1024;
+
+/// Blocks a read or a download waits for, as ranges (one message per request, so that a
+/// download of many runs cannot overflow the channel).
+pub type Wanted = Arc<[Range<u64>]>;
 
 /// How often a download that is not done repeats what it wants.
 const REANNOUNCE: Duration = Duration::from_secs(1);
@@ -161,7 +165,7 @@ impl Core {
             .present_dirty
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut start = index;
-        let mut end = index + 1;
+        let mut end = index.saturating_add(1);
         if let Some((&s, &e)) = p.range(..=index).next_back() {
             if index < e {
                 return;
@@ -195,18 +199,18 @@ impl Core {
         }
     }
 
-    /// Writes the record of sparse blocks (those beyond the contiguous prefix) to the core's
-    /// `present` file. Call only once the core's data and tree files are durable.
-    pub(crate) fn persist_present(&self) -> std::io::Result<()> {
-        let Some(files) = &self.files else {
-            return Ok(());
-        };
+    /// The record of sparse blocks (those beyond the contiguous prefix) to write, if it changed
+    /// since it was last taken. Take it *before* making the core's files durable, and write it
+    /// with [`write_present`](Self::write_present) after: a block recorded meanwhile waits for
+    /// the next flush, so the file never names a block that is not durable.
+    pub(crate) fn present_to_write(&self) -> Option<Vec<Range<u64>>> {
+        let files = self.files.as_ref()?;
         if !self
             .live
             .present_dirty
             .swap(false, std::sync::atomic::Ordering::Relaxed)
         {
-            return Ok(());
+            return None;
         }
         let contiguous = self.hc.info().contiguous_length;
         let ranges: Vec<Range<u64>> = {
@@ -214,16 +218,34 @@ impl Core {
             p.retain(|_, e| *e > contiguous);
             p.iter().map(|(&s, &e)| s.max(contiguous)..e).collect()
         };
-        if ranges.is_empty() && !files.present.exists() {
+        (!ranges.is_empty() || files.present.exists()).then_some(ranges)
+    }
+
+    /// What [`present_to_write`](Self::present_to_write) gave could not be written: take it
+    /// again next time.
+    pub(crate) fn present_unwritten(&self) {
+        self.live
+            .present_dirty
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Writes `ranges` (from [`present_to_write`](Self::present_to_write)) to the `present`
+    /// file, atomically.
+    pub(crate) fn write_present(&self, ranges: &[Range<u64>]) -> std::io::Result<()> {
+        let Some(files) = &self.files else {
             return Ok(());
-        }
+        };
         let tmp = files.present.with_extension("tmp");
         let written = (|| {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&cohd_format::present::encode(&ranges))?;
+            f.write_all(&cohd_format::present::encode(ranges))?;
             f.sync_all()?;
-            std::fs::rename(&tmp, &files.present)
+            std::fs::rename(&tmp, &files.present)?;
+            if let Some(dir) = files.present.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
         })();
         if written.is_err() {
             self.live
@@ -244,7 +266,7 @@ impl Core {
 
     /// Blocks reads and downloads are waiting for; replication sessions subscribe and fetch
     /// them.
-    pub fn wants(&self) -> broadcast::Receiver<Range<u64>> {
+    pub fn wants(&self) -> broadcast::Receiver<Wanted> {
         self.live.wants.subscribe()
     }
 
@@ -282,6 +304,8 @@ impl Core {
         arrived: &mut (dyn FnMut(u64) + Send),
     ) -> Result<u64, CoreError> {
         let length = self.hc.info().length;
+        // Watching before looking: a block that arrives between the two still wakes us.
+        let mut changed = self.subscribe();
         let mut missing = ranges
             .into_iter()
             .flat_map(|r| r.start..r.end.min(length))
@@ -293,7 +317,7 @@ impl Core {
             if group.is_empty() {
                 return Ok(fetched);
             }
-            self.download_group(&group, arrived).await?;
+            self.download_group(&group, &mut changed, arrived).await?;
             fetched += group.len() as u64;
         }
     }
@@ -302,32 +326,31 @@ impl Core {
     async fn download_group(
         &self,
         group: &[u64],
+        changed: &mut watch::Receiver<u64>,
         arrived: &mut (dyn FnMut(u64) + Send),
     ) -> Result<(), CoreError> {
         if self.live.wants.receiver_count() == 0 {
             return Err(CoreError::Unavailable { index: group[0] });
         }
-        let mut changed = self.subscribe();
         let mut pending = group;
         self.announce(pending);
         let mut progress = tokio::time::Instant::now();
         loop {
+            // Counted in order: a block that arrives early is counted once the ones before it
+            // are here.
+            let here = pending.iter().take_while(|&&i| self.has(i)).count();
+            if here > 0 {
+                pending = &pending[here..];
+                arrived(here as u64);
+            }
+            if pending.is_empty() {
+                return Ok(());
+            }
             // Sessions remember what is wanted; ask again now and then for peers that connected
-            // or grew since.
+            // or grew since. Any block arriving in this core counts as progress (ours may come
+            // in any order).
             match tokio::time::timeout(REANNOUNCE, changed.changed()).await {
-                Ok(Ok(())) => {
-                    // Counted in order: a block that arrives early is counted once the ones
-                    // before it are here.
-                    let here = pending.iter().take_while(|&&i| self.has(i)).count();
-                    if here > 0 {
-                        pending = &pending[here..];
-                        progress = tokio::time::Instant::now();
-                        arrived(here as u64);
-                    }
-                    if pending.is_empty() {
-                        return Ok(());
-                    }
-                }
+                Ok(Ok(())) => progress = tokio::time::Instant::now(),
                 Ok(Err(_)) => return Err(CoreError::Unavailable { index: pending[0] }),
                 Err(_) => self.announce(pending),
             }
@@ -339,17 +362,14 @@ impl Core {
 
     /// Tells replication sessions about `blocks` (ascending), as runs of consecutive indices.
     fn announce(&self, blocks: &[u64]) {
-        let mut i = 0;
-        while i < blocks.len() {
-            let start = blocks[i];
-            let mut end = start + 1;
-            i += 1;
-            while i < blocks.len() && blocks[i] == end {
-                end += 1;
-                i += 1;
+        let mut runs: Vec<Range<u64>> = Vec::new();
+        for &b in blocks {
+            match runs.last_mut() {
+                Some(r) if r.end == b => r.end = b.saturating_add(1),
+                _ => runs.push(b..b.saturating_add(1)),
             }
-            let _ = self.live.wants.send(start..end);
         }
+        let _ = self.live.wants.send(runs.into());
     }
 
     /// Verifies a proof from a peer and applies it; `false` if it does not fit (another fork).
@@ -435,17 +455,21 @@ impl Core {
             return Ok(None);
         }
         let mut changed = self.subscribe();
-        let _ = self.live.wants.send(index..index + 1);
+        // (A block past our length is waited for too: the core's length may still be catching
+        // up with a peer's.)
+        let want: Wanted = std::iter::once(index..index.saturating_add(1)).collect();
+        let _ = self.live.wants.send(want.clone());
         let wait = async {
             loop {
-                if changed.changed().await.is_err() {
-                    return Ok(None);
-                }
+                // (Checked after subscribing: a block that arrived meanwhile is seen here.)
                 if let Some(b) = self.get_local(index).await? {
                     return Ok(Some(b));
                 }
+                if changed.changed().await.is_err() {
+                    return Ok(None);
+                }
                 // Re-announce: a session attached since (or a peer that just grew) may have it.
-                let _ = self.live.wants.send(index..index + 1);
+                let _ = self.live.wants.send(want.clone());
             }
         };
         match tokio::time::timeout(FETCH_TIMEOUT, wait).await {

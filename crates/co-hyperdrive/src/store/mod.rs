@@ -378,6 +378,12 @@ impl Store {
 
     /// Makes everything written so far durable (fsync of every dirty core file).
     pub fn flush(&self) -> Result<(), StoreError> {
+        // Which sparse blocks are recorded, taken before the sync that makes them durable.
+        let present: Vec<(Core, Vec<std::ops::Range<u64>>)> = self
+            .open_cores()
+            .into_iter()
+            .filter_map(|c| c.present_to_write().map(|r| (c, r)))
+            .collect();
         let files = self
             .inner
             .files
@@ -385,11 +391,14 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         for f in files {
-            f.sync().map_err(io("syncing core files"))?;
+            if let Err(e) = f.sync() {
+                present.iter().for_each(|(c, _)| c.present_unwritten());
+                return Err(io("syncing core files")(e));
+            }
         }
-        // Only now that the blocks are durable may their presence be recorded.
-        for c in self.open_cores() {
-            c.persist_present().map_err(io(format!(
+        // Only now that those blocks are durable may their presence be recorded.
+        for (c, ranges) in present {
+            c.write_present(&ranges).map_err(io(format!(
                 "recording the sparse blocks of core {}",
                 c.key()
             )))?;
