@@ -115,7 +115,8 @@ struct Inner {
     incoming_ext: broadcast::Sender<ExtensionMessage>,
     outgoing_ext: broadcast::Sender<Outgoing>,
     /// (connection, discovery key) -> (remote synced and caught up, remote length).
-    status: Mutex<HashMap<(u64, [u8; 32]), ChannelStatus>>,
+    /// Discovery key -> connection -> status (by core first: waits look up many cores).
+    status: Mutex<HashMap<[u8; 32], HashMap<u64, ChannelStatus>>>,
     status_changed: watch::Sender<u64>,
     next_conn: AtomicU64,
     connections: watch::Sender<usize>,
@@ -161,7 +162,10 @@ impl Drop for Live {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
-            status.retain(|(c, _), _| *c != id);
+            status.retain(|_, by_conn| {
+                by_conn.remove(&id);
+                !by_conn.is_empty()
+            });
         }
         self.inner.status_changed.send_modify(|n| *n += 1);
     }
@@ -283,22 +287,25 @@ impl Replicator {
 
     /// Channels open for `core` whose remote has announced its state, with their lengths.
     fn remote_states(&self, core: &Key) -> Vec<ChannelStatus> {
-        let dk = discovery_key(&core.0);
+        self.remote_states_dk(&discovery_key(&core.0))
+    }
+
+    fn remote_states_dk(&self, dk: &[u8; 32]) -> Vec<ChannelStatus> {
         let s = self.inner.status.lock().unwrap_or_else(|e| e.into_inner());
-        s.iter()
-            .filter(|((_, d), _)| *d == dk)
-            .map(|(_, v)| *v)
-            .collect()
+        s.get(dk)
+            .map(|by_conn| by_conn.values().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Waits until, for each core, some connected peer announced it and we have caught up with
     /// it (its length; every block with `download_all`). `false` on timeout.
     pub async fn wait_caught_up(&self, cores: &[Key], timeout: Duration) -> bool {
         let mut rx = self.inner.status_changed.subscribe();
+        // Hashed once: the check runs after every status change of every channel.
+        let dks: Vec<[u8; 32]> = cores.iter().map(|k| discovery_key(&k.0)).collect();
         let check = |me: &Self| {
-            cores
-                .iter()
-                .all(|k| me.remote_states(k).iter().any(|(ok, _, _)| *ok))
+            dks.iter()
+                .all(|dk| me.remote_states_dk(dk).iter().any(|(ok, _, _)| *ok))
         };
         let wait = async {
             loop {
@@ -323,14 +330,11 @@ impl Replicator {
     /// timeout.
     pub async fn wait_delivered(&self, cores: &[Core], timeout: Duration) -> bool {
         let mut rx = self.inner.status_changed.subscribe();
+        let dks: Vec<[u8; 32]> = cores.iter().map(|c| discovery_key(&c.key().0)).collect();
         let check = |me: &Self| {
-            cores.iter().all(|c| {
+            cores.iter().zip(&dks).all(|(c, dk)| {
                 let have = c.info().contiguous_length;
-                have == 0
-                    || me
-                        .remote_states(&c.key())
-                        .iter()
-                        .any(|(_, _, r)| *r >= have)
+                have == 0 || me.remote_states_dk(dk).iter().any(|(_, _, r)| *r >= have)
             })
         };
         let wait = async {
@@ -451,7 +455,10 @@ impl Replicator {
                             let keys: Vec<[u8; 32]> = self.inner.cores.lock().unwrap_or_else(|e| e.into_inner()).values().map(|c| c.key().0).collect();
                             for k in keys {
                                 if opened.insert(discovery_key(&k)) {
-                                    let _ = protocol.open(k).await;
+                                    // Sent from a task: the command channel is bounded (1,000)
+                                    // and only drains while this loop polls the protocol.
+                                    let open = protocol.open(k);
+                                    tasks.spawn(async move { let _ = open.await; });
                                 }
                             }
                         }
@@ -459,7 +466,10 @@ impl Replicator {
                             let key = self.inner.cores.lock().unwrap_or_else(|e| e.into_inner()).get(&dk).map(|c| c.key().0);
                             if let Some(k) = key {
                                 if opened.insert(dk) {
-                                    let _ = protocol.open(k).await;
+                                    // Sent from a task: the command channel is bounded (1,000)
+                                    // and only drains while this loop polls the protocol.
+                                    let open = protocol.open(k);
+                                    tasks.spawn(async move { let _ = open.await; });
                                 }
                             }
                         }
@@ -484,7 +494,13 @@ impl Replicator {
                         }
                         Event::Close(dk) => {
                             opened.remove(&dk);
-                            self.inner.status.lock().unwrap_or_else(|e| e.into_inner()).remove(&(id, dk));
+                            let mut s = self.inner.status.lock().unwrap_or_else(|e| e.into_inner());
+                            if let Some(by_conn) = s.get_mut(&dk) {
+                                by_conn.remove(&id);
+                                if by_conn.is_empty() {
+                                    s.remove(&dk);
+                                }
+                            }
                         }
                         _ => {}
                     }
@@ -493,12 +509,14 @@ impl Replicator {
                     // The remote does not have (or want) this core: forget our half-open channel so
                     // a later Open from the remote is answered properly.
                     opened.remove(&dk);
-                    let _ = protocol.commands().close(dk).await;
+                    let cmd = protocol.commands();
+                    tasks.spawn(async move { let _ = cmd.close(dk).await; });
                 }
                 core = added.recv(), if handshaken => {
                     if let Ok(core) = core {
                         if opened.insert(discovery_key(&core.key().0)) {
-                            let _ = protocol.open(core.key().0).await;
+                            let open = protocol.open(core.key().0);
+                            tasks.spawn(async move { let _ = open.await; });
                         }
                     }
                 }
@@ -517,7 +535,7 @@ impl Replicator {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(&conn);
-        if live && s.insert((conn, dk), status) != Some(status) {
+        if live && s.entry(dk).or_default().insert(conn, status) != Some(status) {
             drop(s);
             self.inner.status_changed.send_modify(|n| *n += 1);
         }
