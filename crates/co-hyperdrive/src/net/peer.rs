@@ -7,7 +7,9 @@
 //! Reading asks for an upgrade when the remote is longer and can prove it, then pipelines block
 //! requests: every block (`download_all`) or only blocks a local read waits for.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hypercore_protocol::schema::{Data, Range, Request, Synchronize, Want};
 use hypercore_protocol::Message;
@@ -55,6 +57,67 @@ pub enum PeerError {
     Unexpected(&'static str),
 }
 
+/// Blocks of one core past its contiguous prefix that some channel asked for (in flight, or
+/// received), with when: the core's other channels ask other peers for other blocks instead of
+/// fetching the same ones twice. Forgotten once the prefix covers them; a claim older than
+/// [`CLAIM_TTL`] can be taken over (its peer may never answer).
+#[derive(Debug, Default)]
+pub(crate) struct Claims(Mutex<ClaimSet>);
+
+#[derive(Debug, Default)]
+struct ClaimSet {
+    by_block: BTreeMap<u64, Instant>,
+    /// The highest contiguous prefix a channel reported: blocks below it are here, whatever
+    /// older view of the core another channel still scans from.
+    floor: u64,
+}
+
+/// How long a claim keeps other channels from asking for its block.
+const CLAIM_TTL: Duration = Duration::from_secs(10);
+
+impl Claims {
+    fn set(&self) -> std::sync::MutexGuard<'_, ClaimSet> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets claims below `contiguous` (those blocks are here).
+    fn forget_below(&self, contiguous: u64) {
+        let mut s = self.set();
+        if contiguous > s.floor {
+            s.floor = contiguous;
+            let rest = s.by_block.split_off(&contiguous);
+            s.by_block = rest;
+        }
+    }
+
+    /// Claims block `i`; `false` if another channel has, recently.
+    fn claim(&self, i: u64) -> bool {
+        let now = Instant::now();
+        let mut s = self.set();
+        if i < s.floor {
+            return false;
+        }
+        match s.by_block.get(&i) {
+            Some(at) if now.duration_since(*at) < CLAIM_TTL => false,
+            _ => {
+                s.by_block.insert(i, now);
+                true
+            }
+        }
+    }
+
+    fn release(&self, blocks: impl IntoIterator<Item = u64>) {
+        let mut s = self.set();
+        for i in blocks {
+            s.by_block.remove(&i);
+        }
+    }
+}
+
+/// How far past our contiguous prefix a channel that downloads everything looks for blocks no
+/// other channel has claimed.
+const CLAIM_SCAN: u64 = 4096;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Inflight {
     Upgrade,
@@ -78,6 +141,10 @@ pub(crate) struct Peer {
     requested: BTreeSet<u64>,
     /// Blocks a local read waits for that are not requested yet.
     wanted: BTreeSet<u64>,
+    /// The core's claims (shared by its channels), and the blocks this channel claimed and has
+    /// not received applied yet (released if it ends first).
+    claims: Arc<Claims>,
+    claimed: BTreeSet<u64>,
     /// Last extension name the remote sent (JS sends "" for "same as last time").
     last_ext: String,
     announced_length: u64,
@@ -90,11 +157,11 @@ pub(crate) struct Peer {
 const RANGE_EVERY: u64 = 64;
 
 impl Peer {
-    pub(crate) fn new(download_all: bool) -> Self {
-        Self {
-            download_all,
-            ..Self::default()
-        }
+    pub(crate) fn new(download_all: bool, claims: Arc<Claims>) -> Self {
+        let mut p = Self::default();
+        p.download_all = download_all;
+        p.claims = claims;
+        p
     }
 
     /// The remote's length as last announced (0 before its first Sync).
@@ -186,6 +253,9 @@ impl Peer {
                 match self.inflight.remove(&n.request) {
                     Some(Inflight::Block(i)) => {
                         self.requested.remove(&i);
+                        // Another peer may have it.
+                        self.claimed.remove(&i);
+                        self.claims.release([i]);
                         if i < self.has_contiguous {
                             self.has_contiguous = i;
                         }
@@ -219,6 +289,12 @@ impl Peer {
 
     /// After a Data was applied: re-sync if the length changed, and keep the pipeline full.
     pub(crate) fn on_applied(&mut self, local: &Local) -> Vec<Action> {
+        // Received blocks are applied now: their claims stay (they are here, nobody needs to
+        // fetch them) until the contiguous prefix covers them; this channel no longer answers
+        // for them.
+        let requested = &self.requested;
+        self.claimed.retain(|i| requested.contains(i));
+        self.claims.forget_below(local.contiguous);
         let mut out = Vec::new();
         if local.length != self.announced_length {
             self.announced_length = local.length;
@@ -330,26 +406,26 @@ impl Peer {
         }
         let available = self.has_contiguous.min(local.length);
         self.wanted.retain(|i| *i >= local.contiguous);
-        let mut candidates: Vec<u64> = self
+        let wanted: Vec<u64> = self
             .wanted
             .iter()
             .copied()
             .filter(|i| *i < available)
             .collect();
-        if self.download_all {
-            let mut i = local.contiguous;
-            while i < available && candidates.len() < PIPELINE * 2 {
-                candidates.push(i);
-                i += 1;
-            }
-        }
-        for i in candidates {
+        // Everything: from our prefix on, past blocks other channels claimed, up to a bound.
+        let scan = if self.download_all {
+            local.contiguous..available.min(local.contiguous.saturating_add(CLAIM_SCAN))
+        } else {
+            0..0
+        };
+        for i in wanted.into_iter().chain(scan) {
             if self.inflight.len() >= PIPELINE {
                 break;
             }
-            if self.requested.contains(&i) {
+            if self.requested.contains(&i) || self.claimed.contains(&i) || !self.claims.claim(i) {
                 continue;
             }
+            self.claimed.insert(i);
             let id = self.id();
             self.inflight.insert(id, Inflight::Block(i));
             self.requested.insert(i);
@@ -379,6 +455,13 @@ impl Peer {
             self.next_id = self.next_id.wrapping_add(1);
         }
         self.next_id
+    }
+}
+
+impl Drop for Peer {
+    /// A channel that ends lets go of its claims: other channels fetch those blocks.
+    fn drop(&mut self) {
+        self.claims.release(std::mem::take(&mut self.claimed));
     }
 }
 
@@ -421,7 +504,7 @@ mod tests {
             fork: 0,
             writable: true,
         };
-        let mut p = Peer::new(false);
+        let mut p = Peer::new(false, Arc::default());
         let open = p.on_open(&local);
         assert!(matches!(
             open[0],
@@ -462,7 +545,7 @@ mod tests {
             fork: 0,
             writable: false,
         };
-        let mut p = Peer::new(true);
+        let mut p = Peer::new(true, Arc::default());
         p.on_open(&local);
         let a = p.on_message(sync(100, 0), &local).unwrap();
         let reqs: Vec<_> = sent(&a)
@@ -526,7 +609,7 @@ mod tests {
             fork: 0,
             writable: false,
         };
-        let mut p = Peer::new(false);
+        let mut p = Peer::new(false, Arc::default());
         let d = Data {
             request: 77,
             fork: 0,
@@ -589,7 +672,7 @@ mod tests {
     #[test]
     fn extension_names_are_decompressed() {
         let local = Local::default();
-        let mut p = Peer::new(false);
+        let mut p = Peer::new(false, Arc::default());
         let a = p
             .on_message(
                 Message::Extension(Extension {
@@ -633,7 +716,7 @@ mod tests {
             fork: 0,
             writable: false,
         };
-        let mut p = Peer::new(false);
+        let mut p = Peer::new(false, Arc::default());
         p.on_open(&local);
         p.on_message(sync(100, 100), &local).unwrap();
         p.on_message(
@@ -681,7 +764,7 @@ mod tests {
             fork: 0,
             writable: false,
         };
-        let mut p = Peer::new(false);
+        let mut p = Peer::new(false, Arc::default());
         p.on_open(&local);
         // The remote has not announced its blocks yet: wants wait.
         p.want(0..1000, &local);
@@ -701,5 +784,61 @@ mod tests {
         let asked: Vec<u64> = requested_blocks(&a).into_iter().map(|r| r.1).collect();
         assert_eq!(asked.len(), PIPELINE);
         assert!(asked.iter().all(|i| i % 2 == 1), "{asked:?}");
+    }
+
+    #[test]
+    fn channels_of_a_core_share_their_claims() {
+        let local = Local {
+            length: 200,
+            contiguous: 0,
+            fork: 0,
+            writable: false,
+        };
+        let claims = Arc::new(Claims::default());
+        let synced = |p: &mut Peer| {
+            p.on_open(&local);
+            p.on_message(sync(200, 200), &local).unwrap();
+            let a = p
+                .on_message(
+                    Message::Range(Range {
+                        drop: false,
+                        start: 0,
+                        length: 200,
+                    }),
+                    &local,
+                )
+                .unwrap();
+            requested_blocks(&a)
+        };
+        let mut p1 = Peer::new(true, claims.clone());
+        let mut p2 = Peer::new(true, claims.clone());
+        let r1 = synced(&mut p1);
+        let r2 = synced(&mut p2);
+        let blocks = |r: &[(u64, u64)]| r.iter().map(|x| x.1).collect::<Vec<_>>();
+        assert_eq!(blocks(&r1), (0..32).collect::<Vec<_>>());
+        assert_eq!(blocks(&r2), (32..64).collect::<Vec<_>>(), "other blocks");
+        // p1's peer lacks block 5: p2 takes it over as soon as it has room.
+        let id5 = r1[5].0;
+        p1.on_message(Message::NoData(NoData { request: id5 }), &local)
+            .unwrap();
+        let d = Data {
+            request: r2[0].0,
+            fork: 0,
+            block: Some(DataBlock {
+                index: 32,
+                value: vec![1],
+                nodes: vec![],
+            }),
+            hash: None,
+            seek: None,
+            upgrade: None,
+        };
+        p2.on_message(Message::Data(d), &local).unwrap();
+        assert_eq!(blocks(&requested_blocks(&p2.on_applied(&local))), vec![5]);
+        // p1 ends: the blocks it claimed are free again; p2 asks for them as it gets room.
+        drop(p1);
+        assert!(claims.claim(0) && claims.claim(31));
+        // Block 32 arrived (held, past the prefix): still claimed, nobody fetches it again.
+        assert!(!claims.claim(32));
     }
 }

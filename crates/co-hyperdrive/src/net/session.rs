@@ -19,7 +19,7 @@ use hypercore_protocol::{discovery_key, Channel, ChannelReceiver, Event, Message
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch};
 
-use super::peer::{Action, Local, Peer, PeerError, MAX_QUEUED};
+use super::peer::{Action, Claims, Local, Peer, PeerError, MAX_QUEUED};
 use super::proof::data_for;
 use super::transport::{self, Backlog, TransportError, TransportOptions};
 use crate::store::Core;
@@ -122,6 +122,11 @@ struct Inner {
     connections: watch::Sender<usize>,
     /// What each live connection has not written to its socket yet.
     backlogs: Mutex<HashMap<u64, Backlog>>,
+    /// Per core (discovery key): blocks one of its channels asked for, so others do not.
+    claims: Mutex<HashMap<[u8; 32], Arc<Claims>>>,
+    /// Blocks sent to peers, and received from them (verified and applied).
+    sent: AtomicU64,
+    received: AtomicU64,
 }
 
 /// One live connection's place in the shared state; dropping it (the connection ended, or its
@@ -192,6 +197,9 @@ impl Replicator {
                 next_conn: AtomicU64::new(1),
                 connections,
                 backlogs: Mutex::default(),
+                claims: Mutex::default(),
+                sent: AtomicU64::new(0),
+                received: AtomicU64::new(0),
             }),
         }
     }
@@ -404,6 +412,15 @@ impl Replicator {
         self.drive(live.id, conn).await
     }
 
+    /// Blocks sent to peers and blocks received from them (verified and applied) so far, over
+    /// every connection.
+    pub fn blocks_transferred(&self) -> (u64, u64) {
+        (
+            self.inner.sent.load(Ordering::Relaxed),
+            self.inner.received.load(Ordering::Relaxed),
+        )
+    }
+
     /// Bytes queued for peers and not yet written to their sockets, over every connection.
     /// A peer that reads slowly holds at most a few MiB here; one that stops reading is
     /// disconnected after the idle timeout.
@@ -558,7 +575,15 @@ impl Replicator {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(&dk);
-        let mut peer = Peer::new(self.inner.opts.download_all || full);
+        let claims = self
+            .inner
+            .claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(dk)
+            .or_default()
+            .clone();
+        let mut peer = Peer::new(self.inner.opts.download_all || full, claims);
         let mut length = core.subscribe();
         let mut wants = core.wants();
         let mut ext = self.inner.outgoing_ext.subscribe();
@@ -680,7 +705,12 @@ impl Replicator {
                     }
                     let id = req.id;
                     let reply = match data_for(core, &req).await {
-                        Ok(Some(d)) => Message::Data(d),
+                        Ok(Some(d)) => {
+                            if d.block.is_some() {
+                                self.inner.sent.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Message::Data(d)
+                        }
                         Ok(None) => Message::NoData(NoData { request: id }),
                         Err(e) => {
                             tracing::debug!(%key, "cannot answer request {id}: {e}");
@@ -699,8 +729,13 @@ impl Replicator {
                     }
                 }
                 Action::Apply(data) => {
+                    let block = data.block.is_some();
                     match core.apply_proof(data.into_proof()).await {
-                        Ok(true) => {}
+                        Ok(true) => {
+                            if block {
+                                self.inner.received.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
                         Ok(false) => {
                             return Ok(Err(fail("sent a proof that does not fit our core".into())))
                         }
