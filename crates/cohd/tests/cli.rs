@@ -1726,3 +1726,29 @@ fn another_co_drive_through_a_running_serve_is_read_only() {
     server.kill();
     assert_eq!(ls_paths(&a, &on(&kb, &["ls", "-r"])), ["/from-b"]);
 }
+
+/// The quick start's main job: one writer's drive, then two writers over loopback (authorized,
+/// replicated, a conflict shown on both peers and resolved); temporary stores are removed.
+#[test]
+fn demo_runs_both_parts() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = ok(run_in(&tmp.path().join("unused"), &["demo"], b""));
+    let text = out.text();
+    for want in [
+        "== cat /hello.txt: Hello world",
+        "== two writers, one co-drive, over loopback TCP",
+        "bob asked alice for write access: granted",
+        "listed as a conflict on both peers",
+        "bob reads \"v3: merged by alice\", no conflict left",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    let store = text
+        .lines()
+        .find_map(|l| l.strip_prefix("== creating a store at "))
+        .expect("the demo names its store");
+    let root = Path::new(store)
+        .parent()
+        .expect("the demo's temporary folder");
+    assert!(!root.exists(), "{} was left behind", root.display());
+}
