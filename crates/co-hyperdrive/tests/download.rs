@@ -264,3 +264,40 @@ async fn sparse_downloads_survive_a_reopen() {
         content(150 * 1024, 3)
     );
 }
+
+/// A read of a core a replicator holds, made before the connection that serves it is up (a
+/// writer whose record just arrived): it waits a moment for the channel instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_waits_for_the_channel_being_opened() {
+    let src = Store::memory();
+    let core = src.open_named("c").await.unwrap();
+    for i in 0..3u8 {
+        core.append(&[i; 10]).await.unwrap();
+    }
+    let server = Replicator::new(ReplicateOptions::default());
+    server.add_core(core.clone());
+    let (addr, _) = server.listen(LOCAL).await.unwrap();
+
+    let dst = Store::memory();
+    let copy = dst.open_key(core.key(), true).await.unwrap();
+    let reader = Replicator::new(ReplicateOptions::default());
+    reader.add_core(copy.clone());
+    let read = tokio::spawn({
+        let copy = copy.clone();
+        async move { copy.get(1).await }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let _conn = reader.connect(addr).await.unwrap();
+    let got = tokio::time::timeout(WAIT, read)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, Some(vec![1; 10]));
+
+    // Held by no replicator: a missing block is missing at once.
+    let alone = Store::memory().open_key(core.key(), true).await.unwrap();
+    let t = std::time::Instant::now();
+    assert_eq!(alone.get(0).await.unwrap(), None);
+    assert!(t.elapsed() < Duration::from_millis(100));
+}

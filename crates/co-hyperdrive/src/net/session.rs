@@ -129,6 +129,19 @@ struct Inner {
     received: AtomicU64,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for core in self
+            .cores
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            core.detach();
+        }
+    }
+}
+
 /// One live connection's place in the shared state; dropping it (the connection ended, or its
 /// task was aborted) takes the connection out.
 struct Live {
@@ -215,6 +228,7 @@ impl Replicator {
             .insert(dk, core.clone())
             .is_none();
         if fresh {
+            core.attach();
             let _ = self.inner.added.send(core);
         }
     }

@@ -101,6 +101,8 @@ struct Live {
     present: std::sync::Mutex<BTreeMap<u64, u64>>,
     /// Whether `present` changed since it was last written.
     present_dirty: std::sync::atomic::AtomicBool,
+    /// Replicators holding this core: its channels may be opening on their connections.
+    attached: std::sync::atomic::AtomicUsize,
 }
 
 /// Writes since open, and the last applied proof (to pad the count on close).
@@ -120,6 +122,10 @@ const DOWNLOAD_WINDOW: usize = 1024;
 /// Blocks a read or a download waits for, as ranges (one message per request, so that a
 /// download of many runs cannot overflow the channel).
 pub type Wanted = Arc<[Range<u64>]>;
+
+/// How long a read or download waits for a replicator that holds the core to open its channel
+/// (the core was just added, e.g. a writer whose record just arrived).
+const ATTACH_GRACE: Duration = Duration::from_millis(500);
 
 /// How often a download that is not done repeats what it wants.
 const REANNOUNCE: Duration = Duration::from_secs(1);
@@ -142,6 +148,7 @@ impl Core {
             writes: Mutex::default(),
             present: std::sync::Mutex::new(present),
             present_dirty: std::sync::atomic::AtomicBool::new(false),
+            attached: std::sync::atomic::AtomicUsize::new(0),
         });
         Self { hc, files, live }
     }
@@ -270,6 +277,46 @@ impl Core {
         self.live.wants.subscribe()
     }
 
+    /// A replicator holds this core (see [`detach`](Self::detach)).
+    pub(crate) fn attach(&self) {
+        self.live
+            .attached
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A replicator that held this core is gone.
+    pub(crate) fn detach(&self) {
+        let _ = self.live.attached.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |n| Some(n.saturating_sub(1)),
+        );
+    }
+
+    /// Whether a replication session listens for wanted blocks; when a replicator holds the
+    /// core but none does yet, waits a moment for its channel to open.
+    async fn session_attached(&self) -> bool {
+        if self.live.wants.receiver_count() > 0 {
+            return true;
+        }
+        if self
+            .live
+            .attached
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + ATTACH_GRACE;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if self.live.wants.receiver_count() > 0 {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Whether block `index` is stored locally (cheap: no read).
     pub fn has(&self, index: u64) -> bool {
         index < self.hc.info().contiguous_length || self.hc.has(index) || self.recorded(index)
@@ -329,7 +376,7 @@ impl Core {
         changed: &mut watch::Receiver<u64>,
         arrived: &mut (dyn FnMut(u64) + Send),
     ) -> Result<(), CoreError> {
-        if self.live.wants.receiver_count() == 0 {
+        if !self.session_attached().await {
             return Err(CoreError::Unavailable { index: group[0] });
         }
         let mut pending = group;
@@ -451,7 +498,7 @@ impl Core {
         if let Some(b) = self.get_local(index).await? {
             return Ok(Some(b));
         }
-        if self.live.wants.receiver_count() == 0 {
+        if !self.session_attached().await {
             return Ok(None);
         }
         let mut changed = self.subscribe();
