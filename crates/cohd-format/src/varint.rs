@@ -9,7 +9,7 @@ pub fn write(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-/// Number of bytes [`write`] produces for `v`.
+/// Number of bytes [`write()`] produces for `v`.
 pub fn len(v: u64) -> usize {
     let bits = 64 - (v | 1).leading_zeros() as usize;
     bits.div_ceil(7)

@@ -1,5 +1,5 @@
 //! Authorization requests: a non-writer asks connected peers to make its key a writer, with the
-//! [`EXTENSION`](cohd_format::auth::EXTENSION) message on the primary's db core channel.
+//! [`cohd_format::auth::EXTENSION`] message on the primary's db core channel.
 //!
 //! A writer answers with the application's [`AuthPolicy`]: allowed, it writes the authorize
 //! record and replies `Allow`; otherwise `Deny`. A peer that is not a writer replies

@@ -173,8 +173,8 @@ pub struct Connection {
     /// the core).
     pub rejected: UnboundedReceiver<[u8; 32]>,
     /// What we sent that has not reached the socket. Nothing under the `Protocol` pushes back,
-    /// so whoever sends bulk data (Data messages) reports it with [`Backlog::data_queued`]
-    /// (crate-internal) and waits for [`Backlog::ready`] before sending more.
+    /// so the session reports the Data messages it sends (crate-internal) and waits for
+    /// [`Backlog::ready`] before sending more.
     pub backlog: Backlog,
 }
 
