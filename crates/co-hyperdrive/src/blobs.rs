@@ -33,6 +33,31 @@ pub enum BlobError {
     Unavailable(u64),
 }
 
+/// Downloads `ranges` (from [`block_ranges`]) of each blobs core in `plan`, calling
+/// `progress(done, total)` in blocks over all of them (`total`: the blocks that were missing);
+/// returns how many arrived.
+pub async fn download_plan(
+    plan: &[(&Blobs, Vec<std::ops::Range<u64>>)],
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<u64, BlobError> {
+    let total = plan
+        .iter()
+        .map(|(b, ranges)| b.core().missing_blocks(ranges))
+        .sum();
+    let mut done = 0;
+    progress(done, total);
+    let mut blocks = 0;
+    for (b, ranges) in plan {
+        blocks += b
+            .download_with(ranges, &mut |n| {
+                done += n;
+                progress(done, total);
+            })
+            .await?;
+    }
+    Ok(blocks)
+}
+
 /// The blocks of `ids`, in core order with overlaps merged: one pass over the core, each block
 /// once.
 pub fn block_ranges<'a>(ids: impl IntoIterator<Item = &'a BlobId>) -> Vec<std::ops::Range<u64>> {

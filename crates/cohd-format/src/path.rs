@@ -38,6 +38,16 @@ pub fn resolve(name: &str) -> String {
     out
 }
 
+/// The file `name` may name, normalized: `None` for the root (only ever a folder). For paths
+/// that name a folder or a file, like a download's.
+pub fn file_or_root(name: &str) -> Result<Option<String>, PathError> {
+    match normalize(name) {
+        Ok(p) => Ok(Some(p)),
+        Err(PathError::Root(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Normalizes a file name; the root alone is refused.
 pub fn normalize(name: &str) -> Result<String, PathError> {
     if name.contains('\0') {
@@ -80,6 +90,13 @@ pub fn is_under(path: &str, folder: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_or_root_names_a_file_unless_root() {
+        assert_eq!(file_or_root("/").unwrap(), None);
+        assert_eq!(file_or_root("a/./b/").unwrap(), Some("/a/b".to_string()));
+        assert!(file_or_root("/a\0").is_err());
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -828,40 +828,26 @@ impl<'a> Snapshot<'a> {
             versions.extend(winner.into_iter().chain(others));
         };
         self.list(path).into_iter().for_each(&mut add);
-        match cohd_format::path::normalize(path) {
-            Ok(p) => self.entry(&p)?.into_iter().for_each(&mut add),
-            Err(cohd_format::path::PathError::Root(_)) => {}
-            Err(e) => return Err(DriveError::from(e).into()),
+        if let Some(p) = path::file_or_root(path).map_err(DriveError::from)? {
+            self.entry(&p)?.into_iter().for_each(&mut add);
         }
         let mut by_writer: BTreeMap<Key, Vec<cohd_format::BlobId>> = BTreeMap::new();
         for (w, b) in versions {
             by_writer.entry(w).or_default().push(b);
         }
-        let mut plan = Vec::with_capacity(by_writer.len());
-        let mut total = 0;
+        let mut drives = Vec::with_capacity(by_writer.len());
         for (w, ids) in by_writer {
             let d = self
                 .co
                 .drive(w)
                 .await?
                 .ok_or(DriveError::Store(StoreError::UnknownCore(w)))?;
-            let ranges = crate::blobs::block_ranges(&ids);
-            total += d.blobs().core().missing_blocks(&ranges);
-            plan.push((d, ranges));
+            drives.push((d, crate::blobs::block_ranges(&ids)));
         }
-        let mut done = 0;
-        progress(done, total);
-        let mut blocks = 0;
-        for (d, ranges) in plan {
-            blocks += d
-                .blobs()
-                .download_with(&ranges, &mut |n| {
-                    done += n;
-                    progress(done, total);
-                })
-                .await
-                .map_err(DriveError::from)?;
-        }
+        let plan: Vec<_> = drives.iter().map(|(d, r)| (d.blobs(), r.clone())).collect();
+        let blocks = crate::blobs::download_plan(&plan, progress)
+            .await
+            .map_err(DriveError::from)?;
         Ok(Downloaded { files, blocks })
     }
 

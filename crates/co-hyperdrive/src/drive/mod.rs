@@ -386,23 +386,12 @@ impl Drive {
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<Downloaded, DriveError> {
         let mut entries = self.list(path).await?;
-        match path::normalize(path) {
-            Ok(p) => entries.extend(self.entry(&p).await?),
-            Err(path::PathError::Root(_)) => {}
-            Err(e) => return Err(e.into()),
+        if let Some(p) = path::file_or_root(path)? {
+            entries.extend(self.entry(&p).await?);
         }
         let blobs: Vec<BlobId> = entries.into_iter().filter_map(|e| e.entry.blob).collect();
-        let ranges = crate::blobs::block_ranges(&blobs);
-        let total = self.blobs.core().missing_blocks(&ranges);
-        let mut done = 0;
-        progress(done, total);
-        let blocks = self
-            .blobs
-            .download_with(&ranges, &mut |n| {
-                done += n;
-                progress(done, total);
-            })
-            .await?;
+        let plan = [(&self.blobs, crate::blobs::block_ranges(&blobs))];
+        let blocks = crate::blobs::download_plan(&plan, progress).await?;
         Ok(Downloaded {
             files: blobs.len(),
             blocks,
