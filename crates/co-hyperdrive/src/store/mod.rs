@@ -348,15 +348,7 @@ impl Store {
     /// Ends every core's session cleanly (see `Core::close`) and makes everything durable. Call
     /// before dropping a store that received data from peers.
     pub async fn close(&self) -> Result<(), StoreError> {
-        let cores: Vec<Core> = self
-            .inner
-            .cores
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for c in cores {
+        for c in self.open_cores() {
             c.close().await.map_err(|e| StoreError::Core {
                 key: c.key(),
                 reason: e.to_string(),
