@@ -83,6 +83,13 @@ struct Outgoing {
 /// with it, the length it announced, and how many blocks from the start it holds.
 type ChannelStatus = (bool, u64, u64);
 
+/// A channel command for the protocol (see `drive`).
+#[derive(Debug)]
+enum ChannelCommand {
+    Open([u8; 32]),
+    Close([u8; 32]),
+}
+
 /// What a channel task knows of its connection.
 #[derive(Debug, Clone)]
 struct ConnCtx {
@@ -461,6 +468,25 @@ impl Replicator {
         // Dropped with this future (the connection ended, or the caller aborted it): the
         // channel tasks end with it.
         let mut tasks = tokio::task::JoinSet::new();
+        // Opens and closes reach the protocol through one task, in order (a close overtaking a
+        // later open would close the new channel): the crate's command channel is bounded
+        // (1,000) and drains only while this loop polls the protocol, so awaiting it here could
+        // stall a handshake that offers many cores.
+        let (command, mut commands) = tokio::sync::mpsc::unbounded_channel::<ChannelCommand>();
+        {
+            let tx = protocol.commands();
+            tasks.spawn(async move {
+                while let Some(c) = commands.recv().await {
+                    let sent = match c {
+                        ChannelCommand::Open(key) => tx.open(key).await,
+                        ChannelCommand::Close(dk) => tx.close(dk).await,
+                    };
+                    if sent.is_err() {
+                        return; // the protocol is gone
+                    }
+                }
+            });
+        }
         // Channels we opened on this connection: a core is opened once, whichever of our offer
         // and the remote's Open comes first.
         let mut opened: std::collections::HashSet<[u8; 32]> = std::collections::HashSet::new();
@@ -486,10 +512,7 @@ impl Replicator {
                             let keys: Vec<[u8; 32]> = self.inner.cores.lock().unwrap_or_else(|e| e.into_inner()).values().map(|c| c.key().0).collect();
                             for k in keys {
                                 if opened.insert(discovery_key(&k)) {
-                                    // Sent from a task: the command channel is bounded (1,000)
-                                    // and only drains while this loop polls the protocol.
-                                    let open = protocol.open(k);
-                                    tasks.spawn(async move { let _ = open.await; });
+                                    let _ = command.send(ChannelCommand::Open(k));
                                 }
                             }
                         }
@@ -497,10 +520,7 @@ impl Replicator {
                             let key = self.inner.cores.lock().unwrap_or_else(|e| e.into_inner()).get(&dk).map(|c| c.key().0);
                             if let Some(k) = key {
                                 if opened.insert(dk) {
-                                    // Sent from a task: the command channel is bounded (1,000)
-                                    // and only drains while this loop polls the protocol.
-                                    let open = protocol.open(k);
-                                    tasks.spawn(async move { let _ = open.await; });
+                                    let _ = command.send(ChannelCommand::Open(k));
                                 }
                             }
                         }
@@ -540,14 +560,12 @@ impl Replicator {
                     // The remote does not have (or want) this core: forget our half-open channel so
                     // a later Open from the remote is answered properly.
                     opened.remove(&dk);
-                    let cmd = protocol.commands();
-                    tasks.spawn(async move { let _ = cmd.close(dk).await; });
+                    let _ = command.send(ChannelCommand::Close(dk));
                 }
                 core = added.recv(), if handshaken => {
                     if let Ok(core) = core {
                         if opened.insert(discovery_key(&core.key().0)) {
-                            let open = protocol.open(core.key().0);
-                            tasks.spawn(async move { let _ = open.await; });
+                            let _ = command.send(ChannelCommand::Open(core.key().0));
                         }
                     }
                 }
