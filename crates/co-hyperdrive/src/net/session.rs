@@ -87,8 +87,11 @@ type ChannelStatus = (bool, u64, u64);
 #[derive(Debug)]
 enum ChannelCommand {
     Open([u8; 32]),
-    Close([u8; 32]),
 }
+
+/// Opens a handshake sends inline before the rest go through the command task (well under the
+/// crate's 1,000-command channel).
+const INLINE_OPENS: usize = 512;
 
 /// What a channel task knows of its connection.
 #[derive(Debug, Clone)]
@@ -468,10 +471,11 @@ impl Replicator {
         // Dropped with this future (the connection ended, or the caller aborted it): the
         // channel tasks end with it.
         let mut tasks = tokio::task::JoinSet::new();
-        // Opens and closes reach the protocol through one task, in order (a close overtaking a
-        // later open would close the new channel): the crate's command channel is bounded
-        // (1,000) and drains only while this loop polls the protocol, so awaiting it here could
-        // stall a handshake that offers many cores.
+        // Opens past the first `INLINE_OPENS` of a handshake reach the protocol through this
+        // task, in order: the crate's command channel is bounded (1,000) and drains only while
+        // this loop polls the protocol, so awaiting them all here stalls a handshake that offers
+        // many cores. Everything else is sent at once, inline: answering the remote without a
+        // detour matters (a Reject followed by the remote's own Open races our Close).
         let (command, mut commands) = tokio::sync::mpsc::unbounded_channel::<ChannelCommand>();
         {
             let tx = protocol.commands();
@@ -479,7 +483,6 @@ impl Replicator {
                 while let Some(c) = commands.recv().await {
                     let sent = match c {
                         ChannelCommand::Open(key) => tx.open(key).await,
-                        ChannelCommand::Close(dk) => tx.close(dk).await,
                     };
                     if sent.is_err() {
                         return; // the protocol is gone
@@ -510,9 +513,13 @@ impl Replicator {
                             remote = pk;
                             handshaken = true;
                             let keys: Vec<[u8; 32]> = self.inner.cores.lock().unwrap_or_else(|e| e.into_inner()).values().map(|c| c.key().0).collect();
-                            for k in keys {
+                            for (n, k) in keys.into_iter().enumerate() {
                                 if opened.insert(discovery_key(&k)) {
-                                    let _ = command.send(ChannelCommand::Open(k));
+                                    if n < INLINE_OPENS {
+                                        let _ = protocol.open(k).await;
+                                    } else {
+                                        let _ = command.send(ChannelCommand::Open(k));
+                                    }
                                 }
                             }
                         }
@@ -520,7 +527,7 @@ impl Replicator {
                             let key = self.inner.cores.lock().unwrap_or_else(|e| e.into_inner()).get(&dk).map(|c| c.key().0);
                             if let Some(k) = key {
                                 if opened.insert(dk) {
-                                    let _ = command.send(ChannelCommand::Open(k));
+                                    let _ = protocol.open(k).await;
                                 }
                             }
                         }
@@ -560,12 +567,12 @@ impl Replicator {
                     // The remote does not have (or want) this core: forget our half-open channel so
                     // a later Open from the remote is answered properly.
                     opened.remove(&dk);
-                    let _ = command.send(ChannelCommand::Close(dk));
+                    let _ = protocol.commands().close(dk).await;
                 }
                 core = added.recv(), if handshaken => {
                     if let Ok(core) = core {
                         if opened.insert(discovery_key(&core.key().0)) {
-                            let _ = command.send(ChannelCommand::Open(core.key().0));
+                            let _ = protocol.open(core.key().0).await;
                         }
                     }
                 }
