@@ -127,6 +127,10 @@ pub type Wanted = Arc<[Range<u64>]>;
 /// (the core was just added, e.g. a writer whose record just arrived).
 const ATTACH_GRACE: Duration = Duration::from_millis(500);
 
+/// Blocks past its current length a download may ask a core for (its length may lag its
+/// peers'): 64 GiB of 64 KiB blocks.
+pub const DOWNLOAD_AHEAD: u64 = 1 << 20;
+
 /// How often a download that is not done repeats what it wants.
 const REANNOUNCE: Duration = Duration::from_secs(1);
 
@@ -317,13 +321,20 @@ impl Core {
         false
     }
 
+    /// Where downloads stop: [`DOWNLOAD_AHEAD`] blocks past our length (a blob id from another
+    /// writer may name any range).
+    fn download_limit(&self) -> u64 {
+        self.hc.info().length.saturating_add(DOWNLOAD_AHEAD)
+    }
+
     /// Whether block `index` is stored locally (cheap: no read).
     pub fn has(&self, index: u64) -> bool {
         index < self.hc.info().contiguous_length || self.hc.has(index) || self.recorded(index)
     }
 
-    /// Fetches every block of `ranges` (cut at the core's length) that is not stored locally
-    /// from connected peers, and waits until all are here. Returns how many blocks arrived.
+    /// Fetches every block of `ranges` that is not stored locally from connected peers, and
+    /// waits until all are here (blocks past our length too: the core may still be catching up
+    /// with its peers; at most [`DOWNLOAD_AHEAD`] past it). Returns how many blocks arrived.
     /// Fails with [`CoreError::Unavailable`] when no replication session is attached, or when
     /// nothing arrives for a while (no connected peer has the blocks).
     pub async fn download(
@@ -333,12 +344,13 @@ impl Core {
         self.download_with(ranges, &mut |_| {}).await
     }
 
-    /// How many blocks of `ranges` (cut at the core's length) are not stored locally.
+    /// How many blocks of `ranges` (as [`download`](Self::download) cuts them) are not stored
+    /// locally.
     pub fn missing_blocks(&self, ranges: &[Range<u64>]) -> u64 {
-        let length = self.hc.info().length;
+        let limit = self.download_limit();
         ranges
             .iter()
-            .flat_map(|r| r.start..r.end.min(length))
+            .flat_map(|r| r.start..r.end.min(limit))
             .filter(|&i| !self.has(i))
             .count() as u64
     }
@@ -350,12 +362,12 @@ impl Core {
         ranges: impl IntoIterator<Item = Range<u64>>,
         arrived: &mut (dyn FnMut(u64) + Send),
     ) -> Result<u64, CoreError> {
-        let length = self.hc.info().length;
+        let limit = self.download_limit();
         // Watching before looking: a block that arrives between the two still wakes us.
         let mut changed = self.subscribe();
         let mut missing = ranges
             .into_iter()
-            .flat_map(|r| r.start..r.end.min(length))
+            .flat_map(|r| r.start..r.end.min(limit))
             .filter(|&i| !self.has(i));
         let mut fetched = 0;
         loop {
