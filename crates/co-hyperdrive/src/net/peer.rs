@@ -485,6 +485,22 @@ mod tests {
             .collect()
     }
 
+    /// Data answering request `request` with a one-byte block `index`.
+    fn block_data(request: u64, index: u64) -> Data {
+        Data {
+            request,
+            fork: 0,
+            block: Some(DataBlock {
+                index,
+                value: vec![1],
+                nodes: vec![],
+            }),
+            hash: None,
+            seek: None,
+            upgrade: None,
+        }
+    }
+
     fn sync(length: u64, remote_length: u64) -> Message {
         Message::Synchronize(Synchronize {
             fork: 0,
@@ -610,18 +626,7 @@ mod tests {
             writable: false,
         };
         let mut p = Peer::new(false, Arc::default());
-        let d = Data {
-            request: 77,
-            fork: 0,
-            block: Some(DataBlock {
-                index: 0,
-                value: vec![1],
-                nodes: vec![],
-            }),
-            hash: None,
-            seek: None,
-            upgrade: None,
-        };
+        let d = block_data(77, 0);
         assert_eq!(
             p.on_message(Message::Data(d), &local).unwrap_err(),
             PeerError::UnknownRequest(77)
@@ -648,18 +653,7 @@ mod tests {
                 }
             })
             .unwrap();
-        let d = Data {
-            request: id,
-            fork: 0,
-            block: Some(DataBlock {
-                index: 4,
-                value: vec![1],
-                nodes: vec![],
-            }),
-            hash: None,
-            seek: None,
-            upgrade: None,
-        };
+        let d = block_data(id, 4);
         assert_eq!(
             p.on_message(Message::Data(d), &local).unwrap_err(),
             PeerError::Mismatch(id)
@@ -736,18 +730,7 @@ mod tests {
         // Asking again while they are in flight sends nothing new.
         assert!(requested_blocks(&p.want(50..53, &local)).is_empty());
         for (id, index) in reqs {
-            let d = Data {
-                request: id,
-                fork: 0,
-                block: Some(DataBlock {
-                    index,
-                    value: vec![1],
-                    nodes: vec![],
-                }),
-                hash: None,
-                seek: None,
-                upgrade: None,
-            };
+            let d = block_data(id, index);
             p.on_message(Message::Data(d), &local).unwrap();
             // Still not contiguous: the arrived block must not be asked for again.
             let again = requested_blocks(&p.on_applied(&local));
@@ -821,18 +804,7 @@ mod tests {
         let id5 = r1[5].0;
         p1.on_message(Message::NoData(NoData { request: id5 }), &local)
             .unwrap();
-        let d = Data {
-            request: r2[0].0,
-            fork: 0,
-            block: Some(DataBlock {
-                index: 32,
-                value: vec![1],
-                nodes: vec![],
-            }),
-            hash: None,
-            seek: None,
-            upgrade: None,
-        };
+        let d = block_data(r2[0].0, 32);
         p2.on_message(Message::Data(d), &local).unwrap();
         assert_eq!(blocks(&requested_blocks(&p2.on_applied(&local))), vec![5]);
         // p1 ends: the blocks it claimed are free again; p2 asks for them as it gets room.

@@ -332,16 +332,22 @@ impl Replicator {
     /// Waits until, for each core, some connected peer announced it and we have caught up with
     /// it (its length; every block with `download_all`). `false` on timeout.
     pub async fn wait_caught_up(&self, cores: &[Key], timeout: Duration) -> bool {
-        let mut rx = self.inner.status_changed.subscribe();
         // Hashed once: the check runs after every status change of every channel.
         let dks: Vec<[u8; 32]> = cores.iter().map(|k| discovery_key(&k.0)).collect();
-        let check = |me: &Self| {
+        self.wait_status(timeout, || {
             dks.iter()
-                .all(|dk| me.remote_states_dk(dk).iter().any(|(ok, _, _)| *ok))
-        };
+                .all(|dk| self.remote_states_dk(dk).iter().any(|(ok, _, _)| *ok))
+        })
+        .await
+    }
+
+    /// Waits until `check` holds, checking after every channel status change; `false` on
+    /// timeout.
+    async fn wait_status(&self, timeout: Duration, check: impl Fn() -> bool) -> bool {
+        let mut rx = self.inner.status_changed.subscribe();
         let wait = async {
             loop {
-                if check(self) {
+                if check() {
                     return true;
                 }
                 if rx.changed().await.is_err() {
@@ -361,25 +367,14 @@ impl Replicator {
     /// waits for before leaving, so our writes are delivered, not only announced). `false` on
     /// timeout.
     pub async fn wait_delivered(&self, cores: &[Core], timeout: Duration) -> bool {
-        let mut rx = self.inner.status_changed.subscribe();
         let dks: Vec<[u8; 32]> = cores.iter().map(|c| discovery_key(&c.key().0)).collect();
-        let check = |me: &Self| {
+        self.wait_status(timeout, || {
             cores.iter().zip(&dks).all(|(c, dk)| {
                 let have = c.info().contiguous_length;
-                have == 0 || me.remote_states_dk(dk).iter().any(|(_, _, r)| *r >= have)
+                have == 0 || self.remote_states_dk(dk).iter().any(|(_, _, r)| *r >= have)
             })
-        };
-        let wait = async {
-            loop {
-                if check(self) {
-                    return true;
-                }
-                if rx.changed().await.is_err() {
-                    return false;
-                }
-            }
-        };
-        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+        })
+        .await
     }
 
     /// Listens on `addr`; returns the bound address and the accept loop's task.
