@@ -8,11 +8,17 @@
 //! - [`key`]: 32-byte keys in hex or z-base-32.
 //! - [`sub`]: Hyperbee sub-encoder key prefixes (`files\0...`).
 //! - [`present`]: the store's record of sparse blocks a core holds.
+//! - [`compact`]: compact-encoding, Hypercore's own byte layout.
+//! - [`merkle`]: Hypercore's Merkle tree hashes and flat-tree arithmetic.
+//! - [`oplog`]: a core's oplog (headers and entries), decoded completely.
 
 pub mod auth;
 pub mod bee;
+pub mod compact;
 pub mod entry;
 pub mod key;
+pub mod merkle;
+pub mod oplog;
 pub mod path;
 pub mod present;
 pub mod sub;

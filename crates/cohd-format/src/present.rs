@@ -82,8 +82,38 @@ pub fn decode(buf: &[u8]) -> Result<Vec<Range<u64>>, PresentError> {
     Ok(out)
 }
 
+/// The blocks a bitmap marks (bit `i`: byte `i / 8`, bit `i % 8`, least significant first; the
+/// layout of hypercore's bitfield pages), as sorted, disjoint, non-adjacent ranges.
+pub fn from_bitmap(bytes: &[u8]) -> Vec<Range<u64>> {
+    let mut out: Vec<Range<u64>> = Vec::new();
+    for (at, &byte) in bytes.iter().enumerate() {
+        if byte == 0 {
+            continue;
+        }
+        for bit in 0..8u64 {
+            if byte & (1 << bit) != 0 {
+                let i = at as u64 * 8 + bit;
+                match out.last_mut() {
+                    Some(r) if r.end == i => r.end = i + 1,
+                    _ => out.push(i..i + 1),
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bitmaps() {
+        assert_eq!(
+            super::from_bitmap(&[0b1000_0011, 0b0000_0001, 0, 0b1000_0000]),
+            vec![0..2, 7..9, 31..32]
+        );
+        assert!(super::from_bitmap(&[0; 9]).is_empty());
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -346,16 +346,16 @@ impl CoDrive {
                 continue;
             }
             let found = match at {
-                None => self.drive(k).await?.map(|d| (d.version(), d)),
+                None => self.drive(k).await?.map(|d| (readable(&d), d)),
                 Some(f) => match f.get(&k) {
                     0 => None,
                     wanted => match self.drive(k).await? {
-                        Some(d) if d.version() >= wanted => Some((wanted, d)),
+                        Some(d) if readable(&d) >= wanted => Some((wanted, d)),
                         d => {
                             return Err(CoDriveError::BeyondStore {
                                 writer: k,
                                 wanted,
-                                held: d.map_or(0, |d| d.version()),
+                                held: d.map_or(0, |d| readable(&d)),
                             })
                         }
                     },
@@ -433,7 +433,7 @@ impl CoDrive {
             }
         };
         for (k, len) in frontier.iter() {
-            let now = self.drive(*k).await?.map_or(0, |d| d.version());
+            let now = self.drive(*k).await?.map_or(0, |d| readable(&d));
             if now != *len {
                 return Ok(None);
             }
@@ -1128,4 +1128,11 @@ impl CoFileWriter<'_, '_> {
             }
         }
     }
+}
+
+/// How much of a writer's log the view reads: the prefix held locally. A log whose newest
+/// blocks have not all arrived (a peer's upgrade came first, or the transfer stopped) is read
+/// at the version before them instead of failing on a missing block.
+fn readable(d: &Drive) -> u64 {
+    d.version().min(d.db().core().readable_length())
 }

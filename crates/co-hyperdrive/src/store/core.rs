@@ -12,18 +12,19 @@
 //!    roots left of it; its length is the size of leaf `2i`).
 //! 2. **It panics on damaged files** (unchecked arithmetic on lengths read from disk). Every
 //!    call goes through [`guard`], which turns a panic into an error.
-//! 3. **Its oplog decoder reads the wrong flag bits** (`oplog/entry.rs`: every field is gated on
-//!    flag 2), so entries written by `verify_and_apply_proof` (flags 2|8, 2|4, 8) do not decode.
-//!    hypercore flushes its oplog on the 1st, 5th, 9th… write since open, so a core that received
-//!    data and was closed at another count cannot reopen or loses its last blocks. [`Core::close`]
-//!    re-applies the last proof until the count ends on a flush; opening a read-only core whose
-//!    oplog does not decode falls back to the last flushed state (the store truncates the
-//!    oplog's entries), and the lost blocks are fetched again.
+//! 3. **Its oplog decoder reads the wrong flag bits**, and it folds entries into its header only
+//!    on every fourth write. The store rewrites every core's oplog into the flushed form before
+//!    the crate opens it (`recover.rs`), so a stop at any moment loses nothing.
 //!
 //! 4. **Sparse blocks** (fetched on demand or by a folder download, beyond the contiguous prefix)
 //!    would be forgotten on reopen, the bitfield being in memory. The core records them itself
 //!    ([`cohd_format::present`], the `present` file, written after the store's fsync) and reads
-//!    them from the tree and data files like older blocks, checking each against its leaf hash.
+//!    them from the tree and data files like older blocks.
+//!
+//! 5. **Reads from disk are verified**: a block read from the files is checked up to the roots
+//!    the owner signed (`verify.rs`). One that fails is damaged: it counts as missing (so
+//!    replication fetches it again) and a read without peers fails with
+//!    [`CoreError::Damaged`].
 //!
 //! `Core` also carries what replication needs: a watch of the length (poked after every local
 //! append and every applied proof), a per-core write lock (hypercore's `verify_and_apply_proof`
@@ -56,6 +57,12 @@ pub enum CoreError {
     /// Anything else hypercore reported.
     #[error("{0}")]
     Hypercore(String),
+    /// A block stored on disk does not match the signed tree, and no peer delivered it again.
+    #[error("block {index} is damaged on disk (it does not match its signed hash) and no connected peer has it")]
+    Damaged {
+        /// The block.
+        index: u64,
+    },
     /// A download could not get a block: no replication session is attached, or no connected
     /// peer delivered it in time.
     #[error("block {index} is not available from any connected peer")]
@@ -81,6 +88,8 @@ pub(crate) struct CoreFiles {
     pub(crate) data: Arc<FileStorage>,
     /// Where the record of sparse blocks lives (`present`).
     pub(crate) present: PathBuf,
+    /// Checks blocks read from the files.
+    pub(crate) verifier: super::verify::Verifier,
 }
 
 /// A hypercore of the store; cheap to clone.
@@ -95,7 +104,11 @@ pub struct Core {
 struct Live {
     length: watch::Sender<u64>,
     wants: broadcast::Sender<Wanted>,
-    writes: Mutex<Writes>,
+    /// Serializes writes: hypercore's `verify_and_apply_proof` must not interleave with
+    /// another write.
+    writes: Mutex<()>,
+    /// Blocks whose stored copy failed verification (until they arrive again).
+    damaged: std::sync::Mutex<std::collections::BTreeSet<u64>>,
     /// Blocks held beyond what hypercore's in-memory bitfield may know after a reopen: start ->
     /// end of disjoint, non-adjacent ranges.
     present: std::sync::Mutex<BTreeMap<u64, u64>>,
@@ -103,13 +116,6 @@ struct Live {
     present_dirty: std::sync::atomic::AtomicBool,
     /// Replicators holding this core: its channels may be opening on their connections.
     attached: std::sync::atomic::AtomicUsize,
-}
-
-/// Writes since open, and the last applied proof (to pad the count on close).
-#[derive(Debug, Default)]
-struct Writes {
-    count: u64,
-    last_proof: Option<Proof>,
 }
 
 /// How long a sparse read waits for a connected peer to deliver a block, and how long a
@@ -134,8 +140,7 @@ pub const DOWNLOAD_AHEAD: u64 = 1 << 20;
 /// How often a download that is not done repeats what it wants.
 const REANNOUNCE: Duration = Duration::from_secs(1);
 
-/// Size in bytes of one stored merkle tree node: u64 little-endian size, then a 32-byte hash.
-const NODE_SIZE: u64 = 40;
+use super::recover::NODE_SIZE;
 
 impl Core {
     pub(crate) fn new(
@@ -150,6 +155,7 @@ impl Core {
             length,
             wants,
             writes: Mutex::default(),
+            damaged: std::sync::Mutex::default(),
             present: std::sync::Mutex::new(present),
             present_dirty: std::sync::atomic::AtomicBool::new(false),
             attached: std::sync::atomic::AtomicUsize::new(0),
@@ -246,18 +252,7 @@ impl Core {
         let Some(files) = &self.files else {
             return Ok(());
         };
-        let tmp = files.present.with_extension("tmp");
-        let written = (|| {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&cohd_format::present::encode(ranges))?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &files.present)?;
-            if let Some(dir) = files.present.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        })();
+        let written = super::recover::write_present(&files.present, ranges);
         if written.is_err() {
             self.live
                 .present_dirty
@@ -329,7 +324,45 @@ impl Core {
 
     /// Whether block `index` is stored locally (cheap: no read).
     pub fn has(&self, index: u64) -> bool {
-        index < self.hc.info().contiguous_length || self.hc.has(index) || self.recorded(index)
+        self.hc.has(index) || (self.on_disk(index) && !self.is_damaged(index))
+    }
+
+    /// Blocks `0..n` are all stored locally: what can be read without a peer. Past the
+    /// crate's contiguous length too (it counts only blocks that arrived since it opened).
+    pub fn readable_length(&self) -> u64 {
+        let info = self.hc.info();
+        let mut n = info.contiguous_length;
+        while n < info.length {
+            if self.hc.has(n) {
+                n += 1;
+                continue;
+            }
+            let end = self
+                .present()
+                .range(..=n)
+                .next_back()
+                .and_then(|(_, &e)| (n < e).then_some(e));
+            match end {
+                Some(e) => n = e.min(info.length),
+                None => break,
+            }
+        }
+        n
+    }
+
+    /// Whether block `index` was stored before this session (the crate's bitfield does not
+    /// know it; the files hold it).
+    fn on_disk(&self, index: u64) -> bool {
+        index < self.hc.info().contiguous_length || self.recorded(index)
+    }
+
+    fn damaged(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<u64>> {
+        self.live.damaged.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_damaged(&self, index: u64) -> bool {
+        let d = self.damaged();
+        !d.is_empty() && d.contains(&index)
     }
 
     /// Fetches every block of `ranges` that is not stored locally from connected peers, and
@@ -433,36 +466,21 @@ impl Core {
 
     /// Verifies a proof from a peer and applies it; `false` if it does not fit (another fork).
     pub async fn apply_proof(&self, proof: Proof) -> Result<bool, CoreError> {
-        let mut w = self.live.writes.lock().await;
-        let ok = guard(self.hc.verify_and_apply_proof(proof.clone())).await??;
-        if ok {
-            if let Some(b) = &proof.block {
-                self.record(b.index);
-            }
-            w.count += 1;
-            if proof.block.is_some() || proof.upgrade.is_some() {
-                w.last_proof = Some(proof);
-            }
-        }
+        let w = self.live.writes.lock().await;
+        let block = proof.block.as_ref().map(|b| b.index);
+        let ok = guard(self.hc.verify_and_apply_proof(proof)).await??;
         drop(w);
         if ok {
+            if let Some(index) = block {
+                self.record(index);
+            }
             self.poke();
         }
         Ok(ok)
     }
 
-    /// Ends the session's writes on an oplog flush (see the module docs, point 3), so the core
-    /// reopens with everything it received. Idempotent; call before dropping the store.
+    /// Makes nothing pending (kept for callers; the store recovers any stop on open).
     pub async fn close(&self) -> Result<(), CoreError> {
-        let mut w = self.live.writes.lock().await;
-        let Some(proof) = w.last_proof.clone() else {
-            return Ok(());
-        };
-        // Re-applying an applied proof changes nothing but counts as a write.
-        while w.count % 4 != 1 {
-            guard(self.hc.verify_and_apply_proof(proof.clone())).await??;
-            w.count += 1;
-        }
         Ok(())
     }
 
@@ -496,9 +514,8 @@ impl Core {
         &self,
         batch: B,
     ) -> Result<AppendOutcome, CoreError> {
-        let mut w = self.live.writes.lock().await;
+        let w = self.live.writes.lock().await;
         let out = guard(self.hc.append_batch(batch)).await??;
-        w.count += 1;
         drop(w);
         self.poke();
         Ok(out)
@@ -511,7 +528,11 @@ impl Core {
             return Ok(Some(b));
         }
         if !self.session_attached().await {
-            return Ok(None);
+            return if self.is_damaged(index) {
+                Err(CoreError::Damaged { index })
+            } else {
+                Ok(None)
+            };
         }
         let mut changed = self.subscribe();
         // (A block past our length is waited for too: the core's length may still be catching
@@ -537,75 +558,70 @@ impl Core {
         }
     }
 
-    /// Block `index` if stored locally.
+    /// Block `index` if stored locally (and, when read from the files, verified).
     pub async fn get_local(&self, index: u64) -> Result<Option<Vec<u8>>, CoreError> {
         if let Some(b) = guard(self.hc.get(index)).await?? {
             return Ok(Some(b));
         }
-        match &self.files {
-            Some(files) if index < self.hc.info().contiguous_length => {
-                files.read_block(index).await.map(Some)
+        let Some(files) = &self.files else {
+            return Ok(None);
+        };
+        if !self.on_disk(index) || self.is_damaged(index) {
+            return Ok(None);
+        }
+        match files.read_verified(index).await {
+            Ok(b) => Ok(Some(b)),
+            Err(reason) => {
+                // Counted as missing from now on, so that peers send it again.
+                tracing::warn!(core = %self.key(), index, "a stored block is damaged: {reason}");
+                self.damaged().insert(index);
+                self.forget(index);
+                Ok(None)
             }
-            Some(files) if self.recorded(index) => match files.read_checked(index).await {
-                Ok(Some(b)) => Ok(Some(b)),
-                other => {
-                    // Wrong or unreadable: forget it, so it is fetched again.
-                    tracing::warn!(core = %self.key(), index, "a recorded sparse block does not check out: {other:?}");
-                    self.forget(index);
-                    Ok(None)
-                }
-            },
-            _ => Ok(None),
         }
     }
 }
 
 impl CoreFiles {
-    async fn node_size(&self, flat: u64) -> Result<u64, CoreError> {
+    async fn node_size(&self, flat: u64) -> Result<u64, String> {
         let bytes = self
             .tree
             .read(flat * NODE_SIZE, 8)
             .await
-            .map_err(|e| CoreError::Corrupted(format!("tree node {flat}: {e}")))?;
+            .map_err(|e| format!("tree node {flat}: {e}"))?;
         let mut b = [0u8; 8];
         b.copy_from_slice(&bytes);
         Ok(u64::from_le_bytes(b))
     }
 
-    /// Block `index` if it matches the hash of its leaf in the tree file.
-    async fn read_checked(&self, index: u64) -> Result<Option<Vec<u8>>, CoreError> {
+    /// Block `index`, checked against the signed tree.
+    async fn read_verified(&self, index: u64) -> Result<Vec<u8>, String> {
         let block = self.read_block(index).await?;
-        let leaf = self
-            .tree
-            .read(index * 2 * NODE_SIZE + 8, 32)
-            .await
-            .map_err(|e| CoreError::Corrupted(format!("tree node {}: {e}", index * 2)))?;
-        Ok((hypercore_schema::Hash::data(&block).as_bytes() == leaf.as_slice()).then_some(block))
+        match self.verifier.check(self.tree.file(), index, &block)? {
+            true => Ok(block),
+            false => Err("it does not match its signed hash".into()),
+        }
     }
 
-    async fn read_block(&self, index: u64) -> Result<Vec<u8>, CoreError> {
+    async fn read_block(&self, index: u64) -> Result<Vec<u8>, String> {
         let leaf = index
             .checked_mul(2)
-            .ok_or_else(|| CoreError::Corrupted("block index overflow".into()))?;
-        let mut roots = Vec::new();
-        flat_tree::full_roots(leaf, &mut roots);
+            .ok_or_else(|| "block index overflow".to_string())?;
         let mut offset = 0u64;
-        for r in roots {
+        for r in cohd_format::merkle::full_roots(index) {
             offset = offset
                 .checked_add(self.node_size(r).await?)
-                .ok_or_else(|| CoreError::Corrupted("byte offset overflow".into()))?;
+                .ok_or_else(|| "byte offset overflow".to_string())?;
         }
         let len = self.node_size(leaf).await?;
         let end = offset.checked_add(len).filter(|e| *e <= self.data.len());
         if end.is_none() || len > (1 << 30) {
-            return Err(CoreError::Corrupted(format!(
-                "block {index} lies outside the data file"
-            )));
+            return Err(format!("block {index} lies outside the data file"));
         }
         self.data
             .read(offset, len)
             .await
-            .map_err(|e| CoreError::Corrupted(format!("block {index}: {e}")))
+            .map_err(|e| format!("block {index}: {e}"))
     }
 }
 

@@ -3,15 +3,29 @@
 //! Layout of a disk store:
 //! ```text
 //! DIR/primary-key          32 random bytes; our writable cores' key pairs derive from it
+//! DIR/ledger               the cores we made: name, key, and a length they reached (JSON)
 //! DIR/LOCK                 held (flock) by the one process that has the store open
-//! DIR/cores/<hex key>/     tree, data, bitfield, oplog: one hypercore each
+//! DIR/cores/<hex key>/     tree, data, oplog, present: one hypercore each
 //! ```
 //! Cores are compat cores: the core key is the Ed25519 public key. Our own cores are opened by
 //! name ([`Store::open_named`]); other peers' by key ([`Store::open_key`], read-only).
+//!
+//! Secrets stay private: the folders are created 0700 and every file 0600, and opening a store
+//! whose primary key others can read logs a warning.
+//!
+//! **The ledger** keeps us from forking our own signed logs. A writable core that lost its
+//! files (deleted, or restored from an old backup) would otherwise be re-created from block 0
+//! under the same key: a second history signed by the same key, which peers holding the first
+//! see as equivocation. The ledger records every core we create before its first write, and
+//! after each flush the length its files durably reached; opening a named core whose files are
+//! gone or shorter is refused, as is a primary key that no longer derives the recorded keys.
 
 mod core;
 mod file;
 pub mod keys;
+mod ledger;
+mod recover;
+mod verify;
 
 pub use core::{Core, CoreError};
 
@@ -23,7 +37,7 @@ use cohd_format::Key;
 use hypercore::{
     Hypercore, HypercoreBuilder, PartialKeypair, Storage, StorageTraits, VerifyingKey,
 };
-use random_access_storage::{RandomAccess, RandomAccessError};
+use random_access_storage::RandomAccessError;
 
 use file::FileStorage;
 
@@ -43,6 +57,29 @@ pub enum StoreError {
     /// The primary key file is not 32 bytes.
     #[error("corrupted store: {0} is not a 32-byte primary key")]
     BadPrimaryKey(PathBuf),
+    /// The primary key no longer derives the keys of the cores this store made.
+    #[error("corrupted store: {0} does not derive the keys of the cores this store made (damaged or replaced?); refusing to open it, so that no new identity takes its writes")]
+    WrongPrimaryKey(PathBuf),
+    /// The ledger of our cores does not read.
+    #[error("corrupted store: {path} does not read ({reason})")]
+    BadLedger {
+        /// The ledger file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// One of our writable cores lost signed blocks: writing to it would fork its log.
+    #[error("core {name} ({key}) had {recorded} signed blocks, but {found}; writing to it now would fork its signed log. Restore the store folder from a backup, or make a new store with `cohd init`")]
+    LostBlocks {
+        /// The core's name.
+        name: String,
+        /// The core.
+        key: Key,
+        /// The length the ledger recorded.
+        recorded: u64,
+        /// What was found instead.
+        found: String,
+    },
     /// A core's files could not be opened as a hypercore.
     #[error("core {key} is corrupted or unreadable: {reason}")]
     Core {
@@ -82,6 +119,7 @@ struct Inner {
     primary: [u8; 32],
     cores: Mutex<HashMap<Key, Core>>,
     files: Mutex<Vec<Arc<FileStorage>>>,
+    ledger: Mutex<ledger::Ledger>,
     _lock: Option<std::fs::File>,
 }
 
@@ -99,6 +137,7 @@ impl Store {
                 primary,
                 cores: Mutex::default(),
                 files: Mutex::default(),
+                ledger: Mutex::default(),
                 _lock: None,
             }),
         }
@@ -107,22 +146,23 @@ impl Store {
     /// Creates a new disk store at `dir` (the directory may exist but must hold no store).
     pub fn create(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        private_dir(&dir).map_err(io(format!("creating {}", dir.display())))?;
         let pk = dir.join("primary-key");
-        if pk.exists() {
+        // A store whose primary key was lost still has its ledger or cores: never start a new
+        // identity over them.
+        if pk.exists() || dir.join(ledger::FILE).exists() || has_entries(&dir.join("cores")) {
             return Err(StoreError::Exists(dir));
         }
         let lock = Self::lock(&dir)?;
         let primary: [u8; 32] = rand::random();
         // Write to a temporary name and rename, so a crash never leaves a short key file.
         let tmp = dir.join("primary-key.tmp");
-        std::fs::write(&tmp, primary).map_err(io("writing primary key"))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io("syncing primary key"))?;
+        private_file(&tmp, &primary).map_err(io("writing primary key"))?;
         std::fs::rename(&tmp, &pk).map_err(io("writing primary key"))?;
-        std::fs::create_dir_all(dir.join("cores")).map_err(io("creating cores folder"))?;
-        Ok(Self::with_dir(dir, primary, lock))
+        private_dir(&dir.join("cores")).map_err(io("creating cores folder"))?;
+        let ledger = ledger::Ledger::default();
+        ledger.save(&dir).map_err(io("writing the ledger"))?;
+        Ok(Self::with_dir(dir, primary, lock, ledger))
     }
 
     /// Opens the existing disk store at `dir`.
@@ -133,18 +173,27 @@ impl Store {
             return Err(StoreError::Missing(dir));
         }
         let lock = Self::lock(&dir)?;
+        warn_if_shared(&pk);
         let bytes = std::fs::read(&pk).map_err(io(format!("reading {}", pk.display())))?;
         let primary: [u8; 32] = bytes
             .try_into()
-            .map_err(|_| StoreError::BadPrimaryKey(pk))?;
-        Ok(Self::with_dir(dir, primary, lock))
+            .map_err(|_| StoreError::BadPrimaryKey(pk.clone()))?;
+        // A store made before the ledger existed gets one now; its cores are recorded as they
+        // are opened.
+        let ledger = ledger::Ledger::load(&dir)?.unwrap_or_default();
+        if !ledger.matches(|name| Key(keys::key_pair(&primary, name).verifying_key().to_bytes())) {
+            return Err(StoreError::WrongPrimaryKey(pk));
+        }
+        Ok(Self::with_dir(dir, primary, lock, ledger))
     }
 
     fn lock(dir: &Path) -> Result<std::fs::File, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(dir.join("LOCK"))
             .map_err(io("opening lock file"))?;
         match f.try_lock() {
@@ -154,13 +203,19 @@ impl Store {
         }
     }
 
-    fn with_dir(dir: PathBuf, primary: [u8; 32], lock: std::fs::File) -> Self {
+    fn with_dir(
+        dir: PathBuf,
+        primary: [u8; 32],
+        lock: std::fs::File,
+        ledger: ledger::Ledger,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 dir: Some(dir),
                 primary,
                 cores: Mutex::default(),
                 files: Mutex::default(),
+                ledger: Mutex::new(ledger),
                 _lock: Some(lock),
             }),
         }
@@ -178,19 +233,79 @@ impl Store {
             .to_bytes())
     }
 
-    /// Opens (creating if new) our writable core `name`.
+    /// Opens (creating if new) our writable core `name`. Refused when the ledger knows the core
+    /// longer than its files are (see the module docs).
     pub async fn open_named(&self, name: &str) -> Result<Core, StoreError> {
         let sk = keys::key_pair(&self.inner.primary, name);
         let key = Key(sk.verifying_key().to_bytes());
-        self.open_core(
+        let recorded = self.ledger().recorded(name);
+        if let Some((k, _)) = recorded {
+            if k != key {
+                return Err(self.wrong_primary());
+            }
+        }
+        let lost = |found: String| StoreError::LostBlocks {
+            name: name.to_string(),
             key,
-            PartialKeypair {
-                public: sk.verifying_key(),
-                secret: Some(sk),
+            recorded: recorded.map_or(0, |(_, n)| n),
+            found,
+        };
+        let kp = PartialKeypair {
+            public: sk.verifying_key(),
+            secret: Some(sk),
+        };
+        let core = match recorded {
+            // Its files must be there: re-creating it would start a second history.
+            Some((_, n)) if n > 0 => match self.open_core(key, kp, false).await {
+                Err(StoreError::UnknownCore(_)) => {
+                    return Err(lost("its files are gone".into()));
+                }
+                r => r?,
             },
-            true,
+            _ => {
+                if recorded.is_none() && self.inner.dir.is_some() {
+                    // Recorded before its first write, so that losing it is noticed.
+                    let existing = self.has_core(&key);
+                    self.record_core(name, key, 0)?;
+                    if existing {
+                        tracing::debug!(name, %key, "adopting a core made before the ledger");
+                    }
+                }
+                self.open_core(key, kp, true).await?
+            }
+        };
+        let found = core.info().length;
+        match recorded {
+            Some((_, n)) if found < n => Err(lost(format!("its files hold only {found}"))),
+            _ => Ok(core),
+        }
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, ledger::Ledger> {
+        self.inner.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wrong_primary(&self) -> StoreError {
+        StoreError::WrongPrimaryKey(
+            self.inner
+                .dir
+                .as_ref()
+                .map(|d| d.join("primary-key"))
+                .unwrap_or_default(),
         )
-        .await
+    }
+
+    /// Records core `name` in the ledger and writes it (disk stores).
+    fn record_core(&self, name: &str, key: Key, length: u64) -> Result<(), StoreError> {
+        let Some(dir) = &self.inner.dir else {
+            return Ok(());
+        };
+        let mut ledger = self.ledger();
+        let mut next = ledger.clone();
+        next.record(name, key, length);
+        next.save(dir).map_err(io("writing the ledger"))?;
+        *ledger = next;
+        Ok(())
     }
 
     /// Opens a core by key, read-only unless it is one of ours. With `create` false, a core the
@@ -267,16 +382,17 @@ impl Store {
                 Core::new(hc, None, Vec::new())
             }
             Some(dir) => {
-                let exists = dir.join("oplog").is_file()
-                    && std::fs::metadata(dir.join("oplog"))
-                        .map(|m| m.len() > 0)
-                        .unwrap_or(false);
-                if !exists && !create {
+                // Our recovery runs first: the crate then only ever sees a flushed oplog.
+                let recovered = if dir.is_dir() {
+                    recover::recover(&dir, key)?
+                } else {
+                    None
+                };
+                if recovered.is_none() && !create {
                     return Err(StoreError::UnknownCore(key));
                 }
-                std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-                // No bitfield file: see `core.rs` for why hypercore's bitfield stays in memory.
-                let files = ["tree", "data", "oplog"]
+                private_dir(&dir).map_err(io(format!("creating {}", dir.display())))?;
+                let files = FILES
                     .iter()
                     .map(|n| FileStorage::open(&dir.join(n)))
                     .collect::<Result<Vec<_>, _>>()
@@ -287,50 +403,29 @@ impl Store {
                     .unwrap_or_else(|e| e.into_inner())
                     .extend(files.iter().cloned());
                 let by_name: HashMap<&'static str, Arc<FileStorage>> =
-                    ["tree", "data", "oplog"].into_iter().zip(files).collect();
-                let hc = match open_guarded(
+                    FILES.into_iter().zip(files).collect();
+                // What later reads are checked against: the roots the owner signed.
+                let verifier = match &recovered {
+                    Some(r) => {
+                        let roots = recover::verify_tree(by_name["tree"].file(), key, &r.tree)
+                            .map_err(|reason| StoreError::Core { key, reason })?;
+                        verify::Verifier::new(r.tree.length, &roots)
+                    }
+                    None => verify::Verifier::new(0, &[]),
+                };
+                let hc = open_guarded(
                     storage_for(&by_name).await.map_err(core_err)?,
-                    kp.clone(),
-                    exists,
+                    kp,
+                    recovered.is_some(),
                 )
                 .await
-                {
-                    Ok(hc) => hc,
-                    // A read-only core whose oplog entries do not decode (hypercore's decoder bug,
-                    // see core.rs): fall back to its last flushed state; what is lost is fetched
-                    // again from peers.
-                    Err(reason) if exists && kp.secret.is_none() => {
-                        tracing::warn!(%key, "reopening from the last flushed oplog state: {reason}");
-                        let oplog = &by_name["oplog"];
-                        oplog
-                            .truncate(oplog.len().min(OPLOG_HEADERS))
-                            .await
-                            .map_err(|e| StoreError::Core {
-                                key,
-                                reason: e.to_string(),
-                            })?;
-                        open_guarded(storage_for(&by_name).await.map_err(core_err)?, kp, exists)
-                            .await
-                            .map_err(|reason| StoreError::Core { key, reason })?
-                    }
-                    Err(reason) => return Err(StoreError::Core { key, reason }),
-                };
-                let present_file = dir.join("present");
-                let present = match std::fs::read(&present_file) {
-                    Ok(b) => cohd_format::present::decode(&b).unwrap_or_else(|e| {
-                        // Forgetting sparse blocks only means fetching them again.
-                        tracing::warn!(%key, "ignoring {}: {e}", present_file.display());
-                        Vec::new()
-                    }),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                    Err(e) => {
-                        return Err(io(format!("reading {}", present_file.display()))(e));
-                    }
-                };
+                .map_err(|reason| StoreError::Core { key, reason })?;
+                let present = recovered.map(|r| r.present).unwrap_or_default();
                 let files = Arc::new(core::CoreFiles {
                     tree: by_name["tree"].clone(),
                     data: by_name["data"].clone(),
-                    present: present_file,
+                    present: dir.join("present"),
+                    verifier,
                 });
                 Core::new(hc, Some(files), present)
             }
@@ -345,15 +440,9 @@ impl Store {
         Ok(cores.entry(key).or_insert(core).clone())
     }
 
-    /// Ends every core's session cleanly (see `Core::close`) and makes everything durable. Call
-    /// before dropping a store that received data from peers.
+    /// Makes everything durable before the store is dropped (the same as [`flush`](Self::flush):
+    /// a store needs no closing to reopen, whatever moment it stopped at).
     pub async fn close(&self) -> Result<(), StoreError> {
-        for c in self.open_cores() {
-            c.close().await.map_err(|e| StoreError::Core {
-                key: c.key(),
-                reason: e.to_string(),
-            })?;
-        }
         self.flush()
     }
 
@@ -395,14 +484,75 @@ impl Store {
                 c.key()
             )))?;
         }
+        // And the lengths our own cores durably reached.
+        self.record_lengths()
+    }
+
+    /// Raises the ledger's lengths to what our open cores hold (call after an fsync).
+    fn record_lengths(&self) -> Result<(), StoreError> {
+        let Some(dir) = &self.inner.dir else {
+            return Ok(());
+        };
+        let cores = self.inner.cores.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ledger = self.ledger();
+        let mut next = ledger.clone();
+        let grown = next.raise(|key| cores.get(key).map(|c| c.info().length));
+        drop(cores);
+        if grown {
+            next.save(dir).map_err(io("writing the ledger"))?;
+            *ledger = next;
+        }
         Ok(())
     }
 }
 
-/// Bytes of hypercore's two oplog header slots; entries follow them.
-const OPLOG_HEADERS: u64 = 8192;
+/// Creates `path` (and missing parents) readable by us only.
+fn private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
 
-/// hypercore storage over a core's files; its bitfield lives in memory (see `core.rs`).
+/// Writes `bytes` to a new file at `path`, readable by us only, and fsyncs it.
+pub(crate) fn private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Whether a folder exists and holds anything.
+fn has_entries(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+}
+
+/// Warns when others may read a secret file.
+fn warn_if_shared(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "{} is readable by other users (mode {mode:o}): run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+}
+
+/// The files of a core.
+const FILES: [&str; 4] = ["tree", "data", "oplog", "bitfield"];
+
+/// hypercore storage over a core's files; its bitfield loads empty (see `core.rs`).
 async fn storage_for(
     files: &HashMap<&'static str, Arc<FileStorage>>,
 ) -> Result<Storage, hypercore::HypercoreError> {
@@ -411,15 +561,14 @@ async fn storage_for(
         files["data"].clone(),
         files["oplog"].clone(),
     );
+    let bitfield: Arc<dyn StorageTraits> = Arc::new(file::Bitmap::new(files["bitfield"].clone()));
     Storage::open(
         move |store| {
             let f: Arc<dyn StorageTraits> = match store {
                 hypercore::Store::Tree => tree.clone(),
                 hypercore::Store::Data => data.clone(),
                 hypercore::Store::Oplog => oplog.clone(),
-                hypercore::Store::Bitfield => {
-                    Arc::new(random_access_memory::RandomAccessMemory::default())
-                }
+                hypercore::Store::Bitfield => bitfield.clone(),
             };
             Box::pin(async move { Ok::<Arc<dyn StorageTraits>, RandomAccessError>(f) })
         },

@@ -49,7 +49,7 @@ async fn follow(store: &Store, co: &CoDrive, peer: SocketAddr, all: bool) -> Res
         ..ReplicateOptions::default()
     });
     add_known_cores(store, &repl, co.key(), "db").await;
-    let conn = connect(&repl, peer).await?;
+    let mut conn = connect(&repl, peer).await?;
     // A progress bar on a terminal while blocks arrive (hidden otherwise).
     let bar = all.then(|| {
         let pb = crate::output::progress_blocks("download");
@@ -66,13 +66,15 @@ async fn follow(store: &Store, co: &CoDrive, peer: SocketAddr, all: bool) -> Res
         (pb, task)
     });
     let _bar = BarGuard(bar);
-    if !catch_up(store, &repl, co.key(), "db", CATCH_UP).await {
-        if conn.is_finished() {
-            match conn.await {
-                Ok(Err(e)) => bail!("connection to {peer} failed: {e}"),
-                _ => bail!("connection to {peer} closed before catching up"),
-            }
-        }
+    // A connection that ends first ends the wait: its reason, at once.
+    let caught_up = tokio::select! {
+        c = catch_up(store, &repl, co.key(), "db", CATCH_UP) => c,
+        ended = &mut conn => match ended {
+            Ok(Err(e)) => bail!("connection to {peer} failed: {e}"),
+            _ => bail!("connection to {peer} closed before catching up"),
+        },
+    };
+    if !caught_up {
         bail!(
             "{peer} did not bring the co-drive up to date within {}s",
             CATCH_UP.as_secs()
@@ -136,8 +138,25 @@ pub(crate) async fn sync(
     .into_iter()
     .filter(|c| repl.has_core(&c.key()))
     .collect();
-    if !own.is_empty() && !repl.wait_delivered(&own, CATCH_UP).await {
-        eprintln!("warning: {peer} has not fetched all of this store's writes yet");
+    if own.is_empty() {
+        return Ok(());
+    }
+    // A peer that goes away has not received what it did not fetch: say so, at once.
+    let mut conns = repl.connections();
+    let gone = async {
+        while *conns.borrow_and_update() > 0 {
+            if conns.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        delivered = repl.wait_delivered(&own, CATCH_UP) => {
+            if !delivered {
+                eprintln!("warning: {peer} has not fetched all of this store's writes yet");
+            }
+        }
+        () = gone => bail!("the connection to {peer} closed before it held all of this store's writes"),
     }
     Ok(())
 }
@@ -235,5 +254,25 @@ pub(crate) async fn serve(
         () = auth::answer_requests(repl.clone(), co, policy) => Ok(()),
         r = durable => r,
         r = super::forward::run_server(local, store, co) => r,
+        // The caller flushes the store on the way out (any stop is safe; this one is clean).
+        () = stop_requested() => Ok(()),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_requested() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        // Without handlers the default action (exit) stays, which the store survives too.
+        _ => std::future::pending().await,
     }
 }

@@ -1,0 +1,136 @@
+//! Helpers shared by the multi-process tests: run `cohd` with a bound, start `cohd serve`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn cohd(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cohd"));
+    c.arg("--dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("COHD_LOG")
+        .env_remove("COHD_DIR");
+    c
+}
+
+/// Runs a command with a bound; returns its output. Output is read while the command runs,
+/// so a command printing more than a pipe holds does not stall.
+pub fn run(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = cohd(dir, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cohd");
+    let mut input = child.stdin.take().expect("stdin");
+    let stdin = stdin.to_vec();
+    std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(WAIT) {
+        Ok(out) => out.expect("output"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("`cohd {}` did not finish within {WAIT:?}", args.join(" "));
+        }
+    }
+}
+
+pub fn ok(dir: &Path, args: &[&str]) -> String {
+    ok_in(dir, args, b"")
+}
+
+pub fn ok_in(dir: &Path, args: &[&str], stdin: &[u8]) -> String {
+    let out = run(dir, args, stdin);
+    assert!(
+        out.status.success(),
+        "`cohd {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn fails(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args, b"");
+    assert!(
+        !out.status.success(),
+        "`cohd {}` should fail",
+        args.join(" ")
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.trim().lines().count() == 1 && err.starts_with("error:"),
+        "one clean error line: {err}"
+    );
+    err
+}
+
+/// A running `cohd serve`, killed on drop.
+pub struct Serve {
+    pub child: Child,
+    pub addr: String,
+    pub key: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn serve(dir: &Path, extra: &[&str]) -> Serve {
+    let mut args = vec!["serve"];
+    args.extend_from_slice(extra);
+    let mut child = cohd(dir, &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in lines.by_ref().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(WAIT)
+        .expect("listening line")
+        .trim_start_matches("listening on ")
+        .to_string();
+    let key = rx
+        .recv_timeout(WAIT)
+        .expect("key line")
+        .trim_start_matches("key ")
+        .to_string();
+    Serve { child, addr, key }
+}
+
+/// Polls `check` until it holds (bounded).
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn dirs(n: usize) -> (tempfile::TempDir, Vec<PathBuf>) {
+    let t = tempfile::tempdir().expect("tempdir");
+    let v = (0..n).map(|i| t.path().join(format!("peer{i}"))).collect();
+    (t, v)
+}
