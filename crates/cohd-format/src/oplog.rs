@@ -136,14 +136,15 @@ enum Frame<'a> {
 }
 
 fn frame(buf: &[u8]) -> Frame<'_> {
-    if buf.len() < 8 {
+    // Never written: too short for a leader, or a zero leader.
+    if buf.len() < 8 || buf[..8] == [0; 8] {
         return Frame::Empty;
     }
     let crc = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
     let combined = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
     let len = (combined >> 2) as usize;
     if len == 0 || buf.len() - 8 < len {
-        return Frame::Empty;
+        return Frame::Damaged;
     }
     if crc32fast::hash(&buf[4..8 + len]) != crc {
         return Frame::Damaged;
@@ -204,6 +205,15 @@ impl Header {
             reorgs,
             contiguous_length,
         })
+    }
+
+    /// The secret half of the key pair, when the core is ours (not kept as a field, so that
+    /// it never shows in debug output).
+    pub fn secret_key(&self) -> Option<[u8; 32]> {
+        let mut r = Reader::new(&self.head);
+        r.bytes(2 + 32 + 3 + 65).ok()?;
+        r.buffer().ok()?;
+        r.buffer().ok()?.get(..32)?.try_into().ok()
     }
 
     /// Encodes the header (the inverse of [`decode`](Self::decode)).
@@ -548,6 +558,7 @@ mod tests {
         let h = header(3, 9);
         assert_eq!(Header::decode(&h.encode()).unwrap(), h);
         assert!(!h.writable);
+        assert_eq!(h.secret_key(), None);
     }
 
     #[test]

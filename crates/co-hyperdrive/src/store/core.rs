@@ -63,6 +63,9 @@ pub enum CoreError {
         /// The block.
         index: u64,
     },
+    /// The store was closed: nothing more is written through this handle.
+    #[error("the store was closed")]
+    Closed,
     /// A download could not get a block: no replication session is attached, or no connected
     /// peer delivered it in time.
     #[error("block {index} is not available from any connected peer")]
@@ -104,9 +107,9 @@ pub struct Core {
 struct Live {
     length: watch::Sender<u64>,
     wants: broadcast::Sender<Wanted>,
-    /// Serializes writes: hypercore's `verify_and_apply_proof` must not interleave with
-    /// another write.
-    writes: Mutex<()>,
+    /// Serializes writes (hypercore's `verify_and_apply_proof` must not interleave with
+    /// another write); true once the core is closed.
+    writes: Mutex<bool>,
     /// Blocks whose stored copy failed verification (until they arrive again).
     damaged: std::sync::Mutex<std::collections::BTreeSet<u64>>,
     /// Blocks held beyond what hypercore's in-memory bitfield may know after a reopen: start ->
@@ -467,6 +470,9 @@ impl Core {
     /// Verifies a proof from a peer and applies it; `false` if it does not fit (another fork).
     pub async fn apply_proof(&self, proof: Proof) -> Result<bool, CoreError> {
         let w = self.live.writes.lock().await;
+        if *w {
+            return Err(CoreError::Closed);
+        }
         let block = proof.block.as_ref().map(|b| b.index);
         let ok = guard(self.hc.verify_and_apply_proof(proof)).await??;
         drop(w);
@@ -479,9 +485,10 @@ impl Core {
         Ok(ok)
     }
 
-    /// Makes nothing pending (kept for callers; the store recovers any stop on open).
-    pub async fn close(&self) -> Result<(), CoreError> {
-        Ok(())
+    /// Ends writes through this core (waiting for one in progress): the store then folds its
+    /// files into their flushed form (see `Store::close`). Reads go on working.
+    pub(crate) async fn close(&self) {
+        *self.live.writes.lock().await = true;
     }
 
     /// The underlying hypercore (for replication).
@@ -515,6 +522,9 @@ impl Core {
         batch: B,
     ) -> Result<AppendOutcome, CoreError> {
         let w = self.live.writes.lock().await;
+        if *w {
+            return Err(CoreError::Closed);
+        }
         let out = guard(self.hc.append_batch(batch)).await??;
         drop(w);
         self.poke();
@@ -573,7 +583,7 @@ impl Core {
             Ok(b) => Ok(Some(b)),
             Err(reason) => {
                 // Counted as missing from now on, so that peers send it again.
-                tracing::warn!(core = %self.key(), index, "a stored block is damaged: {reason}");
+                tracing::info!(core = %self.key(), index, "a stored block is damaged: {reason}");
                 self.damaged().insert(index);
                 self.forget(index);
                 Ok(None)

@@ -149,11 +149,17 @@ pub(crate) fn recover(dir: &Path, key: Key) -> Result<Option<Recovered>, StoreEr
         data.sync_data().map_err(io("syncing the data file", dir))?;
     }
     let mut head = replayed.tree.clone();
+    let mut contiguous = replayed.contiguous_length;
     if head.root_hash.is_empty() && head.length > 0 {
         // Entries carry no root hash; the crate never reads it back, but keep it true.
         if let Ok(roots) = read_roots(&tree, head.length) {
             head.root_hash = merkle::tree_hash(&roots).to_vec();
         }
+    }
+    if let Some(signed) = resign(&tree, dir, key, &log.header, &head) {
+        tracing::warn!(%key, from = head.length, to = signed.length, "the oplog header was behind the core's own tree; signed it again");
+        contiguous = contiguous.max(signed.length);
+        head = signed;
     }
 
     // 2. Sparse blocks, before the header that drops the entries naming them.
@@ -165,7 +171,7 @@ pub(crate) fn recover(dir: &Path, key: Key) -> Result<Option<Recovered>, StoreEr
     // 3. The header, slot 1 then slot 2, then the entries go.
     let mut header = log.header.clone();
     header.tree = head.clone();
-    header.contiguous_length = replayed.contiguous_length;
+    header.contiguous_length = contiguous;
     let slot = oplog::flushed_slot(&header).map_err(|e| corrupt(key, e.to_string()))?;
     let f = OpenOptions::new()
         .write(true)
@@ -179,11 +185,52 @@ pub(crate) fn recover(dir: &Path, key: Key) -> Result<Option<Recovered>, StoreEr
     f.set_len(oplog::ENTRIES_AT as u64)
         .and_then(|()| f.sync_data())
         .map_err(io("truncating the oplog", dir))?;
-    tracing::debug!(%key, entries = log.entries.len(), length = head.length, contiguous = replayed.contiguous_length, "oplog recovered");
+    tracing::debug!(%key, entries = log.entries.len(), length = head.length, contiguous, "oplog recovered");
     Ok(Some(Recovered {
         tree: head,
         present: replayed.present,
     }))
+}
+
+/// For one of our own cores whose header is older than its tree file (the newest header slot
+/// was damaged after its entries were folded in): the tree of every block the tree file holds,
+/// signed again. Our log is append-only, so its tree at a length is the one we signed before;
+/// Ed25519 signatures are deterministic, so this is the very signature peers already hold,
+/// not a new history.
+fn resign(
+    tree: &std::fs::File,
+    dir: &Path,
+    key: Key,
+    header: &oplog::Header,
+    head: &TreeHead,
+) -> Option<TreeHead> {
+    let secret = header.secret_key()?;
+    let mut length = head.length;
+    while read_node(tree, length.checked_mul(2)?).ok()?.is_some() {
+        length += 1;
+    }
+    if length == head.length {
+        return None;
+    }
+    let roots = read_roots(tree, length).ok()?;
+    let bytes = roots.iter().try_fold(0u64, |a, r| a.checked_add(r.size))?;
+    let data = std::fs::metadata(dir.join("data")).ok()?.len();
+    if bytes > data {
+        return None;
+    }
+    let signing = ed25519_dalek::SigningKey::from_bytes(&secret);
+    if signing.verifying_key().to_bytes() != key.0 {
+        return None;
+    }
+    use ed25519_dalek::Signer as _;
+    let hash = merkle::tree_hash(&roots);
+    let signature = signing.sign(&merkle::signable(&hash, length, head.fork));
+    Some(TreeHead {
+        fork: head.fork,
+        length,
+        root_hash: hash.to_vec(),
+        signature: signature.to_bytes().to_vec(),
+    })
 }
 
 /// The union of two sorted range lists, sorted and merged.
