@@ -668,6 +668,174 @@ fn import_export_roundtrip() {
     assert_eq!(read_tree(&all.join("site")), b);
 }
 
+/// Whether `p` holds nothing.
+fn is_empty_dir(p: &Path) -> bool {
+    std::fs::read_dir(p).expect("read_dir").next().is_none()
+}
+
+/// Issue 8: a symlink entry and a file "below" it must not make export write outside its target.
+#[cfg(unix)]
+#[test]
+fn export_never_writes_outside_its_target() {
+    let (d, _) = Dir::init();
+    let outside = d.scratch("outside");
+    std::fs::create_dir(&outside).expect("mkdir");
+    let outside_s = outside.to_str().expect("utf8");
+    d.ok(&["symlink", "/evil", outside_s]);
+    d.put("/evil/pwned.txt", b"pwned");
+    d.ok(&["symlink", "/docs/evil", outside_s]);
+    d.put("/docs/evil/pwned.txt", b"pwned too");
+    d.put("/docs/a.txt", b"a");
+    d.ok(&["symlink", "/docs/up", "../../../../.."]);
+
+    // The whole drive: the files make real folders, the links in their way are reported.
+    let all = d.scratch("all");
+    let out = d.ok(&["export", "/", all.to_str().expect("utf8")]);
+    assert!(is_empty_dir(&outside), "export wrote outside its target");
+    assert!(
+        out.stderr.contains("warning: skipped link /evil -> "),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("warning: skipped link /docs/evil -> "),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("skipped 2"), "{}", out.stderr);
+    assert!(std::fs::symlink_metadata(all.join("evil"))
+        .expect("evil")
+        .is_dir());
+    assert_eq!(
+        std::fs::read(all.join("evil/pwned.txt")).expect("read"),
+        b"pwned"
+    );
+    assert_eq!(
+        std::fs::read(all.join("docs/evil/pwned.txt")).expect("read"),
+        b"pwned too"
+    );
+    assert_eq!(std::fs::read(all.join("docs/a.txt")).expect("read"), b"a");
+    // `..` cannot climb above the drive's root: the link stays inside the export.
+    assert_eq!(
+        std::fs::read_link(all.join("docs/up")).expect("link"),
+        Path::new("..")
+    );
+
+    // A subfolder: links leading outside it are refused, the rest is exported.
+    let docs = d.scratch("docs");
+    let out = d.ok(&["export", "/docs", docs.to_str().expect("utf8")]);
+    assert!(is_empty_dir(&outside), "export wrote outside its target");
+    assert!(
+        out.stderr
+            .contains("warning: skipped link /docs/up -> ../../../../..")
+            && out.stderr.contains("outside /docs"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("skipped 2"), "{}", out.stderr);
+    assert!(std::fs::symlink_metadata(docs.join("up")).is_err());
+    assert_eq!(std::fs::read(docs.join("a.txt")).expect("read"), b"a");
+    assert_eq!(
+        std::fs::read(docs.join("evil/pwned.txt")).expect("read"),
+        b"pwned too"
+    );
+}
+
+/// A link within the exported folder becomes a working relative link; one leading out of it is
+/// skipped with a warning.
+#[cfg(unix)]
+#[test]
+fn export_makes_in_tree_links_relative() {
+    let (d, _) = Dir::init();
+    d.put("/site/docs/a.txt", b"hello");
+    d.put("/site/top.txt", b"top");
+    d.put("/elsewhere.txt", b"elsewhere");
+    d.ok(&["symlink", "/site/latest", "/site/docs/a.txt"]);
+    d.ok(&["symlink", "/site/docs/back", "/site/top.txt"]);
+    // Relative targets resolve as the drive resolves them (from the link's own path).
+    d.ok(&["symlink", "/site/docs/rel", "../a.txt"]);
+    d.ok(&["symlink", "/site/away", "/elsewhere.txt"]);
+
+    let site = d.scratch("site");
+    let site_s = site.to_str().expect("utf8");
+    for round in 0..2 {
+        // The second round exports over the first: its own links are replaced.
+        let out = d.ok(&["export", "/site", site_s]);
+        assert!(
+            out.stderr
+                .contains("exported 2 files (8 B) and 3 links; skipped 1"),
+            "round {round}: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(
+                "warning: skipped link /site/away -> /elsewhere.txt: it leads to /elsewhere.txt, \
+                 outside /site"
+            ),
+            "{}",
+            out.stderr
+        );
+        for (link, target, content) in [
+            ("latest", "docs/a.txt", &b"hello"[..]),
+            ("docs/back", "../top.txt", b"top"),
+            ("docs/rel", "a.txt", b"hello"),
+        ] {
+            let l = site.join(link);
+            assert_eq!(std::fs::read_link(&l).expect("link"), Path::new(target));
+            assert_eq!(std::fs::read(&l).expect("read"), content, "{link}");
+        }
+        assert_eq!(d.cat("/site/docs/rel"), b"hello");
+        assert!(std::fs::symlink_metadata(site.join("away")).is_err());
+    }
+
+    // From the root, the same link is inside.
+    let all = d.scratch("all");
+    let out = d.ok(&["export", all.to_str().expect("utf8")]);
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_link(all.join("site/away")).expect("link"),
+        Path::new("../elsewhere.txt")
+    );
+    assert_eq!(
+        std::fs::read(all.join("site/away")).expect("read"),
+        b"elsewhere"
+    );
+}
+
+/// A symlink already in the target folder is never written through.
+#[cfg(unix)]
+#[test]
+fn export_does_not_write_through_links_in_the_target() {
+    let (d, _) = Dir::init();
+    d.put("/docs/a.txt", b"a");
+    d.put("/top.txt", b"new");
+    let out = d.scratch("out");
+    let elsewhere = d.scratch("elsewhere");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir");
+    std::os::unix::fs::symlink(&elsewhere, out.join("docs")).expect("symlink");
+
+    // A link on the way to a file: a clean error, nothing written there.
+    let e = d.err(&["export", out.to_str().expect("utf8")]);
+    assert!(
+        e.contains("refusing to write through the symlink") && e.contains("docs"),
+        "{e}"
+    );
+    assert!(is_empty_dir(&elsewhere), "export wrote through a link");
+
+    // A link where a file goes is replaced by the file; its target is left alone.
+    std::fs::remove_file(out.join("docs")).expect("rm");
+    let victim = elsewhere.join("victim");
+    std::fs::write(&victim, b"precious").expect("write");
+    std::os::unix::fs::symlink(&victim, out.join("top.txt")).expect("symlink");
+    d.ok(&["export", out.to_str().expect("utf8")]);
+    assert_eq!(std::fs::read(&victim).expect("read"), b"precious");
+    let m = std::fs::symlink_metadata(out.join("top.txt")).expect("top.txt");
+    assert!(m.is_file());
+    assert_eq!(std::fs::read(out.join("top.txt")).expect("read"), b"new");
+    assert_eq!(std::fs::read(out.join("docs/a.txt")).expect("read"), b"a");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. keys
 

@@ -1,9 +1,11 @@
 //! import / export between a local folder and the co-drive.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use co_hyperdrive::codrive::CoDrive;
+use co_hyperdrive::format::path;
 use co_hyperdrive::PutOptions;
 use tokio::io::AsyncReadExt;
 
@@ -46,7 +48,7 @@ pub(crate) async fn import(co: &CoDrive, out: &mut Out, local: &Path, folder: &s
     let mut snap = co.snapshot().await?;
     let mut batch = snap.batch().await?;
     let pb = output::progress(out, total, "import");
-    let base = co_hyperdrive::format::path::folder(folder);
+    let base = path::folder(folder);
     let mut buf = vec![0u8; 1 << 20];
     let mut batch_bytes = 0;
     for (p, _) in &files {
@@ -102,6 +104,120 @@ pub(crate) async fn import(co: &CoDrive, out: &mut Out, local: &Path, folder: &s
     Ok(())
 }
 
+/// Where a drive symlink points, seen from an export of one drive folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LinkTarget {
+    /// Inside the exported folder: the relative local link target that reaches the same place.
+    Inside(String),
+    /// Outside the exported folder: the drive path it resolves to.
+    Outside(String),
+    /// Not a usable local link target (a NUL byte).
+    Invalid,
+}
+
+/// Resolves the symlink at drive path `link` (normalized, under `base`) with target `linkname`,
+/// for an export of drive folder `base` (as from `path::folder`: `""` for the root).
+///
+/// The target resolves as the merged view resolves it (`Snapshot::stat`, like Hyperdrive): an
+/// absolute target from the drive's root, a relative one from the link's own path. The result
+/// is always relative, and its `..` steps only climb the real folders that hold the link, so the
+/// exported tree stays self-contained and never reaches past its root.
+fn local_link_target(base: &str, link: &str, linkname: &str) -> LinkTarget {
+    let joined = if linkname.starts_with('/') {
+        linkname.to_string()
+    } else {
+        format!("{link}/{linkname}")
+    };
+    let target = path::resolve(&joined);
+    if target.contains('\0') {
+        return LinkTarget::Invalid;
+    }
+    if !path::is_under(&target, base) || !path::is_under(link, base) || link == base {
+        return LinkTarget::Outside(target);
+    }
+    let below = |p: &str| -> Vec<String> {
+        p[base.len().min(p.len())..]
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let from = below(path::parent(link));
+    let to = below(&target);
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<&str> = vec![".."; from.len() - common];
+    parts.extend(to[common..].iter().map(String::as_str));
+    if parts.is_empty() {
+        LinkTarget::Inside(".".to_string())
+    } else {
+        LinkTarget::Inside(parts.join("/"))
+    }
+}
+
+/// The local path components of drive path `p` below `base`, or `None` if one cannot be a
+/// local file name (drive paths are normalized, but a NUL byte survives normalization).
+fn local_parts<'p>(p: &'p str, base: &str) -> Option<Vec<&'p str>> {
+    let rest = p.strip_prefix(base)?.strip_prefix('/')?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let bad = |s: &str| s.is_empty() || s == "." || s == ".." || s.contains(['\0', '\\']);
+    if parts.iter().any(|s| bad(s)) {
+        return None;
+    }
+    Some(parts)
+}
+
+/// Makes `local/parts…` a chain of real folders, creating what is missing, and returns it.
+/// Fails on a symlink in the way (already in the target: it may point anywhere) and on a file.
+/// `known` holds the folders already checked by this export: the export creates no symlink
+/// before its last file, so they stay folders.
+fn real_folders(local: &Path, parts: &[&str], known: &mut HashSet<PathBuf>) -> Result<PathBuf> {
+    let mut p = local.to_path_buf();
+    for part in parts {
+        p.push(part);
+        if known.contains(&p) {
+            continue;
+        }
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => bail!(
+                "refusing to write through the symlink {} (it may lead outside {})",
+                p.display(),
+                local.display()
+            ),
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => bail!("cannot create folder {}: a file is in the way", p.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+        known.insert(p.clone());
+    }
+    Ok(p)
+}
+
+/// Creates the file `dest` afresh. A file or symlink already there is removed first, never
+/// written through: a link may point anywhere, a hard link shares its content with a file
+/// elsewhere. `create_new` (O_EXCL) also refuses a link that appears in between.
+fn create_file(dest: &Path) -> Result<std::fs::File> {
+    match std::fs::symlink_metadata(dest) {
+        Ok(m) if m.is_dir() => bail!("cannot write {}: a folder is in the way", dest.display()),
+        Ok(_) => {
+            std::fs::remove_file(dest).with_context(|| format!("replacing {}", dest.display()))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dest.display())),
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .with_context(|| format!("creating {}", dest.display()))
+}
+
+/// Exports drive folder `folder` into `local`. Files and folders come first and symlinks last,
+/// so no file is ever written through a link the export made; every folder on the way must be
+/// a real folder. Links become relative links within the export; one that leads outside the
+/// exported folder is skipped with a warning.
 pub(crate) async fn export(co: &CoDrive, out: &mut Out, folder: &str, local: &Path) -> Result<()> {
     let snap = read_snapshot(co).await?;
     let entries = snap.list(folder);
@@ -109,57 +225,180 @@ pub(crate) async fn export(co: &CoDrive, out: &mut Out, folder: &str, local: &Pa
     if entries.is_empty() && exact.is_none() {
         bail!("nothing to export under {folder}");
     }
-    let base = co_hyperdrive::format::path::folder(folder);
-    let total: u64 = entries.iter().map(|e| e.entry.size()).sum();
+    let base = path::folder(folder);
+    let shown = if base.is_empty() { "/" } else { base.as_str() };
+    let (links, files): (Vec<_>, Vec<_>) = entries
+        .iter()
+        .partition(|e| e.entry.blob.is_none() && e.entry.linkname.is_some());
+    let total: u64 = files.iter().map(|e| e.entry.size()).sum();
+    std::fs::create_dir_all(local).with_context(|| format!("creating {}", local.display()))?;
+    let mut known = HashSet::new();
+    let mut skipped = 0usize;
     let pb = output::progress(out, total, "export");
-    for e in &entries {
-        let rel = &e.path[base.len() + 1..];
-        // Paths are normalized (no `..`, no empty parts), so they stay inside `local`.
-        let dest = local.join(rel);
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
+    for e in &files {
+        let Some(parts) = local_parts(&e.path, &base) else {
+            out.note(&format!(
+                "warning: skipped {:?}: not a local file name",
+                e.path
+            ));
+            skipped += 1;
+            continue;
+        };
+        let (name, dirs) = parts.split_last().context("empty path")?;
+        let dest = real_folders(local, dirs, &mut known)?.join(name);
+        let mut f = create_file(&dest)?;
+        let mut werr = None;
+        snap.read_range(&e.path, 0, u64::MAX, |c| {
+            use std::io::Write;
+            if werr.is_none() {
+                if let Err(err) = f.write_all(c) {
+                    werr = Some(err);
+                }
+            }
+            pb.inc(c.len() as u64);
+            Ok(())
+        })
+        .await?;
+        if let Some(err) = werr {
+            return Err(err).with_context(|| format!("writing {}", dest.display()));
         }
-        match (&e.entry.blob, &e.entry.linkname) {
-            (None, Some(target)) => {
-                #[cfg(unix)]
-                {
-                    let _ = std::fs::remove_file(&dest);
-                    std::os::unix::fs::symlink(target, &dest)
-                        .with_context(|| format!("creating link {}", dest.display()))?;
-                }
-            }
-            _ => {
-                let mut f = std::fs::File::create(&dest)
-                    .with_context(|| format!("creating {}", dest.display()))?;
-                let mut werr = None;
-                snap.read_range(&e.path, 0, u64::MAX, |c| {
-                    use std::io::Write;
-                    if werr.is_none() {
-                        if let Err(err) = f.write_all(c) {
-                            werr = Some(err);
-                        }
-                    }
-                    pb.inc(c.len() as u64);
-                    Ok(())
-                })
-                .await?;
-                if let Some(err) = werr {
-                    return Err(err).with_context(|| format!("writing {}", dest.display()));
-                }
-                #[cfg(unix)]
-                if e.entry.executable {
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
-                }
-            }
+        #[cfg(unix)]
+        if e.entry.executable {
+            use std::os::unix::fs::PermissionsExt;
+            // On the open file: a path could have been swapped for a link by now.
+            f.set_permissions(std::fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("setting the mode of {}", dest.display()))?;
         }
     }
     pb.finish_and_clear();
-    out.note(&format!(
-        "exported {} files ({})",
-        entries.len(),
-        output::size(total)
-    ));
+    let mut made = 0usize;
+    for e in &links {
+        let linkname = e.entry.linkname.as_deref().unwrap_or_default();
+        // Escaped: drive data must not break the warning's line (or drive the terminal).
+        let mut skip = |out: &mut Out, why: &str| {
+            out.note(&format!(
+                "warning: skipped link {} -> {}: {why}",
+                e.path.escape_debug(),
+                linkname.escape_debug()
+            ));
+            skipped += 1;
+        };
+        let target = match local_link_target(&base, &e.path, linkname) {
+            LinkTarget::Inside(t) => t,
+            LinkTarget::Outside(t) => {
+                skip(
+                    out,
+                    &format!("it leads to {}, outside {shown}", t.escape_debug()),
+                );
+                continue;
+            }
+            LinkTarget::Invalid => {
+                skip(out, "not a usable link target");
+                continue;
+            }
+        };
+        let Some(parts) = local_parts(&e.path, &base) else {
+            skip(out, "not a local file name");
+            continue;
+        };
+        let (name, dirs) = parts.split_last().context("empty path")?;
+        let dest = real_folders(local, dirs, &mut known)?.join(name);
+        match std::fs::symlink_metadata(&dest) {
+            // The drive also has files below this path: they were exported as a folder.
+            Ok(m) if m.is_dir() => {
+                skip(out, &format!("{} is a folder", dest.display()));
+                continue;
+            }
+            // A link or file left by an earlier export: replaced (removing a link leaves its
+            // target alone).
+            Ok(_) => std::fs::remove_file(&dest)
+                .with_context(|| format!("replacing {}", dest.display()))?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err).with_context(|| format!("reading {}", dest.display())),
+        }
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(&target, &dest)
+                .with_context(|| format!("creating link {}", dest.display()))?;
+            made += 1;
+        }
+        #[cfg(not(unix))]
+        skip(out, "symlinks are not supported here");
+    }
+    let mut summary = format!("exported {} files ({})", files.len(), output::size(total));
+    if made > 0 {
+        summary.push_str(&format!(" and {made} links"));
+    }
+    if skipped > 0 {
+        summary.push_str(&format!("; skipped {skipped} (see the warnings)"));
+    }
+    out.note(&summary);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inside(t: &str) -> LinkTarget {
+        LinkTarget::Inside(t.to_string())
+    }
+
+    #[test]
+    fn links_become_relative_within_the_export() {
+        // From the root, every drive-absolute target is inside.
+        assert_eq!(local_link_target("", "/l", "/a/two"), inside("a/two"));
+        assert_eq!(
+            local_link_target("", "/evil", "/some/outside/dir"),
+            inside("some/outside/dir")
+        );
+        assert_eq!(local_link_target("", "/a/b/l", "/a/c"), inside("../c"));
+        assert_eq!(local_link_target("", "/a/b/l", "/a/b"), inside("."));
+        assert_eq!(local_link_target("", "/a/b/l", "/"), inside("../.."));
+        // `..` never climbs above the drive's root.
+        assert_eq!(
+            local_link_target("", "/l", "../../../../etc/passwd"),
+            inside("etc/passwd")
+        );
+        // Relative targets resolve from the link's own path, as `Snapshot::stat` does.
+        assert_eq!(local_link_target("", "/a/rel", "two"), inside("rel/two"));
+        assert_eq!(local_link_target("", "/a/l", "../x"), inside("x"));
+        assert_eq!(local_link_target("", "/a/l", "..\\..\\x"), inside("../x"));
+        // A subfolder export.
+        assert_eq!(local_link_target("/a", "/a/b/l", "/a"), inside(".."));
+        assert_eq!(local_link_target("/a", "/a/l", "/a"), inside("."));
+        assert_eq!(
+            local_link_target("/a", "/a/b/c/l", "/a/d/e"),
+            inside("../../d/e")
+        );
+    }
+
+    #[test]
+    fn links_leading_outside_the_export_are_refused() {
+        let out = |t: &str| LinkTarget::Outside(t.to_string());
+        assert_eq!(
+            local_link_target("/docs", "/docs/evil", "/etc"),
+            out("/etc")
+        );
+        assert_eq!(local_link_target("/a", "/a/l", "../../.."), out("/"));
+        // A sibling that merely shares the prefix is outside.
+        assert_eq!(local_link_target("/a", "/a/l", "/ab/x"), out("/ab/x"));
+        assert_eq!(local_link_target("/a/b", "/a/b/l", "../../c"), out("/a/c"));
+        // A link that is not below the exported folder is never made.
+        assert_eq!(local_link_target("/a", "/b/l", "/a/x"), out("/a/x"));
+        assert_eq!(local_link_target("/a", "/a", "/a/x"), out("/a/x"));
+        assert_eq!(local_link_target("", "/l", "/a\0b"), LinkTarget::Invalid);
+    }
+
+    #[test]
+    fn local_parts_refuses_unusable_names() {
+        assert_eq!(local_parts("/a/b/c", "/a"), Some(vec!["b", "c"]));
+        assert_eq!(local_parts("/a/b", ""), Some(vec!["a", "b"]));
+        assert_eq!(local_parts("/ab/c", "/a"), None);
+        assert_eq!(local_parts("/a", "/a"), None);
+        assert_eq!(local_parts("/a/../b", ""), None);
+        assert_eq!(local_parts("/a//b", ""), None);
+        assert_eq!(local_parts("/a/x\0y", ""), None);
+        assert_eq!(local_parts("/a/x\\y", ""), None);
+    }
 }
