@@ -1,9 +1,11 @@
 //! Output helpers: where a command's output goes, one-line errors, broken pipes, progress bars.
 
 use std::io::{IsTerminal, Write};
+use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::Mutex;
 
 use crate::cmd::forward::{push_frame, TAG_STDERR, TAG_STDOUT};
 
@@ -20,8 +22,12 @@ pub(crate) struct Out {
     remote: Option<Remote>,
 }
 
+/// The connection to a forwarding client. Shared, so that keepalive frames can go out while a
+/// command runs; whoever holds the lock writes whole frames, so frames never interleave.
+pub(crate) type Link = Arc<Mutex<Box<dyn AsyncWrite + Unpin + Send>>>;
+
 struct Remote {
-    w: Box<dyn AsyncWrite + Unpin + Send>,
+    w: Link,
     /// Stdout bytes not yet framed.
     stdout: Vec<u8>,
     /// Encoded frames not yet sent.
@@ -39,11 +45,12 @@ impl Remote {
 
     async fn send(&mut self) -> std::io::Result<()> {
         self.seal();
+        let mut w = self.w.lock().await;
         if !self.frames.is_empty() {
-            self.w.write_all(&self.frames).await?;
+            w.write_all(&self.frames).await?;
             self.frames.clear();
         }
-        self.w.flush().await
+        w.flush().await
     }
 }
 
@@ -65,7 +72,7 @@ impl Out {
     pub(crate) fn remote(w: impl AsyncWrite + Unpin + Send + 'static) -> Self {
         Self {
             remote: Some(Remote {
-                w: Box::new(w),
+                w: Arc::new(Mutex::new(Box::new(w))),
                 stdout: Vec::new(),
                 frames: Vec::new(),
             }),
@@ -121,8 +128,13 @@ impl Out {
         }
     }
 
+    /// The connection to the forwarding client, if any (for keepalive frames).
+    pub(crate) fn link(&self) -> Option<Link> {
+        self.remote.as_ref().map(|r| r.w.clone())
+    }
+
     /// The client's writer, with what is still buffered (for the closing frames).
-    pub(crate) fn into_remote(self) -> Option<(Box<dyn AsyncWrite + Unpin + Send>, Vec<u8>)> {
+    pub(crate) fn into_remote(self) -> Option<(Link, Vec<u8>)> {
         self.remote.map(|mut r| {
             r.seal();
             (r.w, r.frames)
@@ -171,7 +183,9 @@ pub(crate) fn one_line(e: &anyhow::Error) -> String {
     parts.join(": ").replace('\n', " ")
 }
 
-/// `cohd cat big | head` must not report an error when `head` exits.
+/// `cohd cat big | head` must not report an error when `head` exits. Only our own stdout's
+/// broken pipe counts: failures talking to a `cohd serve` (`cmd::forward`) are plain messages
+/// with no `io::Error` in their chain, so a broken pipe on its socket is an error as it should be.
 pub(crate) fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()

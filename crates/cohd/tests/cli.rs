@@ -55,7 +55,12 @@ fn cohd() -> Command {
 }
 
 /// Waits for `child`, killing it and failing the test if it runs longer than [`HANG`].
-fn wait_output(mut child: Child, what: &str) -> Out {
+fn wait_output(child: Child, what: &str) -> Out {
+    wait_output_within(child, what, HANG)
+}
+
+/// [`wait_output`], with `limit` for a hang.
+fn wait_output_within(mut child: Child, what: &str, limit: Duration) -> Out {
     let mut so = child.stdout.take().expect("piped stdout");
     let mut se = child.stderr.take().expect("piped stderr");
     let t_out = std::thread::spawn(move || {
@@ -73,10 +78,10 @@ fn wait_output(mut child: Child, what: &str) -> Out {
         if let Some(s) = child.try_wait().expect("try_wait") {
             break s;
         }
-        if start.elapsed() > HANG {
+        if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("`cohd {what}` hung for more than {HANG:?}");
+            panic!("`cohd {what}` hung for more than {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(2));
     };
@@ -1599,7 +1604,13 @@ struct Served {
 impl Served {
     /// `cohd --dir DIR serve`, once it printed its key (the local socket is ready by then).
     fn start(d: &Dir) -> (Self, String) {
+        Self::start_env(d, &[])
+    }
+
+    /// [`Served::start`] with these environment variables.
+    fn start_env(d: &Dir, env: &[(&str, &str)]) -> (Self, String) {
         let mut child = cohd()
+            .envs(env.iter().copied())
             .arg("--dir")
             .arg(d.path())
             .args(["serve", "--listen", "127.0.0.1:0"])
@@ -1893,6 +1904,215 @@ fn another_co_drive_through_a_running_serve_is_read_only() {
     server.check_alive();
     server.kill();
     assert_eq!(ls_paths(&a, &on(&kb, &["ls", "-r"])), ["/from-b"]);
+}
+
+/// A limit for what used to hang forever: generous, so a slow machine does not fail it.
+const BOUNDED: Duration = Duration::from_secs(20);
+
+/// Spawns `cohd --dir DIR ARGS…` with these environment variables and piped streams.
+fn spawn_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
+    cohd()
+        .envs(env.iter().copied())
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cohd")
+}
+
+/// Runs a command with `stdin` and these environment variables; a hang past `limit` fails.
+fn run_env(dir: &Path, args: &[&str], stdin: &[u8], env: &[(&str, &str)], limit: Duration) -> Out {
+    let mut child = spawn_env(dir, args, env);
+    let mut input = child.stdin.take().expect("piped stdin");
+    let data = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = wait_output_within(child, &args.join(" "), limit);
+    feeder.join().expect("stdin feeder");
+    out
+}
+
+/// Puts a fake server on the socket of a store that a real `cohd serve` holds (so the store
+/// stays locked and commands forward to the fake): `serve` gets every connection.
+#[cfg(unix)]
+fn fake_server(d: &Dir, serve: impl Fn(std::os::unix::net::UnixStream) + Send + 'static) {
+    let path = d.path().join("cohd.sock");
+    std::fs::remove_file(&path).expect("remove the real socket");
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { break };
+            serve(stream);
+        }
+    });
+}
+
+/// Item 1: a request too large for the socket used to end in a broken pipe on it, which passed
+/// for a closed stdout: exit 0, nothing written, no word.
+#[test]
+fn a_request_too_large_for_the_socket_is_an_error() {
+    let (d, _) = Dir::init();
+    let (mut server, _) = Served::start(&d);
+    // Control characters take 6 bytes each in the JSON request: over 1 MiB from two arguments
+    // the kernel still accepts.
+    let path = format!("/{}", "\u{1}".repeat(100_000));
+    let local = "\u{1}".repeat(100_000);
+    let e = clean_error(&d.run_stdin(&["put", &path, &local], b"data"));
+    assert!(e.contains("too long"), "{e}");
+    server.check_alive();
+    assert!(d.ok(&["ls", "-r"]).stdout.is_empty());
+}
+
+/// Item 1: a server that hangs up without an answer is an error, whatever the client was doing;
+/// a broken pipe on the client's own stdout still is a quiet exit.
+#[cfg(unix)]
+#[test]
+fn a_server_that_hangs_up_is_an_error_a_closed_stdout_is_not() {
+    let (d, _) = Dir::init();
+    let (mut server, _) = Served::start(&d);
+    let big = noise(11, 4 << 20);
+    d.put("/big", &big);
+
+    // The real server: `cat | head` ends quietly, with status 0.
+    let mut child = spawn_env(&d.path(), &["cat", "/big"], &[]);
+    let mut head = [0u8; 10];
+    child
+        .stdout
+        .as_mut()
+        .expect("stdout")
+        .read_exact(&mut head)
+        .expect("read");
+    assert_eq!(head, big[..10]);
+    drop(child.stdout.take());
+    let mut se = child.stderr.take().expect("stderr");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(start.elapsed() < BOUNDED, "`cat | head` hung");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    se.read_to_string(&mut stderr).expect("stderr");
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert_eq!(stderr, "");
+    server.check_alive();
+
+    // A fake server that reads a little and hangs up.
+    fake_server(&d, |mut s| {
+        let mut b = [0u8; 16];
+        let _ = s.read(&mut b);
+    });
+    let e = clean_error(&run_env(&d.path(), &["ls"], b"", &[], BOUNDED));
+    assert!(e.contains("`cohd serve` that holds the store"), "{e}");
+    // A request larger than the socket's buffer (840 kB, within the 1 MiB limit): the server
+    // hangs up mid-request, a broken pipe on the socket that is no quiet exit.
+    let path = format!("/{}", "\u{1}".repeat(70_000));
+    let local = "\u{1}".repeat(70_000);
+    let e = clean_error(&run_env(
+        &d.path(),
+        &["put", &path, &local],
+        b"",
+        &[],
+        BOUNDED,
+    ));
+    assert!(e.contains("cannot send the command"), "{e}");
+    let e = clean_error(&run_env(&d.path(), &["put", "/x", "-"], &big, &[], BOUNDED));
+    assert!(e.contains("`cohd serve` that holds the store"), "{e}");
+}
+
+/// Item 2: a socket that accepts and answers nothing used to hang every command forever.
+#[cfg(unix)]
+#[test]
+fn a_silent_server_times_out() {
+    let (d, _) = Dir::init();
+    let (_server, _) = Served::start(&d);
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    // Accepts, keeps every connection open, reads nothing, says nothing.
+    fake_server(&d, move |s| keep.lock().expect("held").push(s));
+    let env = [("COHD_SOCKET_TIMEOUT_MS", "1000")];
+    for (args, stdin) in [
+        (&["ls"][..], &b""[..]),
+        (&["put", "/x", "-"][..], &b"x"[..]),
+    ] {
+        let e = clean_error(&run_env(&d.path(), args, stdin, &env, BOUNDED));
+        assert!(e.contains("no answer"), "{e}");
+    }
+    assert_eq!(held.lock().expect("held").len(), 2);
+}
+
+/// Item 2: a server busy with a command (here: waiting for the client's stdin) sends
+/// keepalives, so a client with a short timeout is not cut off.
+#[test]
+fn keepalives_keep_a_slow_command_alive() {
+    let (d, _) = Dir::init();
+    // The server sends a keepalive every second (a third of its own timeout).
+    let env = [("COHD_SOCKET_TIMEOUT_MS", "3000")];
+    let (mut server, _) = Served::start_env(&d, &env);
+    let mut child = spawn_env(&d.path(), &["put", "/slow", "-"], &env);
+    let mut stdin = child.stdin.take().expect("stdin");
+    // Twice the client's timeout with nothing but keepalives from the server.
+    for i in 0..4u8 {
+        stdin.write_all(&[b'a' + i]).expect("write");
+        stdin.flush().expect("flush");
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    drop(stdin);
+    ok(wait_output_within(child, "put /slow -", BOUNDED));
+    assert_eq!(d.cat("/slow"), b"abcd");
+    server.check_alive();
+}
+
+/// Item 3: one command waiting on its stdin used to block every other command on the store.
+#[test]
+fn a_command_waiting_on_stdin_blocks_no_other() {
+    let (d, _) = Dir::init();
+    let (mut server, _) = Served::start(&d);
+    d.put("/a", b"a");
+    let mut child = spawn_env(&d.path(), &["put", "/slow", "-"], &[]);
+    let mut stdin = child.stdin.take().expect("stdin");
+    let first = noise(5, 200_000);
+    stdin.write_all(&first).expect("write");
+    stdin.flush().expect("flush");
+    // Reads answer while the put is open (given time to be well inside the server).
+    std::thread::sleep(Duration::from_millis(300));
+    let ls = ok(run_env(&d.path(), &["ls", "-r"], b"", &[], BOUNDED));
+    assert_eq!(ls.lines(), ["/a"]);
+    let cat = ok(run_env(&d.path(), &["cat", "/a"], b"", &[], BOUNDED));
+    assert_eq!(cat.stdout, b"a");
+    // The put is still going, and lands whole once its input ends.
+    assert!(child.try_wait().expect("try_wait").is_none());
+    let rest = noise(6, 300_000);
+    stdin.write_all(&rest).expect("write");
+    drop(stdin);
+    ok(wait_output_within(child, "put /slow -", BOUNDED));
+    let mut want = first;
+    want.extend_from_slice(&rest);
+    assert!(d.cat("/slow") == want, "/slow changed bytes");
+    server.check_alive();
+}
+
+/// Item 4: stdin goes through a serve into the drive as it arrives, at about disk speed (the
+/// bound is loose: it catches per-byte or quadratic work, not a slow machine).
+#[test]
+fn a_large_put_through_a_serve_streams() {
+    let (d, _) = Dir::init();
+    let (mut server, _) = Served::start(&d);
+    let big = noise(9, 50 << 20);
+    let start = Instant::now();
+    ok(run_env(&d.path(), &["put", "/big", "-"], &big, &[], HANG));
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(30), "50 MiB took {took:?}");
+    let st = d.ok(&["stat", "/big", "--json"]).json();
+    assert_eq!(st["size"], big.len());
+    assert!(d.cat("/big") == big, "/big changed bytes");
+    server.check_alive();
 }
 
 /// The quick start's main job: one writer's drive, then two writers over loopback (authorized,

@@ -5,9 +5,19 @@
 //! peers. A command that finds the store locked connects there and forwards itself; the server
 //! runs it against its open store and co-drive, so its writes go through the same in-memory
 //! cores as replication and reach connected peers live, and only one process ever writes the
-//! store. Forwarded commands run one at a time, next to the server's own upkeep. If the socket
-//! is missing or refuses the connection (another kind of process holds the store, or a server
-//! was killed and left a stale socket behind), the command fails as before: the store is in use.
+//! store. Forwarded commands run concurrently (up to 64 at once; more wait to be accepted), next
+//! to the server's own upkeep: a command waiting on its client (stdin still open, or a client
+//! slow to read) holds up no other. Writes to the co-drive still take turns on the local
+//! writer's drive: a `put` holds it while it streams its stdin into the drive, so another write
+//! waits for that input to end, while reads go on. If the socket is missing or refuses the
+//! connection (another kind of process holds the store, or a server was killed and left a
+//! stale socket behind), the command fails as before: the store is in use.
+//!
+//! Every other failure to reach or hear the server is an error (exit status 1), never taken for
+//! a closed stdout: a server that accepts no connection within 5 s, a request too large to
+//! send, a connection lost or closed before the exit status, or silence from the server for
+//! longer than the client's timeout. That timeout is 30 s, or `COHD_SOCKET_TIMEOUT_MS`
+//! milliseconds when that variable is set (for tests and slow machines).
 //!
 //! # Protocol
 //!
@@ -16,14 +26,18 @@
 //! 1. The client sends one JSON line (at most 1 MiB, within 10 seconds of connecting):
 //!    `{"args":[...],"cwd":"...","stdin":bool}`: its arguments without the program name, its
 //!    current directory (absolute; relative local paths are resolved against it), and whether
-//!    the command reads stdin (`put` without a local file, or with `-`).
+//!    the command reads stdin (`put` without a local file, or with `-`). A client refuses to
+//!    send a longer line; a server answers one with an error.
 //! 2. When `stdin` is true, the client then sends its raw stdin bytes and half-closes (shuts
 //!    down its write side) at their end; otherwise it half-closes after the line. A client that
 //!    goes away mid-input (rather than half-closing) makes the command fail, writing nothing.
+//!    The server streams the input into the drive as it arrives.
 //! 3. The server answers with frames: a 1-byte tag, a u32 little-endian payload length, the
 //!    payload. Tag 1: stdout bytes (possibly empty: the server checks that way that the client
-//!    is still there). Tag 2: stderr text (a summary line, or the `error: ...` line). Tag 3:
-//!    the exit status (a 1-byte payload: 0 success, 1 error), always the last frame.
+//!    is still there, and sends an empty one at least every 5 s while a command runs, as a
+//!    keepalive; sooner, a third of its own timeout, when `COHD_SOCKET_TIMEOUT_MS` is small).
+//!    Tag 2: stderr text (a summary line, or the `error: ...` line). Tag 3: the exit status (a
+//!    1-byte payload: 0 success, 1 error), always the last frame.
 //!
 //! The server rejects `init`, `serve`, `clone`, `sync`, `demo` and `--peer` (it is already
 //! serving and replicating with whoever connects to it). Progress bars are not shown for
@@ -46,6 +60,33 @@ const MAX_FRAME: usize = 1 << 20;
 /// The client accepts frames up to this size.
 #[cfg(unix)]
 const MAX_CLIENT_FRAME: usize = 16 << 20;
+/// The longest request line, its newline included.
+#[cfg(unix)]
+const MAX_REQUEST: u64 = 1 << 20;
+/// How long a client waits in silence for the server, unless `COHD_SOCKET_TIMEOUT_MS` says.
+#[cfg(unix)]
+const SOCKET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The longest a server stays silent while a command runs (keepalives).
+#[cfg(unix)]
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The client's timeout: `COHD_SOCKET_TIMEOUT_MS` when set to a positive number of milliseconds,
+/// else [`SOCKET_TIMEOUT`].
+#[cfg(unix)]
+fn socket_timeout() -> std::time::Duration {
+    std::env::var("COHD_SOCKET_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map_or(SOCKET_TIMEOUT, std::time::Duration::from_millis)
+}
+
+/// How often the server sends a keepalive: well within a client's timeout, assuming the
+/// client's timeout is at least the server's own.
+#[cfg(unix)]
+fn keepalive_every() -> std::time::Duration {
+    (socket_timeout() / 3).clamp(std::time::Duration::from_millis(10), KEEPALIVE)
+}
 
 /// Appends `payload` as frames with `tag`: one frame, or several of at most [`MAX_FRAME`] bytes.
 pub(crate) fn push_frame(buf: &mut Vec<u8>, tag: u8, payload: &[u8]) {
@@ -91,20 +132,25 @@ mod unix {
     use co_hyperdrive::codrive::CoDrive;
     use co_hyperdrive::format::Key;
     use co_hyperdrive::Store;
+    use futures::stream::{FuturesUnordered, StreamExt};
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     use tokio::net::{UnixListener, UnixStream};
 
-    use super::{push_frame, socket_path, MAX_CLIENT_FRAME, TAG_EXIT, TAG_STDERR, TAG_STDOUT};
+    use super::{
+        keepalive_every, push_frame, socket_path, socket_timeout, MAX_CLIENT_FRAME, MAX_REQUEST,
+        TAG_EXIT, TAG_STDERR, TAG_STDOUT,
+    };
     use crate::cmd::{dispatch, Io};
-    use crate::output::{self, Out};
+    use crate::output::{self, Link, Out};
     use crate::{Cli, Command};
 
     /// How long a client waits for the server to accept its connection.
     const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     /// How long the server waits for a request line.
     const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-    /// The longest request line.
-    const MAX_REQUEST: u64 = 1 << 20;
+    /// The most forwarded commands a server runs at once; more connections wait in the
+    /// listener's backlog until one finishes.
+    const MAX_RUNNING: usize = 64;
 
     // -----------------------------------------------------------------------------------------
     // Client
@@ -115,6 +161,29 @@ mod unix {
             if local.as_deref().is_none_or(|l| l == Path::new("-")))
     }
 
+    /// Who the client talks to, in its errors.
+    const SERVER: &str = "the `cohd serve` that holds the store";
+
+    /// A failure to talk to the server, as a plain message: an `io::Error` in the chain could be
+    /// a broken pipe, which `main` would take for our own stdout closing and exit quietly with 0.
+    /// `unsent` is the error that cut the request short, if one did: when the server did not
+    /// answer after all, that is the cause to report.
+    fn lost(e: &std::io::Error, unsent: Option<&std::io::Error>, wait: Duration) -> anyhow::Error {
+        use std::io::ErrorKind;
+        if let Some(u) = unsent {
+            return anyhow!("cannot send the command to {SERVER}: {u}");
+        }
+        match e.kind() {
+            ErrorKind::UnexpectedEof => anyhow!("{SERVER} stopped before the command finished"),
+            // A read timeout shows as WouldBlock on Unix.
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => anyhow!(
+                "no answer from {SERVER} for {} ms (see COHD_SOCKET_TIMEOUT_MS)",
+                wait.as_millis()
+            ),
+            _ => anyhow!("lost the connection to {SERVER}: {e}"),
+        }
+    }
+
     /// Runs the command in the `cohd serve` that holds the store, if it listens on the store's
     /// socket; else fails with `locked` (the error opening the store gave). Returns the exit
     /// status the server reported.
@@ -122,17 +191,19 @@ mod unix {
         let path = socket_path(&cli.dir);
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&path)).await {
             Ok(Ok(s)) => s,
-            _ => return Err(locked),
+            // No socket, or nobody listening on it: not a server's store.
+            Ok(Err(_)) => return Err(locked),
+            Err(_) => bail!(
+                "{SERVER} accepts no connection on {} (waited {} s)",
+                path.display(),
+                CONNECT_TIMEOUT.as_secs()
+            ),
         };
         let args = std::env::args_os()
             .skip(1)
             .map(|a| {
-                a.into_string().map_err(|a| {
-                    anyhow!(
-                        "cannot pass the argument {a:?} (not UTF-8) to the `cohd serve` \
-                         that holds the store"
-                    )
-                })
+                a.into_string()
+                    .map_err(|a| anyhow!("cannot pass the argument {a:?} (not UTF-8) to {SERVER}"))
             })
             .collect::<Result<Vec<String>>>()?;
         let cwd = std::env::current_dir()
@@ -143,17 +214,31 @@ mod unix {
         let stdin = reads_stdin(&cli.command);
         let mut line = serde_json::json!({ "args": args, "cwd": cwd, "stdin": stdin }).to_string();
         line.push('\n');
+        if line.len() as u64 > MAX_REQUEST {
+            bail!(
+                "the command is too long to send to {SERVER} ({} bytes as a request; at most {})",
+                line.len(),
+                MAX_REQUEST
+            );
+        }
 
         // From here on plain blocking I/O: this process does nothing else meanwhile.
-        let sock = stream.into_std().context("local socket")?;
-        sock.set_nonblocking(false).context("local socket")?;
-        let talk = |e: std::io::Error| {
-            anyhow::Error::new(e)
-                .context("lost the connection to the `cohd serve` that holds the store")
-        };
-        (&sock).write_all(line.as_bytes()).map_err(talk)?;
-        if stdin {
-            let mut w = sock.try_clone().context("local socket")?;
+        let wait = socket_timeout();
+        let sock = stream
+            .into_std()
+            .map_err(|e| anyhow!("local socket: {e}"))?;
+        let setup = |r: std::io::Result<()>| r.map_err(|e| anyhow!("local socket: {e}"));
+        setup(sock.set_nonblocking(false))?;
+        setup(sock.set_read_timeout(Some(wait)))?;
+        setup(sock.set_write_timeout(Some(wait)))?;
+        let unsent = (&sock).write_all(line.as_bytes()).err();
+        // Stdin may rightly wait on the server for long (a `put` waits its turn to write before
+        // it reads): its liveness shows in the keepalives the reads below wait for.
+        setup(sock.set_write_timeout(None))?;
+        if unsent.is_some() {
+            // The server may have answered why it stopped reading (read below).
+        } else if stdin {
+            let mut w = sock.try_clone().map_err(|e| anyhow!("local socket: {e}"))?;
             // A thread of its own: the process exits when the answer is complete, even if
             // stdin is still open.
             std::thread::spawn(move || {
@@ -171,7 +256,8 @@ mod unix {
                             std::process::exit(1);
                         }
                     };
-                    // The server stopped reading (the command failed): its answer follows.
+                    // The server stopped reading (the command failed, or the server is gone):
+                    // its answer, or the lack of one, is the main thread's to report.
                     if w.write_all(&buf[..n]).is_err() {
                         return;
                     }
@@ -179,39 +265,37 @@ mod unix {
                 let _ = w.shutdown(std::net::Shutdown::Write);
             });
         } else {
-            sock.shutdown(std::net::Shutdown::Write).map_err(talk)?;
+            // A failure here shows in the reads below.
+            let _ = sock.shutdown(std::net::Shutdown::Write);
         }
 
         let mut rd = std::io::BufReader::new(&sock);
         loop {
             let mut head = [0u8; 5];
-            if let Err(e) = rd.read_exact(&mut head) {
-                if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    bail!(
-                        "the `cohd serve` that holds the store stopped before the command finished"
-                    );
-                }
-                return Err(talk(e));
-            }
+            rd.read_exact(&mut head)
+                .map_err(|e| lost(&e, unsent.as_ref(), wait))?;
             let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
             if len > MAX_CLIENT_FRAME {
-                bail!("the `cohd serve` that holds the store sent a {len}-byte frame");
+                bail!("{SERVER} sent a {len}-byte frame");
             }
             let mut payload = vec![0u8; len];
-            rd.read_exact(&mut payload).map_err(talk)?;
+            rd.read_exact(&mut payload)
+                .map_err(|e| lost(&e, unsent.as_ref(), wait))?;
             match head[0] {
-                TAG_STDOUT => {
+                // Our own stdout: a broken pipe here is the quiet exit of `cohd cat | head`.
+                TAG_STDOUT if !payload.is_empty() => {
                     let mut o = std::io::stdout().lock();
                     o.write_all(&payload)?;
                     o.flush()?;
                 }
+                TAG_STDOUT => {}
                 TAG_STDERR => {
                     let _ = std::io::stderr().write_all(&payload);
                 }
                 TAG_EXIT => {
                     return Ok(payload.first().copied().unwrap_or(1));
                 }
-                t => bail!("the `cohd serve` that holds the store sent an unknown frame ({t})"),
+                t => bail!("{SERVER} sent an unknown frame ({t})"),
             }
         }
     }
@@ -274,10 +358,10 @@ mod unix {
         }
     }
 
-    /// Answers forwarded commands, one at a time, until the future is dropped (never, without
-    /// a socket). Runs next to the server's upkeep in the same task: a command waiting on its
-    /// client (stdin, or a client slow to read) holds up the next command, never the upkeep or
-    /// replication.
+    /// Answers forwarded commands, several at once, until the future is dropped (never,
+    /// without a socket). Runs next to the server's upkeep in the same task; the commands
+    /// interleave at their awaits, so one waiting on its client (stdin, or a client slow to
+    /// read) holds up no other command, nor the upkeep or replication.
     pub(crate) async fn run_server(
         local: Option<LocalServer>,
         store: &Store,
@@ -286,14 +370,27 @@ mod unix {
         let Some(local) = local else {
             return std::future::pending().await;
         };
+        let listener = &local.listener;
+        let mut running = FuturesUnordered::new();
+        let mut retry: Option<tokio::time::Instant> = None;
         loop {
-            match local.listener.accept().await {
-                // A client that goes away mid-answer is its own business.
-                Ok((stream, _)) => {
-                    let _ = answer(stream, store, co).await;
+            let pause = retry.take();
+            let accept = async move {
+                if let Some(t) = pause {
+                    tokio::time::sleep_until(t).await;
                 }
-                // Out of file descriptors, say: try again shortly.
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                listener.accept().await
+            };
+            tokio::select! {
+                accepted = accept, if running.len() < MAX_RUNNING => match accepted {
+                    // A client that goes away mid-answer is its own business.
+                    Ok((stream, _)) => running.push(async move {
+                        let _ = answer(stream, store, co).await;
+                    }),
+                    // Out of file descriptors, say: try again shortly, the commands running on.
+                    Err(_) => retry = Some(tokio::time::Instant::now() + Duration::from_millis(100)),
+                },
+                Some(()) = running.next(), if !running.is_empty() => {}
             }
         }
     }
@@ -336,6 +433,9 @@ mod unix {
                 parse_request(&line).context("malformed request from a local cohd")
             }
             Ok(Err(e)) => return Err(e),
+            Ok(Ok(n)) if n as u64 >= MAX_REQUEST => Err(anyhow!(
+                "request from a local cohd longer than {MAX_REQUEST} bytes"
+            )),
             Ok(Ok(_)) => Err(anyhow!("incomplete request from a local cohd")),
             Err(_) => Err(anyhow!("no request from a local cohd")),
         };
@@ -343,12 +443,20 @@ mod unix {
             out: Out::remote(wr),
             stdin: Box::new(tokio::io::empty()),
         };
+        let link = io.out.link();
         let result = match request {
             Ok(req) => {
                 if req.stdin {
                     io.stdin = Box::new(rd);
                 }
-                catch_panic(execute(&req, store, co, &mut io)).await
+                let run = catch_panic(execute(&req, store, co, &mut io));
+                match link {
+                    Some(link) => tokio::select! {
+                        r = run => r,
+                        never = keep_alive(link) => match never {},
+                    },
+                    None => run.await,
+                }
             }
             Err(e) => Err(e),
         };
@@ -360,13 +468,32 @@ mod unix {
                 1
             }
         };
-        let Some((mut w, mut frames)) = io.out.into_remote() else {
+        let Some((w, mut frames)) = io.out.into_remote() else {
             return Ok(());
         };
         push_frame(&mut frames, TAG_EXIT, &[code]);
+        let mut w = w.lock().await;
         w.write_all(&frames).await?;
         w.flush().await?;
         w.shutdown().await
+    }
+
+    /// Sends an empty stdout frame every [`keepalive_every`], so that a client hears from a
+    /// server busy with its command (or waiting for the client's stdin) and times out only on a
+    /// server that is stuck or gone. Never returns; once the client is gone it only waits: the
+    /// command finds that out itself (and is not cut off mid-write).
+    async fn keep_alive(link: Link) -> std::convert::Infallible {
+        let every = keepalive_every();
+        let mut frame = Vec::new();
+        push_frame(&mut frame, TAG_STDOUT, &[]);
+        loop {
+            tokio::time::sleep(every).await;
+            let mut w = link.lock().await;
+            if w.write_all(&frame).await.is_err() || w.flush().await.is_err() {
+                drop(w);
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Runs `fut`, turning a panic inside it into an error: a bug that one forwarded command
@@ -470,8 +597,12 @@ mod unix {
             }
         };
         let r = dispatch(&command, co, io).await;
-        // Durable before the client hears of success, as for a command run on its own.
-        let synced = store.flush();
+        // Durable before the client hears of success, as for a command run on its own. The
+        // fsyncs run off this task, which the other commands and the upkeep share.
+        let s = store.clone();
+        let synced = tokio::task::spawn_blocking(move || s.flush())
+            .await
+            .context("syncing the store")?;
         r?;
         synced?;
         Ok(())

@@ -244,10 +244,15 @@ pub(crate) async fn serve(
         "db".into(),
         Duration::from_millis(250),
     );
+    // The fsyncs run off this task, which forwarded commands share: a large sync must not
+    // stall a command streaming its client's stdin.
     let durable = async {
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            store.flush()?;
+            let s = store.clone();
+            tokio::task::spawn_blocking(move || s.flush())
+                .await
+                .context("syncing the store")??;
         }
     };
     tokio::select! {
