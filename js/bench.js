@@ -56,8 +56,8 @@ async function main() {
   }
   log('storage:', dir)
 
-  const store = new Corestore(dir)
-  const drive = new Hyperdrive(store)
+  let store = new Corestore(dir)
+  let drive = new Hyperdrive(store)
   const result = { impl: 'js' }
 
   try {
@@ -111,6 +111,19 @@ async function main() {
 
     log(`db core: ${drive.db.core.length} blocks, ${drive.db.core.byteLength} bytes;`,
       `blobs core: ${drive.blobs.core.length} blocks, ${drive.blobs.core.byteLength} bytes`)
+
+    // Reads from a reopened store: every block comes from disk.
+    await drive.close()
+    await store.close()
+    store = new Corestore(dir)
+    drive = new Hyperdrive(store)
+    await drive.ready()
+    result.get_large_reopened_ms = await timed('get_large_reopened', async () => {
+      for (let i = 0; i < LARGE_COUNT; i++) {
+        const buf = await drive.get(`/large/${i}.bin`)
+        assert(buf && buf.length === LARGE_SIZE, `/large/${i}.bin length after reopen`)
+      }
+    })
   } finally {
     await drive.close()
     await store.close()

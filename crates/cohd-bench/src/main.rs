@@ -43,7 +43,7 @@ enum Kind {
 
 /// The workloads, in the order they run; timings are arrays in this order. The names are the
 /// JS output's keys without `_ms`.
-const WORKLOADS: [(&str, Kind); 6] = [
+const WORKLOADS: [(&str, Kind); 7] = [
     ("put_small_seq", Kind::Files(SMALL_COUNT)),
     ("put_small_batch", Kind::Files(SMALL_COUNT)),
     ("put_large", Kind::Bytes(LARGE_COUNT * LARGE_SIZE)),
@@ -51,6 +51,9 @@ const WORKLOADS: [(&str, Kind); 6] = [
     ("get_large", Kind::Bytes(LARGE_COUNT * LARGE_SIZE)),
     // Listing walks the small-file metadata, so it gets the small-file target.
     ("list_recursive", Kind::Files(EXPECTED_ENTRIES)),
+    // The large files again from a reopened store: every block read from disk (and, on our
+    // side, verified against the signed tree).
+    ("get_large_reopened", Kind::Bytes(LARGE_COUNT * LARGE_SIZE)),
 ];
 
 /// Milliseconds per workload, in [`WORKLOADS`] order.
@@ -195,6 +198,24 @@ async fn run_rust() -> Result<Timings> {
     })
     .await?;
 
+    drop(drive);
+    store.close().await?;
+    drop(store);
+    let store = Store::open(dir.path())?;
+    let drive = Drive::open_own(&store, "db").await?;
+    let get_large_reopened = timed(async || {
+        for i in 0..LARGE_COUNT {
+            let path = format!("/large/{i}.bin");
+            let data = drive
+                .get(&path)
+                .await?
+                .with_context(|| format!("{path} missing after reopening"))?;
+            ensure!(data.len() == LARGE_SIZE, "{path}: length {}", data.len());
+        }
+        Ok(())
+    })
+    .await?;
+
     // Release the store (and its lock) before the temp dir goes.
     drop(drive);
     drop(store);
@@ -206,6 +227,7 @@ async fn run_rust() -> Result<Timings> {
         get_small,
         get_large,
         list_recursive,
+        get_large_reopened,
     ])
 }
 

@@ -130,12 +130,15 @@ fn download_a_folder_then_read_it_offline() {
     ok(&d[2], &["export", "/media", copy.to_str().expect("utf-8")]);
     assert_eq!(std::fs::read(copy.join("other.bin")).expect("read"), bytes);
     assert!(fails(&d[2], &["cat", "/docs/note.txt"]).contains("not available"));
-    // A damaged record of sparse blocks only makes them unknown again: a clear error, no panic.
+    // Damaged records of sparse blocks (`present`, and the bitfield that also holds them) only
+    // make them unknown again: a clear error, no panic.
     let mut damaged = 0;
     for core in std::fs::read_dir(d[2].join("cores")).expect("cores") {
-        let present = core.expect("entry").path().join("present");
+        let core = core.expect("entry").path();
+        let present = core.join("present");
         if present.exists() {
             std::fs::write(&present, b"garbage").expect("write");
+            std::fs::write(core.join("bitfield"), b"").expect("write");
             damaged += 1;
         }
     }
