@@ -85,10 +85,8 @@ fn a_serve_receiving_writes_survives_every_stop() {
     ok(w, &["--peer", &srv.addr, "clone", &srv.key]);
     ok(w, &["--peer", &srv.addr, "request-auth", "--timeout", "20"]);
     let mut acked: Vec<(String, Vec<u8>)> = Vec::new();
-    for (round, sig) in ["INT", "TERM", "KILL", "KILL", "TERM", "INT"]
-        .into_iter()
-        .enumerate()
-    {
+    let signals = ["INT", "TERM", "KILL"].repeat(3);
+    for (round, &sig) in signals.iter().enumerate() {
         // Writes the server acknowledged: `sync` returns once the server holds them.
         for i in 0..3 {
             let len = 1 + (rng.next() % 200_000) as usize;
@@ -116,7 +114,7 @@ fn a_serve_receiving_writes_survives_every_stop() {
         signal(&srv.child, sig);
         let status = wait_exit(&mut srv.child, "serve");
         if sig != "KILL" {
-            assert!(status.success(), "serve after SIGI{sig}: {status}");
+            assert!(status.success(), "serve after SIG{sig}: {status}");
         }
         wait_exit(&mut inflight, "the sync in flight");
 
@@ -140,7 +138,7 @@ fn a_serve_receiving_writes_survives_every_stop() {
     for (p, data) in &acked {
         assert!(cat(w, p) == *data, "{p} on the writer");
     }
-    for round in 0..6 {
+    for round in 0..signals.len() {
         assert_eq!(cat(w, &format!("/server{round}")), b"server write");
     }
 }

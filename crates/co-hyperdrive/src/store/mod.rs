@@ -88,6 +88,9 @@ pub enum StoreError {
         /// What hypercore said.
         reason: String,
     },
+    /// The store was closed.
+    #[error("the store was closed")]
+    Closed,
     /// A core asked for by key is not in the store.
     #[error("core {0} is not in this store")]
     UnknownCore(Key),
@@ -120,6 +123,8 @@ struct Inner {
     cores: Mutex<HashMap<Key, Core>>,
     files: Mutex<Vec<Arc<FileStorage>>>,
     ledger: Mutex<ledger::Ledger>,
+    /// Set by [`Store::close`]: no core opens any more.
+    closed: std::sync::atomic::AtomicBool,
     _lock: Option<std::fs::File>,
 }
 
@@ -138,6 +143,7 @@ impl Store {
                 cores: Mutex::default(),
                 files: Mutex::default(),
                 ledger: Mutex::default(),
+                closed: std::sync::atomic::AtomicBool::new(false),
                 _lock: None,
             }),
         }
@@ -216,6 +222,7 @@ impl Store {
                 cores: Mutex::default(),
                 files: Mutex::default(),
                 ledger: Mutex::new(ledger),
+                closed: std::sync::atomic::AtomicBool::new(false),
                 _lock: Some(lock),
             }),
         }
@@ -363,6 +370,9 @@ impl Store {
         {
             return Ok(core.clone());
         }
+        if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
         let core_err = |e: hypercore::HypercoreError| StoreError::Core {
             key,
             reason: e.to_string(),
@@ -391,7 +401,15 @@ impl Store {
                 if recovered.is_none() && !create {
                     return Err(StoreError::UnknownCore(key));
                 }
-                private_dir(&dir).map_err(io(format!("creating {}", dir.display())))?;
+                // Only the core's own folder is made: a store whose `cores` folder is gone
+                // stays broken rather than growing a new one (nor one under a deleted store).
+                if !dir.is_dir() {
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&dir)
+                        .map_err(io(format!("creating {}", dir.display())))?;
+                }
                 let files = FILES
                     .iter()
                     .map(|n| FileStorage::open(&dir.join(n)))
@@ -443,18 +461,17 @@ impl Store {
     /// Makes everything durable and leaves every core's files in their flushed form, so the
     /// next open has nothing to recover (a store that was not closed reopens just as well, it
     /// only recovers first). Writes through cores opened before fail afterwards with
-    /// [`CoreError::Closed`]; reads go on, and cores opened again are fresh.
+    /// [`CoreError::Closed`] (reads go on), and opening cores not open yet with
+    /// [`StoreError::Closed`].
     pub async fn close(&self) -> Result<(), StoreError> {
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
         let cores = self.open_cores();
         for c in &cores {
             c.close().await;
         }
         self.flush()?;
-        self.inner
-            .cores
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
         for c in &cores {
             if let Some(dir) = self.core_dir(&c.key()).filter(|d| d.is_dir()) {
                 recover::recover(&dir, c.key())?;

@@ -113,10 +113,13 @@ pub(crate) async fn clone(cli: &Cli, key: &str, all: bool) -> Result<()> {
         .context("recording the followed co-drive")?;
     let co = CoDrive::open(&store, key, "db").await?;
     let r = follow(&store, &co, peer, all).await;
+    let files = match &r {
+        Ok(_) => co.snapshot().await.map(|s| s.list("/").len()),
+        Err(_) => Ok(0),
+    };
     store.close().await?;
     r?;
-    let files = co.snapshot().await?.list("/").len();
-    eprintln!("cloned {key}: {files} files");
+    eprintln!("cloned {key}: {} files", files?);
     Ok(())
 }
 
