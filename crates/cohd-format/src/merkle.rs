@@ -5,10 +5,16 @@
 //! Flat-tree numbering puts leaf `i` (block `i`) at index `2i`; a parent sits between its two
 //! children; the depth of index `n` is the number of trailing one bits.
 
-use blake2::digest::consts::U32;
-use blake2::{Blake2b, Digest};
+/// BLAKE2b-256 (the SIMD implementation: block hashes are the cost of every verified read).
+fn hasher() -> blake2b_simd::State {
+    blake2b_simd::Params::new().hash_length(32).to_state()
+}
 
-type Blake2b256 = Blake2b<U32>;
+fn finish(h: &blake2b_simd::State) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(h.finalize().as_bytes());
+    out
+}
 
 /// A tree node as stored: its flat index, the byte size it covers, its hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,22 +39,22 @@ pub const TREE_NAMESPACE: [u8; 32] = [
 
 /// Hash of a block (a leaf).
 pub fn leaf_hash(data: &[u8]) -> [u8; 32] {
-    let mut h = Blake2b256::new();
-    h.update([LEAF_TYPE]);
-    h.update((data.len() as u64).to_le_bytes());
+    let mut h = hasher();
+    h.update(&[LEAF_TYPE]);
+    h.update(&(data.len() as u64).to_le_bytes());
     h.update(data);
-    h.finalize().into()
+    finish(&h)
 }
 
 /// Hash of the parent of `a` and `b` (in any order).
 pub fn parent_hash(a: &Node, b: &Node) -> [u8; 32] {
     let (l, r) = if a.index <= b.index { (a, b) } else { (b, a) };
-    let mut h = Blake2b256::new();
-    h.update([PARENT_TYPE]);
-    h.update(l.size.wrapping_add(r.size).to_le_bytes());
-    h.update(l.hash);
-    h.update(r.hash);
-    h.finalize().into()
+    let mut h = hasher();
+    h.update(&[PARENT_TYPE]);
+    h.update(&l.size.wrapping_add(r.size).to_le_bytes());
+    h.update(&l.hash);
+    h.update(&r.hash);
+    finish(&h)
 }
 
 /// The parent node of `a` and `b` (siblings).
@@ -62,14 +68,14 @@ pub fn parent_node(a: &Node, b: &Node) -> Node {
 
 /// Hash of a tree given its roots, left to right (`crypto.tree`).
 pub fn tree_hash(roots: &[Node]) -> [u8; 32] {
-    let mut h = Blake2b256::new();
-    h.update([ROOT_TYPE]);
+    let mut h = hasher();
+    h.update(&[ROOT_TYPE]);
     for r in roots {
-        h.update(r.hash);
-        h.update(r.index.to_le_bytes());
-        h.update(r.size.to_le_bytes());
+        h.update(&r.hash);
+        h.update(&r.index.to_le_bytes());
+        h.update(&r.size.to_le_bytes());
     }
-    h.finalize().into()
+    finish(&h)
 }
 
 /// What a compat core's owner signs for a tree of `length` blocks on `fork`.

@@ -93,6 +93,8 @@ pub(crate) struct CoreFiles {
     pub(crate) present: PathBuf,
     /// Checks blocks read from the files.
     pub(crate) verifier: super::verify::Verifier,
+    /// The block after the last one read, and where it starts in the data file.
+    pub(crate) next: std::sync::Mutex<Option<(u64, u64)>>,
 }
 
 /// A hypercore of the store; cheap to clone.
@@ -617,21 +619,33 @@ impl CoreFiles {
         let leaf = index
             .checked_mul(2)
             .ok_or_else(|| "block index overflow".to_string())?;
-        let mut offset = 0u64;
-        for r in cohd_format::merkle::full_roots(index) {
-            offset = offset
-                .checked_add(self.node_size(r).await?)
-                .ok_or_else(|| "byte offset overflow".to_string())?;
-        }
+        // Sequential reads: block i + 1 starts where block i ended.
+        let next = *self.next.lock().unwrap_or_else(|e| e.into_inner());
+        let offset = match next {
+            Some((i, at)) if i == index => at,
+            _ => {
+                let mut offset = 0u64;
+                for r in cohd_format::merkle::full_roots(index) {
+                    offset = offset
+                        .checked_add(self.node_size(r).await?)
+                        .ok_or_else(|| "byte offset overflow".to_string())?;
+                }
+                offset
+            }
+        };
         let len = self.node_size(leaf).await?;
         let end = offset.checked_add(len).filter(|e| *e <= self.data.len());
         if end.is_none() || len > (1 << 30) {
             return Err(format!("block {index} lies outside the data file"));
         }
-        self.data
+        let block = self
+            .data
             .read(offset, len)
             .await
-            .map_err(|e| format!("block {index}: {e}"))
+            .map_err(|e| format!("block {index}: {e}"))?;
+        *self.next.lock().unwrap_or_else(|e| e.into_inner()) =
+            index.checked_add(1).zip(offset.checked_add(len));
+        Ok(block)
     }
 }
 

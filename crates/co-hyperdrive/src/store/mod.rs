@@ -444,6 +444,7 @@ impl Store {
                     data: by_name["data"].clone(),
                     present: dir.join("present"),
                     verifier,
+                    next: std::sync::Mutex::default(),
                 });
                 Core::new(hc, Some(files), present)
             }
