@@ -11,6 +11,7 @@
 //! - [`compact`]: compact-encoding, Hypercore's own byte layout.
 //! - [`merkle`]: Hypercore's Merkle tree hashes and flat-tree arithmetic.
 //! - [`oplog`]: a core's oplog (headers and entries), decoded completely.
+//! - [`proof`]: Hypercore Merkle proofs, made and verified.
 
 pub mod auth;
 pub mod bee;
@@ -21,6 +22,7 @@ pub mod merkle;
 pub mod oplog;
 pub mod path;
 pub mod present;
+pub mod proof;
 pub mod sub;
 pub mod varint;
 
