@@ -12,6 +12,7 @@
 //! - [`merkle`]: Hypercore's Merkle tree hashes and flat-tree arithmetic.
 //! - [`oplog`]: a core's oplog (headers and entries), decoded completely.
 //! - [`proof`]: Hypercore Merkle proofs, made and verified.
+//! - [`wire`]: Protomux frames and Hypercore replication messages.
 
 pub mod auth;
 pub mod bee;
@@ -25,6 +26,7 @@ pub mod present;
 pub mod proof;
 pub mod sub;
 pub mod varint;
+pub mod wire;
 
 pub use auth::{AuthKind, AuthMessage};
 pub use bee::{BeeHeader, BeeNode, DecodeError, Level, YoloIndex};
