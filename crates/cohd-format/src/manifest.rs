@@ -714,8 +714,9 @@ impl Verifier {
 
     /// Whether `signature` signs the tree `tree_hash` of `length` blocks on `fork` (JS
     /// `Verifier.verify`). Within a prologue no signature is needed: the tree hash must be
-    /// the prologue's. `Err` also means "does not verify": the blob is malformed, or needs
-    /// tree patches this pure check cannot apply.
+    /// the prologue's. `Err` also means "does not verify": the blob is malformed (trailing
+    /// bytes included, which JavaScript would ignore), or needs tree patches this pure check
+    /// cannot apply.
     pub fn verify(
         &self,
         tree_hash: &[u8; 32],
@@ -1177,6 +1178,18 @@ mod tests {
             m.signers.push(Signer::ed25519([2; 32]));
             let v = Verifier::new(m.hash(), m).unwrap();
             let _ = v.verify(&[0; 32], 1, 0, &b);
+        }
+
+        #[test]
+        fn damaged_encodings_never_panic(m in arb_manifest(), at in any::<usize>(), byte in any::<u8>(), cut in any::<usize>()) {
+            let mut e = m.encode();
+            let i = at % e.len();
+            e[i] = byte;
+            e.truncate(e.len() - cut % (e.len() + 1) / 2);
+            if let Ok(d) = Manifest::decode(&e) {
+                let _ = d.hash();
+                let _ = content_key(&d, &d.hash());
+            }
         }
 
         #[test]
