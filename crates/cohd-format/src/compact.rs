@@ -93,6 +93,18 @@ impl<'a> Reader<'a> {
         self.bytes(n)
     }
 
+    /// An array's element count, read as a `uint`, for elements of at least `min_size` bytes
+    /// each (taken as at least 1): a count the remaining input cannot hold is [`Truncated`], so collecting that
+    /// many elements never allocates more than the input justifies.
+    pub fn count(&mut self, min_size: usize) -> Result<usize, Truncated> {
+        let n = self.uint()?;
+        let room = (self.buf.len() - self.pos) / min_size.max(1);
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= room)
+            .ok_or(Truncated)
+    }
+
     /// A count-prefixed array of length-prefixed buffers (compact-encoding `array(string)`).
     pub fn buffers(&mut self) -> Result<Vec<&'a [u8]>, Truncated> {
         let n = self.length()?;
@@ -152,6 +164,14 @@ mod tests {
     }
 
     #[test]
+    fn counts_must_fit_the_input() {
+        assert_eq!(Reader::new(&[2, 0, 0, 0, 0]).count(2), Ok(2));
+        assert_eq!(Reader::new(&[2, 0, 0, 0]).count(3), Err(Truncated));
+        assert_eq!(Reader::new(&[0]).count(0), Ok(0));
+        assert_eq!(Reader::new(&[1]).count(0), Err(Truncated));
+    }
+
+    #[test]
     fn hostile_lengths_do_not_allocate() {
         let mut r = Reader::new(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
         assert_eq!(r.buffer(), Err(Truncated));
@@ -178,6 +198,7 @@ mod tests {
             let mut r = Reader::new(&b);
             let _ = r.buffers();
             let _ = r.uint();
+            let _ = r.count(65);
         }
     }
 }

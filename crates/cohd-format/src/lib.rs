@@ -10,6 +10,7 @@
 //! - [`present`]: the store's record of sparse blocks a core holds.
 //! - [`compact`]: compact-encoding, Hypercore's own byte layout.
 //! - [`merkle`]: Hypercore's Merkle tree hashes and flat-tree arithmetic.
+//! - [`manifest`]: Hypercore 11 manifests, core keys, signables, signatures, blobs keys.
 //! - [`oplog`]: a core's oplog (headers and entries), decoded completely.
 //! - [`proof`]: Hypercore Merkle proofs, made and verified.
 //! - [`wire`]: Protomux frames and Hypercore replication messages.
@@ -19,6 +20,7 @@ pub mod bee;
 pub mod compact;
 pub mod entry;
 pub mod key;
+pub mod manifest;
 pub mod merkle;
 pub mod oplog;
 pub mod path;
