@@ -29,9 +29,10 @@ struct Cli {
     /// writer, which must be one of the co-drive's writers.
     #[arg(long, global = true)]
     drive: Option<String>,
-    /// Replicate with the peer at this address first (clone, sync, and reads on demand).
-    #[arg(long, global = true)]
-    peer: Option<std::net::SocketAddr>,
+    /// Replicate with the peer at HOST:PORT (repeatable): clone, sync and reads on demand
+    /// connect to it first; `serve` keeps it connected and remembers it.
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    peer: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -157,11 +158,13 @@ enum Command {
     },
     /// Run a self-contained demo in a temporary store.
     Demo,
-    /// Serve the store's co-drive to peers over TCP until killed.
+    /// Serve the store's co-drive to peers over TCP until stopped (Ctrl-C), keeping every
+    /// --peer and every peer it ever reached connected.
     Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: std::net::SocketAddr,
+        /// Address to listen on (default: the one this store served on last, else 127.0.0.1
+        /// with a port chosen now and kept for next time).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
         /// Grant every authorization request (default: deny all).
         #[arg(long)]
         allow_all: bool,
@@ -190,7 +193,20 @@ enum Command {
         /// Folder or file in the drive.
         path: Option<String>,
     },
-    /// Catch up with --peer, then exit.
+    /// Keep the peer at HOST:PORT connected from now on (needs a running `cohd serve`, which
+    /// remembers it).
+    Connect {
+        /// The peer's address.
+        #[arg(value_name = "HOST:PORT")]
+        addr: String,
+    },
+    /// Show the running `cohd serve`: peers, how far each writer lags behind them, transfers.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Catch up with --peer, then exit (with a running `cohd serve`: through it).
     Sync {
         /// Download every file's content too.
         #[arg(long)]

@@ -262,3 +262,71 @@ fn secrets_are_private() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("chmod 600"), "no warning: {err}");
 }
+
+#[test]
+fn a_damaged_block_is_fetched_again_from_a_peer() {
+    let (_t, d) = dirs(2);
+    let (l, m) = (&d[0], &d[1]);
+    ok(l, &["init"]);
+    let mut rng = Rng(7);
+    let data = content(&mut rng, 300_000);
+    ok_in(l, &["put", "/f.bin", "-"], &data);
+    let sl = serve(l, &[]);
+    ok(m, &["--peer", &sl.addr, "clone", &sl.key, "--all"]);
+    assert!(cat(m, "/f.bin") == data);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(m.join("co-drive"))
+            .expect("co-drive")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the clone's files are private too");
+    }
+    // Block 3 of the blobs core (64 KiB blocks) is damaged on M's disk.
+    let blobs = std::fs::read_dir(m.join("cores"))
+        .expect("cores")
+        .map(|e| e.expect("entry").path())
+        .find(|p| std::fs::metadata(p.join("data")).is_ok_and(|md| md.len() == 300_000))
+        .expect("the blobs core");
+    flip(&blobs.join("data"), 200_000);
+    let err = fails(m, &["cat", "/f.bin"]);
+    assert!(err.contains("damaged"), "{err}");
+    // With the peer connected, the block comes again, and the repair is on disk.
+    let out = run(m, &["--peer", &sl.addr, "cat", "/f.bin"], b"");
+    assert!(
+        out.status.success() && out.stdout == data,
+        "not fetched again: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(sl);
+    assert!(
+        cat(m, "/f.bin") == data,
+        "the repair did not reach the disk"
+    );
+}
+
+#[test]
+fn a_lost_ledger_with_lost_cores_is_refused_not_forked() {
+    for lose_cores_folder in [false, true] {
+        let (_t, dir, core) = store_with_a_file();
+        std::fs::remove_file(dir.join("ledger")).expect("rm ledger");
+        if lose_cores_folder {
+            std::fs::remove_dir_all(dir.join("cores")).expect("rm cores");
+        } else {
+            std::fs::remove_dir_all(&core).expect("rm core");
+        }
+        let err = fails(&dir, &["put", "/z.txt", "-"]);
+        assert!(err.contains("fork"), "{err}");
+        assert!(!core.exists(), "the core was re-created");
+        assert!(
+            !dir.join("ledger").exists(),
+            "a fresh ledger papers over the loss"
+        );
+    }
+    // A store from before the ledger (its cores all there) is adopted.
+    let (_t, dir, _) = store_with_a_file();
+    std::fs::remove_file(dir.join("ledger")).expect("rm ledger");
+    ok_in(&dir, &["put", "/after.txt", "-"], b"still mine");
+    assert!(dir.join("ledger").exists());
+    assert_eq!(cat(&dir, "/a.txt"), b"hello");
+}

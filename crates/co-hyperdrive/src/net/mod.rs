@@ -5,14 +5,17 @@
 //! - `peer`: one core with one remote as a state machine (no I/O; hostile input is unit tested).
 //! - [`Replicator`]: connections, channels, and the actions the state machines ask for.
 //! - [`catch_up`] / [`add_known_cores`]: which cores a co-drive needs, found as data arrives.
+//! - [`Peers`]: addresses kept connected, dialled again with backoff.
 
 pub mod auth;
 mod follow;
 mod peer;
+mod peers;
 pub(crate) mod proof;
 mod session;
 pub mod transport;
 
 pub use follow::{add_known_cores, catch_up, spawn_follow};
 pub use peer::PeerError;
+pub use peers::{PeerStatus, Peers};
 pub use session::{ExtensionMessage, ReplicateOptions, Replicator, SessionError};

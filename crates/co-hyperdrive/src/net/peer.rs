@@ -90,11 +90,12 @@ impl Claims {
         }
     }
 
-    /// Claims block `i`; `false` if another channel has, recently.
-    fn claim(&self, i: u64) -> bool {
+    /// Claims block `i`; `false` if another channel has, recently (or, unless `wanted`, if
+    /// it lies below the highest prefix a channel reported).
+    fn claim(&self, i: u64, wanted: bool) -> bool {
         let now = Instant::now();
         let mut s = self.set();
-        if i < s.floor {
+        if i < s.floor && !wanted {
             return false;
         }
         match s.by_block.get(&i) {
@@ -418,11 +419,17 @@ impl Peer {
         } else {
             0..0
         };
-        for i in wanted.into_iter().chain(scan) {
+        let explicit = wanted.len();
+        for (n, i) in wanted.into_iter().chain(scan).enumerate() {
             if self.inflight.len() >= PIPELINE {
                 break;
             }
-            if self.requested.contains(&i) || self.claimed.contains(&i) || !self.claims.claim(i) {
+            // A block a read waits for is fetched even below another channel's prefix: it
+            // may be one found damaged on disk.
+            if self.requested.contains(&i)
+                || self.claimed.contains(&i)
+                || !self.claims.claim(i, n < explicit)
+            {
                 continue;
             }
             self.claimed.insert(i);
@@ -809,8 +816,8 @@ mod tests {
         assert_eq!(blocks(&requested_blocks(&p2.on_applied(&local))), vec![5]);
         // p1 ends: the blocks it claimed are free again; p2 asks for them as it gets room.
         drop(p1);
-        assert!(claims.claim(0) && claims.claim(31));
+        assert!(claims.claim(0, false) && claims.claim(31, false));
         // Block 32 arrived (held, past the prefix): still claimed, nobody fetches it again.
-        assert!(!claims.claim(32));
+        assert!(!claims.claim(32, false));
     }
 }

@@ -625,7 +625,7 @@ impl Replicator {
             let i = c.info();
             Local {
                 length: i.length,
-                contiguous: i.contiguous_length,
+                contiguous: c.contiguous_held(),
                 fork: i.fork,
                 writable: i.writeable,
             }

@@ -332,6 +332,16 @@ impl Core {
         self.hc.has(index) || (self.on_disk(index) && !self.is_damaged(index))
     }
 
+    /// The contiguous length, short of the first block found damaged (replication fetches
+    /// everything from there that is not held).
+    pub fn contiguous_held(&self) -> u64 {
+        let c = self.hc.info().contiguous_length;
+        match self.damaged().iter().next() {
+            Some(&d) if d < c && !self.hc.has(d) => d,
+            _ => c,
+        }
+    }
+
     /// Blocks `0..n` are all stored locally: what can be read without a peer. Past the
     /// crate's contiguous length too (it counts only blocks that arrived since it opened).
     pub fn readable_length(&self) -> u64 {

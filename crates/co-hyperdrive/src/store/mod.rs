@@ -60,6 +60,14 @@ pub enum StoreError {
     /// The primary key no longer derives the keys of the cores this store made.
     #[error("corrupted store: {0} does not derive the keys of the cores this store made (damaged or replaced?); refusing to open it, so that no new identity takes its writes")]
     WrongPrimaryKey(PathBuf),
+    /// The ledger is gone and one of our cores is missing: it may have held signed blocks.
+    #[error("core {name} ({key}) is not in the store and the store's ledger is gone, so nothing says whether it held signed blocks; creating it again could fork its signed log. Restore the store folder from a backup, or make a new store elsewhere (`cohd --dir NEW init`)")]
+    NoLedger {
+        /// The core's name.
+        name: String,
+        /// The core.
+        key: Key,
+    },
     /// The ledger of our cores does not read.
     #[error("corrupted store: {path} does not read ({reason})")]
     BadLedger {
@@ -69,7 +77,7 @@ pub enum StoreError {
         reason: String,
     },
     /// One of our writable cores lost signed blocks: writing to it would fork its log.
-    #[error("core {name} ({key}) had {recorded} signed blocks, but {found}; writing to it now would fork its signed log. Restore the store folder from a backup, or make a new store with `cohd init`")]
+    #[error("core {name} ({key}) had {recorded} signed blocks, but {found}; writing to it now would fork its signed log. Restore the store folder from a backup, or make a new store elsewhere (`cohd --dir NEW init`)")]
     LostBlocks {
         /// The core's name.
         name: String,
@@ -123,6 +131,9 @@ struct Inner {
     cores: Mutex<HashMap<Key, Core>>,
     files: Mutex<Vec<Arc<FileStorage>>>,
     ledger: Mutex<ledger::Ledger>,
+    /// The store was opened without a ledger (made before there was one, or it was lost):
+    /// only cores that exist are adopted.
+    no_ledger: bool,
     /// Set by [`Store::close`]: no core opens any more.
     closed: std::sync::atomic::AtomicBool,
     _lock: Option<std::fs::File>,
@@ -143,6 +154,7 @@ impl Store {
                 cores: Mutex::default(),
                 files: Mutex::default(),
                 ledger: Mutex::default(),
+                no_ledger: false,
                 closed: std::sync::atomic::AtomicBool::new(false),
                 _lock: None,
             }),
@@ -168,7 +180,7 @@ impl Store {
         private_dir(&dir.join("cores")).map_err(io("creating cores folder"))?;
         let ledger = ledger::Ledger::default();
         ledger.save(&dir).map_err(io("writing the ledger"))?;
-        Ok(Self::with_dir(dir, primary, lock, ledger))
+        Ok(Self::with_dir(dir, primary, lock, Some(ledger)))
     }
 
     /// Opens the existing disk store at `dir`.
@@ -186,8 +198,10 @@ impl Store {
             .map_err(|_| StoreError::BadPrimaryKey(pk.clone()))?;
         // A store made before the ledger existed gets one now; its cores are recorded as they
         // are opened.
-        let ledger = ledger::Ledger::load(&dir)?.unwrap_or_default();
-        if !ledger.matches(|name| Key(keys::key_pair(&primary, name).verifying_key().to_bytes())) {
+        let ledger = ledger::Ledger::load(&dir)?;
+        if !ledger.as_ref().is_none_or(|l| {
+            l.matches(|name| Key(keys::key_pair(&primary, name).verifying_key().to_bytes()))
+        }) {
             return Err(StoreError::WrongPrimaryKey(pk));
         }
         Ok(Self::with_dir(dir, primary, lock, ledger))
@@ -213,7 +227,7 @@ impl Store {
         dir: PathBuf,
         primary: [u8; 32],
         lock: std::fs::File,
-        ledger: ledger::Ledger,
+        ledger: Option<ledger::Ledger>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -221,7 +235,8 @@ impl Store {
                 primary,
                 cores: Mutex::default(),
                 files: Mutex::default(),
-                ledger: Mutex::new(ledger),
+                no_ledger: ledger.is_none(),
+                ledger: Mutex::new(ledger.unwrap_or_default()),
                 closed: std::sync::atomic::AtomicBool::new(false),
                 _lock: Some(lock),
             }),
@@ -273,6 +288,12 @@ impl Store {
                 if recorded.is_none() && self.inner.dir.is_some() {
                     // Recorded before its first write, so that losing it is noticed.
                     let existing = self.has_core(&key);
+                    if !existing && self.inner.no_ledger {
+                        return Err(StoreError::NoLedger {
+                            name: name.to_string(),
+                            key,
+                        });
+                    }
                     self.record_core(name, key, 0)?;
                     if existing {
                         tracing::debug!(name, %key, "adopting a core made before the ledger");

@@ -140,6 +140,7 @@ mod unix {
         keepalive_every, push_frame, socket_path, socket_timeout, MAX_CLIENT_FRAME, MAX_REQUEST,
         TAG_EXIT, TAG_STDERR, TAG_STDOUT,
     };
+    use crate::cmd::net::Served;
     use crate::cmd::{dispatch, Io};
     use crate::output::{self, Link, Out};
     use crate::{Cli, Command};
@@ -366,6 +367,7 @@ mod unix {
         local: Option<LocalServer>,
         store: &Store,
         co: &CoDrive,
+        served: &Served,
     ) -> Result<()> {
         let Some(local) = local else {
             return std::future::pending().await;
@@ -385,7 +387,7 @@ mod unix {
                 accepted = accept, if running.len() < MAX_RUNNING => match accepted {
                     // A client that goes away mid-answer is its own business.
                     Ok((stream, _)) => running.push(async move {
-                        let _ = answer(stream, store, co).await;
+                        let _ = answer(stream, store, co, served).await;
                     }),
                     // Out of file descriptors, say: try again shortly, the commands running on.
                     Err(_) => retry = Some(tokio::time::Instant::now() + Duration::from_millis(100)),
@@ -422,7 +424,12 @@ mod unix {
     }
 
     /// Reads one request from `stream`, runs it, and sends the answer.
-    async fn answer(stream: UnixStream, store: &Store, co: &CoDrive) -> std::io::Result<()> {
+    async fn answer(
+        stream: UnixStream,
+        store: &Store,
+        co: &CoDrive,
+        served: &Served,
+    ) -> std::io::Result<()> {
         let (rd, wr) = stream.into_split();
         let mut rd = BufReader::new(rd);
         let mut line = Vec::new();
@@ -449,7 +456,7 @@ mod unix {
                 if req.stdin {
                     io.stdin = Box::new(rd);
                 }
-                let run = catch_panic(execute(&req, store, co, &mut io));
+                let run = catch_panic(execute(&req, store, co, served, &mut io));
                 match link {
                     Some(link) => tokio::select! {
                         r = run => r,
@@ -518,7 +525,13 @@ mod unix {
     }
 
     /// Runs a forwarded command against the served store and co-drive.
-    async fn execute(req: &Request, store: &Store, co: &CoDrive, io: &mut Io) -> Result<()> {
+    async fn execute(
+        req: &Request,
+        store: &Store,
+        co: &CoDrive,
+        served: &Served,
+        io: &mut Io,
+    ) -> Result<()> {
         let argv = std::iter::once("cohd".to_string()).chain(req.args.iter().cloned());
         let clap_error = |e: clap::Error| {
             let msg = e.to_string();
@@ -550,6 +563,19 @@ mod unix {
             | Command::Deauthorize { .. }
             | Command::Conflicts { .. }
             | Command::Download { .. } => {}
+            // What works with the serve's own connections.
+            Command::Connect { addr } => {
+                return crate::cmd::net::connect_served(served, addr, &mut io.out).await
+            }
+            Command::Status { json } => {
+                return crate::cmd::net::status(served, store, co, *json, &mut io.out).await
+            }
+            Command::Sync { .. } if cli.drive.is_none() => {
+                let r = crate::cmd::net::sync_served(served, store, co, &cli.peer).await;
+                let synced = store.flush();
+                r?;
+                return Ok(synced?);
+            }
             Command::Serve { .. } => bail!("the store at {dir} is already served by `cohd serve`"),
             Command::Init => bail!("a store already exists at {dir} (`cohd serve` is serving it)"),
             _ => bail!(
@@ -557,7 +583,7 @@ mod unix {
                  the server first)"
             ),
         }
-        if cli.peer.is_some() {
+        if !cli.peer.is_empty() {
             bail!(
                 "--peer cannot be used while `cohd serve` runs on the store at {dir} (the \
                  server already replicates with the peers connected to it)"
@@ -644,6 +670,7 @@ mod other {
     use co_hyperdrive::codrive::CoDrive;
     use co_hyperdrive::Store;
 
+    use crate::cmd::net::Served;
     use crate::Cli;
 
     pub(crate) async fn forward(_cli: &Cli, locked: anyhow::Error) -> Result<u8> {
@@ -663,6 +690,7 @@ mod other {
         _local: Option<LocalServer>,
         _store: &Store,
         _co: &CoDrive,
+        _served: &Served,
     ) -> Result<()> {
         std::future::pending().await
     }

@@ -92,23 +92,32 @@ async fn run_here(cli: &Cli) -> Result<()> {
         Command::Clone { key, all } => net::clone(cli, key, *all).await?,
         _ => {
             let (store, co) = open_codrive(cli).await?;
-            let r = match (&cli.command, cli.peer) {
-                (
-                    Command::Serve {
-                        listen,
-                        allow_all,
-                        allow,
-                    },
-                    _,
-                ) => net::serve(&store, &co, *listen, net::policy(*allow_all, allow)?).await,
-                (Command::RequestAuth { timeout }, peer) => {
-                    net::request_auth(&store, &co, peer, *timeout).await
+            let peers = &cli.peer;
+            let r = match &cli.command {
+                Command::Serve {
+                    listen,
+                    allow_all,
+                    allow,
+                } => {
+                    let policy = net::policy(*allow_all, allow)?;
+                    net::serve(&store, &co, *listen, peers, policy).await
                 }
-                (Command::Sync { all }, peer) => net::sync(&store, &co, peer, *all).await,
-                (command, Some(peer)) => {
-                    net::with_peer(&store, &co, peer, dispatch(command, &co, &mut io)).await
+                Command::RequestAuth { timeout } => {
+                    net::request_auth(&store, &co, peers, *timeout).await
                 }
-                (command, None) => dispatch(command, &co, &mut io).await,
+                Command::Sync { all } => net::sync(&store, &co, peers, *all).await,
+                Command::Connect { .. } => Err(anyhow::anyhow!(
+                    "`cohd connect` needs a running `cohd serve` on the store at {} (it keeps \
+                     the peer connected); start one, or use `cohd serve --peer ADDR`",
+                    cli.dir.display()
+                )),
+                Command::Status { json } => {
+                    net::status_offline(&store, &co, *json, &mut io.out).await
+                }
+                command if !peers.is_empty() => {
+                    net::with_peer(&store, &co, peers, dispatch(command, &co, &mut io)).await
+                }
+                command => dispatch(command, &co, &mut io).await,
             };
             // Make whatever was written or received durable before exiting, even after an error.
             let synced = store.close().await;
@@ -191,6 +200,8 @@ async fn dispatch(command: &Command, co: &CoDrive, io: &mut Io) -> Result<()> {
         | Command::Clone { .. }
         | Command::Serve { .. }
         | Command::Sync { .. }
+        | Command::Connect { .. }
+        | Command::Status { .. }
         | Command::RequestAuth { .. } => {
             unreachable!("handled before dispatch")
         }

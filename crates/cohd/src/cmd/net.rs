@@ -10,9 +10,13 @@ use anyhow::{bail, Context, Result};
 use co_hyperdrive::codrive::CoDrive;
 use co_hyperdrive::format::Key;
 use co_hyperdrive::net::auth::{self, AuthPolicy};
-use co_hyperdrive::net::{add_known_cores, catch_up, spawn_follow, ReplicateOptions, Replicator};
+use co_hyperdrive::net::PeerStatus;
+use co_hyperdrive::net::{
+    add_known_cores, catch_up, spawn_follow, Peers, ReplicateOptions, Replicator,
+};
 use co_hyperdrive::Store;
 
+use crate::output::Out;
 use crate::Cli;
 
 /// How long clone/sync wait for a peer to bring every core up to date.
@@ -34,22 +38,47 @@ pub(crate) fn followed(dir: &Path) -> Result<Option<Key>> {
     }
 }
 
-async fn connect(
-    repl: &Replicator,
-    peer: SocketAddr,
-) -> Result<tokio::task::JoinHandle<Result<(), co_hyperdrive::net::SessionError>>> {
-    repl.connect(peer)
-        .await
-        .with_context(|| format!("cannot connect to {peer}"))
+/// Writes a file of the store readable by us only, as the store's own files are.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
 }
 
-async fn follow(store: &Store, co: &CoDrive, peer: SocketAddr, all: bool) -> Result<Replicator> {
+/// Resolves `HOST:PORT` (an IP address, or a host name looked up now).
+pub(crate) async fn resolve(addr: &str) -> Result<SocketAddr> {
+    tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("cannot resolve the peer address {addr:?} (HOST:PORT)"))?
+        .next()
+        .with_context(|| format!("{addr} resolves to no address"))
+}
+
+/// Connects to every peer in `peers` (at least one) and waits until the co-drive is caught up
+/// with them.
+async fn follow(store: &Store, co: &CoDrive, peers: &[String], all: bool) -> Result<Replicator> {
+    if peers.is_empty() {
+        bail!("no peer to replicate with: add --peer HOST:PORT");
+    }
     let repl = Replicator::new(ReplicateOptions {
         download_all: all,
         ..ReplicateOptions::default()
     });
     add_known_cores(store, &repl, co.key(), "db").await;
-    let mut conn = connect(&repl, peer).await?;
+    let mut conns = Vec::new();
+    for peer in peers {
+        let addr = resolve(peer).await?;
+        let conn = repl
+            .connect(addr)
+            .await
+            .with_context(|| format!("cannot connect to {peer}"))?;
+        conns.push((peer.clone(), conn));
+    }
     // A progress bar on a terminal while blocks arrive (hidden otherwise).
     let bar = all.then(|| {
         let pb = crate::output::progress_blocks("download");
@@ -66,17 +95,26 @@ async fn follow(store: &Store, co: &CoDrive, peer: SocketAddr, all: bool) -> Res
         (pb, task)
     });
     let _bar = BarGuard(bar);
-    // A connection that ends first ends the wait: its reason, at once.
+    // Connections that all end first end the wait: the first one's reason, at once.
+    let ended = async {
+        let mut why = None;
+        for (peer, conn) in &mut conns {
+            let reason = match conn.await {
+                Ok(Err(e)) => format!("connection to {peer} failed: {e}"),
+                _ => format!("connection to {peer} closed before catching up"),
+            };
+            why.get_or_insert(reason);
+        }
+        why.unwrap_or_default()
+    };
     let caught_up = tokio::select! {
         c = catch_up(store, &repl, co.key(), "db", CATCH_UP) => c,
-        ended = &mut conn => match ended {
-            Ok(Err(e)) => bail!("connection to {peer} failed: {e}"),
-            _ => bail!("connection to {peer} closed before catching up"),
-        },
+        why = ended => bail!("{why}"),
     };
     if !caught_up {
         bail!(
-            "{peer} did not bring the co-drive up to date within {}s",
+            "{} did not bring the co-drive up to date within {}s",
+            peers.join(", "),
             CATCH_UP.as_secs()
         );
     }
@@ -98,7 +136,9 @@ impl Drop for BarGuard {
 /// `cohd clone KEY --peer ADDR [--all]`.
 pub(crate) async fn clone(cli: &Cli, key: &str, all: bool) -> Result<()> {
     let key: Key = key.parse()?;
-    let peer = cli.peer.context("clone needs --peer ADDR")?;
+    if cli.peer.is_empty() {
+        bail!("clone needs --peer HOST:PORT");
+    }
     if let Some(k) = followed(&cli.dir)? {
         if k != key {
             bail!("the store at {} already follows {k}", cli.dir.display());
@@ -109,10 +149,10 @@ pub(crate) async fn clone(cli: &Cli, key: &str, all: bool) -> Result<()> {
     } else {
         Store::create(&cli.dir)?
     };
-    std::fs::write(cli.dir.join(FOLLOWED), format!("{key}\n"))
+    write_private(&cli.dir.join(FOLLOWED), format!("{key}\n").as_bytes())
         .context("recording the followed co-drive")?;
     let co = CoDrive::open(&store, key, "db").await?;
-    let r = follow(&store, &co, peer, all).await;
+    let r = follow(&store, &co, &cli.peer, all).await;
     let files = match &r {
         Ok(_) => co.snapshot().await.map(|s| s.list("/").len()),
         Err(_) => Ok(0),
@@ -124,14 +164,13 @@ pub(crate) async fn clone(cli: &Cli, key: &str, all: bool) -> Result<()> {
 }
 
 /// `cohd sync --peer ADDR [--all]`.
-pub(crate) async fn sync(
-    store: &Store,
-    co: &CoDrive,
-    peer: Option<SocketAddr>,
-    all: bool,
-) -> Result<()> {
-    let peer = peer.context("sync needs --peer ADDR")?;
-    let repl = follow(store, co, peer, all).await?;
+pub(crate) async fn sync(store: &Store, co: &CoDrive, peers: &[String], all: bool) -> Result<()> {
+    let repl = follow(store, co, peers, all).await?;
+    deliver_own(&repl, co, &peers.join(", ")).await
+}
+
+/// Waits until a connected peer holds every block of our own drive (what `sync` promises).
+pub(crate) async fn deliver_own(repl: &Replicator, co: &CoDrive, peer: &str) -> Result<()> {
     // Our own writes: stay until the peer holds them (it downloads what we announce), so they
     // are delivered before we leave, not only announced.
     let own: Vec<_> = [
@@ -164,14 +203,14 @@ pub(crate) async fn sync(
     Ok(())
 }
 
-/// Runs `command` while replicating with `peer` (metadata first; content on demand).
+/// Runs `command` while replicating with `peers` (metadata first; content on demand).
 pub(crate) async fn with_peer(
     store: &Store,
     co: &CoDrive,
-    peer: SocketAddr,
+    peers: &[String],
     command: impl Future<Output = Result<()>>,
 ) -> Result<()> {
-    let _repl = follow(store, co, peer, false).await?;
+    let _repl = follow(store, co, peers, false).await?;
     command.await
 }
 
@@ -192,11 +231,10 @@ pub(crate) fn policy(allow_all: bool, allow: &[String]) -> Result<AuthPolicy> {
 pub(crate) async fn request_auth(
     store: &Store,
     co: &CoDrive,
-    peer: Option<SocketAddr>,
+    peers: &[String],
     timeout: u64,
 ) -> Result<()> {
-    let peer = peer.context("request-auth needs --peer ADDR")?;
-    let repl = follow(store, co, peer, false).await?;
+    let repl = follow(store, co, peers, false).await?;
     let _follow = spawn_follow(
         store.clone(),
         repl.clone(),
@@ -211,10 +249,65 @@ pub(crate) async fn request_auth(
     Ok(())
 }
 
+/// What a running `serve` offers the commands forwarded to it.
+#[derive(Debug)]
+pub(crate) struct Served {
+    pub(crate) repl: Replicator,
+    pub(crate) peers: Peers,
+    pub(crate) addr: SocketAddr,
+}
+
+/// The file that remembers where the store served last (its port stays the same).
+const LISTEN: &str = "listen";
+/// The file that remembers every peer the store's `serve` ever reached.
+const PEERS: &str = "peers";
+
+/// The peers remembered in the store at `dir`.
+pub(crate) fn remembered(dir: &Path) -> Vec<String> {
+    std::fs::read(dir.join(PEERS))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Vec<String>>(&b).ok())
+        .unwrap_or_default()
+}
+
+fn remember(dir: &Path, peers: &[String]) -> Result<()> {
+    let tmp = dir.join(format!("{PEERS}.tmp"));
+    write_private(&tmp, &serde_json::to_vec(peers)?)
+        .and_then(|()| std::fs::rename(&tmp, dir.join(PEERS)))
+        .context("remembering peers")
+}
+
+/// Binds where the store served last (or `listen`), remembering the address for next time.
+async fn bind(store: &Store, repl: &Replicator, listen: Option<SocketAddr>) -> Result<SocketAddr> {
+    let dir = store.dir().context("serve needs a store on disk")?;
+    let last: Option<SocketAddr> = std::fs::read_to_string(dir.join(LISTEN))
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let want = listen.or(last).unwrap_or(([127, 0, 0, 1], 0).into());
+    let addr = match repl.listen(want).await {
+        Ok((addr, _task)) => addr,
+        // The remembered port is taken: another one, said out loud (peers must be told).
+        Err(e) if listen.is_none() && last.is_some() => {
+            let any = SocketAddr::new(want.ip(), 0);
+            let (addr, _task) = repl
+                .listen(any)
+                .await
+                .with_context(|| format!("cannot listen on {any}"))?;
+            eprintln!("warning: {want} is taken ({e}); listening on {addr} instead");
+            addr
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot listen on {want}")),
+    };
+    write_private(&dir.join(LISTEN), format!("{addr}\n").as_bytes())
+        .context("remembering the address")?;
+    Ok(addr)
+}
+
 pub(crate) async fn serve(
     store: &Store,
     co: &CoDrive,
-    listen: SocketAddr,
+    listen: Option<SocketAddr>,
+    peers: &[String],
     policy: AuthPolicy,
 ) -> Result<()> {
     let repl = Replicator::new(ReplicateOptions {
@@ -225,10 +318,29 @@ pub(crate) async fn serve(
     // Our own drive too, once it is a writer (or to let others see it while it asks to be one).
     repl.add_core(co.own().db().core().clone());
     repl.add_core(co.own().blobs().core().clone());
-    let (addr, _task) = repl
-        .listen(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = bind(store, &repl, listen).await?;
+    let dir = store
+        .dir()
+        .context("serve needs a store on disk")?
+        .to_path_buf();
+    // Every peer named now or reached before is kept connected.
+    let kept = Peers::new(repl.clone());
+    let _dialling = kept.guard();
+    let mut known = remembered(&dir);
+    for p in peers {
+        resolve(p).await?;
+        if !known.contains(p) {
+            known.push(p.clone());
+        }
+    }
+    for p in &known {
+        kept.keep(p);
+    }
+    let served = Served {
+        repl: repl.clone(),
+        peers: kept.clone(),
+        addr,
+    };
     // Other `cohd` commands on this store run in this process, sent over a local socket (see
     // `forward`); it is ready before the key is printed.
     let local = super::forward::LocalServer::bind(store);
@@ -258,10 +370,37 @@ pub(crate) async fn serve(
                 .context("syncing the store")??;
         }
     };
+    // Peers reached once are remembered, so the next `serve` dials them again.
+    let remembering = async {
+        let mut changed = kept.subscribe();
+        loop {
+            let reached: Vec<String> = kept
+                .status()
+                .into_iter()
+                .filter(|s| s.connections > 0)
+                .map(|s| s.addr)
+                .collect();
+            let mut all = remembered(&dir);
+            let before = all.len();
+            all.extend(
+                reached
+                    .into_iter()
+                    .filter(|a| !all.contains(a))
+                    .collect::<Vec<_>>(),
+            );
+            if all.len() != before {
+                remember(&dir, &all)?;
+            }
+            if changed.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    };
     tokio::select! {
         () = auth::answer_requests(repl.clone(), co, policy) => Ok(()),
         r = durable => r,
-        r = super::forward::run_server(local, store, co) => r,
+        r = remembering => r,
+        r = super::forward::run_server(local, store, co, &served) => r,
         // The caller flushes the store on the way out (any stop is safe; this one is clean).
         () = stop_requested() => Ok(()),
     }
@@ -283,4 +422,178 @@ async fn stop_requested() {
         // Without handlers the default action (exit) stays, which the store survives too.
         _ => std::future::pending().await,
     }
+}
+
+/// How long `connect` and a forwarded `sync` wait for a new peer's first connection.
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
+/// `cohd connect HOST:PORT`, run inside `serve`: keeps the peer and waits for it.
+pub(crate) async fn connect_served(served: &Served, addr: &str, out: &mut Out) -> Result<()> {
+    resolve(addr).await?;
+    served.peers.keep(addr);
+    match served.peers.wait_connected(addr, CONNECT_WAIT).await {
+        Ok(()) => {
+            writeln!(out, "connected to {addr}")?;
+            Ok(())
+        }
+        Err(e) => bail!("{e} (`cohd serve` keeps trying)"),
+    }
+}
+
+/// `cohd sync [--peer HOST:PORT...]`, run inside `serve`: the given peers are kept from now
+/// on; waits until the co-drive is caught up with the connected peers and they hold our writes.
+pub(crate) async fn sync_served(
+    served: &Served,
+    store: &Store,
+    co: &CoDrive,
+    peers: &[String],
+) -> Result<()> {
+    for p in peers {
+        resolve(p).await?;
+        served.peers.keep(p);
+        if let Err(e) = served.peers.wait_connected(p, CONNECT_WAIT).await {
+            if !served
+                .peers
+                .status()
+                .iter()
+                .any(|s| s.addr == *p && s.connected)
+            {
+                bail!("{e}");
+            }
+        }
+    }
+    if *served.repl.connections().borrow() == 0 {
+        bail!("`cohd serve` is not connected to any peer: add --peer HOST:PORT");
+    }
+    if !catch_up(store, &served.repl, co.key(), "db", CATCH_UP).await {
+        bail!(
+            "the connected peers did not bring the co-drive up to date within {}s",
+            CATCH_UP.as_secs()
+        );
+    }
+    deliver_own(&served.repl, co, "the connected peers").await
+}
+
+/// Each writer's length here and the longest any connected peer announced.
+async fn writer_lengths(
+    store: &Store,
+    co: &CoDrive,
+    repl: Option<&Replicator>,
+) -> Result<Vec<(Key, u64, Option<u64>)>> {
+    let snap = co.snapshot().await?;
+    let mut out = Vec::new();
+    for k in snap.view().writers.keys() {
+        let local = match store.open_key(*k, false).await {
+            Ok(c) => c.info().length,
+            Err(_) => 0,
+        };
+        out.push((*k, local, repl.and_then(|r| r.remote_length(k))));
+    }
+    Ok(out)
+}
+
+fn peer_json(s: &PeerStatus) -> serde_json::Value {
+    serde_json::json!({
+        "addr": s.addr,
+        "resolved": s.resolved.map(|a| a.to_string()),
+        "connected": s.connected,
+        "since_secs": s.since.and_then(|t| t.elapsed().ok()).map(|d| d.as_secs()),
+        "connections": s.connections,
+        "last_error": s.last_error,
+    })
+}
+
+/// `cohd status` inside `serve`.
+pub(crate) async fn status(
+    served: &Served,
+    store: &Store,
+    co: &CoDrive,
+    json: bool,
+    out: &mut Out,
+) -> Result<()> {
+    let peers = served.peers.status();
+    let writers = writer_lengths(store, co, Some(&served.repl)).await?;
+    let (sent, received) = served.repl.blocks_transferred();
+    let connections = *served.repl.connections().borrow();
+    if json {
+        let w: Vec<_> = writers
+            .iter()
+            .map(|(k, local, remote)| {
+                serde_json::json!({"key": k.to_hex(), "local": local, "remote": remote})
+            })
+            .collect();
+        let v = serde_json::json!({
+            "serving": served.addr.to_string(),
+            "codrive": co.key().to_hex(),
+            "connections": connections,
+            "peers": peers.iter().map(peer_json).collect::<Vec<_>>(),
+            "writers": w,
+            "blocks_sent": sent,
+            "blocks_received": received,
+        });
+        writeln!(out, "{v}")?;
+        return Ok(());
+    }
+    writeln!(out, "serving {} on {}", co.key(), served.addr)?;
+    writeln!(out, "connections: {connections}")?;
+    for p in &peers {
+        let state = if p.connected {
+            let secs = p
+                .since
+                .and_then(|t| t.elapsed().ok())
+                .map_or(0, |d| d.as_secs());
+            format!("connected for {secs}s")
+        } else {
+            format!(
+                "not connected ({}); retrying",
+                p.last_error.as_deref().unwrap_or("not tried yet")
+            )
+        };
+        writeln!(out, "peer {}: {state}", p.addr)?;
+    }
+    for (k, local, remote) in &writers {
+        let lag = match remote {
+            None => "no connected peer has it".to_string(),
+            Some(r) if r > local => format!("{} blocks behind the peers", r - local),
+            Some(r) if r < local => format!("peers are {} blocks behind", local - r),
+            Some(_) => "up to date".to_string(),
+        };
+        writeln!(out, "writer {k}: {local} blocks, {lag}")?;
+    }
+    writeln!(out, "blocks sent: {sent}, received: {received}")?;
+    Ok(())
+}
+
+/// `cohd status` with no `serve` running on the store.
+pub(crate) async fn status_offline(
+    store: &Store,
+    co: &CoDrive,
+    json: bool,
+    out: &mut Out,
+) -> Result<()> {
+    let dir = store.dir().context("status needs a store on disk")?;
+    let peers = remembered(dir);
+    let writers = writer_lengths(store, co, None).await?;
+    if json {
+        let w: Vec<_> = writers
+            .iter()
+            .map(|(k, local, _)| serde_json::json!({"key": k.to_hex(), "local": local}))
+            .collect();
+        let v = serde_json::json!({
+            "serving": null,
+            "codrive": co.key().to_hex(),
+            "remembered_peers": peers,
+            "writers": w,
+        });
+        writeln!(out, "{v}")?;
+        return Ok(());
+    }
+    writeln!(out, "not serving (start `cohd serve` to stay connected)")?;
+    for p in &peers {
+        writeln!(out, "remembered peer {p}")?;
+    }
+    for (k, local, _) in &writers {
+        writeln!(out, "writer {k}: {local} blocks")?;
+    }
+    Ok(())
 }
