@@ -107,6 +107,20 @@ impl Peers {
         true
     }
 
+    /// Stops keeping `addr` (and ends its connection); `false` if it was not kept.
+    pub fn forget(&self, addr: &str) -> bool {
+        let gone = self
+            .kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(addr);
+        if let Some(k) = &gone {
+            k.task.abort();
+            self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        gone.is_some()
+    }
+
     /// Every kept peer.
     pub fn status(&self) -> Vec<PeerStatus> {
         self.kept
@@ -308,5 +322,8 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.contains("resolve"), "{e}");
+        assert!(peers.forget(&addr));
+        assert!(!peers.forget(&addr));
+        assert_eq!(peers.status().len(), 1);
     }
 }
