@@ -450,7 +450,7 @@ pub(crate) async fn sync_served(
 ) -> Result<()> {
     for p in peers {
         resolve(p).await?;
-        served.peers.keep(p);
+        let new = served.peers.keep(p);
         if let Err(e) = served.peers.wait_connected(p, CONNECT_WAIT).await {
             if !served
                 .peers
@@ -458,6 +458,10 @@ pub(crate) async fn sync_served(
                 .iter()
                 .any(|s| s.addr == *p && s.connected)
             {
+                // A peer this sync named and never reached is not kept.
+                if new {
+                    served.peers.forget(p);
+                }
                 bail!("{e}");
             }
         }
