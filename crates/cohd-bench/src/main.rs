@@ -1,17 +1,19 @@
 //! cohd-bench: runs the workloads of `js/bench.js` on our Rust [`Drive`], on disk, then runs
 //! `js/bench.js` itself, and compares the two.
 //!
-//! Usage: `cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication]`
+//! Usage: `cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication] [--live]`
 //!
 //! - `--runs N`: run both sides N times (default 1) and report the median of each workload.
 //! - `--json`: print only the final JSON line on stdout.
 //! - `--no-js`: skip the JavaScript side.
 //! - `--codrive`: instead, the co-drive benchmark (merged reads with 1, 4, 16 writers).
 //! - `--replication`: instead, replication of ~100 MiB over loopback, ours and JavaScript.
+//! - `--live`: instead, how long a write takes to be readable on a connected peer.
 //!
 //! Progress goes to stderr; the table and one JSON line with every number go to stdout.
 
 mod codrive;
+mod live;
 mod replication;
 
 use std::path::{Path, PathBuf};
@@ -65,10 +67,11 @@ struct Options {
     js: bool,
     codrive: bool,
     replication: bool,
+    live: bool,
 }
 
 fn usage() -> &'static str {
-    "usage: cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication]"
+    "usage: cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication] [--live]"
 }
 
 fn parse_args() -> Result<Options> {
@@ -78,6 +81,7 @@ fn parse_args() -> Result<Options> {
         js: true,
         codrive: false,
         replication: false,
+        live: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -94,6 +98,7 @@ fn parse_args() -> Result<Options> {
             "--no-js" => opts.js = false,
             "--codrive" => opts.codrive = true,
             "--replication" => opts.replication = true,
+            "--live" => opts.live = true,
             "-h" | "--help" => {
                 println!("{}", usage());
                 std::process::exit(0);
@@ -426,6 +431,7 @@ async fn main() -> ExitCode {
         Ok(opts) if opts.replication => {
             replication::run(&repo_root(), opts.js, opts.json, opts.runs).await
         }
+        Ok(opts) if opts.live => live::run(&repo_root(), opts.js, opts.json, opts.runs).await,
         Ok(opts) => run(&opts).await,
         Err(e) => Err(e),
     };
