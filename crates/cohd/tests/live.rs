@@ -38,11 +38,12 @@ fn arrives(from: &Path, to: &Path, path: &str, data: &[u8]) {
 
 #[test]
 fn serving_writers_stay_live_across_restarts_and_relays() {
-    let (_t, d) = dirs(3);
-    let (a, b, c) = (&d[0], &d[1], &d[2]);
+    let (_t, d) = dirs(4);
+    let (a, b, c, e) = (&d[0], &d[1], &d[2], &d[3]);
     ok(a, &["init"]);
     let sa = serve(a, &["--allow-all"]);
-    ok(b, &["--peer", &sa.addr, "clone", &sa.key]);
+    // B is a mirror (--all): it keeps every writer's content, so it can relay it.
+    ok(b, &["--peer", &sa.addr, "clone", &sa.key, "--all"]);
     ok(b, &["--peer", &sa.addr, "request-auth", "--timeout", "20"]);
     // B dials A by host name; both serve.
     let port = sa.addr.rsplit(':').next().expect("port").to_string();
@@ -72,6 +73,21 @@ fn serving_writers_stay_live_across_restarts_and_relays() {
     let sb = serve(b, &[]);
     arrives(a, b, "/after-b-restart.txt", b"a4");
     arrives(b, a, "/from-b-again.txt", b"b2");
+
+    // E, a clone without --all, follows A live but stays sparse: the listing arrives, the
+    // content only when read.
+    ok(e, &["--peer", &sa.addr, "clone", &sa.key]);
+    let se = serve(e, &["--peer", &sa.addr]);
+    ok_in(a, &["put", "/sparse.bin", "-"], &[5u8; 100_000]);
+    eventually("the listing to reach E", || {
+        String::from_utf8_lossy(&run(e, &["ls", "-r"], b"").stdout).contains("/sparse.bin")
+    });
+    stop(se, "TERM");
+    let err = fails(e, &["cat", "/sparse.bin"]);
+    assert!(
+        err.contains("not available"),
+        "a sparse clone fetched content: {err}"
+    );
 
     // `cohd connect` adds a peer to a running serve; a bad one fails with the reason.
     let err = fails(c, &["connect", "127.0.0.1:1"]);

@@ -23,6 +23,18 @@ use crate::Cli;
 const CATCH_UP: Duration = Duration::from_secs(60);
 
 const FOLLOWED: &str = "co-drive";
+/// Present when the store keeps every file's content (a mirror): a store's own co-drive, or one
+/// cloned or synced with `--all`. Without it a clone stays sparse, serving included.
+const MIRROR: &str = "mirror";
+
+/// Whether the store at `dir` keeps all content: its own co-drive, or a clone made a mirror.
+fn is_mirror(dir: &Path) -> Result<bool> {
+    Ok(followed(dir)?.is_none() || dir.join(MIRROR).exists())
+}
+
+fn make_mirror(dir: &Path) -> Result<()> {
+    write_private(&dir.join(MIRROR), b"").context("recording the store as a mirror")
+}
 
 /// The co-drive key the store follows (written by `clone`).
 pub(crate) fn followed(dir: &Path) -> Result<Option<Key>> {
@@ -152,6 +164,9 @@ pub(crate) async fn clone(cli: &Cli, key: &str, all: bool) -> Result<()> {
     write_private(&cli.dir.join(FOLLOWED), format!("{key}\n").as_bytes())
         .context("recording the followed co-drive")?;
     let co = CoDrive::open(&store, key, "db").await?;
+    if all {
+        make_mirror(&cli.dir)?;
+    }
     let r = follow(&store, &co, &cli.peer, all).await;
     let files = match &r {
         Ok(_) => co.snapshot().await.map(|s| s.list("/").len()),
@@ -165,7 +180,11 @@ pub(crate) async fn clone(cli: &Cli, key: &str, all: bool) -> Result<()> {
 
 /// `cohd sync --peer ADDR [--all]`.
 pub(crate) async fn sync(store: &Store, co: &CoDrive, peers: &[String], all: bool) -> Result<()> {
-    let repl = follow(store, co, peers, all).await?;
+    let dir = store.dir().context("sync needs a store on disk")?;
+    if all {
+        make_mirror(dir)?;
+    }
+    let repl = follow(store, co, peers, all || is_mirror(dir)?).await?;
     deliver_own(&repl, co, &peers.join(", ")).await
 }
 
@@ -310,8 +329,9 @@ pub(crate) async fn serve(
     peers: &[String],
     policy: AuthPolicy,
 ) -> Result<()> {
+    let dir = store.dir().context("serve needs a store on disk")?;
     let repl = Replicator::new(ReplicateOptions {
-        download_all: true,
+        download_all: is_mirror(dir)?,
         ..ReplicateOptions::default()
     });
     add_known_cores(store, &repl, co.key(), "db").await;
