@@ -430,12 +430,12 @@ fn ls_variants() {
         .map(|e| e["path"].as_str().expect("path"))
         .collect();
     assert_eq!(rpaths, ls_paths(&d, &["ls", "-r"]));
-    // An empty or missing folder lists nothing, successfully.
-    assert!(d.ok(&["ls", "/nope"]).stdout.is_empty());
-    assert_eq!(
-        d.ok(&["ls", "/nope", "--json"]).json(),
-        serde_json::json!([])
-    );
+    // A missing folder is an error, not a silent empty listing (the issue "A command line
+    // people enjoy").
+    assert!(d.err(&["ls", "/nope"]).contains("no such file or folder"));
+    assert!(d
+        .err(&["ls", "/nope", "--json"])
+        .contains("no such file or folder"));
 }
 
 #[test]
@@ -2140,4 +2140,28 @@ fn demo_runs_both_parts() {
         .parent()
         .expect("the demo's temporary folder");
     assert!(!root.exists(), "{} was left behind", root.display());
+}
+
+#[test]
+fn a_word_where_one_is_due() {
+    let (d, _) = Dir::init();
+    let (other, other_key) = Dir::init();
+    // `authorize` says what it did, and what happens next.
+    let who = other.ok(&["whoami"]).text().trim().to_string();
+    let out = d.ok(&["authorize", &who]).text();
+    assert!(out.contains("authorized") && out.contains(&who), "{out}");
+    let out = d.ok(&["deauthorize", &who]).text();
+    assert!(out.contains("removed"), "{out}");
+    // `info` says writable only for a writer of the co-drive it shows.
+    assert_eq!(d.ok(&["info", "--json"]).json()["writable"], true);
+    let v = d.ok(&["--drive", &other_key, "info", "--json"]).json();
+    assert_eq!(v["writable"], false, "{v}");
+    let text = d.ok(&["--drive", &other_key, "info"]).text();
+    assert!(text.contains("cohd authorize"), "{text}");
+    // `ls` of nothing is an error, not silence.
+    d.put("/docs/a.txt", b"a");
+    assert!(d
+        .err(&["ls", "/nothing"])
+        .contains("no such file or folder"));
+    assert_eq!(ls_paths(&d, &["ls", "/docs"]), ["/docs/a.txt"]);
 }

@@ -38,6 +38,8 @@ pub(crate) async fn info(co: &CoDrive, out: &mut Out, json: bool) -> Result<()> 
     // The co-drive's version needs every writer's data; a writer that cannot be read does not
     // stop `info` from describing this store's own drive.
     let frontier = co.version().await.map(|f| f.to_string());
+    // Whether writes count: the local writer must be in the co-drive's writer set.
+    let writer = co.snapshot().await.is_ok_and(|s| s.is_writer());
     let drive = co.own();
     let db = drive.db().core().info();
     let blobs = drive.blobs().core().info();
@@ -46,7 +48,7 @@ pub(crate) async fn info(co: &CoDrive, out: &mut Out, json: bool) -> Result<()> 
             "key": drive.key().to_hex(),
             "id": drive.key().to_z32(),
             "blobs_key": drive.blobs_key().to_hex(),
-            "writable": drive.writable(),
+            "writable": drive.writable() && writer,
             "version": drive.version(),
             "db": { "length": db.length, "byte_length": db.byte_length },
             "blobs": { "length": blobs.length, "byte_length": blobs.byte_length },
@@ -58,7 +60,16 @@ pub(crate) async fn info(co: &CoDrive, out: &mut Out, json: bool) -> Result<()> 
     } else {
         writeln!(out, "key:       {}", drive.key())?;
         writeln!(out, "id:        {}", drive.key().to_z32())?;
-        writeln!(out, "writable:  {}", drive.writable())?;
+        if drive.writable() && writer {
+            writeln!(out, "writable:  true")?;
+        } else {
+            writeln!(
+                out,
+                "writable:  false (not a writer of co-drive {}: a writer runs `cohd authorize {}`)",
+                co.key(),
+                co.local_key()
+            )?;
+        }
         writeln!(out, "version:   {}", drive.version())?;
         writeln!(
             out,
@@ -200,6 +211,13 @@ pub(crate) async fn ls(
     at: Option<&str>,
 ) -> Result<()> {
     let snap = snapshot_at(co, at).await?;
+    // The root always exists; anything else must be a file or hold one.
+    if !folder.trim_matches('/').is_empty() {
+        let norm = path::normalize(folder)?;
+        if snap.stat(&norm)?.is_none() && snap.readdir(&norm).is_empty() {
+            bail!("no such file or folder: {norm}");
+        }
+    }
     if recursive || long || json {
         let mut entries = snap.list(folder);
         if !recursive {

@@ -55,8 +55,21 @@ pub(crate) async fn run(command: &Command, co: &CoDrive, out: &mut Out) -> Resul
                 }
             }
         }
-        Command::Authorize { key } => co.authorize(key.parse()?).await?,
-        Command::Deauthorize { key } => co.deauthorize(key.parse()?).await?,
+        Command::Authorize { key } => {
+            let k: Key = key.parse()?;
+            co.authorize(k).await?;
+            writeln!(
+                out,
+                "authorized {k}: it can write to {} once this record reaches it (a sync, or a \
+                 connected serve)",
+                co.key()
+            )?;
+        }
+        Command::Deauthorize { key } => {
+            let k: Key = key.parse()?;
+            co.deauthorize(k).await?;
+            writeln!(out, "removed writer {k}: the writes of it seen so far stay")?;
+        }
         Command::Conflicts { path: folder, json } => {
             let snap = read_snapshot(co).await?;
             let v = snap.view();
