@@ -101,6 +101,9 @@ enum Command {
         /// Delete a folder recursively.
         #[arg(short, long)]
         recursive: bool,
+        /// Do not ask before emptying the whole drive (`rm -r /`), for scripts.
+        #[arg(long)]
+        yes: bool,
     },
     /// Show a file's entry in the merged view, with the winning writer and any conflicts.
     Stat {

@@ -2165,3 +2165,17 @@ fn a_word_where_one_is_due() {
         .contains("no such file or folder"));
     assert_eq!(ls_paths(&d, &["ls", "/docs"]), ["/docs/a.txt"]);
 }
+
+#[test]
+fn emptying_the_whole_drive_needs_a_yes() {
+    let (d, _) = Dir::init();
+    d.put("/a.txt", b"a");
+    d.put("/docs/b.txt", b"b");
+    // No terminal to ask on: refused, nothing removed.
+    assert!(d.err(&["rm", "-r", "/"]).contains("--yes"));
+    assert_eq!(ls_paths(&d, &["ls", "-r"]), ["/a.txt", "/docs/b.txt"]);
+    // A folder is removed without asking; the whole drive with --yes.
+    d.ok(&["rm", "-r", "/docs"]);
+    d.ok(&["rm", "-r", "/", "--yes"]);
+    assert!(ls_paths(&d, &["ls", "-r"]).is_empty());
+}

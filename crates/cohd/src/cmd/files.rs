@@ -268,9 +268,27 @@ fn join(folder: &str, name: &str) -> String {
 
 /// `rm` writes tombstones through the co-drive: the versions it saw disappear from the merged
 /// view, whichever writer wrote them.
-pub(crate) async fn rm(co: &CoDrive, target: &str, recursive: bool) -> Result<()> {
+pub(crate) async fn rm(
+    co: &CoDrive,
+    out: &mut Out,
+    target: &str,
+    recursive: bool,
+    yes: bool,
+) -> Result<()> {
     let mut snap = co.snapshot().await?;
+    let everything = recursive && target.trim_matches('/').is_empty();
+    let n = if everything { snap.list("/").len() } else { 0 };
     let mut batch = snap.batch().await?;
+    // Emptying the whole shared drive takes every writer's files with it: asked first.
+    if everything
+        && !yes
+        && !confirm(
+            out,
+            &format!("remove all {n} files of co-drive {}?", co.key()),
+        )?
+    {
+        bail!("not removed: `rm -r /` empties the whole shared drive; add --yes to do it");
+    }
     if recursive {
         if batch.del_folder(target).await? == 0 {
             bail!("no such file or folder: {target}");
@@ -284,6 +302,19 @@ pub(crate) async fn rm(co: &CoDrive, target: &str, recursive: bool) -> Result<()
     }
     batch.flush().await?;
     Ok(())
+}
+
+/// Asks on the terminal (only when this command runs in one, not inside a `serve`); `false`
+/// without a terminal.
+fn confirm(out: &Out, question: &str) -> Result<bool> {
+    use std::io::IsTerminal;
+    if out.is_remote() || !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Ok(false);
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 /// `writer@seq` of each version, as `cohd conflicts` shows them.

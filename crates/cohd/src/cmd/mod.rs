@@ -155,7 +155,11 @@ async fn dispatch(command: &Command, co: &CoDrive, io: &mut Io) -> Result<()> {
             let folder = path.as_deref().unwrap_or("/");
             files::ls(co, out, folder, *recursive, *long, *json, at.as_deref()).await
         }
-        Command::Rm { path, recursive } => files::rm(co, path, *recursive).await,
+        Command::Rm {
+            path,
+            recursive,
+            yes,
+        } => files::rm(co, out, path, *recursive, *yes).await,
         Command::Stat { path, json, at } => files::stat(co, out, path, *json, at.as_deref()).await,
         Command::Symlink { path, target } => Ok(co.symlink(path, target).await?),
         Command::Import { local, path } => {
