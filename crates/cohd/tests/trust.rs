@@ -330,3 +330,73 @@ fn a_lost_ledger_with_lost_cores_is_refused_not_forked() {
     assert!(dir.join("ledger").exists());
     assert_eq!(cat(&dir, "/a.txt"), b"hello");
 }
+
+#[test]
+fn a_hundred_kill_9s_during_writes_lose_no_acknowledged_write() {
+    let seed = std::env::var("COHD_STOP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x9e37_79b9_7f4a_7c15);
+    eprintln!("COHD_STOP_SEED={seed}");
+    let mut rng = Rng(seed);
+    let (t, d) = dirs(1);
+    let s = &d[0];
+    ok(s, &["init"]);
+    let src = t.path().join("src");
+    let mut acked: Vec<(String, Vec<u8>)> = Vec::new();
+    for trial in 0..100 {
+        // A put of a random size, or an import of a small folder, killed at a random moment.
+        let mut expect = Vec::new();
+        let mut child = if rng.next() % 3 == 0 {
+            let _ = std::fs::remove_dir_all(&src);
+            std::fs::create_dir_all(&src).expect("mkdir");
+            for i in 0..4 {
+                let len = 1 + (rng.next() % 100_000) as usize;
+                let data = content(&mut rng, len);
+                std::fs::write(src.join(format!("f{i}")), &data).expect("write");
+                expect.push((format!("/t{trial}/f{i}"), data));
+            }
+            let dest = format!("/t{trial}");
+            cohd(s, &["import", src.to_str().expect("utf-8"), &dest])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn import")
+        } else {
+            let len = 1 + (rng.next() % 400_000) as usize;
+            let data = content(&mut rng, len);
+            let file = t.path().join("put.bin");
+            std::fs::write(&file, &data).expect("write");
+            let p = format!("/t{trial}.bin");
+            expect.push((p.clone(), data));
+            cohd(s, &["put", &p, file.to_str().expect("utf-8")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn put")
+        };
+        std::thread::sleep(Duration::from_millis(rng.next() % 60));
+        signal(&child, "KILL");
+        let status = wait_exit(&mut child, "the killed command");
+        if status.success() {
+            acked.extend(expect);
+        }
+        // The store opens, lists, and keeps every acknowledged write.
+        let listed = ok(s, &["ls", "-r"]);
+        let check_all = trial % 10 == 9;
+        for (p, data) in acked
+            .iter()
+            .rev()
+            .take(if check_all { usize::MAX } else { 4 })
+        {
+            assert!(listed.contains(p.as_str()), "trial {trial}: {p} lost");
+            assert!(cat(s, p) == *data, "trial {trial}: {p} differs");
+        }
+    }
+    ok_in(s, &["put", "/after.txt", "-"], b"still writable");
+    assert!(
+        acked.len() > 10,
+        "only {} writes finished before their kill",
+        acked.len()
+    );
+}
