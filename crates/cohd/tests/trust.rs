@@ -347,7 +347,7 @@ fn a_hundred_kill_9s_during_writes_lose_no_acknowledged_write() {
     for trial in 0..100 {
         // A put of a random size, or an import of a small folder, killed at a random moment.
         let mut expect = Vec::new();
-        let mut child = if rng.next() % 3 == 0 {
+        let mut child = if rng.next().is_multiple_of(3) {
             let _ = std::fs::remove_dir_all(&src);
             std::fs::create_dir_all(&src).expect("mkdir");
             for i in 0..4 {
