@@ -373,34 +373,12 @@ fn upgrade_proof(
     Ok(())
 }
 
+/// The nodes taking a tree of `from / 2` blocks on to `to / 2`: an upgrade proof with no
+/// block in it.
 fn additional_proof(tree: &impl Nodes, from: u64, to: u64) -> Result<Vec<Node>, ProofError> {
-    let mut out: Option<Vec<Node>> = None;
-    let mut ite = Ite::new(0);
-    while ite.full_root(to) {
-        'root: {
-            if ite.index + ite.factor / 2 < from {
-                break 'root;
-            }
-            if out.is_none() && ite.contains(from - 2) {
-                let mut nodes = Vec::new();
-                let root = ite.index;
-                let target = from - 2;
-                ite.seek(target);
-                while ite.index != root {
-                    ite.sibling();
-                    if ite.index > target {
-                        nodes.push(get(tree, ite.index)?);
-                    }
-                    ite.parent();
-                }
-                out = Some(nodes);
-                break 'root;
-            }
-            out.get_or_insert_with(Vec::new).push(get(tree, ite.index)?);
-        }
-        ite.next_tree();
-    }
-    Ok(out.unwrap_or_default())
+    let mut p = ProofNodes::default();
+    upgrade_proof(tree, None, from, to, to, &mut p)?;
+    Ok(p.upgrade.unwrap_or_default())
 }
 
 /// A proof received from a peer.

@@ -134,3 +134,13 @@ pub fn dirs(n: usize) -> (tempfile::TempDir, Vec<PathBuf>) {
     let v = (0..n).map(|i| t.path().join(format!("peer{i}"))).collect();
     (t, v)
 }
+
+/// Sends `sig` (INT, TERM, KILL...) to a child process.
+pub fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{sig}");
+}
