@@ -109,6 +109,19 @@ pub(crate) fn is_locked(e: &anyhow::Error) -> bool {
         .any(|c| matches!(c.downcast_ref::<StoreError>(), Some(StoreError::Locked(_))))
 }
 
+/// What a running `serve` does itself for forwarded commands that need its connections
+/// (`connect`, `status`, `sync`); forwarding knows it only through this.
+pub(crate) trait ServedCommands: Sync {
+    /// Runs `cli`'s command if it is one of the serve's own; `None` for every other.
+    fn run<'a>(
+        &'a self,
+        cli: &'a crate::Cli,
+        store: &'a co_hyperdrive::Store,
+        co: &'a co_hyperdrive::codrive::CoDrive,
+        out: &'a mut crate::output::Out,
+    ) -> Option<futures::future::BoxFuture<'a, anyhow::Result<()>>>;
+}
+
 /// The socket of the store at `dir`.
 #[cfg(unix)]
 fn socket_path(dir: &std::path::Path) -> std::path::PathBuf {
@@ -136,11 +149,11 @@ mod unix {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     use tokio::net::{UnixListener, UnixStream};
 
+    use super::ServedCommands;
     use super::{
         keepalive_every, push_frame, socket_path, socket_timeout, MAX_CLIENT_FRAME, MAX_REQUEST,
         TAG_EXIT, TAG_STDERR, TAG_STDOUT,
     };
-    use crate::cmd::net::Served;
     use crate::cmd::{dispatch, Io};
     use crate::output::{self, Link, Out};
     use crate::{Cli, Command};
@@ -367,7 +380,7 @@ mod unix {
         local: Option<LocalServer>,
         store: &Store,
         co: &CoDrive,
-        served: &Served,
+        served: &dyn ServedCommands,
     ) -> Result<()> {
         let Some(local) = local else {
             return std::future::pending().await;
@@ -428,7 +441,7 @@ mod unix {
         stream: UnixStream,
         store: &Store,
         co: &CoDrive,
-        served: &Served,
+        served: &dyn ServedCommands,
     ) -> std::io::Result<()> {
         let (rd, wr) = stream.into_split();
         let mut rd = BufReader::new(rd);
@@ -529,7 +542,7 @@ mod unix {
         req: &Request,
         store: &Store,
         co: &CoDrive,
-        served: &Served,
+        served: &dyn ServedCommands,
         io: &mut Io,
     ) -> Result<()> {
         let argv = std::iter::once("cohd".to_string()).chain(req.args.iter().cloned());
@@ -543,6 +556,10 @@ mod unix {
             .map_err(clap_error)?;
         let cli = Cli::from_arg_matches(&matches).map_err(clap_error)?;
         let name = matches.subcommand_name().unwrap_or("?");
+        // What works with the serve's own connections.
+        if let Some(run) = served.run(&cli, store, co, &mut io.out) {
+            return run.await;
+        }
         let dir = store.dir().unwrap_or(Path::new("?")).display();
         match &cli.command {
             // Only the commands that work on an open co-drive (what `dispatch` runs).
@@ -563,19 +580,6 @@ mod unix {
             | Command::Deauthorize { .. }
             | Command::Conflicts { .. }
             | Command::Download { .. } => {}
-            // What works with the serve's own connections.
-            Command::Connect { addr } => {
-                return crate::cmd::net::connect_served(served, addr, &mut io.out).await
-            }
-            Command::Status { json } => {
-                return crate::cmd::net::status(served, store, co, *json, &mut io.out).await
-            }
-            Command::Sync { .. } if cli.drive.is_none() => {
-                let r = crate::cmd::net::sync_served(served, store, co, &cli.peer).await;
-                let synced = store.flush();
-                r?;
-                return Ok(synced?);
-            }
             Command::Serve { .. } => bail!("the store at {dir} is already served by `cohd serve`"),
             Command::Init => bail!("a store already exists at {dir} (`cohd serve` is serving it)"),
             _ => bail!(
@@ -670,7 +674,7 @@ mod other {
     use co_hyperdrive::codrive::CoDrive;
     use co_hyperdrive::Store;
 
-    use crate::cmd::net::Served;
+    use super::ServedCommands;
     use crate::Cli;
 
     pub(crate) async fn forward(_cli: &Cli, locked: anyhow::Error) -> Result<u8> {
@@ -690,7 +694,7 @@ mod other {
         _local: Option<LocalServer>,
         _store: &Store,
         _co: &CoDrive,
-        _served: &Served,
+        _served: &dyn ServedCommands,
     ) -> Result<()> {
         std::future::pending().await
     }

@@ -268,6 +268,29 @@ pub(crate) async fn request_auth(
     Ok(())
 }
 
+impl super::forward::ServedCommands for Served {
+    fn run<'a>(
+        &'a self,
+        cli: &'a Cli,
+        store: &'a Store,
+        co: &'a CoDrive,
+        out: &'a mut Out,
+    ) -> Option<futures::future::BoxFuture<'a, Result<()>>> {
+        use crate::Command;
+        match &cli.command {
+            Command::Connect { addr } => Some(Box::pin(connect_served(self, addr, out))),
+            Command::Status { json } => Some(Box::pin(status(self, store, co, *json, out))),
+            Command::Sync { .. } if cli.drive.is_none() => Some(Box::pin(async move {
+                let r = sync_served(self, store, co, &cli.peer).await;
+                let synced = store.flush();
+                r?;
+                Ok(synced?)
+            })),
+            _ => None,
+        }
+    }
+}
+
 /// What a running `serve` offers the commands forwarded to it.
 #[derive(Debug)]
 pub(crate) struct Served {
