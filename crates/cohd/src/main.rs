@@ -117,11 +117,17 @@ enum Command {
         at: Option<String>,
     },
     /// Copy a local folder into the co-drive.
+    ///
+    /// Files the drive already holds unchanged are not written again; symlinks that stay inside
+    /// the folder become drive symlinks, others are skipped with a warning.
     Import {
         /// Local folder.
         local: PathBuf,
         /// Drive folder (default `/`).
         path: Option<String>,
+        /// Then delete the drive files under the drive folder that the local folder lacks.
+        #[arg(long)]
+        delete: bool,
     },
     /// Copy a folder of the merged view to a local folder.
     Export {

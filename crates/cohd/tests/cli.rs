@@ -841,6 +841,230 @@ fn export_does_not_write_through_links_in_the_target() {
     assert_eq!(std::fs::read(out.join("docs/a.txt")).expect("read"), b"a");
 }
 
+/// The store's own drive version (`info --json`): it grows with every write.
+fn version(d: &Dir) -> u64 {
+    d.ok(&["info", "--json"]).json()["version"]
+        .as_u64()
+        .expect("version")
+}
+
+/// Writes `files` (relative path, bytes) under `root`, making folders on the way.
+fn write_files(root: &Path, files: &[(&str, &[u8])]) {
+    for (p, data) in files {
+        let f = root.join(p);
+        std::fs::create_dir_all(f.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&f, data).expect("write");
+    }
+}
+
+/// Importing the same folder again writes nothing; a file changed in content (even past the
+/// first chunk, at the same size) or in its executable bit is written again, and only it.
+#[cfg(unix)]
+#[test]
+fn import_skips_unchanged_files() {
+    let (d, _) = Dir::init();
+    let src = d.scratch("src");
+    let src_s = src.to_str().expect("utf8");
+    let mut big = noise(3, 2_500_000);
+    write_files(
+        &src,
+        &[
+            ("a.txt", b"aaaa"),
+            ("sub/b.txt", b"bbbb"),
+            ("sub/tool", b"#!/bin/sh\n"),
+            ("empty", b""),
+            ("big.bin", &big),
+        ],
+    );
+    std::fs::create_dir_all(src.join("nothing/here")).expect("mkdir");
+    let out = d.ok(&["import", src_s, "/site"]);
+    assert!(
+        out.stderr.contains("imported 5 files (2.4 MiB)"),
+        "{}",
+        out.stderr
+    );
+    // Two folders hold no file, one inside the other: neither can exist in a drive.
+    assert!(
+        out.stderr
+            .contains("skipped 2 empty folders (a drive holds files, not folders)"),
+        "{}",
+        out.stderr
+    );
+    let v = version(&d);
+    let log = d.ok(&["log"]).lines().len();
+
+    let out = d.ok(&["import", src_s, "/site"]);
+    assert!(
+        out.stderr.contains("imported 0 files (0 B), 5 unchanged"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(version(&d), v, "an unchanged import wrote");
+    assert_eq!(d.ok(&["log"]).lines().len(), log);
+
+    // Same sizes: the content (the last byte of the big file) or the mode tells.
+    let last = big.len() - 1;
+    big[last] ^= 1;
+    std::fs::write(src.join("big.bin"), &big).expect("write");
+    std::fs::write(src.join("a.txt"), b"AAAA").expect("write");
+    set_executable(&src.join("sub/tool"));
+    let out = d.ok(&["import", src_s, "/site"]);
+    assert!(
+        out.stderr.contains("imported 3 files") && out.stderr.contains(", 2 unchanged"),
+        "{}",
+        out.stderr
+    );
+    let written: Vec<String> = d.ok(&["log", "--json"]).json_lines()[log..]
+        .iter()
+        .map(|l| l["path"].as_str().expect("path").to_string())
+        .collect();
+    assert_eq!(written, ["/site/a.txt", "/site/big.bin", "/site/sub/tool"]);
+    assert_eq!(d.cat("/site/a.txt"), b"AAAA");
+    assert!(d.cat("/site/big.bin") == big);
+    assert_eq!(
+        d.ok(&["stat", "/site/sub/tool", "--json"]).json()["executable"],
+        true
+    );
+
+    // A file replaced in the drive by another writer's content of another size is written back.
+    d.put("/site/sub/b.txt", b"different");
+    let out = d.ok(&["import", src_s, "/site"]);
+    assert!(
+        out.stderr.contains("imported 1 file (4 B), 4 unchanged"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(d.cat("/site/sub/b.txt"), b"bbbb");
+}
+
+/// `--delete` removes the drive files under the folder that the local folder lacks; without
+/// it nothing is deleted, and nothing outside the folder ever is.
+#[test]
+fn import_delete_removes_what_the_folder_lacks() {
+    let (d, _) = Dir::init();
+    let src = d.scratch("src");
+    let src_s = src.to_str().expect("utf8");
+    write_files(
+        &src,
+        &[("keep.txt", b"keep"), ("gone.txt", b"gone"), ("d/x", b"x")],
+    );
+    d.ok(&["import", src_s, "/site"]);
+    d.put("/other/file", b"elsewhere");
+    d.put("/sitemap", b"a sibling that shares the prefix");
+    d.put("/site/d/extra", b"only in the drive");
+    std::fs::remove_file(src.join("gone.txt")).expect("rm");
+
+    let out = d.ok(&["import", src_s, "/site"]);
+    assert!(!out.stderr.contains("deleted"), "{}", out.stderr);
+    assert_eq!(
+        ls_paths(&d, &["ls", "-r"]),
+        [
+            "/other/file",
+            "/site/d/extra",
+            "/site/d/x",
+            "/site/gone.txt",
+            "/site/keep.txt",
+            "/sitemap"
+        ]
+    );
+
+    let v = version(&d);
+    let out = d.ok(&["import", src_s, "/site", "--delete"]);
+    assert!(
+        out.stderr
+            .contains("imported 0 files (0 B), 2 unchanged, 2 deleted"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        ls_paths(&d, &["ls", "-r"]),
+        ["/other/file", "/site/d/x", "/site/keep.txt", "/sitemap"]
+    );
+    // Both deletes in one batch: an entry and a version record each.
+    assert_eq!(version(&d), v + 4);
+    // Nothing left to delete.
+    let out = d.ok(&["import", src_s, "/site", "--delete"]);
+    assert!(out.stderr.contains(", 0 deleted"), "{}", out.stderr);
+    assert_eq!(version(&d), v + 4);
+}
+
+/// A local symlink that stays inside the folder becomes a drive symlink to the absolute drive
+/// path (which `cat` follows and `export` turns back into a working relative link); one that
+/// leads outside is skipped with a warning naming it.
+#[cfg(unix)]
+#[test]
+fn import_keeps_in_tree_symlinks() {
+    use std::os::unix::fs::symlink;
+    let (d, _) = Dir::init();
+    let src = d.scratch("src");
+    let src_s = src.to_str().expect("utf8");
+    write_files(&src, &[("docs/a.txt", b"hello"), ("top.txt", b"top")]);
+    let outside = d.scratch("secret.txt");
+    std::fs::write(&outside, b"secret").expect("write");
+    symlink("docs/a.txt", src.join("latest")).expect("symlink");
+    symlink("../top.txt", src.join("docs/back")).expect("symlink");
+    symlink(src.join("docs"), src.join("abs")).expect("symlink");
+    symlink("../secret.txt", src.join("escape")).expect("symlink");
+    symlink(&outside, src.join("docs/escape-abs")).expect("symlink");
+
+    let out = d.ok(&["import", src_s, "/site"]);
+    assert!(
+        out.stderr.contains("imported 2 files (8 B) and 3 links"),
+        "{}",
+        out.stderr
+    );
+    for name in ["escape", "docs/escape-abs"] {
+        let line = format!("warning: skipped link {}", src.join(name).display());
+        assert!(
+            out.stderr.contains(&line) && out.stderr.contains("leads outside"),
+            "{}",
+            out.stderr
+        );
+    }
+    for (link, target) in [
+        ("/site/latest", "/site/docs/a.txt"),
+        ("/site/docs/back", "/site/top.txt"),
+        ("/site/abs", "/site/docs"),
+    ] {
+        let j = d.ok(&["stat", link, "--json"]).json();
+        assert_eq!(j["linkname"], target, "{link}");
+    }
+    assert_eq!(d.cat("/site/latest"), b"hello");
+    assert_eq!(d.cat("/site/docs/back"), b"top");
+    assert!(d.err(&["cat", "/site/escape"]).contains("no such file"));
+
+    // Unchanged links are not written again either.
+    let v = version(&d);
+    let out = d.ok(&["import", src_s, "/site"]);
+    assert!(out.stderr.contains(", 5 unchanged"), "{}", out.stderr);
+    assert_eq!(version(&d), v);
+
+    // Export turns them back into working relative links.
+    let dst = d.scratch("dst");
+    d.ok(&["export", "/site", dst.to_str().expect("utf8")]);
+    for (link, target, content) in [
+        ("latest", "docs/a.txt", &b"hello"[..]),
+        ("docs/back", "../top.txt", b"top"),
+        ("abs/a.txt", "", b"hello"),
+    ] {
+        if !target.is_empty() {
+            assert_eq!(
+                std::fs::read_link(dst.join(link)).expect("link"),
+                Path::new(target)
+            );
+        }
+        assert_eq!(
+            std::fs::read(dst.join(link)).expect("read"),
+            content,
+            "{link}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_link(dst.join("abs")).expect("link"),
+        Path::new("docs")
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. keys
 

@@ -652,9 +652,14 @@ mod unix {
                 executable,
                 metadata,
             },
-            Command::Import { local, path } => Command::Import {
+            Command::Import {
+                local,
+                path,
+                delete,
+            } => Command::Import {
                 local: cwd.join(local),
                 path,
+                delete,
             },
             Command::Export { mut args } => {
                 if let Some(to) = args.last_mut() {

@@ -162,9 +162,11 @@ async fn dispatch(command: &Command, co: &CoDrive, io: &mut Io) -> Result<()> {
         } => files::rm(co, out, path, *recursive, *yes).await,
         Command::Stat { path, json, at } => files::stat(co, out, path, *json, at.as_deref()).await,
         Command::Symlink { path, target } => Ok(co.symlink(path, target).await?),
-        Command::Import { local, path } => {
-            transfer::import(co, out, local, path.as_deref().unwrap_or("/")).await
-        }
+        Command::Import {
+            local,
+            path,
+            delete,
+        } => transfer::import(co, out, local, path.as_deref().unwrap_or("/"), *delete).await,
         Command::Export { args } => {
             let (from, to) = export_args(args)?;
             transfer::export(co, out, from, std::path::Path::new(to)).await

@@ -1,12 +1,13 @@
 //! import / export between a local folder and the co-drive.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use co_hyperdrive::codrive::CoDrive;
+use co_hyperdrive::blobs::BlobError;
+use co_hyperdrive::codrive::{CoDrive, CoDriveError, Snapshot};
 use co_hyperdrive::format::path;
-use co_hyperdrive::PutOptions;
+use co_hyperdrive::{DriveError, PutOptions};
 use tokio::io::AsyncReadExt;
 
 use super::read_snapshot;
@@ -17,10 +18,36 @@ const BATCH_FILES: usize = 64;
 /// …or about this much content: one fsync per batch, and an interrupted import keeps every
 /// batch it finished.
 const BATCH_BYTES: u64 = 32 << 20;
+/// `import --delete` deletes in batches of at most this many paths.
+const DELETE_BATCH: usize = 1024;
 
-/// Local files under `root` (not following symlinks), sorted, with sizes.
-fn walk(root: &Path) -> Result<Vec<(PathBuf, u64)>> {
-    let mut out = Vec::new();
+/// What an import found under its local folder.
+#[derive(Debug, Default)]
+struct Walked {
+    /// Files and symlinks, sorted by path.
+    items: Vec<Item>,
+    /// Folders (the root excluded) with no file or symlink anywhere below them.
+    empty_folders: usize,
+    /// Entries that are neither a file, a folder nor a symlink (sockets, FIFOs, devices).
+    others: Vec<PathBuf>,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Item {
+    path: PathBuf,
+    kind: Kind,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    File { size: u64, executable: bool },
+    Link,
+}
+
+/// Local files and symlinks under `root` (symlinks are not followed), sorted.
+fn walk(root: &Path) -> Result<Walked> {
+    let mut w = Walked::default();
+    let mut folders = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let rd = std::fs::read_dir(&dir)
@@ -29,65 +56,276 @@ fn walk(root: &Path) -> Result<Vec<(PathBuf, u64)>> {
             let e = e.with_context(|| format!("reading {}", dir.display()))?;
             let ft = e.file_type()?;
             if ft.is_dir() {
+                folders.push(e.path());
                 stack.push(e.path());
             } else if ft.is_file() {
-                out.push((e.path(), e.metadata()?.len()));
+                let m = e.metadata()?;
+                #[cfg(unix)]
+                let executable = {
+                    use std::os::unix::fs::PermissionsExt;
+                    m.permissions().mode() & 0o111 != 0
+                };
+                #[cfg(not(unix))]
+                let executable = false;
+                let kind = Kind::File {
+                    size: m.len(),
+                    executable,
+                };
+                w.items.push(Item {
+                    path: e.path(),
+                    kind,
+                });
+            } else if ft.is_symlink() {
+                w.items.push(Item {
+                    path: e.path(),
+                    kind: Kind::Link,
+                });
+            } else {
+                w.others.push(e.path());
             }
         }
     }
-    out.sort();
-    Ok(out)
+    w.items.sort();
+    w.others.sort();
+    // A folder that holds something has it as an ancestor; the rest cannot exist in a drive.
+    let mut full = HashSet::new();
+    for it in &w.items {
+        for a in it.path.ancestors().skip(1) {
+            if a == root || !full.insert(a.to_path_buf()) {
+                break;
+            }
+        }
+    }
+    w.empty_folders = folders.iter().filter(|f| !full.contains(*f)).count();
+    Ok(w)
 }
 
-pub(crate) async fn import(co: &CoDrive, out: &mut Out, local: &Path, folder: &str) -> Result<()> {
+/// Where a local symlink at `link` (relative to the imported folder) with target `target`
+/// leads, as path components below the imported folder; `None` if it leads outside (or cannot
+/// be a drive path). A relative target resolves from the link's folder, an absolute one must
+/// lie below one of `roots` (the imported folder's absolute paths). Resolved lexically, as
+/// the drive resolves its links: a symlink on the way is not followed.
+fn import_link_target(roots: &[PathBuf], link: &Path, target: &Path) -> Option<Vec<String>> {
+    let (mut parts, rest): (Vec<String>, &Path) = if target.has_root() {
+        let rest = roots.iter().find_map(|r| target.strip_prefix(r).ok())?;
+        (Vec::new(), rest)
+    } else {
+        let from = link.parent().unwrap_or(Path::new(""));
+        let parts = from
+            .components()
+            .map(|c| match c {
+                Component::Normal(s) => s.to_str().map(str::to_string),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        (parts, target)
+    };
+    for c in rest.components() {
+        match c {
+            Component::Normal(s) => parts.push(s.to_str()?.to_string()),
+            Component::CurDir => {}
+            // Climbing above the imported folder is leaving it.
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    if parts.iter().any(|p| p.contains(['\0', '\\'])) {
+        return None;
+    }
+    Some(parts)
+}
+
+/// Whether the local file `p` holds exactly the content of drive file `dp` (`size` bytes
+/// long), read in chunks from both and stopping at the first difference. Content this store
+/// does not hold counts as different: reading it would wait for peers.
+async fn same_content(
+    snap: &Snapshot<'_>,
+    dp: &str,
+    p: &Path,
+    size: u64,
+    mine: &mut [u8],
+    theirs: &mut Vec<u8>,
+) -> Result<bool> {
+    if !snap.is_local(dp).await? {
+        return Ok(false);
+    }
+    let mut f = tokio::fs::File::open(p)
+        .await
+        .with_context(|| format!("cannot read {}", p.display()))?;
+    let mut pos = 0u64;
+    loop {
+        // Fill the chunk (a read may return less), so both sides compare the same range.
+        let mut n = 0;
+        while n < mine.len() {
+            let r = f
+                .read(&mut mine[n..])
+                .await
+                .with_context(|| format!("reading {}", p.display()))?;
+            if r == 0 {
+                break;
+            }
+            n += r;
+        }
+        if n == 0 {
+            // The local file may have changed since it was listed.
+            return Ok(pos == size);
+        }
+        theirs.clear();
+        let read = snap
+            .read_range(dp, pos, n as u64, |c| {
+                theirs.extend_from_slice(c);
+                Ok(())
+            })
+            .await;
+        match read {
+            Ok(_) => {}
+            Err(CoDriveError::Drive(DriveError::Blob(
+                BlobError::NotAvailable(_) | BlobError::Unavailable(_),
+            ))) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        if theirs[..] != mine[..n] {
+            return Ok(false);
+        }
+        pos += n as u64;
+    }
+}
+
+/// `n` and the noun, plural unless one.
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Imports local folder `local` into drive folder `folder`. Files the drive already holds
+/// unchanged (same size, executable bit and content) are not written again; symlinks that stay
+/// inside `local` become drive links to the matching absolute drive path. With `delete`, the
+/// drive files under `folder` that `local` does not have are deleted afterwards.
+pub(crate) async fn import(
+    co: &CoDrive,
+    out: &mut Out,
+    local: &Path,
+    folder: &str,
+    delete: bool,
+) -> Result<()> {
     if !local.is_dir() {
         bail!("{} is not a folder", local.display());
     }
-    let files = walk(local)?;
-    let total: u64 = files.iter().map(|f| f.1).sum();
+    let walked = walk(local)?;
+    let total: u64 = walked
+        .items
+        .iter()
+        .map(|it| match it.kind {
+            Kind::File { size, .. } => size,
+            Kind::Link => 0,
+        })
+        .sum();
+    // Absolute links name the folder by any of its absolute paths.
+    let mut roots: Vec<PathBuf> = Vec::new();
+    for r in [std::path::absolute(local), local.canonicalize()]
+        .into_iter()
+        .flatten()
+    {
+        if !roots.contains(&r) {
+            roots.push(r);
+        }
+    }
+    // Comparisons read from `cur`, the view before this import; writes go through `snap`,
+    // which each batch borrows. (A batch holds the local writer's drive until flushed; an
+    // empty one appends nothing.)
+    let cur = co.snapshot().await?;
     let mut snap = co.snapshot().await?;
     let mut batch = snap.batch().await?;
     let pb = output::progress(out, total, "import");
     let base = path::folder(folder);
     let mut buf = vec![0u8; 1 << 20];
+    let mut theirs = Vec::with_capacity(1 << 20);
     let mut batch_bytes = 0;
-    for (p, _) in &files {
+    let (mut files, mut bytes, mut links, mut unchanged) = (0usize, 0u64, 0usize, 0usize);
+    // Drive paths the local folder has (whether written or not), for `delete`.
+    let mut present = HashSet::new();
+    for it in &walked.items {
+        let p = &it.path;
         let rel = p.strip_prefix(local).unwrap_or(p);
-        let rel = rel
+        let rel_s = rel
             .to_str()
             .with_context(|| format!("{} is not a UTF-8 path", p.display()))?;
-        #[cfg(unix)]
-        let executable = {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::metadata(p)?.permissions().mode() & 0o111 != 0
-        };
-        #[cfg(not(unix))]
-        let executable = false;
-        let mut f = tokio::fs::File::open(p)
-            .await
-            .with_context(|| format!("cannot read {}", p.display()))?;
-        let mut w = batch
-            .writer(
-                &format!("{base}/{rel}"),
-                PutOptions {
-                    executable,
-                    metadata: None,
-                },
-            )
-            .await?;
-        loop {
-            let n = f
-                .read(&mut buf)
-                .await
-                .with_context(|| format!("reading {}", p.display()))?;
-            if n == 0 {
-                break;
+        let dp = path::normalize(&format!("{base}/{rel_s}"))
+            .with_context(|| format!("{} cannot be a drive path", p.display()))?;
+        present.insert(dp.clone());
+        let now = cur.entry(&dp)?;
+        // A conflicted path is written even when its winner matches: that settles it.
+        let now = now.filter(|e| e.conflicts.is_empty());
+        match it.kind {
+            Kind::Link => {
+                let target = std::fs::read_link(p)
+                    .with_context(|| format!("reading the link {}", p.display()))?;
+                let Some(parts) = import_link_target(&roots, rel, &target) else {
+                    out.note(&format!(
+                        "warning: skipped link {} -> {}: it leads outside {}",
+                        p.display(),
+                        target.display(),
+                        local.display()
+                    ));
+                    continue;
+                };
+                let target = path::resolve(&format!("{base}/{}", parts.join("/")));
+                let same = now.is_some_and(|e| {
+                    e.entry.blob.is_none() && e.entry.linkname.as_deref() == Some(target.as_str())
+                });
+                if same {
+                    unchanged += 1;
+                    continue;
+                }
+                batch.symlink(&dp, &target).await?;
+                links += 1;
             }
-            w.write(&buf[..n]).await?;
-            pb.inc(n as u64);
-            batch_bytes += n as u64;
+            Kind::File { size, executable } => {
+                let same = match now {
+                    Some(e)
+                        if e.entry.blob.is_some()
+                            && e.entry.size() == size
+                            && e.entry.executable == executable =>
+                    {
+                        same_content(&cur, &dp, p, size, &mut buf, &mut theirs).await?
+                    }
+                    _ => false,
+                };
+                if same {
+                    unchanged += 1;
+                    pb.inc(size);
+                    continue;
+                }
+                let mut f = tokio::fs::File::open(p)
+                    .await
+                    .with_context(|| format!("cannot read {}", p.display()))?;
+                let mut w = batch
+                    .writer(
+                        &dp,
+                        PutOptions {
+                            executable,
+                            metadata: None,
+                        },
+                    )
+                    .await?;
+                loop {
+                    let n = f
+                        .read(&mut buf)
+                        .await
+                        .with_context(|| format!("reading {}", p.display()))?;
+                    if n == 0 {
+                        break;
+                    }
+                    w.write(&buf[..n]).await?;
+                    pb.inc(n as u64);
+                    batch_bytes += n as u64;
+                    bytes += n as u64;
+                }
+                w.finish().await?;
+                files += 1;
+            }
         }
-        w.finish().await?;
         if batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES {
             batch.flush().await?;
             batch = snap.batch().await?;
@@ -96,11 +334,52 @@ pub(crate) async fn import(co: &CoDrive, out: &mut Out, local: &Path, folder: &s
     }
     batch.flush().await?;
     pb.finish_and_clear();
-    out.note(&format!(
-        "imported {} files ({})",
-        files.len(),
-        output::size(total)
-    ));
+    let mut deleted = 0;
+    if delete {
+        // Deletes batched too: each batch holds its entries in memory until flushed.
+        let gone: Vec<String> = cur
+            .list(&base)
+            .into_iter()
+            .map(|e| e.path)
+            .filter(|p| !present.contains(p))
+            .collect();
+        for chunk in gone.chunks(DELETE_BATCH) {
+            let mut b = snap.batch().await?;
+            for p in chunk {
+                if b.del(p).await? {
+                    deleted += 1;
+                }
+            }
+            b.flush().await?;
+        }
+    }
+    for p in &walked.others {
+        out.note(&format!(
+            "warning: skipped {}: not a file, folder or symlink",
+            p.display()
+        ));
+    }
+    let mut summary = format!(
+        "imported {} ({})",
+        count(files, "file", "files"),
+        output::size(bytes)
+    );
+    if links > 0 {
+        summary.push_str(&format!(" and {}", count(links, "link", "links")));
+    }
+    if unchanged > 0 {
+        summary.push_str(&format!(", {unchanged} unchanged"));
+    }
+    if delete {
+        summary.push_str(&format!(", {deleted} deleted"));
+    }
+    out.note(&summary);
+    if walked.empty_folders > 0 {
+        out.note(&format!(
+            "skipped {} (a drive holds files, not folders)",
+            count(walked.empty_folders, "empty folder", "empty folders")
+        ));
+    }
     Ok(())
 }
 
@@ -388,6 +667,30 @@ mod tests {
         assert_eq!(local_link_target("/a", "/b/l", "/a/x"), out("/a/x"));
         assert_eq!(local_link_target("/a", "/a", "/a/x"), out("/a/x"));
         assert_eq!(local_link_target("", "/l", "/a\0b"), LinkTarget::Invalid);
+    }
+
+    #[test]
+    fn import_links_stay_inside_the_folder() {
+        let roots = [PathBuf::from("/home/u/site"), PathBuf::from("/data/site")];
+        let t = |link: &str, target: &str| {
+            import_link_target(&roots, Path::new(link), Path::new(target)).map(|p| p.join("/"))
+        };
+        // Relative targets resolve from the link's folder.
+        assert_eq!(t("latest", "docs/a.txt").as_deref(), Some("docs/a.txt"));
+        assert_eq!(t("docs/back", "../top.txt").as_deref(), Some("top.txt"));
+        assert_eq!(t("a/b/l", "./../c/./d").as_deref(), Some("a/c/d"));
+        assert_eq!(t("a/l", "..").as_deref(), Some(""));
+        // Absolute targets under any of the folder's absolute paths.
+        assert_eq!(t("a/l", "/home/u/site/x").as_deref(), Some("x"));
+        assert_eq!(t("l", "/data/site").as_deref(), Some(""));
+        // Outside.
+        assert_eq!(t("l", "../secret"), None);
+        assert_eq!(t("a/l", "../../x"), None);
+        assert_eq!(t("l", "/etc/passwd"), None);
+        assert_eq!(t("l", "/home/u/sitemap/x"), None);
+        assert_eq!(t("l", "/home/u/site/../other"), None);
+        // Not a usable drive path.
+        assert_eq!(t("l", "a\\b"), None);
     }
 
     #[test]
