@@ -2403,3 +2403,14 @@ fn emptying_the_whole_drive_needs_a_yes() {
     d.ok(&["rm", "-r", "/", "--yes"]);
     assert!(ls_paths(&d, &["ls", "-r"]).is_empty());
 }
+
+#[test]
+fn import_delete_from_an_empty_folder_is_refused() {
+    let (d, _) = Dir::init();
+    d.put("/keep.txt", b"k");
+    let empty = d.scratch("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    let e = d.err(&["import", empty.to_str().expect("utf8"), "/", "--delete"]);
+    assert!(e.contains("empty folder"), "{e}");
+    assert_eq!(ls_paths(&d, &["ls", "-r"]), ["/keep.txt"]);
+}

@@ -213,6 +213,15 @@ pub(crate) async fn import(
         bail!("{} is not a folder", local.display());
     }
     let walked = walk(local)?;
+    // Mirroring an empty folder would delete everything under the drive folder: a mistake far
+    // more often than a wish (`cohd rm -r` says it plainly).
+    if delete && walked.items.is_empty() {
+        bail!(
+            "refusing `--delete` from an empty folder ({}): it would delete everything under \
+             {folder} (use `cohd rm -r {folder}` for that)",
+            local.display()
+        );
+    }
     let total: u64 = walked
         .items
         .iter()
