@@ -14,7 +14,7 @@ use super::read_snapshot;
 use crate::output::{self, Out};
 
 /// An import appends its files in batches of at most this many files…
-const BATCH_FILES: usize = 64;
+const BATCH_FILES: usize = 1024;
 /// …or about this much content: one fsync per batch, and an interrupted import keeps every
 /// batch it finished.
 const BATCH_BYTES: u64 = 32 << 20;
