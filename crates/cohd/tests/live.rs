@@ -98,3 +98,32 @@ fn status_and_connect_without_a_serve() {
     let err = fails(&d[0], &["--peer", "no-such-host.invalid:1", "sync"]);
     assert!(err.contains("resolve"), "{err}");
 }
+
+#[test]
+fn wrong_peers_fail_in_seconds_with_the_reason() {
+    let (_t, d) = dirs(3);
+    let key = ok(&d[0], &["init"]).trim().to_string();
+    // A port that accepts and never answers (a silent or foreign server).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr").to_string();
+    let start = Instant::now();
+    let err = fails(&d[1], &["--peer", &addr, "clone", &key]);
+    assert!(err.contains("no Hypercore handshake"), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    // A Hypercore peer that does not have the drive.
+    ok(&d[2], &["init"]);
+    let other = serve(&d[2], &[]);
+    let start = Instant::now();
+    let err = fails(&d[1], &["--peer", &other.addr, "clone", &key]);
+    assert!(err.contains("does not have co-drive"), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(silent);
+}

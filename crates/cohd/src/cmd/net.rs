@@ -19,6 +19,8 @@ use co_hyperdrive::Store;
 use crate::output::Out;
 use crate::Cli;
 
+/// How long clone/sync wait for a connected peer to show it has the co-drive.
+const NO_DRIVE_WAIT: Duration = Duration::from_secs(8);
 /// How long clone/sync wait for a peer to bring every core up to date.
 const CATCH_UP: Duration = Duration::from_secs(60);
 
@@ -119,9 +121,23 @@ async fn follow(store: &Store, co: &CoDrive, peers: &[String], all: bool) -> Res
         }
         why.unwrap_or_default()
     };
+    // A peer that has the co-drive opens its channel at once: none after a few seconds means
+    // no connected peer has it.
+    let key = co.key();
+    let absent = async {
+        tokio::time::sleep(NO_DRIVE_WAIT).await;
+        if repl.remote_length(&key).is_some() {
+            std::future::pending::<()>().await;
+        }
+    };
     let caught_up = tokio::select! {
         c = catch_up(store, &repl, co.key(), "db", CATCH_UP) => c,
         why = ended => bail!("{why}"),
+        () = absent => bail!(
+            "{} does not have co-drive {key} (no channel for it within {}s)",
+            peers.join(", "),
+            NO_DRIVE_WAIT.as_secs()
+        ),
     };
     if !caught_up {
         bail!(

@@ -165,7 +165,8 @@ impl Conn {
             self.handshake_timer = None;
         } else if let Some(t) = self.handshake_timer.as_mut() {
             if t.as_mut().poll(cx).is_ready() {
-                return Err(self.fail(TransportError::Timeout));
+                let after = self.opts.handshake_timeout.unwrap_or_default();
+                return Err(self.fail(TransportError::NoHandshake(after)));
             }
         }
         if !handshaken {

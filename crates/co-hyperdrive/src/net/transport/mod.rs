@@ -59,6 +59,8 @@ use framing::{EndSlot, Framed, FramingOptions, MAX_WIRE_FRAME};
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(5);
 /// Default idle timeout: four keepalive intervals.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest wait for the Noise handshake (or the idle timeout, when shorter).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default largest frame, in or out.
 pub const DEFAULT_MAX_FRAME: usize = 8 << 20;
 
@@ -104,9 +106,13 @@ pub enum TransportError {
     /// A frame (inbound or outbound) is larger than `max_frame`.
     #[error("frame of {0} bytes is larger than allowed")]
     FrameTooLarge(usize),
-    /// Nothing received for `idle_timeout`, or no handshake within it.
+    /// Nothing received for `idle_timeout`.
     #[error("connection timed out")]
     Timeout,
+    /// No Noise handshake within this long: the other end is not a Hypercore peer, or does not
+    /// answer.
+    #[error("no Hypercore handshake within {0:?} (not a Hypercore peer, or it does not answer)")]
+    NoHandshake(Duration),
     /// What we sent found no room in the socket for this long (`idle_timeout`): the peer does
     /// not read.
     #[error("the peer has not read what we sent for {0:?}")]
@@ -127,6 +133,7 @@ impl TransportError {
             TransportError::Handshake(s) => TransportError::Handshake(s.clone()),
             TransportError::FrameTooLarge(n) => TransportError::FrameTooLarge(*n),
             TransportError::Timeout => TransportError::Timeout,
+            TransportError::NoHandshake(d) => TransportError::NoHandshake(*d),
             TransportError::Stalled(d) => TransportError::Stalled(*d),
             TransportError::Closed => TransportError::Closed,
             TransportError::Protocol(s) => TransportError::Protocol(s.clone()),
@@ -138,7 +145,9 @@ impl TransportError {
     pub(crate) fn into_io(self) -> io::Error {
         let kind = match &self {
             TransportError::Io(e) => e.kind(),
-            TransportError::Timeout | TransportError::Stalled(_) => io::ErrorKind::TimedOut,
+            TransportError::Timeout
+            | TransportError::NoHandshake(_)
+            | TransportError::Stalled(_) => io::ErrorKind::TimedOut,
             TransportError::Closed => io::ErrorKind::ConnectionAborted,
             TransportError::FrameTooLarge(_)
             | TransportError::Handshake(_)
@@ -241,7 +250,9 @@ fn wrap(
         end,
         ConnOptions {
             keepalive: opts.keepalive,
-            handshake_timeout: opts.idle_timeout,
+            // A peer that means to talk answers at once: a silent port or another protocol is
+            // told apart in seconds, not after the idle timeout.
+            handshake_timeout: opts.idle_timeout.map(|t| t.min(HANDSHAKE_TIMEOUT)),
             max_frame,
         },
         tx,
