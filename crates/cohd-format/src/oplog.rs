@@ -114,6 +114,8 @@ pub struct Entry {
 pub struct Oplog {
     /// The current header.
     pub header: Header,
+    /// The tree length the other header slot holds (an earlier signed length), if readable.
+    pub previous_length: Option<u64>,
     /// Whether a header slot was damaged (bad checksum or undecodable).
     pub damaged_slot: bool,
     /// Entries after the header, up to the first torn or damaged one.
@@ -330,15 +332,17 @@ pub fn read(file: &[u8]) -> Result<Option<Oplog>, OplogError> {
     };
     let ((one, bad_one), (two, bad_two)) = (slot(0), slot(1));
     let damaged_slot = bad_one || bad_two;
-    let header = match (one, two) {
+    let (header, previous_length) = match (one, two) {
         (Some((h1, b1)), Some((h2, b2))) => {
             if b1 == b2 {
-                h1
+                let l = h2.tree.length;
+                (h1, Some(l))
             } else {
-                h2
+                let l = h1.tree.length;
+                (h2, Some(l))
             }
         }
-        (Some((h, _)), None) | (None, Some((h, _))) => h,
+        (Some((h, _)), None) | (None, Some((h, _))) => (h, None),
         (None, None) if damaged_slot => return Err(OplogError::NoHeader),
         (None, None) => return Ok(None),
     };
@@ -362,6 +366,7 @@ pub fn read(file: &[u8]) -> Result<Option<Oplog>, OplogError> {
     }
     Ok(Some(Oplog {
         header,
+        previous_length,
         damaged_slot,
         entries,
         has_tail: !tail.is_empty(),

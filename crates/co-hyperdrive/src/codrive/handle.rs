@@ -1153,9 +1153,10 @@ impl CoFileWriter<'_, '_> {
     }
 }
 
-/// How much of a writer's log the view reads: the prefix held locally. A log whose newest
-/// blocks have not all arrived (a peer's upgrade came first, or the transfer stopped) is read
-/// at the version before them instead of failing on a missing block.
+/// How much of a writer's log the view reads: the longest signed version held locally. A log
+/// whose newest blocks have not all arrived (a peer's upgrade came first, or the transfer
+/// stopped) is read at the last whole version before them instead of failing on a missing
+/// block (never mid-batch: that would show a broken tree).
 fn readable(d: &Drive) -> u64 {
-    d.version().min(d.db().core().readable_length())
+    d.version().min(d.db().core().consistent_length())
 }

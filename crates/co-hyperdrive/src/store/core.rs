@@ -114,6 +114,8 @@ struct Live {
     writes: Mutex<bool>,
     /// Blocks whose stored copy failed verification (until they arrive again).
     damaged: std::sync::Mutex<std::collections::BTreeSet<u64>>,
+    /// Lengths the owner signed that we know of: batch ends, where a bee reads consistently.
+    signed: std::sync::Mutex<std::collections::BTreeSet<u64>>,
     /// Blocks held beyond what hypercore's in-memory bitfield may know after a reopen: start ->
     /// end of disjoint, non-adjacent ranges.
     present: std::sync::Mutex<BTreeMap<u64, u64>>,
@@ -161,6 +163,7 @@ impl Core {
             wants,
             writes: Mutex::default(),
             damaged: std::sync::Mutex::default(),
+            signed: std::sync::Mutex::default(),
             present: std::sync::Mutex::new(present),
             present_dirty: std::sync::atomic::AtomicBool::new(false),
             attached: std::sync::atomic::AtomicUsize::new(0),
@@ -342,6 +345,30 @@ impl Core {
         }
     }
 
+    /// Remembers lengths the owner signed (see [`consistent_length`](Self::consistent_length)).
+    pub(crate) fn note_signed(&self, lengths: impl IntoIterator<Item = u64>) {
+        let mut s = self.live.signed.lock().unwrap_or_else(|e| e.into_inner());
+        s.extend(lengths);
+        // Only the newest matter; keep the set small.
+        while s.len() > 256 {
+            s.pop_first();
+        }
+    }
+
+    /// The longest prefix that reads as one consistent version without a peer: the whole core
+    /// when every block is here, else the longest signed length whose blocks are all here
+    /// (a writer signs whole batches, and a bee read mid-batch would show a broken tree), else
+    /// the whole core (reads then fail on the missing blocks rather than show a wrong view).
+    pub fn consistent_length(&self) -> u64 {
+        let length = self.hc.info().length;
+        let readable = self.readable_length();
+        if readable >= length {
+            return length;
+        }
+        let s = self.live.signed.lock().unwrap_or_else(|e| e.into_inner());
+        s.range(..=readable).next_back().copied().unwrap_or(length)
+    }
+
     /// Blocks `0..n` are all stored locally: what can be read without a peer. Past the
     /// crate's contiguous length too (it counts only blocks that arrived since it opened).
     pub fn readable_length(&self) -> u64 {
@@ -486,8 +513,12 @@ impl Core {
             return Err(CoreError::Closed);
         }
         let block = proof.block.as_ref().map(|b| b.index);
+        let upgrade = proof.upgrade.is_some();
         let ok = guard(self.hc.verify_and_apply_proof(proof)).await??;
         drop(w);
+        if ok && upgrade {
+            self.note_signed([self.hc.info().length]);
+        }
         if ok {
             if let Some(index) = block {
                 self.record(index);
@@ -539,6 +570,7 @@ impl Core {
         }
         let out = guard(self.hc.append_batch(batch)).await??;
         drop(w);
+        self.note_signed([out.length]);
         self.poke();
         Ok(out)
     }

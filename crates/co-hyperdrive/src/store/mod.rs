@@ -459,7 +459,8 @@ impl Store {
                 )
                 .await
                 .map_err(|reason| StoreError::Core { key, reason })?;
-                let present = recovered.map(|r| r.present).unwrap_or_default();
+                let (present, signed) =
+                    recovered.map(|r| (r.present, r.signed)).unwrap_or_default();
                 let files = Arc::new(core::CoreFiles {
                     tree: by_name["tree"].clone(),
                     data: by_name["data"].clone(),
@@ -467,7 +468,9 @@ impl Store {
                     verifier,
                     next: std::sync::Mutex::default(),
                 });
-                Core::new(hc, Some(files), present)
+                let core = Core::new(hc, Some(files), present);
+                core.note_signed(signed);
+                core
             }
         };
         if core.key() != key {

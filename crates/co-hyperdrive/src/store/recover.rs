@@ -38,6 +38,39 @@ pub(crate) struct Recovered {
     pub(crate) tree: TreeHead,
     /// Sparse blocks beyond the contiguous prefix.
     pub(crate) present: Vec<Range<u64>>,
+    /// Lengths the core's owner signed that we know of (batch ends: a bee can be read there).
+    pub(crate) signed: Vec<u64>,
+}
+
+/// Most signed lengths remembered per core (the newest are the ones that matter).
+const SIGNED_KEPT: usize = 64;
+
+/// Reads the `signed` file of a core (a damaged one is forgotten: it is only a hint).
+pub(crate) fn read_signed(dir: &Path) -> Vec<u64> {
+    std::fs::read(dir.join("signed"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Vec<u64>>(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Writes the `signed` file (the newest [`SIGNED_KEPT`] lengths), atomically.
+pub(crate) fn write_signed(
+    dir: &Path,
+    lengths: &std::collections::BTreeSet<u64>,
+) -> std::io::Result<()> {
+    let keep: Vec<u64> = lengths
+        .iter()
+        .rev()
+        .take(SIGNED_KEPT)
+        .rev()
+        .copied()
+        .collect();
+    let tmp = dir.join("signed.tmp");
+    super::private_file(
+        &tmp,
+        &serde_json::to_vec(&keep).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(&tmp, dir.join("signed"))
 }
 
 fn corrupt(key: Key, reason: impl Into<String>) -> StoreError {
@@ -94,6 +127,23 @@ pub(crate) fn recover(dir: &Path, key: Key) -> Result<Option<Recovered>, StoreEr
     if log.header.key != key.0 {
         return Err(corrupt(key, "its oplog belongs to another core"));
     }
+    // Every length we know the owner signed: earlier ones, both header slots, the entries'.
+    let known = read_signed(dir);
+    let mut signed: std::collections::BTreeSet<u64> = known.iter().copied().collect();
+    signed.insert(log.header.tree.length);
+    signed.extend(log.previous_length);
+    signed.extend(
+        log.entries
+            .iter()
+            .filter_map(|e| e.upgrade.as_ref().map(|u| u.length)),
+    );
+    signed.remove(&0);
+    if signed.iter().copied().ne(known.iter().copied()) {
+        if let Err(e) = write_signed(dir, &signed) {
+            tracing::debug!(%key, "cannot record signed lengths: {e}");
+        }
+    }
+    let signed: Vec<u64> = signed.into_iter().collect();
     let recorded = read_present(dir, key)?;
     // And what the crate flushed to its bitfield (see `file::Bitmap`).
     let present = match std::fs::read(dir.join("bitfield")) {
@@ -118,6 +168,7 @@ pub(crate) fn recover(dir: &Path, key: Key) -> Result<Option<Recovered>, StoreEr
         return Ok(Some(Recovered {
             tree: log.header.tree,
             present,
+            signed,
         }));
     }
     if log.damaged_slot {
@@ -186,9 +237,12 @@ pub(crate) fn recover(dir: &Path, key: Key) -> Result<Option<Recovered>, StoreEr
         .and_then(|()| f.sync_data())
         .map_err(io("truncating the oplog", dir))?;
     tracing::debug!(%key, entries = log.entries.len(), length = head.length, contiguous, "oplog recovered");
+    let mut signed = signed;
+    signed.push(head.length);
     Ok(Some(Recovered {
         tree: head,
         present: replayed.present,
+        signed,
     }))
 }
 
