@@ -408,3 +408,57 @@ fn merkle_hashes_match_hypercore() {
         Hash::tree(&[&root, &lc]).as_bytes()
     );
 }
+
+#[tokio::test]
+async fn a_partly_received_core_reads_at_its_last_whole_signed_length() {
+    let w = Store::memory();
+    let wc = w.open_named("w").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let upgrade_to = |length: u64, start: u64| {
+        let wc = wc.clone();
+        async move {
+            wc.hypercore()
+                .create_proof(
+                    None,
+                    None,
+                    None,
+                    Some(RequestUpgrade {
+                        start,
+                        length: length - start,
+                    }),
+                )
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    {
+        let s = Store::create(dir.path()).unwrap();
+        wc.append_batch((0..10).map(block).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let c = s.open_key(wc.key(), true).await.unwrap();
+        assert!(c.apply_proof(upgrade_to(10, 0).await).await.unwrap());
+        for i in 0..10 {
+            deliver(&wc, &c, i).await;
+        }
+        // The next batch is signed at 20; only its first half arrives before the stop.
+        wc.append_batch((10..20).map(block).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        assert!(c.apply_proof(upgrade_to(20, 10).await).await.unwrap());
+        for i in 10..15 {
+            deliver(&wc, &c, i).await;
+        }
+        assert_eq!(c.consistent_length(), 10);
+    }
+    let s = Store::open(dir.path()).unwrap();
+    let c = s.open_key(wc.key(), false).await.unwrap();
+    assert_eq!((c.info().length, c.readable_length()), (20, 15));
+    assert_eq!(c.consistent_length(), 10, "never mid-batch");
+    deliver(&wc, &c, 19).await;
+    for i in 15..19 {
+        deliver(&wc, &c, i).await;
+    }
+    assert_eq!(c.consistent_length(), 20);
+}

@@ -93,6 +93,9 @@ pub(crate) struct CoreFiles {
     pub(crate) present: PathBuf,
     /// Checks blocks read from the files.
     pub(crate) verifier: super::verify::Verifier,
+    /// `signed.log`: signed lengths received since the store last opened, 8 bytes each,
+    /// appended as each upgrade is applied (it survives a killed process; see `recover.rs`).
+    pub(crate) signed_log: std::sync::Mutex<Option<std::fs::File>>,
     /// The block after the last one read, and where it starts in the data file.
     pub(crate) next: std::sync::Mutex<Option<(u64, u64)>>,
 }
@@ -355,6 +358,33 @@ impl Core {
         }
     }
 
+    /// Appends a signed length to the core's `signed.log` (a hint: a failure is only logged).
+    fn log_signed(&self, length: u64) {
+        let Some(files) = &self.files else { return };
+        let mut log = files.signed_log.lock().unwrap_or_else(|e| e.into_inner());
+        let written = (|| {
+            use std::io::Write;
+            if log.is_none() {
+                use std::os::unix::fs::OpenOptionsExt;
+                let path = files.present.with_file_name("signed.log");
+                *log = Some(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .mode(0o600)
+                        .open(path)?,
+                );
+            }
+            match log.as_mut() {
+                Some(f) => f.write_all(&length.to_le_bytes()),
+                None => Ok(()),
+            }
+        })();
+        if let Err(e) = written {
+            tracing::debug!(core = %self.key(), "cannot log a signed length: {e}");
+        }
+    }
+
     /// The longest prefix that reads as one consistent version without a peer: the whole core
     /// when every block is here, else the longest signed length whose blocks are all here
     /// (a writer signs whole batches, and a bee read mid-batch would show a broken tree), else
@@ -517,7 +547,9 @@ impl Core {
         let ok = guard(self.hc.verify_and_apply_proof(proof)).await??;
         drop(w);
         if ok && upgrade {
-            self.note_signed([self.hc.info().length]);
+            let length = self.hc.info().length;
+            self.note_signed([length]);
+            self.log_signed(length);
         }
         if ok {
             if let Some(index) = block {

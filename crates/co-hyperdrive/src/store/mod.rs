@@ -467,6 +467,7 @@ impl Store {
                     present: dir.join("present"),
                     verifier,
                     next: std::sync::Mutex::default(),
+                    signed_log: std::sync::Mutex::default(),
                 });
                 let core = Core::new(hc, Some(files), present);
                 core.note_signed(signed);

@@ -45,12 +45,21 @@ pub(crate) struct Recovered {
 /// Most signed lengths remembered per core (the newest are the ones that matter).
 const SIGNED_KEPT: usize = 64;
 
-/// Reads the `signed` file of a core (a damaged one is forgotten: it is only a hint).
+/// Reads the `signed` file of a core and the lengths appended to `signed.log` since (u64 LE
+/// each; a torn last one is ignored). A damaged file is forgotten: it is only a hint.
 pub(crate) fn read_signed(dir: &Path) -> Vec<u64> {
-    std::fs::read(dir.join("signed"))
+    let mut out: Vec<u64> = std::fs::read(dir.join("signed"))
         .ok()
         .and_then(|b| serde_json::from_slice::<Vec<u64>>(&b).ok())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    if let Ok(log) = std::fs::read(dir.join("signed.log")) {
+        out.extend(log.chunks_exact(8).map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            u64::from_le_bytes(b)
+        }));
+    }
+    out
 }
 
 /// Writes the `signed` file (the newest [`SIGNED_KEPT`] lengths), atomically.
@@ -70,7 +79,12 @@ pub(crate) fn write_signed(
         &tmp,
         &serde_json::to_vec(&keep).map_err(std::io::Error::other)?,
     )?;
-    std::fs::rename(&tmp, dir.join("signed"))
+    std::fs::rename(&tmp, dir.join("signed"))?;
+    // What the log held is in the file now.
+    match std::fs::remove_file(dir.join("signed.log")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 fn corrupt(key: Key, reason: impl Into<String>) -> StoreError {
@@ -138,7 +152,8 @@ pub(crate) fn recover(dir: &Path, key: Key) -> Result<Option<Recovered>, StoreEr
             .filter_map(|e| e.upgrade.as_ref().map(|u| u.length)),
     );
     signed.remove(&0);
-    if signed.iter().copied().ne(known.iter().copied()) {
+    let logged = std::fs::metadata(dir.join("signed.log")).is_ok_and(|m| m.len() > 0);
+    if logged || signed.iter().copied().ne(known.iter().copied()) {
         if let Err(e) = write_signed(dir, &signed) {
             tracing::debug!(%key, "cannot record signed lengths: {e}");
         }
