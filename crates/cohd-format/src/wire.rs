@@ -551,22 +551,17 @@ impl Message {
                 } else {
                     None
                 };
-                let hash = if flags & 2 != 0 {
-                    Some(DataNodes {
+                let mut data_nodes = |bit: u64| -> Result<Option<DataNodes>, WireError> {
+                    if flags & bit == 0 {
+                        return Ok(None);
+                    }
+                    Ok(Some(DataNodes {
                         index: r.uint()?,
                         nodes: read_nodes(r)?,
-                    })
-                } else {
-                    None
+                    }))
                 };
-                let seek = if flags & 4 != 0 {
-                    Some(DataNodes {
-                        index: r.uint()?,
-                        nodes: read_nodes(r)?,
-                    })
-                } else {
-                    None
-                };
+                let hash = data_nodes(2)?;
+                let seek = data_nodes(4)?;
                 let upgrade = if flags & 8 != 0 {
                     let start = r.uint()?;
                     let length = r.uint()?;
