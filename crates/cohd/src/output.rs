@@ -180,7 +180,17 @@ pub(crate) fn one_line(e: &anyhow::Error) -> String {
             parts.push(s);
         }
     }
-    parts.join(": ").replace('\n', " ")
+    let line = parts.join(": ").replace('\n', " ");
+    // Say what the user can do about content that is not here (the library's errors name the
+    // block, which is not actionable on its own).
+    if line.contains("is not available locally") {
+        return format!(
+            "{line} (content not downloaded yet: connect a peer that has it with --peer \
+             HOST:PORT or a running `cohd serve`, or fetch it for offline use with `cohd \
+             download PATH` while connected)"
+        );
+    }
+    line
 }
 
 /// `cohd cat big | head` must not report an error when `head` exits. Only our own stdout's

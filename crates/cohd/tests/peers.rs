@@ -154,6 +154,7 @@ fn download_a_folder_then_read_it_offline() {
         err.contains("error: blob block 6 is not available"),
         "{err}"
     );
+    assert!(err.contains("cohd download"), "says what to do: {err}");
 }
 
 /// Two writers remove each other while apart; once every record reached everyone, the three
