@@ -22,7 +22,7 @@
 //! ```
 
 use crate::compact::{write_buffer, write_uint, Reader, Truncated};
-use crate::merkle::{self, Node};
+use crate::merkle::{self, write_nodes, Node};
 
 /// BLAKE2b-256 of the concatenation of `parts` (`crypto.hash([...])` in JavaScript).
 fn hash(parts: &[&[u8]]) -> [u8; 32] {
@@ -512,29 +512,8 @@ pub struct MultiSignatureV0 {
     pub patch: Vec<Node>,
 }
 
-/// Smallest encoded node: two one-byte uints and a hash.
-const NODE_MIN_SIZE: usize = 34;
-
-fn write_nodes(out: &mut Vec<u8>, nodes: &[Node]) {
-    write_uint(out, nodes.len() as u64);
-    for n in nodes {
-        write_uint(out, n.index);
-        write_uint(out, n.size);
-        out.extend_from_slice(&n.hash);
-    }
-}
-
 fn read_nodes(r: &mut Reader<'_>) -> Result<Vec<Node>, ManifestError> {
-    let n = r.count(NODE_MIN_SIZE)?;
-    (0..n)
-        .map(|_| {
-            Ok(Node {
-                index: r.uint()?,
-                size: r.uint()?,
-                hash: r.array()?,
-            })
-        })
-        .collect()
+    Ok(crate::merkle::read_nodes(r)?)
 }
 
 fn finish<T>(r: &Reader<'_>, v: T) -> Result<T, ManifestError> {

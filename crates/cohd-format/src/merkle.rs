@@ -88,6 +88,37 @@ pub fn signable(tree_hash: &[u8; 32], length: u64, fork: u64) -> [u8; 80] {
     out
 }
 
+/// Bytes a node takes at least in compact-encoding (one-byte index and size, the hash).
+const NODE_MIN_SIZE: usize = 34;
+
+/// Reads a count-prefixed array of nodes (`uint index, uint size, hash`), as the oplog, the
+/// wire and multisignatures hold them. A count the input cannot hold is refused before any
+/// allocation.
+pub fn read_nodes(
+    r: &mut crate::compact::Reader<'_>,
+) -> Result<Vec<Node>, crate::compact::Truncated> {
+    let n = r.count(NODE_MIN_SIZE)?;
+    (0..n)
+        .map(|_| {
+            Ok(Node {
+                index: r.uint()?,
+                size: r.uint()?,
+                hash: r.array()?,
+            })
+        })
+        .collect()
+}
+
+/// Appends a count-prefixed array of nodes (the inverse of [`read_nodes`]).
+pub fn write_nodes(out: &mut Vec<u8>, nodes: &[Node]) {
+    crate::compact::write_uint(out, nodes.len() as u64);
+    for n in nodes {
+        crate::compact::write_uint(out, n.index);
+        crate::compact::write_uint(out, n.size);
+        out.extend_from_slice(&n.hash);
+    }
+}
+
 /// Depth of flat index `i` (0 for leaves).
 pub fn depth(i: u64) -> u32 {
     i.trailing_ones()

@@ -255,14 +255,7 @@ impl Entry {
             e.user_data = owned(r.buffers()?);
         }
         if flags & 2 != 0 {
-            let n = r.length()?;
-            for _ in 0..n {
-                e.nodes.push(Node {
-                    index: r.uint()?,
-                    size: r.uint()?,
-                    hash: r.array()?,
-                });
-            }
+            e.nodes = crate::merkle::read_nodes(&mut r)?;
         }
         if flags & 4 != 0 {
             e.upgrade = Some(Upgrade {
@@ -292,12 +285,7 @@ impl Entry {
         }
         if !self.nodes.is_empty() {
             out[0] |= 2;
-            compact::write_uint(&mut out, self.nodes.len() as u64);
-            for n in &self.nodes {
-                compact::write_uint(&mut out, n.index);
-                compact::write_uint(&mut out, n.size);
-                out.extend_from_slice(&n.hash);
-            }
+            crate::merkle::write_nodes(&mut out, &self.nodes);
         }
         if let Some(u) = &self.upgrade {
             out[0] |= 4;

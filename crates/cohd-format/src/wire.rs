@@ -16,7 +16,7 @@
 //! ignores them, so that newer peers can add fields).
 
 use crate::compact::{self, Reader, Truncated};
-use crate::merkle::Node;
+use crate::merkle::{write_nodes, Node};
 
 /// Why wire bytes do not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -427,25 +427,7 @@ pub enum Message {
 }
 
 fn read_nodes(r: &mut Reader<'_>) -> Result<Vec<Node>, WireError> {
-    let n = r.length()?;
-    let mut out = Vec::with_capacity(n.min(r.rest().len() / 34));
-    for _ in 0..n {
-        out.push(Node {
-            index: r.uint()?,
-            size: r.uint()?,
-            hash: r.array()?,
-        });
-    }
-    Ok(out)
-}
-
-fn write_nodes(out: &mut Vec<u8>, nodes: &[Node]) {
-    compact::write_uint(out, nodes.len() as u64);
-    for n in nodes {
-        compact::write_uint(out, n.index);
-        compact::write_uint(out, n.size);
-        out.extend_from_slice(&n.hash);
-    }
+    Ok(crate::merkle::read_nodes(r)?)
 }
 
 fn request_block(r: &mut Reader<'_>) -> Result<RequestBlock, WireError> {
