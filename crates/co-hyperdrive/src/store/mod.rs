@@ -243,6 +243,26 @@ impl Store {
         }
     }
 
+    /// Writes the file `name` in the store's folder, readable by us only and atomically (a
+    /// temporary file, fsync, rename): for what a front end keeps beside the cores. `name` is a
+    /// plain file name.
+    pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let dir = self.inner.dir.as_ref().ok_or_else(|| StoreError::Io {
+            context: format!("writing {name}"),
+            source: std::io::Error::other("a memory store has no folder"),
+        })?;
+        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+            return Err(StoreError::Io {
+                context: format!("writing {name:?}"),
+                source: std::io::Error::other("not a plain file name"),
+            });
+        }
+        let tmp = dir.join(format!("{name}.tmp"));
+        private_file(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, dir.join(name)))
+            .map_err(io(format!("writing {}", dir.join(name).display())))
+    }
+
     /// The directory of a disk store.
     pub fn dir(&self) -> Option<&Path> {
         self.inner.dir.as_deref()

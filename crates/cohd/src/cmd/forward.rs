@@ -558,7 +558,8 @@ mod unix {
         let name = matches.subcommand_name().unwrap_or("?");
         // What works with the serve's own connections.
         if let Some(run) = served.run(&cli, store, co, &mut io.out) {
-            return run.await;
+            let r = run.await;
+            return durable(store, r).await;
         }
         let dir = store.dir().unwrap_or(Path::new("?")).display();
         match &cli.command {
@@ -627,8 +628,13 @@ mod unix {
             }
         };
         let r = dispatch(&command, co, io).await;
-        // Durable before the client hears of success, as for a command run on its own. The
-        // fsyncs run off this task, which the other commands and the upkeep share.
+        durable(store, r).await
+    }
+
+    /// Makes a command's writes durable before the client hears of success, as for a command
+    /// run on its own. The fsyncs run off this task, which the other commands and the upkeep
+    /// share.
+    async fn durable(store: &Store, r: Result<()>) -> Result<()> {
         let s = store.clone();
         let synced = tokio::task::spawn_blocking(move || s.flush())
             .await

@@ -34,8 +34,10 @@ fn is_mirror(dir: &Path) -> Result<bool> {
     Ok(followed(dir)?.is_none() || dir.join(MIRROR).exists())
 }
 
-fn make_mirror(dir: &Path) -> Result<()> {
-    write_private(&dir.join(MIRROR), b"").context("recording the store as a mirror")
+fn make_mirror(store: &Store) -> Result<()> {
+    store
+        .write_file(MIRROR, b"")
+        .context("recording the store as a mirror")
 }
 
 /// The co-drive key the store follows (written by `clone`).
@@ -50,18 +52,6 @@ pub(crate) fn followed(dir: &Path) -> Result<Option<Key>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
     }
-}
-
-/// Writes a file of the store readable by us only, as the store's own files are.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)
 }
 
 /// Resolves `HOST:PORT` (an IP address, or a host name looked up now).
@@ -177,11 +167,12 @@ pub(crate) async fn clone(cli: &Cli, key: &str, all: bool) -> Result<()> {
     } else {
         Store::create(&cli.dir)?
     };
-    write_private(&cli.dir.join(FOLLOWED), format!("{key}\n").as_bytes())
+    store
+        .write_file(FOLLOWED, format!("{key}\n").as_bytes())
         .context("recording the followed co-drive")?;
     let co = CoDrive::open(&store, key, "db").await?;
     if all {
-        make_mirror(&cli.dir)?;
+        make_mirror(&store)?;
     }
     let r = follow(&store, &co, &cli.peer, all).await;
     let files = match &r {
@@ -198,7 +189,7 @@ pub(crate) async fn clone(cli: &Cli, key: &str, all: bool) -> Result<()> {
 pub(crate) async fn sync(store: &Store, co: &CoDrive, peers: &[String], all: bool) -> Result<()> {
     let dir = store.dir().context("sync needs a store on disk")?;
     if all {
-        make_mirror(dir)?;
+        make_mirror(store)?;
     }
     let repl = follow(store, co, peers, all || is_mirror(dir)?).await?;
     deliver_own(&repl, co, &peers.join(", ")).await
@@ -296,12 +287,9 @@ impl super::forward::ServedCommands for Served {
         match &cli.command {
             Command::Connect { addr } => Some(Box::pin(connect_served(self, addr, out))),
             Command::Status { json } => Some(Box::pin(status(self, store, co, *json, out))),
-            Command::Sync { .. } if cli.drive.is_none() => Some(Box::pin(async move {
-                let r = sync_served(self, store, co, &cli.peer).await;
-                let synced = store.flush();
-                r?;
-                Ok(synced?)
-            })),
+            Command::Sync { .. } if cli.drive.is_none() => {
+                Some(Box::pin(sync_served(self, store, co, &cli.peer)))
+            }
             _ => None,
         }
     }
@@ -328,10 +316,9 @@ pub(crate) fn remembered(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn remember(dir: &Path, peers: &[String]) -> Result<()> {
-    let tmp = dir.join(format!("{PEERS}.tmp"));
-    write_private(&tmp, &serde_json::to_vec(peers)?)
-        .and_then(|()| std::fs::rename(&tmp, dir.join(PEERS)))
+fn remember(store: &Store, peers: &[String]) -> Result<()> {
+    store
+        .write_file(PEERS, &serde_json::to_vec(peers)?)
         .context("remembering peers")
 }
 
@@ -356,7 +343,8 @@ async fn bind(store: &Store, repl: &Replicator, listen: Option<SocketAddr>) -> R
         }
         Err(e) => return Err(e).with_context(|| format!("cannot listen on {want}")),
     };
-    write_private(&dir.join(LISTEN), format!("{addr}\n").as_bytes())
+    store
+        .write_file(LISTEN, format!("{addr}\n").as_bytes())
         .context("remembering the address")?;
     Ok(addr)
 }
@@ -378,14 +366,10 @@ pub(crate) async fn serve(
     repl.add_core(co.own().db().core().clone());
     repl.add_core(co.own().blobs().core().clone());
     let addr = bind(store, &repl, listen).await?;
-    let dir = store
-        .dir()
-        .context("serve needs a store on disk")?
-        .to_path_buf();
     // Every peer named now or reached before is kept connected.
     let kept = Peers::new(repl.clone());
     let _dialling = kept.guard();
-    let mut known = remembered(&dir);
+    let mut known = remembered(dir);
     for p in peers {
         resolve(p).await?;
         if !known.contains(p) {
@@ -439,7 +423,7 @@ pub(crate) async fn serve(
                 .filter(|s| s.connections > 0)
                 .map(|s| s.addr)
                 .collect();
-            let mut all = remembered(&dir);
+            let mut all = remembered(dir);
             let before = all.len();
             all.extend(
                 reached
@@ -447,8 +431,11 @@ pub(crate) async fn serve(
                     .filter(|a| !all.contains(a))
                     .collect::<Vec<_>>(),
             );
+            // Forgetting a peer is no reason to stop serving.
             if all.len() != before {
-                remember(&dir, &all)?;
+                if let Err(e) = remember(store, &all) {
+                    eprintln!("warning: {e:#}");
+                }
             }
             if changed.changed().await.is_err() {
                 return Ok(());
