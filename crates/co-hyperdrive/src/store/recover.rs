@@ -199,7 +199,10 @@ pub(crate) fn recover(dir: &Path, key: Key) -> Result<Option<Recovered>, StoreEr
         .truncate(false)
         .open(dir.join("tree"))
         .map_err(io("opening the tree file", dir))?;
-    for n in &replayed.nodes {
+    // Every node of a tree of `length` blocks lies below 2 * length: anything else in a
+    // (damaged or crafted) entry is not written, so it cannot grow the tree file without bound.
+    let span = replayed.tree.length.saturating_mul(2);
+    for n in replayed.nodes.iter().filter(|n| n.index < span) {
         let at = n
             .index
             .checked_mul(NODE_SIZE)
