@@ -424,24 +424,12 @@ fn upgrade_request(id: u64, start: u64, length: u64) -> Request {
 
 /// The genuine answer of writer `core` to `req`.
 async fn genuine(core: &Core, req: &Request) -> Option<Data> {
-    let p = core
-        .hypercore()
-        .create_proof(
-            req.block.clone(),
-            req.hash.clone(),
-            req.seek.clone(),
-            req.upgrade.clone(),
-        )
-        .await
-        .ok()??;
-    Some(Data {
-        request: req.id,
-        fork: p.fork,
-        block: p.block,
-        hash: p.hash,
-        seek: p.seek,
-        upgrade: p.upgrade,
-    })
+    co_hyperdrive::net::proof::data_for(core, req).await.ok()?
+}
+
+/// A peer's data as the store takes it.
+fn as_proof(d: Data) -> co_hyperdrive::store::Proof {
+    co_hyperdrive::net::proof::proof(d).unwrap()
 }
 
 /// Plays a server of `core` (a real writer, so the proofs are genuine before `answer` spoils them)
@@ -743,11 +731,11 @@ async fn requests_we_cannot_answer_get_nodata_and_the_connection_stays() {
 
     // The answer verifies, on a core of our own.
     let (_rs, mine, _r) = reader(real.key()).await;
-    assert!(mine.apply_proof(data.into_proof()).await.unwrap());
+    assert!(mine.apply_proof(as_proof(data)).await.unwrap());
     assert_eq!(mine.info().length, 5);
     assert_eq!(mine.get_local(0).await.unwrap(), Some(block(0)));
     // And another block after that, with the node budget a reader computes.
-    let nodes = mine.hypercore().missing_nodes(3).await.unwrap();
+    let nodes = mine.missing_nodes(3).await;
     ch.send(Message::Request(block_request(99, 3, nodes)))
         .await
         .unwrap();
@@ -756,7 +744,7 @@ async fn requests_we_cannot_answer_get_nodata_and_the_connection_stays() {
             break d;
         }
     };
-    assert!(mine.apply_proof(d.into_proof()).await.unwrap());
+    assert!(mine.apply_proof(as_proof(d)).await.unwrap());
     assert_eq!(mine.get_local(3).await.unwrap(), Some(block(3)));
 
     // The connection is up on both ends, and the replicator did not complain about it.
@@ -1554,7 +1542,7 @@ async fn garbage_after_the_handshake_closes_only_that_connection() {
                 match recv(&mut ch, &gone).await {
                     Some(Message::Data(d)) if d.request == full.id => {
                         let (_rs, mine, _r) = reader(real.key()).await;
-                        assert!(mine.apply_proof(d.into_proof()).await.unwrap());
+                        assert!(mine.apply_proof(as_proof(d)).await.unwrap());
                         return (name, "ignored; the connection still serves".into());
                     }
                     Some(_) => {}
@@ -1719,10 +1707,7 @@ async fn request_for_a_block_a_sparse_replica_lacks() {
 
     // (b) a replica with the length (from a genuine upgrade proof) and no block, no other peer
     let (_ss, sparse, s) = reader(real.key()).await;
-    assert!(sparse
-        .apply_proof(upgrade.clone().into_proof())
-        .await
-        .unwrap());
+    assert!(sparse.apply_proof(as_proof(upgrade.clone())).await.unwrap());
     let (saddr, _) = s.listen(LOCAL).await.unwrap();
     let mut evil = evil_client(saddr).await;
     let mut ch = evil.channel(real.key()).await;
@@ -1742,7 +1727,7 @@ async fn request_for_a_block_a_sparse_replica_lacks() {
     let sparse = ss.open_key(real.key(), true).await.unwrap();
     let s = replicator(false);
     s.add_core(sparse.clone());
-    assert!(sparse.apply_proof(upgrade.into_proof()).await.unwrap());
+    assert!(sparse.apply_proof(as_proof(upgrade)).await.unwrap());
     let (_wr, waddr) = serving(&[&real]).await;
     let _w = s.connect(waddr).await.unwrap();
     assert!(s.wait_caught_up(&[real.key()], WAIT).await);

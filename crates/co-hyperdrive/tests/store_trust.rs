@@ -2,8 +2,9 @@
 //! nothing forged"). A store dropped without `close` is what a killed process leaves: every
 //! write already reached the operating system, nothing else ran.
 
+use co_hyperdrive::store::ProofRequest;
 use co_hyperdrive::{Core, CoreError, Store, StoreError};
-use hypercore_schema::{RequestBlock, RequestUpgrade};
+use cohd_format::wire::{RequestBlock, RequestUpgrade};
 
 const N: u64 = 20;
 
@@ -23,16 +24,13 @@ async fn writer() -> (Store, Core) {
 /// Delivers the upgrade to `N` (no block), as a peer's first answer does.
 async fn deliver_upgrade(from: &Core, to: &Core) {
     let p = from
-        .hypercore()
-        .create_proof(
-            None,
-            None,
-            None,
-            Some(RequestUpgrade {
+        .create_proof(&ProofRequest {
+            upgrade: Some(RequestUpgrade {
                 start: 0,
                 length: N,
             }),
-        )
+            ..ProofRequest::default()
+        })
         .await
         .unwrap()
         .unwrap();
@@ -41,10 +39,12 @@ async fn deliver_upgrade(from: &Core, to: &Core) {
 
 /// Delivers block `i` without an upgrade: the oplog entry the crate cannot decode.
 async fn deliver(from: &Core, to: &Core, i: u64) {
-    let nodes = to.hypercore().missing_nodes(i).await.unwrap();
+    let nodes = to.missing_nodes(i).await;
     let p = from
-        .hypercore()
-        .create_proof(Some(RequestBlock { index: i, nodes }), None, None, None)
+        .create_proof(&ProofRequest {
+            block: Some(RequestBlock { index: i, nodes }),
+            ..ProofRequest::default()
+        })
         .await
         .unwrap()
         .unwrap();
@@ -169,16 +169,13 @@ async fn a_damaged_header_slot_falls_back_to_the_other() {
         c.append(b"after").await.unwrap();
         let reader = Store::memory().open_key(key, true).await.unwrap();
         let p = c
-            .hypercore()
-            .create_proof(
-                None,
-                None,
-                None,
-                Some(RequestUpgrade {
+            .create_proof(&ProofRequest {
+                upgrade: Some(RequestUpgrade {
                     start: 0,
                     length: writes + 1,
                 }),
-            )
+                ..ProofRequest::default()
+            })
             .await
             .unwrap()
             .unwrap();
@@ -417,19 +414,16 @@ async fn a_partly_received_core_reads_at_its_last_whole_signed_length() {
     let upgrade_to = |length: u64, start: u64| {
         let wc = wc.clone();
         async move {
-            wc.hypercore()
-                .create_proof(
-                    None,
-                    None,
-                    None,
-                    Some(RequestUpgrade {
-                        start,
-                        length: length - start,
-                    }),
-                )
-                .await
-                .unwrap()
-                .unwrap()
+            wc.create_proof(&ProofRequest {
+                upgrade: Some(RequestUpgrade {
+                    start,
+                    length: length - start,
+                }),
+                ..ProofRequest::default()
+            })
+            .await
+            .unwrap()
+            .unwrap()
         }
     };
     {

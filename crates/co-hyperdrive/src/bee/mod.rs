@@ -138,7 +138,7 @@ impl Bee {
 
     /// Whether this handle may write (writable core and not a checkout).
     pub fn writable(&self) -> bool {
-        self.version.is_none() && self.shared.core.info().writeable
+        self.version.is_none() && self.shared.core.info().writable
     }
 
     /// A read-only view of the bee at `version`.

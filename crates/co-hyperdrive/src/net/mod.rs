@@ -11,7 +11,8 @@ pub mod auth;
 mod follow;
 mod peer;
 mod peers;
-pub(crate) mod proof;
+#[doc(hidden)]
+pub mod proof;
 mod session;
 pub mod transport;
 

@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch};
 
 use super::peer::{Action, Claims, Local, Peer, PeerError, MAX_QUEUED};
-use super::proof::data_for;
+use super::proof::{data_for, proof};
 use super::transport::{self, Backlog, TransportError, TransportOptions};
 use crate::store::Core;
 
@@ -627,7 +627,7 @@ impl Replicator {
                 length: i.length,
                 contiguous: c.contiguous_held(),
                 fork: i.fork,
-                writable: i.writeable,
+                writable: i.writable,
             }
         };
         let open = peer.on_open(&local(&core));
@@ -715,8 +715,7 @@ impl Replicator {
                     for m in &mut msgs {
                         if let Message::Request(r) = m {
                             if let Some(b) = &mut r.block {
-                                b.nodes =
-                                    core.hypercore().missing_nodes(b.index).await.unwrap_or(0);
+                                b.nodes = core.missing_nodes(b.index).await;
                             }
                         }
                     }
@@ -764,7 +763,11 @@ impl Replicator {
                 }
                 Action::Apply(data) => {
                     let block = data.block.is_some();
-                    match core.apply_proof(data.into_proof()).await {
+                    let applied = match proof(data) {
+                        Ok(p) => core.apply_proof(p).await,
+                        Err(e) => return Ok(Err(fail(format!("sent a malformed proof: {e}")))),
+                    };
+                    match applied {
                         Ok(true) => {
                             if block {
                                 self.inner.received.fetch_add(1, Ordering::Relaxed);
@@ -782,7 +785,7 @@ impl Replicator {
                         length: i.length,
                         contiguous: i.contiguous_length,
                         fork: i.fork,
-                        writable: i.writeable,
+                        writable: i.writable,
                     }));
                 }
                 Action::Extension(name, message) => {

@@ -37,8 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cohd_format::Key;
-use hypercore::{AppendOutcome, Hypercore, HypercoreError, Info};
-use hypercore_schema::Proof;
+use hypercore::{Hypercore, HypercoreError};
 use random_access_storage::RandomAccess;
 use tokio::sync::{broadcast, watch, Mutex};
 
@@ -98,6 +97,30 @@ pub(crate) struct CoreFiles {
     pub(crate) signed_log: std::sync::Mutex<Option<std::fs::File>>,
     /// The block after the last one read, and where it starts in the data file.
     pub(crate) next: std::sync::Mutex<Option<(u64, u64)>>,
+}
+
+/// A core's state: lengths, fork, whether we can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Info {
+    /// Blocks in the core (signed by its owner).
+    pub length: u64,
+    /// Bytes in those blocks.
+    pub byte_length: u64,
+    /// Blocks `0..n` held locally, counted from the start.
+    pub contiguous_length: u64,
+    /// The fork id (0 until the owner truncates).
+    pub fork: u64,
+    /// Whether we hold the secret key.
+    pub writable: bool,
+}
+
+/// Where a core stands after an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The new length.
+    pub length: u64,
+    /// The new byte length.
+    pub byte_length: u64,
 }
 
 /// A hypercore of the store; cheap to clone.
@@ -537,13 +560,14 @@ impl Core {
     }
 
     /// Verifies a proof from a peer and applies it; `false` if it does not fit (another fork).
-    pub async fn apply_proof(&self, proof: Proof) -> Result<bool, CoreError> {
+    pub async fn apply_proof(&self, proof: super::Proof) -> Result<bool, CoreError> {
         let w = self.live.writes.lock().await;
         if *w {
             return Err(CoreError::Closed);
         }
         let block = proof.block.as_ref().map(|b| b.index);
         let upgrade = proof.upgrade.is_some();
+        let proof = super::proofs::to_schema(proof);
         let ok = guard(self.hc.verify_and_apply_proof(proof)).await??;
         drop(w);
         if ok && upgrade {
@@ -566,14 +590,21 @@ impl Core {
         *self.live.writes.lock().await = true;
     }
 
-    /// The underlying hypercore (for replication).
-    pub fn hypercore(&self) -> &Hypercore {
+    /// The underlying hypercore (until our own engine replaces it).
+    pub(crate) fn hypercore(&self) -> &Hypercore {
         &self.hc
     }
 
     /// Length, byte length, contiguous length, fork, writability.
     pub fn info(&self) -> Info {
-        self.hc.info()
+        let i = self.hc.info();
+        Info {
+            length: i.length,
+            byte_length: i.byte_length,
+            contiguous_length: i.contiguous_length,
+            fork: i.fork,
+            writable: i.writeable,
+        }
     }
 
     /// The core key (the Ed25519 public key).
@@ -587,7 +618,7 @@ impl Core {
     }
 
     /// Appends one block.
-    pub async fn append(&self, data: &[u8]) -> Result<AppendOutcome, CoreError> {
+    pub async fn append(&self, data: &[u8]) -> Result<Appended, CoreError> {
         self.append_batch([data]).await
     }
 
@@ -595,7 +626,7 @@ impl Core {
     pub async fn append_batch<A: AsRef<[u8]>, B: AsRef<[A]>>(
         &self,
         batch: B,
-    ) -> Result<AppendOutcome, CoreError> {
+    ) -> Result<Appended, CoreError> {
         let w = self.live.writes.lock().await;
         if *w {
             return Err(CoreError::Closed);
@@ -604,7 +635,10 @@ impl Core {
         drop(w);
         self.note_signed([out.length]);
         self.poke();
-        Ok(out)
+        Ok(Appended {
+            length: out.length,
+            byte_length: out.byte_length,
+        })
     }
 
     /// Block `index`. When it is not stored locally but a replication session is attached, asks

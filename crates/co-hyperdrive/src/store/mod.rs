@@ -24,10 +24,12 @@ mod core;
 mod file;
 pub mod keys;
 mod ledger;
+mod proofs;
 mod recover;
 mod verify;
 
-pub use core::{Core, CoreError};
+pub use core::{Appended, Core, CoreError, Info};
+pub use proofs::{Proof, ProofRequest};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -708,7 +710,7 @@ mod tests {
         let c = s.open_named("db").await.unwrap();
         assert_eq!(c.info().length, 3);
         assert_eq!(c.get(2).await.unwrap().unwrap(), b"333");
-        assert!(c.info().writeable);
+        assert!(c.info().writable);
         assert!(s.has_core(&key));
         let other = Key([9; 32]);
         assert!(matches!(
