@@ -623,6 +623,24 @@ pub fn verify(roots: &[Node], length: u64, proof: &Received<'_>) -> Result<Verif
     })
 }
 
+/// How many nodes from block `index`'s leaf upward a reader of a tree of `length` blocks
+/// lacks, counting until the first node it holds (`has`) or the root that covers the block:
+/// the `nodes` of its block request (JavaScript `missingNodes(2 * index)`). 0 when the block
+/// lies beyond the tree.
+pub fn missing_nodes(index: u64, length: u64, has: impl Fn(u64) -> bool) -> u64 {
+    if index >= length || length >= MAX_LENGTH {
+        return 0;
+    }
+    let head = 2 * length;
+    let mut ite = Ite::new(2 * index);
+    let mut count = 0;
+    while !ite.contains(head) && !has(ite.index) {
+        count += 1;
+        ite.parent();
+    }
+    count
+}
+
 /// The nodes of a tree of these blocks (a plain model, for tests and tools).
 pub fn tree_of<B: AsRef<[u8]>>(blocks: &[B]) -> HashMap<u64, Node> {
     let mut all = HashMap::new();

@@ -23,7 +23,11 @@
 mod core;
 mod file;
 pub mod keys;
+#[allow(dead_code)]
+mod kv;
 mod ledger;
+#[allow(dead_code)]
+mod log;
 mod proofs;
 mod recover;
 mod verify;

@@ -1,0 +1,265 @@
+//! Where the store keeps its bytes: three ordered key spaces (block values, tree nodes, core
+//! metadata) with atomic batches across them. On disk that is one fjall database (one journal,
+//! one `fdatasync` per durable commit, a torn batch discarded whole on recovery: see
+//! `docs/storage-spike.md`); in memory a `BTreeMap` per space, for tests and examples.
+//!
+//! Everything above this file sees only [`Kv`]: blocks could move to append-only files later
+//! without the core noticing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Mutex, RwLock};
+
+/// A key space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Space {
+    /// Block values, keyed by core and block index.
+    Blocks,
+    /// Merkle tree nodes, keyed by core and flat index.
+    Nodes,
+    /// Per-core headers and presence.
+    Meta,
+}
+
+const SPACES: [Space; 3] = [Space::Blocks, Space::Nodes, Space::Meta];
+
+impl Space {
+    fn name(self) -> &'static str {
+        match self {
+            Space::Blocks => "blocks",
+            Space::Nodes => "nodes",
+            Space::Meta => "meta",
+        }
+    }
+}
+
+/// A storage failure (I/O, a damaged or poisoned database).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct KvError(pub(crate) String);
+
+impl From<fjall::Error> for KvError {
+    fn from(e: fjall::Error) -> Self {
+        KvError(format!("storage: {e}"))
+    }
+}
+
+/// Writes that commit together.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    ops: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    pub(crate) fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push((space, key, Some(value)));
+    }
+
+    pub(crate) fn delete(&mut self, space: Space, key: Vec<u8>) {
+        self.ops.push((space, key, None));
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Keys and values, in order.
+pub(crate) type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The store's bytes.
+#[derive(Debug)]
+#[allow(clippy::type_complexity)]
+pub(crate) enum Kv {
+    Memory(RwLock<BTreeMap<(Space, Vec<u8>), Vec<u8>>>),
+    Disk(Disk),
+}
+
+pub(crate) struct Disk {
+    db: fjall::Database,
+    spaces: Vec<fjall::Keyspace>,
+    /// Commits since the last durable persist (so that an idle flush costs nothing).
+    dirty: Mutex<bool>,
+}
+
+impl Kv {
+    pub(crate) fn memory() -> Self {
+        Kv::Memory(RwLock::default())
+    }
+
+    /// Opens (creating) the database in `dir`.
+    pub(crate) fn open(dir: &Path) -> Result<Self, KvError> {
+        let db = fjall::Database::builder(dir)
+            .manual_journal_persist(true)
+            .journal_compression(fjall::CompressionType::None)
+            // Two cores on the machines we aim at: background work must not take both.
+            .worker_threads(1)
+            .max_journaling_size(128 * 1024 * 1024)
+            .open()?;
+        let mut spaces = Vec::new();
+        for s in SPACES {
+            let ks = db.keyspace(s.name(), || {
+                let o = fjall::KeyspaceCreateOptions::default()
+                    .manual_journal_persist(true)
+                    .max_memtable_size(16 * 1024 * 1024)
+                    .data_block_compression_policy(fjall::config::CompressionPolicy::disabled())
+                    .index_block_compression_policy(fjall::config::CompressionPolicy::disabled());
+                match s {
+                    // Block values are large and incompressible: kept apart from the keys.
+                    Space::Blocks => o.with_kv_separation(Some(
+                        fjall::KvSeparationOptions::default()
+                            .compression(fjall::CompressionType::None),
+                    )),
+                    _ => o,
+                }
+            })?;
+            spaces.push(ks);
+        }
+        Ok(Kv::Disk(Disk {
+            db,
+            spaces,
+            dirty: Mutex::new(false),
+        }))
+    }
+
+    pub(crate) fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        match self {
+            Kv::Memory(m) => Ok(m
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&(space, key.to_vec()))
+                .cloned()),
+            Kv::Disk(d) => Ok(d.space(space).get(key)?.map(|v| v.to_vec())),
+        }
+    }
+
+    /// Every key and value whose key starts with `prefix`, in key order.
+    pub(crate) fn scan(
+        &self,
+        space: Space,
+        prefix: &[u8],
+    ) -> Result<Pairs, KvError> {
+        match self {
+            Kv::Memory(m) => Ok(m
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .range((space, prefix.to_vec())..)
+                .take_while(|((s, k), _)| *s == space && k.starts_with(prefix))
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .collect()),
+            Kv::Disk(d) => d
+                .space(space)
+                .prefix(prefix)
+                .map(|g| {
+                    let (k, v) = g.into_inner()?;
+                    Ok((k.to_vec(), v.to_vec()))
+                })
+                .collect(),
+        }
+    }
+
+    /// Applies `batch` atomically (durable after the next [`persist`](Self::persist); a
+    /// killed process keeps it, a power loss may lose a suffix of whole batches).
+    pub(crate) fn commit(&self, batch: Batch) -> Result<(), KvError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Kv::Memory(m) => {
+                let mut m = m.write().unwrap_or_else(|e| e.into_inner());
+                for (s, k, v) in batch.ops {
+                    match v {
+                        Some(v) => m.insert((s, k), v),
+                        None => m.remove(&(s, k)),
+                    };
+                }
+                Ok(())
+            }
+            Kv::Disk(d) => {
+                let mut b = d.db.batch().durability(Some(fjall::PersistMode::Buffer));
+                for (s, k, v) in batch.ops {
+                    match v {
+                        Some(v) => b.insert(d.space(s), k, v),
+                        None => b.remove(d.space(s), k),
+                    }
+                }
+                b.commit()?;
+                *d.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes every committed batch durable.
+    pub(crate) fn persist(&self) -> Result<(), KvError> {
+        match self {
+            Kv::Memory(_) => Ok(()),
+            Kv::Disk(d) => {
+                let mut dirty = d.dirty.lock().unwrap_or_else(|e| e.into_inner());
+                if *dirty {
+                    d.db.persist(fjall::PersistMode::SyncData)?;
+                    *dirty = false;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Disk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Disk").finish_non_exhaustive()
+    }
+}
+
+impl Disk {
+    fn space(&self, s: Space) -> &fjall::Keyspace {
+        &self.spaces[s as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exercise(kv: &Kv) {
+        let mut b = Batch::default();
+        b.put(Space::Meta, b"a1".to_vec(), b"x".to_vec());
+        b.put(Space::Meta, b"a2".to_vec(), b"y".to_vec());
+        b.put(Space::Meta, b"b1".to_vec(), b"z".to_vec());
+        b.put(Space::Nodes, b"a3".to_vec(), b"n".to_vec());
+        b.put(Space::Blocks, b"a1".to_vec(), vec![7; 5000]);
+        kv.commit(b).unwrap();
+        assert_eq!(kv.get(Space::Meta, b"a1").unwrap().unwrap(), b"x");
+        assert_eq!(
+            kv.get(Space::Blocks, b"a1").unwrap().unwrap(),
+            vec![7; 5000]
+        );
+        let scan = kv.scan(Space::Meta, b"a").unwrap();
+        assert_eq!(
+            scan,
+            vec![
+                (b"a1".to_vec(), b"x".to_vec()),
+                (b"a2".to_vec(), b"y".to_vec())
+            ]
+        );
+        let mut b = Batch::default();
+        b.delete(Space::Meta, b"a1".to_vec());
+        kv.commit(b).unwrap();
+        assert_eq!(kv.get(Space::Meta, b"a1").unwrap(), None);
+        kv.persist().unwrap();
+    }
+
+    #[test]
+    fn memory_and_disk_agree() {
+        exercise(&Kv::memory());
+        let dir = tempfile::tempdir().unwrap();
+        exercise(&Kv::open(dir.path()).unwrap());
+        let kv = Kv::open(dir.path()).unwrap();
+        assert_eq!(kv.get(Space::Meta, b"a2").unwrap().unwrap(), b"y");
+        assert_eq!(
+            kv.get(Space::Blocks, b"a1").unwrap().unwrap(),
+            vec![7; 5000]
+        );
+    }
+}

@@ -1,0 +1,830 @@
+//! Our own Hypercore: one core's signed, append-only log over the store's [`Kv`], made from the
+//! pure tree and proof code of [`cohd_format`] (`merkle`, `proof`). No I/O of its own: every
+//! change is one atomic [`Batch`] (blocks, tree nodes, header, presence), so a core on disk is
+//! always at a state some write left it in, whatever moment the process stopped at.
+//!
+//! Records, all prefixed by the 32-byte core key:
+//! ```text
+//! blocks  key ‖ index (u64 BE)        the block
+//! nodes   key ‖ flat index (u64 BE)   size (u64 LE) ‖ BLAKE2b-256 hash
+//! meta    key ‖ "h"                   header: length, byte length, fork, signature, signed lengths
+//! meta    key ‖ "p"                   blocks held, as ranges (cohd_format::present)
+//! ```
+//! A header is only ever written with the nodes it signs, so on open the roots are read and
+//! checked against the owner's signature; a block is checked against its leaf on every read.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cohd_format::merkle::{self, Node};
+use cohd_format::proof::{self, Indexed, ProofError, Received, ReceivedUpgrade, UpgradeRange};
+use cohd_format::wire::{DataBlock, DataNodes, DataUpgrade};
+use cohd_format::Key;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+
+use super::kv::{Batch, Kv, KvError, Space};
+use super::proofs::{Proof, ProofRequest};
+
+/// What can go wrong in a log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum LogError {
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    /// The stored core does not hold together (damaged records).
+    #[error("{0}")]
+    Corrupted(String),
+    /// A stored block does not match its leaf.
+    #[error("block {0} does not match its signed hash")]
+    Damaged(u64),
+    /// Appends need the secret key.
+    #[error("the core is read-only")]
+    NotWritable,
+    /// A peer's proof does not verify.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Most signed lengths remembered per core (the newest are the ones that matter).
+const SIGNED_KEPT: usize = 64;
+
+/// A core's state, as its header and presence record hold it.
+#[derive(Debug, Clone, Default)]
+struct State {
+    length: u64,
+    byte_length: u64,
+    fork: u64,
+    roots: Vec<Node>,
+    signature: Vec<u8>,
+    /// Blocks held: start -> end of disjoint, non-adjacent ranges.
+    present: BTreeMap<u64, u64>,
+    /// Lengths the owner signed that we saw (batch ends).
+    signed: BTreeSet<u64>,
+}
+
+impl State {
+    fn has(&self, index: u64) -> bool {
+        self.present
+            .range(..=index)
+            .next_back()
+            .is_some_and(|(_, &end)| index < end)
+    }
+
+    fn contiguous(&self) -> u64 {
+        match self.present.first_key_value() {
+            Some((0, &end)) => end,
+            _ => 0,
+        }
+    }
+
+    fn add(&mut self, range: Range<u64>) {
+        if range.is_empty() {
+            return;
+        }
+        let (mut start, mut end) = (range.start, range.end);
+        // Merge with every range it touches or overlaps.
+        let touching: Vec<(u64, u64)> = self
+            .present
+            .range(..=end)
+            .rev()
+            .take_while(|(_, &e)| e >= start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in touching {
+            self.present.remove(&s);
+            start = start.min(s);
+            end = end.max(e);
+        }
+        self.present.insert(start, end);
+    }
+
+    fn remove(&mut self, index: u64) {
+        if let Some((&s, &e)) = self.present.range(..=index).next_back() {
+            if index < e {
+                self.present.remove(&s);
+                if s < index {
+                    self.present.insert(s, index);
+                }
+                if index + 1 < e {
+                    self.present.insert(index + 1, e);
+                }
+            }
+        }
+    }
+
+    fn ranges(&self) -> Vec<Range<u64>> {
+        self.present.iter().map(|(&s, &e)| s..e).collect()
+    }
+
+    fn note_signed(&mut self, length: u64) {
+        if length > 0 {
+            self.signed.insert(length);
+            while self.signed.len() > SIGNED_KEPT {
+                self.signed.pop_first();
+            }
+        }
+    }
+}
+
+/// One core's log.
+#[derive(Debug)]
+pub(crate) struct Log {
+    kv: Arc<Kv>,
+    key: Key,
+    public: Option<VerifyingKey>,
+    secret: Option<SigningKey>,
+    state: Mutex<State>,
+}
+
+fn record_key(key: &Key, tail: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(32 + tail.len());
+    k.extend_from_slice(&key.0);
+    k.extend_from_slice(tail);
+    k
+}
+
+fn encode_node(n: &Node) -> Vec<u8> {
+    let mut v = Vec::with_capacity(40);
+    v.extend_from_slice(&n.size.to_le_bytes());
+    v.extend_from_slice(&n.hash);
+    v
+}
+
+fn decode_node(index: u64, v: &[u8]) -> Result<Node, LogError> {
+    if v.len() != 40 {
+        return Err(LogError::Corrupted(format!(
+            "tree node {index} is {} bytes, not 40",
+            v.len()
+        )));
+    }
+    let mut size = [0u8; 8];
+    size.copy_from_slice(&v[..8]);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&v[8..]);
+    Ok(Node {
+        index,
+        size: u64::from_le_bytes(size),
+        hash,
+    })
+}
+
+/// Header format version 1.
+const HEADER_V1: u8 = 1;
+
+fn encode_header(s: &State) -> Vec<u8> {
+    let mut v = Vec::with_capacity(96 + 8 * s.signed.len());
+    v.push(HEADER_V1);
+    v.extend_from_slice(&s.length.to_le_bytes());
+    v.extend_from_slice(&s.byte_length.to_le_bytes());
+    v.extend_from_slice(&s.fork.to_le_bytes());
+    v.extend_from_slice(&(s.signature.len() as u32).to_le_bytes());
+    v.extend_from_slice(&s.signature);
+    v.extend_from_slice(&(s.signed.len() as u32).to_le_bytes());
+    for l in &s.signed {
+        v.extend_from_slice(&l.to_le_bytes());
+    }
+    v
+}
+
+/// (length, byte length, fork, signature, signed lengths)
+type Header = (u64, u64, u64, Vec<u8>, BTreeSet<u64>);
+
+fn decode_header(b: &[u8]) -> Result<Header, String> {
+    let mut r = b;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        if r.len() < n {
+            return Err("the core header is truncated".into());
+        }
+        let (a, rest) = r.split_at(n);
+        r = rest;
+        Ok(a)
+    };
+    let u64_of = |b: &[u8]| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        u64::from_le_bytes(a)
+    };
+    let u32_of = |b: &[u8]| {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(b);
+        u32::from_le_bytes(a) as usize
+    };
+    if take(1)?[0] != HEADER_V1 {
+        return Err("the core header has an unknown version".into());
+    }
+    let length = u64_of(take(8)?);
+    let byte_length = u64_of(take(8)?);
+    let fork = u64_of(take(8)?);
+    let n = u32_of(take(4)?);
+    if n > 4096 {
+        return Err("the core header has an oversized signature".into());
+    }
+    let signature = take(n)?.to_vec();
+    let n = u32_of(take(4)?);
+    if n > SIGNED_KEPT * 4 {
+        return Err("the core header lists too many signed lengths".into());
+    }
+    let mut signed = BTreeSet::new();
+    for _ in 0..n {
+        signed.insert(u64_of(take(8)?));
+    }
+    if !take(0)?.is_empty() || !r.is_empty() {
+        return Err("the core header has trailing bytes".into());
+    }
+    Ok((length, byte_length, fork, signature, signed))
+}
+
+/// Tree nodes read through the store, with the nodes of a write in progress on top.
+struct Tree<'a> {
+    log: &'a Log,
+    pending: &'a BTreeMap<u64, Node>,
+    failed: std::cell::RefCell<Option<LogError>>,
+}
+
+impl proof::Nodes for Tree<'_> {
+    fn node(&self, index: u64) -> Option<Node> {
+        if let Some(n) = self.pending.get(&index) {
+            return Some(*n);
+        }
+        match self.log.node(index) {
+            Ok(n) => n,
+            Err(e) => {
+                *self.failed.borrow_mut() = Some(e);
+                None
+            }
+        }
+    }
+}
+
+impl Log {
+    /// Opens core `key` from `kv`; `None` if the store has never held it and `create` is
+    /// false. `secret` makes it writable (it must belong to `key`).
+    pub(crate) fn open(
+        kv: Arc<Kv>,
+        key: Key,
+        secret: Option<SigningKey>,
+        create: bool,
+    ) -> Result<Option<Self>, LogError> {
+        let public = VerifyingKey::from_bytes(&key.0).ok();
+        if let Some(sk) = &secret {
+            if sk.verifying_key().to_bytes() != key.0 {
+                return Err(LogError::Corrupted(
+                    "the secret key is not this core's".into(),
+                ));
+            }
+        }
+        let log = Self {
+            kv,
+            key,
+            public,
+            secret,
+            state: Mutex::default(),
+        };
+        let Some(header) = log.kv.get(Space::Meta, &record_key(&key, b"h"))? else {
+            if !create {
+                return Ok(None);
+            }
+            // Recorded at once: the store holds the core from now on.
+            let mut b = Batch::default();
+            b.put(
+                Space::Meta,
+                record_key(&key, b"h"),
+                encode_header(&State::default()),
+            );
+            log.kv.commit(b)?;
+            return Ok(Some(log));
+        };
+        let (length, byte_length, fork, signature, signed) =
+            decode_header(&header).map_err(LogError::Corrupted)?;
+        let mut state = State {
+            length,
+            byte_length,
+            fork,
+            signature,
+            signed,
+            ..State::default()
+        };
+        if let Some(p) = log.kv.get(Space::Meta, &record_key(&key, b"p"))? {
+            let ranges = cohd_format::present::decode(&p)
+                .map_err(|e| LogError::Corrupted(format!("the record of held blocks: {e}")))?;
+            for r in ranges {
+                state.add(r.start..r.end.min(length));
+            }
+        }
+        let roots = merkle::full_roots(length)
+            .into_iter()
+            .map(|i| {
+                log.node(i)?.ok_or_else(|| {
+                    LogError::Corrupted(format!("tree root {i} of length {length} is missing"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if length > 0 {
+            log.check_signature(&roots, length, fork, &state.signature)
+                .map_err(|e| LogError::Corrupted(format!("its tree: {e}")))?;
+            let bytes: u64 = roots.iter().map(|r| r.size).sum();
+            if bytes != byte_length {
+                return Err(LogError::Corrupted(
+                    "its byte length does not match its tree".into(),
+                ));
+            }
+        }
+        state.roots = roots;
+        *log.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        Ok(Some(log))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn key(&self) -> Key {
+        self.key
+    }
+
+    pub(crate) fn writable(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    /// (length, byte length, contiguous length, fork)
+    pub(crate) fn lengths(&self) -> (u64, u64, u64, u64) {
+        let s = self.state();
+        (s.length, s.byte_length, s.contiguous(), s.fork)
+    }
+
+    pub(crate) fn has(&self, index: u64) -> bool {
+        self.state().has(index)
+    }
+
+    /// Blocks held, as ranges.
+    pub(crate) fn held(&self) -> Vec<Range<u64>> {
+        self.state().ranges()
+    }
+
+    /// Signed lengths we know of.
+    pub(crate) fn signed(&self) -> Vec<u64> {
+        self.state().signed.iter().copied().collect()
+    }
+
+    fn check_signature(
+        &self,
+        roots: &[Node],
+        length: u64,
+        fork: u64,
+        signature: &[u8],
+    ) -> Result<(), String> {
+        let public = self
+            .public
+            .ok_or_else(|| "the core key is not an Ed25519 public key".to_string())?;
+        let sig = Signature::from_slice(signature)
+            .map_err(|_| "the signature is not 64 bytes".to_string())?;
+        let signable = merkle::signable(&merkle::tree_hash(roots), length, fork);
+        public
+            .verify(&signable, &sig)
+            .map_err(|_| format!("the signature of length {length} does not verify"))
+    }
+
+    fn node(&self, index: u64) -> Result<Option<Node>, LogError> {
+        self.kv
+            .get(Space::Nodes, &record_key(&self.key, &index.to_be_bytes()))?
+            .map(|v| decode_node(index, &v))
+            .transpose()
+    }
+
+    /// Block `index` if held, checked against its leaf.
+    pub(crate) fn get(&self, index: u64) -> Result<Option<Vec<u8>>, LogError> {
+        if !self.has(index) {
+            return Ok(None);
+        }
+        let Some(leaf_index) = index.checked_mul(2) else {
+            return Ok(None);
+        };
+        let block = self
+            .kv
+            .get(Space::Blocks, &record_key(&self.key, &index.to_be_bytes()))?;
+        let leaf = self.node(leaf_index)?;
+        match (block, leaf) {
+            (Some(b), Some(l)) if l.size == b.len() as u64 && l.hash == merkle::leaf_hash(&b) => {
+                Ok(Some(b))
+            }
+            _ => Err(LogError::Damaged(index)),
+        }
+    }
+
+    /// Stops counting `index` as held (its stored copy is damaged): replication fetches it
+    /// again. Not recorded: the next write of the record, or the block's arrival, settles it.
+    pub(crate) fn forget(&self, index: u64) {
+        self.state().remove(index);
+    }
+
+    /// Appends `blocks` in one signed batch; returns (length, byte length).
+    pub(crate) fn append<A: AsRef<[u8]>>(&self, blocks: &[A]) -> Result<(u64, u64), LogError> {
+        let secret = self.secret.as_ref().ok_or(LogError::NotWritable)?;
+        let mut s = self.state();
+        if blocks.is_empty() {
+            return Ok((s.length, s.byte_length));
+        }
+        let mut next = s.clone();
+        let mut b = Batch::default();
+        for block in blocks {
+            let block = block.as_ref();
+            let leaf = Node {
+                index: 2 * next.length,
+                size: block.len() as u64,
+                hash: merkle::leaf_hash(block),
+            };
+            b.put(
+                Space::Blocks,
+                record_key(&self.key, &next.length.to_be_bytes()),
+                block.to_vec(),
+            );
+            b.put(
+                Space::Nodes,
+                record_key(&self.key, &leaf.index.to_be_bytes()),
+                encode_node(&leaf),
+            );
+            next.roots.push(leaf);
+            // Siblings of equal depth merge into their parent.
+            while next.roots.len() > 1 {
+                let n = next.roots.len();
+                let (a, c) = (next.roots[n - 2], next.roots[n - 1]);
+                if merkle::depth(a.index) != merkle::depth(c.index) {
+                    break;
+                }
+                let p = merkle::parent_node(&a, &c);
+                b.put(
+                    Space::Nodes,
+                    record_key(&self.key, &p.index.to_be_bytes()),
+                    encode_node(&p),
+                );
+                next.roots.truncate(n - 2);
+                next.roots.push(p);
+            }
+            next.length += 1;
+            next.byte_length += block.len() as u64;
+        }
+        let signable = merkle::signable(&merkle::tree_hash(&next.roots), next.length, next.fork);
+        next.signature = secret.sign(&signable).to_bytes().to_vec();
+        next.add(s.length..next.length);
+        next.note_signed(next.length);
+        self.write_state(&mut b, &next, true);
+        self.kv.commit(b)?;
+        *s = next;
+        Ok((s.length, s.byte_length))
+    }
+
+    fn write_state(&self, b: &mut Batch, s: &State, present: bool) {
+        b.put(Space::Meta, record_key(&self.key, b"h"), encode_header(s));
+        if present {
+            b.put(
+                Space::Meta,
+                record_key(&self.key, b"p"),
+                cohd_format::present::encode(&s.ranges()),
+            );
+        }
+    }
+
+    /// How many nodes above block `index`'s leaf we lack.
+    pub(crate) fn missing_nodes(&self, index: u64) -> u64 {
+        let length = self.state().length;
+        proof::missing_nodes(index, length, |i| {
+            self.kv
+                .get(Space::Nodes, &record_key(&self.key, &i.to_be_bytes()))
+                .ok()
+                .flatten()
+                .is_some()
+        })
+    }
+
+    /// The proof answering `req`, or `None` when we cannot give one (a block we do not hold,
+    /// a node we lack, another fork, a request outside our tree).
+    pub(crate) fn create_proof(&self, req: &ProofRequest) -> Result<Option<Proof>, LogError> {
+        let s = self.state().clone();
+        if req.fork != s.fork || req.seek.is_some() {
+            return Ok(None);
+        }
+        let value = match &req.block {
+            Some(b) => match self.get(b.index)? {
+                Some(v) => Some(v),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let preq = proof::Request {
+            block: req.block.map(|b| Indexed {
+                index: b.index,
+                nodes: b.nodes,
+            }),
+            hash: req.hash.map(|h| Indexed {
+                index: h.index,
+                nodes: h.nodes,
+            }),
+            upgrade: req.upgrade.map(|u| UpgradeRange {
+                start: u.start,
+                length: u.length,
+            }),
+        };
+        if preq.block.is_none() && preq.hash.is_none() && preq.upgrade.is_none() {
+            return Ok(None);
+        }
+        let pending = BTreeMap::new();
+        let tree = Tree {
+            log: self,
+            pending: &pending,
+            failed: Default::default(),
+        };
+        let nodes = match proof::create(&tree, s.length, &preq) {
+            Ok(n) => n,
+            Err(e) => {
+                if let Some(e) = tree.failed.take() {
+                    return Err(e);
+                }
+                tracing::debug!(core = %self.key, "cannot build the requested proof: {e}");
+                return Ok(None);
+            }
+        };
+        let mut p = Proof {
+            fork: s.fork,
+            ..Proof::default()
+        };
+        if let (Some(b), Some(value)) = (req.block, value) {
+            p.block = Some(DataBlock {
+                index: b.index,
+                value,
+                nodes: nodes.nodes.clone().unwrap_or_default(),
+            });
+        } else if let Some(h) = req.hash {
+            p.hash = Some(DataNodes {
+                index: h.index,
+                nodes: nodes.nodes.clone().unwrap_or_default(),
+            });
+        }
+        if let Some(u) = req.upgrade {
+            p.upgrade = Some(DataUpgrade {
+                start: u.start,
+                length: u.length,
+                nodes: nodes.upgrade.unwrap_or_default(),
+                additional: nodes.additional,
+                signature: Some(s.signature.clone()),
+            });
+        }
+        Ok(Some(p))
+    }
+
+    /// Verifies a peer's proof and stores what it proves. `Ok(false)`: it is for another fork.
+    /// An upgrade that starts below our length (we grew meanwhile, from another peer) is
+    /// dropped, and the rest applied if it still fits.
+    pub(crate) fn apply_proof(&self, mut p: Proof) -> Result<bool, LogError> {
+        let mut s = self.state();
+        if p.fork != s.fork {
+            return Ok(false);
+        }
+        if let Some(u) = &p.upgrade {
+            if u.start < s.length {
+                p.upgrade = None;
+            }
+        }
+        let received = Received {
+            block: p
+                .block
+                .as_ref()
+                .map(|b| (b.index, b.value.as_slice(), b.nodes.clone())),
+            hash: p.hash.as_ref().map(|h| (h.index, h.nodes.clone())),
+            upgrade: p.upgrade.as_ref().map(|u| ReceivedUpgrade {
+                start: u.start,
+                length: u.length,
+                nodes: u.nodes.clone(),
+                additional: u.additional.clone(),
+            }),
+        };
+        let invalid = |e: ProofError| LogError::Invalid(format!("invalid proof: {e}"));
+        let verified = proof::verify(&s.roots, s.length, &received).map_err(invalid)?;
+        let mut next = s.clone();
+        if let Some((roots, length)) = &verified.upgraded {
+            let u = p
+                .upgrade
+                .as_ref()
+                .ok_or_else(|| LogError::Invalid("an upgrade without its signature".into()))?;
+            let sig = u.signature.as_deref().unwrap_or_default();
+            self.check_signature(roots, *length, p.fork, sig)
+                .map_err(LogError::Invalid)?;
+            next.roots = roots.clone();
+            next.length = *length;
+            next.byte_length = roots.iter().map(|r| r.size).sum();
+            next.signature = sig.to_vec();
+            next.note_signed(*length);
+        }
+        if let Some(c) = verified.check {
+            match self.node(c.index)? {
+                Some(stored) if stored == c => {}
+                Some(_) => {
+                    return Err(LogError::Invalid(format!(
+                        "node {} does not match our tree",
+                        c.index
+                    )))
+                }
+                // Proven against a tree we no longer have (a stale answer): nothing to store.
+                None if p.upgrade.is_none() => {
+                    return Ok(true);
+                }
+                None => {
+                    return Err(LogError::Invalid(format!(
+                        "the proof ends at node {}, which we do not hold",
+                        c.index
+                    )))
+                }
+            }
+        }
+        let mut b = Batch::default();
+        for n in &verified.nodes {
+            b.put(
+                Space::Nodes,
+                record_key(&self.key, &n.index.to_be_bytes()),
+                encode_node(n),
+            );
+        }
+        let mut present = false;
+        if let Some(block) = &p.block {
+            if block.index >= next.length {
+                return Err(LogError::Invalid(format!(
+                    "block {} lies past the signed length {}",
+                    block.index, next.length
+                )));
+            }
+            b.put(
+                Space::Blocks,
+                record_key(&self.key, &block.index.to_be_bytes()),
+                block.value.clone(),
+            );
+            next.add(block.index..block.index + 1);
+            present = true;
+        }
+        self.write_state(&mut b, &next, present);
+        self.kv.commit(b)?;
+        *s = next;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cohd_format::wire::{RequestBlock, RequestUpgrade};
+
+    fn writer(kv: &Arc<Kv>, n: u64) -> Log {
+        let sk = SigningKey::from_bytes(&[7; 32]);
+        let key = Key(sk.verifying_key().to_bytes());
+        let log = Log::open(kv.clone(), key, Some(sk), true).unwrap().unwrap();
+        for i in 0..n {
+            log.append(&[format!("block {i}").into_bytes()]).unwrap();
+        }
+        log
+    }
+
+    fn req(block: Option<(u64, u64)>, upgrade: Option<(u64, u64)>) -> ProofRequest {
+        ProofRequest {
+            block: block.map(|(index, nodes)| RequestBlock { index, nodes }),
+            upgrade: upgrade.map(|(start, length)| RequestUpgrade { start, length }),
+            ..ProofRequest::default()
+        }
+    }
+
+    #[test]
+    fn append_reopen_and_replicate() {
+        let kv = Arc::new(Kv::memory());
+        let w = writer(&kv, 13);
+        w.append(&[b"a".to_vec(), b"bb".to_vec(), b"ccc".to_vec()])
+            .unwrap();
+        assert_eq!(w.lengths().0, 16);
+        // The tree equals the plain model's.
+        let blocks: Vec<Vec<u8>> = (0..13)
+            .map(|i| format!("block {i}").into_bytes())
+            .chain([b"a".to_vec(), b"bb".to_vec(), b"ccc".to_vec()])
+            .collect();
+        let model = proof::tree_of(&blocks);
+        assert_eq!(
+            w.state().roots,
+            proof::roots_of(&model, 16).unwrap(),
+            "roots"
+        );
+        let reopened = Log::open(kv.clone(), w.key(), None, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(reopened.lengths(), w.lengths());
+        assert!(!reopened.writable());
+
+        // A reader, in shuffled order, one block per proof after one upgrade.
+        let rkv = Arc::new(Kv::memory());
+        let r = Log::open(rkv.clone(), w.key(), None, true)
+            .unwrap()
+            .unwrap();
+        let up = w.create_proof(&req(None, Some((0, 16)))).unwrap().unwrap();
+        assert!(r.apply_proof(up).unwrap());
+        assert_eq!(r.lengths().0, 16);
+        for i in [5u64, 0, 15, 7, 8, 1, 2, 3, 4, 6, 9, 10, 11, 12, 13, 14] {
+            let nodes = r.missing_nodes(i);
+            let p = w
+                .create_proof(&req(Some((i, nodes)), None))
+                .unwrap()
+                .unwrap();
+            assert!(r.apply_proof(p).unwrap(), "{i}");
+            assert_eq!(r.get(i).unwrap().unwrap(), blocks[i as usize]);
+        }
+        assert_eq!(r.lengths().2, 16);
+        // And a reopened reader holds it all.
+        let r2 = Log::open(rkv, w.key(), None, false).unwrap().unwrap();
+        assert_eq!(r2.lengths(), r.lengths());
+        assert_eq!(r2.get(15).unwrap().unwrap(), b"ccc");
+    }
+
+    #[test]
+    fn forged_and_stale_proofs() {
+        let kv = Arc::new(Kv::memory());
+        let w = writer(&kv, 8);
+        let r = Log::open(Arc::new(Kv::memory()), w.key(), None, true)
+            .unwrap()
+            .unwrap();
+        // A wrong signature.
+        let mut up = w.create_proof(&req(None, Some((0, 8)))).unwrap().unwrap();
+        up.upgrade.as_mut().unwrap().signature = Some(vec![1; 64]);
+        assert!(r.apply_proof(up).is_err());
+        assert_eq!(r.lengths().0, 0);
+        // A changed block.
+        let up = w.create_proof(&req(None, Some((0, 8)))).unwrap().unwrap();
+        assert!(r.apply_proof(up.clone()).unwrap());
+        let mut p = w
+            .create_proof(&req(Some((3, r.missing_nodes(3))), None))
+            .unwrap()
+            .unwrap();
+        p.block.as_mut().unwrap().value = b"forged".to_vec();
+        assert!(r.apply_proof(p).is_err());
+        assert!(!r.has(3));
+        // The same upgrade again (stale): harmless.
+        assert!(r.apply_proof(up).unwrap());
+        assert_eq!(r.lengths().0, 8);
+        // Another fork: does not fit.
+        let mut p = w
+            .create_proof(&req(Some((3, r.missing_nodes(3))), None))
+            .unwrap()
+            .unwrap();
+        p.fork = 1;
+        assert!(!r.apply_proof(p).unwrap());
+    }
+
+    #[test]
+    fn a_damaged_block_is_an_error_not_data() {
+        let kv = Arc::new(Kv::memory());
+        let w = writer(&kv, 3);
+        let mut b = Batch::default();
+        b.put(
+            Space::Blocks,
+            record_key(&w.key(), &1u64.to_be_bytes()),
+            b"other".to_vec(),
+        );
+        kv.commit(b).unwrap();
+        assert!(matches!(w.get(1), Err(LogError::Damaged(1))));
+        assert!(w.create_proof(&req(Some((1, 0)), None)).is_err());
+        w.forget(1);
+        assert!(!w.has(1));
+        assert_eq!(w.get(1).unwrap(), None);
+    }
+
+    #[test]
+    fn damaged_headers_are_refused() {
+        let kv = Arc::new(Kv::memory());
+        let w = writer(&kv, 3);
+        for bad in [
+            vec![],
+            vec![2; 40],
+            encode_header(&State::default())[..10].to_vec(),
+        ] {
+            let mut b = Batch::default();
+            b.put(Space::Meta, record_key(&w.key(), b"h"), bad);
+            kv.commit(b).unwrap();
+            assert!(Log::open(kv.clone(), w.key(), None, false).is_err());
+        }
+        // A header whose length the signature does not cover.
+        let mut s = w.state().clone();
+        s.length = 2;
+        let mut b = Batch::default();
+        b.put(Space::Meta, record_key(&w.key(), b"h"), encode_header(&s));
+        kv.commit(b).unwrap();
+        assert!(Log::open(kv.clone(), w.key(), None, false).is_err());
+    }
+
+    #[test]
+    fn presence_ranges_merge() {
+        let mut s = State::default();
+        s.add(5..7);
+        s.add(0..2);
+        s.add(2..5);
+        assert_eq!(s.ranges(), vec![0..7]);
+        s.add(10..12);
+        s.remove(5);
+        assert_eq!(s.ranges(), vec![0..5, 6..7, 10..12]);
+        assert_eq!(s.contiguous(), 5);
+        s.add(4..11);
+        assert_eq!(s.ranges(), vec![0..12]);
+    }
+}
