@@ -686,8 +686,10 @@ fn rust_clones_js_v13_compat_drive() {
     rust_clones_js_drive("v13");
 }
 
-/// Apparent size of every file under `dir`.
+/// Disk space every file under `dir` takes (allocated blocks: the database's journal is a
+/// sparse file preallocated to 64 MiB).
 fn tree_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -697,7 +699,7 @@ fn tree_bytes(dir: &Path) -> u64 {
             if m.is_dir() {
                 stack.push(e.path());
             } else {
-                total += m.len();
+                total += m.blocks() * 512;
             }
         }
     }

@@ -152,17 +152,38 @@ impl Drive {
             .read_header()
             .await?
             .ok_or_else(|| DriveError::NotADrive("the db core is empty".into()))?;
-        let cf = header
-            .metadata
-            .and_then(|m| m.content_feed)
-            .ok_or_else(|| {
-                DriveError::NotADrive("header names no blobs core (contentFeed)".into())
-            })?;
-        let blobs_key: [u8; 32] = cf
-            .get(..32)
-            .and_then(|s| s.try_into().ok())
-            .ok_or_else(|| DriveError::NotADrive("contentFeed is shorter than a key".into()))?;
-        let blobs_core = store.open_key(Key(blobs_key), true).await?;
+        let blobs_core = match header.metadata.and_then(|m| m.content_feed) {
+            Some(cf) => {
+                let blobs_key: [u8; 32] =
+                    cf.get(..32)
+                        .and_then(|s| s.try_into().ok())
+                        .ok_or_else(|| {
+                            DriveError::NotADrive("contentFeed is shorter than a key".into())
+                        })?;
+                store.open_key(Key(blobs_key), true).await?
+            }
+            // Hyperdrive 13 drives of manifest cores name no blobs core: its manifest (and so
+            // its key) derives from the db core's (JS `generateContentManifest`).
+            None => {
+                let db_manifest = db.core().manifest().ok_or_else(|| {
+                    DriveError::NotADrive(
+                        "header names no blobs core (contentFeed), and the db core's manifest \
+                         is not known to derive it"
+                            .into(),
+                    )
+                })?;
+                let m = cohd_format::manifest::content_manifest(&db_manifest, &key.0).ok_or_else(
+                    || {
+                        DriveError::NotADrive(
+                            "header names no blobs core (contentFeed), and the db core's \
+                             manifest derives none"
+                                .into(),
+                        )
+                    },
+                )?;
+                store.open_key_with_manifest(Key(m.hash()), m, true).await?
+            }
+        };
         Ok(Self::assemble(store, key, db, Blobs::new(blobs_core)))
     }
 

@@ -47,25 +47,18 @@ impl From<fjall::Error> for KvError {
 /// Writes that commit together.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
-    ops: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
+    ops: Vec<(Space, Vec<u8>, Vec<u8>)>,
 }
 
 impl Batch {
     pub(crate) fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
-        self.ops.push((space, key, Some(value)));
-    }
-
-    pub(crate) fn delete(&mut self, space: Space, key: Vec<u8>) {
-        self.ops.push((space, key, None));
+        self.ops.push((space, key, value));
     }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
 }
-
-/// Keys and values, in order.
-pub(crate) type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// The store's bytes.
 #[derive(Debug)]
@@ -133,31 +126,6 @@ impl Kv {
         }
     }
 
-    /// Every key and value whose key starts with `prefix`, in key order.
-    pub(crate) fn scan(
-        &self,
-        space: Space,
-        prefix: &[u8],
-    ) -> Result<Pairs, KvError> {
-        match self {
-            Kv::Memory(m) => Ok(m
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .range((space, prefix.to_vec())..)
-                .take_while(|((s, k), _)| *s == space && k.starts_with(prefix))
-                .map(|((_, k), v)| (k.clone(), v.clone()))
-                .collect()),
-            Kv::Disk(d) => d
-                .space(space)
-                .prefix(prefix)
-                .map(|g| {
-                    let (k, v) = g.into_inner()?;
-                    Ok((k.to_vec(), v.to_vec()))
-                })
-                .collect(),
-        }
-    }
-
     /// Applies `batch` atomically (durable after the next [`persist`](Self::persist); a
     /// killed process keeps it, a power loss may lose a suffix of whole batches).
     pub(crate) fn commit(&self, batch: Batch) -> Result<(), KvError> {
@@ -168,20 +136,14 @@ impl Kv {
             Kv::Memory(m) => {
                 let mut m = m.write().unwrap_or_else(|e| e.into_inner());
                 for (s, k, v) in batch.ops {
-                    match v {
-                        Some(v) => m.insert((s, k), v),
-                        None => m.remove(&(s, k)),
-                    };
+                    m.insert((s, k), v);
                 }
                 Ok(())
             }
             Kv::Disk(d) => {
                 let mut b = d.db.batch().durability(Some(fjall::PersistMode::Buffer));
                 for (s, k, v) in batch.ops {
-                    match v {
-                        Some(v) => b.insert(d.space(s), k, v),
-                        None => b.remove(d.space(s), k),
-                    }
+                    b.insert(d.space(s), k, v);
                 }
                 b.commit()?;
                 *d.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
@@ -235,18 +197,11 @@ mod tests {
             kv.get(Space::Blocks, b"a1").unwrap().unwrap(),
             vec![7; 5000]
         );
-        let scan = kv.scan(Space::Meta, b"a").unwrap();
-        assert_eq!(
-            scan,
-            vec![
-                (b"a1".to_vec(), b"x".to_vec()),
-                (b"a2".to_vec(), b"y".to_vec())
-            ]
-        );
         let mut b = Batch::default();
-        b.delete(Space::Meta, b"a1".to_vec());
+        b.put(Space::Meta, b"a1".to_vec(), b"x2".to_vec());
         kv.commit(b).unwrap();
-        assert_eq!(kv.get(Space::Meta, b"a1").unwrap(), None);
+        assert_eq!(kv.get(Space::Meta, b"a1").unwrap().unwrap(), b"x2");
+        assert_eq!(kv.get(Space::Nodes, b"a1").unwrap(), None);
         kv.persist().unwrap();
     }
 
@@ -256,7 +211,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         exercise(&Kv::open(dir.path()).unwrap());
         let kv = Kv::open(dir.path()).unwrap();
-        assert_eq!(kv.get(Space::Meta, b"a2").unwrap().unwrap(), b"y");
+        assert_eq!(kv.get(Space::Meta, b"a1").unwrap().unwrap(), b"x2");
         assert_eq!(
             kv.get(Space::Blocks, b"a1").unwrap().unwrap(),
             vec![7; 5000]

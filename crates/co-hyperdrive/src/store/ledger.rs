@@ -85,6 +85,14 @@ impl Ledger {
     }
 
     /// The recorded key and length of core `name`.
+    /// Our core `key`: its name and recorded length.
+    pub(crate) fn by_key(&self, key: &Key) -> Option<(String, u64)> {
+        self.cores
+            .iter()
+            .find(|(_, e)| parse_key(&e.key).is_some_and(|k| k == *key))
+            .map(|(n, e)| (n.clone(), e.length))
+    }
+
     pub(crate) fn recorded(&self, name: &str) -> Option<(Key, u64)> {
         let e = self.cores.get(name)?;
         Some((parse_key(&e.key)?, e.length))

@@ -9,7 +9,12 @@
 //! nodes   key ‖ flat index (u64 BE)   size (u64 LE) ‖ BLAKE2b-256 hash
 //! meta    key ‖ "h"                   header: length, byte length, fork, signature, signed lengths
 //! meta    key ‖ "p"                   blocks held, as ranges (cohd_format::present)
+//! meta    key ‖ "m"                   the core's manifest, when it has one (compact encoding)
 //! ```
+//! Signatures are checked the way the core's manifest says ([`manifest::Verifier`]): a core
+//! without a stored manifest is a compat core (its key is its signer's Ed25519 key). A manifest
+//! core's manifest arrives with the first proof a peer sends for it (or is known beforehand,
+//! e.g. a Hyperdrive's derived blobs manifest) and is kept from then on.
 //! A header is only ever written with the nodes it signs, so on open the roots are read and
 //! checked against the owner's signature; a block is checked against its leaf on every read.
 
@@ -17,11 +22,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use cohd_format::manifest::{self, HashType, Manifest};
 use cohd_format::merkle::{self, Node};
 use cohd_format::proof::{self, Indexed, ProofError, Received, ReceivedUpgrade, UpgradeRange};
 use cohd_format::wire::{DataBlock, DataNodes, DataUpgrade};
 use cohd_format::Key;
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::SigningKey;
 
 use super::kv::{Batch, Kv, KvError, Space};
 use super::proofs::{Proof, ProofRequest};
@@ -132,9 +138,24 @@ impl State {
 pub(crate) struct Log {
     kv: Arc<Kv>,
     key: Key,
-    public: Option<VerifyingKey>,
     secret: Option<SigningKey>,
+    /// How signatures are checked and made: from the stored manifest, else compat.
+    verifier: Mutex<Option<manifest::Verifier>>,
     state: Mutex<State>,
+}
+
+/// The manifest of a compat core: one Ed25519 signer whose public key is the core key.
+fn compat_manifest(key: &Key) -> Manifest {
+    Manifest {
+        version: 0,
+        hash: HashType::Blake2b,
+        allow_patch: false,
+        quorum: 1,
+        signers: vec![manifest::Signer::ed25519(key.0)],
+        prologue: None,
+        linked: None,
+        user_data: None,
+    }
 }
 
 fn record_key(key: &Key, tail: &[u8]) -> Vec<u8> {
@@ -257,18 +278,141 @@ impl proof::Nodes for Tree<'_> {
     }
 }
 
+/// Writes a core moved in from elsewhere (a store of the `hypercore` crate's files): nodes and
+/// blocks first, in batches, the header and presence last. A core without its header does not
+/// exist, so a stop midway leaves nothing half-imported visible, and importing again writes
+/// the same records.
+pub(crate) struct Import<'a> {
+    kv: &'a Kv,
+    key: Key,
+    batch: Batch,
+    bytes: usize,
+}
+
+impl std::fmt::Debug for Import<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Import").field("key", &self.key).finish()
+    }
+}
+
+/// Bytes an import batches before committing.
+const IMPORT_BATCH: usize = 8 << 20;
+
+impl<'a> Import<'a> {
+    pub(crate) fn new(kv: &'a Kv, key: Key) -> Self {
+        Self {
+            kv,
+            key,
+            batch: Batch::default(),
+            bytes: 0,
+        }
+    }
+
+    fn grew(&mut self, n: usize) -> Result<(), LogError> {
+        self.bytes += n;
+        if self.bytes >= IMPORT_BATCH {
+            self.kv.commit(std::mem::take(&mut self.batch))?;
+            self.bytes = 0;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn node(&mut self, n: &Node) -> Result<(), LogError> {
+        self.batch.put(
+            Space::Nodes,
+            record_key(&self.key, &n.index.to_be_bytes()),
+            encode_node(n),
+        );
+        self.grew(80)
+    }
+
+    pub(crate) fn block(&mut self, index: u64, value: Vec<u8>) -> Result<(), LogError> {
+        let n = value.len();
+        self.batch.put(
+            Space::Blocks,
+            record_key(&self.key, &index.to_be_bytes()),
+            value,
+        );
+        self.grew(n + 40)
+    }
+
+    /// Writes the header: the core exists from here on.
+    pub(crate) fn finish(
+        mut self,
+        length: u64,
+        fork: u64,
+        signature: Vec<u8>,
+        signed: &[u64],
+        held: &[Range<u64>],
+    ) -> Result<(), LogError> {
+        let mut s = State {
+            length,
+            fork,
+            signature,
+            ..State::default()
+        };
+        for r in held {
+            s.add(r.start..r.end.min(length));
+        }
+        for &l in signed {
+            if l <= length {
+                s.note_signed(l);
+            }
+        }
+        self.kv.commit(std::mem::take(&mut self.batch))?;
+        // The byte length follows from the roots, which are stored now.
+        let mut byte_length = 0u64;
+        for r in merkle::full_roots(length) {
+            let v = self
+                .kv
+                .get(Space::Nodes, &record_key(&self.key, &r.to_be_bytes()))?
+                .ok_or_else(|| LogError::Corrupted(format!("tree root {r} is missing")))?;
+            byte_length = byte_length.saturating_add(decode_node(r, &v)?.size);
+        }
+        s.byte_length = byte_length;
+        let mut b = Batch::default();
+        b.put(Space::Meta, record_key(&self.key, b"h"), encode_header(&s));
+        b.put(
+            Space::Meta,
+            record_key(&self.key, b"p"),
+            cohd_format::present::encode(&s.ranges()),
+        );
+        self.kv.commit(b)?;
+        Ok(())
+    }
+}
+
 impl Log {
     /// Opens core `key` from `kv`; `None` if the store has never held it and `create` is
-    /// false. `secret` makes it writable (it must belong to `key`).
+    /// false. `secret` makes it writable (it must be the core's signer); `manifest`, when the
+    /// caller knows it, must be the one `key` commits to.
     pub(crate) fn open(
         kv: Arc<Kv>,
         key: Key,
         secret: Option<SigningKey>,
+        manifest: Option<Manifest>,
         create: bool,
     ) -> Result<Option<Self>, LogError> {
-        let public = VerifyingKey::from_bytes(&key.0).ok();
+        let stored = match kv.get(Space::Meta, &record_key(&key, b"m"))? {
+            Some(b) => Some(Manifest::decode(&b).map_err(|e| {
+                LogError::Corrupted(format!("its stored manifest does not read: {e}"))
+            })?),
+            None => None,
+        };
+        let given = manifest.is_some() && stored.is_none();
+        let verifier = match stored.or(manifest) {
+            Some(m) => Some(manifest::Verifier::new(key.0, m).map_err(|e| {
+                LogError::Corrupted(format!("its manifest does not fit its key: {e}"))
+            })?),
+            None => None,
+        };
         if let Some(sk) = &secret {
-            if sk.verifying_key().to_bytes() != key.0 {
+            let public = sk.verifying_key().to_bytes();
+            let signs = match &verifier {
+                Some(v) => v.manifest().signers.iter().any(|s| s.public_key == public),
+                None => public == key.0,
+            };
+            if !signs {
                 return Err(LogError::Corrupted(
                     "the secret key is not this core's".into(),
                 ));
@@ -277,22 +421,30 @@ impl Log {
         let log = Self {
             kv,
             key,
-            public,
             secret,
+            verifier: Mutex::new(verifier),
             state: Mutex::default(),
         };
-        let Some(header) = log.kv.get(Space::Meta, &record_key(&key, b"h"))? else {
-            if !create {
-                return Ok(None);
-            }
-            // Recorded at once: the store holds the core from now on.
+        let header = log.kv.get(Space::Meta, &record_key(&key, b"h"))?;
+        if header.is_none() && !create {
+            return Ok(None);
+        }
+        if given || header.is_none() {
+            // Recorded at once: the store holds the core (and knows its manifest) from now on.
             let mut b = Batch::default();
-            b.put(
-                Space::Meta,
-                record_key(&key, b"h"),
-                encode_header(&State::default()),
-            );
+            if header.is_none() {
+                b.put(
+                    Space::Meta,
+                    record_key(&key, b"h"),
+                    encode_header(&State::default()),
+                );
+            }
+            if let Some(m) = log.manifest().filter(|_| given) {
+                b.put(Space::Meta, record_key(&key, b"m"), m.encode());
+            }
             log.kv.commit(b)?;
+        }
+        let Some(header) = header else {
             return Ok(Some(log));
         };
         let (length, byte_length, fork, signature, signed) =
@@ -335,6 +487,66 @@ impl Log {
         Ok(Some(log))
     }
 
+    /// Replaces a stored block's bytes (tests of damage).
+    #[cfg(test)]
+    pub(crate) fn overwrite_block(&self, index: u64, bytes: &[u8]) {
+        let mut b = Batch::default();
+        b.put(
+            Space::Blocks,
+            record_key(&self.key, &index.to_be_bytes()),
+            bytes.to_vec(),
+        );
+        self.kv.commit(b).unwrap();
+    }
+
+    /// The core's manifest, when known (stored, or given when it was opened).
+    pub(crate) fn manifest(&self) -> Option<Manifest> {
+        self.verifier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|v| v.manifest().clone())
+    }
+
+    /// Learns the core's manifest (known from elsewhere, e.g. derived): kept if it is the one
+    /// the key commits to and none is known yet.
+    pub(crate) fn learn_manifest(&self, m: Manifest) -> Result<(), LogError> {
+        let mut v = self.verifier.lock().unwrap_or_else(|e| e.into_inner());
+        if v.is_some() {
+            return Ok(());
+        }
+        let verifier = manifest::Verifier::new(self.key.0, m)
+            .map_err(|e| LogError::Invalid(format!("its manifest: {e}")))?;
+        let mut b = Batch::default();
+        b.put(
+            Space::Meta,
+            record_key(&self.key, b"m"),
+            verifier.manifest().encode(),
+        );
+        self.kv.commit(b)?;
+        *v = Some(verifier);
+        Ok(())
+    }
+
+    /// The verifier signatures are checked with: the manifest's, else compat.
+    fn verifier(&self) -> Result<manifest::Verifier, String> {
+        if let Some(v) = self
+            .verifier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            return Ok(v.clone());
+        }
+        manifest::Verifier::new(self.key.0, compat_manifest(&self.key))
+            .map_err(|e| format!("its manifest is not known: {e}"))
+    }
+
+    /// Whether `kv` holds core `key`.
+    pub(crate) fn exists(kv: &Kv, key: Key) -> Result<bool, LogError> {
+        Ok(kv.get(Space::Meta, &record_key(&key, b"h"))?.is_some())
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -357,11 +569,6 @@ impl Log {
         self.state().has(index)
     }
 
-    /// Blocks held, as ranges.
-    pub(crate) fn held(&self) -> Vec<Range<u64>> {
-        self.state().ranges()
-    }
-
     /// Signed lengths we know of.
     pub(crate) fn signed(&self) -> Vec<u64> {
         self.state().signed.iter().copied().collect()
@@ -374,15 +581,22 @@ impl Log {
         fork: u64,
         signature: &[u8],
     ) -> Result<(), String> {
-        let public = self
-            .public
-            .ok_or_else(|| "the core key is not an Ed25519 public key".to_string())?;
-        let sig = Signature::from_slice(signature)
-            .map_err(|_| "the signature is not 64 bytes".to_string())?;
-        let signable = merkle::signable(&merkle::tree_hash(roots), length, fork);
-        public
-            .verify(&signable, &sig)
-            .map_err(|_| format!("the signature of length {length} does not verify"))
+        self.check_with(&self.verifier()?, roots, length, fork, signature)
+    }
+
+    fn check_with(
+        &self,
+        verifier: &manifest::Verifier,
+        roots: &[Node],
+        length: u64,
+        fork: u64,
+        signature: &[u8],
+    ) -> Result<(), String> {
+        match verifier.verify(&merkle::tree_hash(roots), length, fork, signature) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("the signature of length {length} does not verify")),
+            Err(e) => Err(format!("the signature of length {length}: {e}")),
+        }
     }
 
     fn node(&self, index: u64) -> Result<Option<Node>, LogError> {
@@ -400,10 +614,18 @@ impl Log {
         let Some(leaf_index) = index.checked_mul(2) else {
             return Ok(None);
         };
+        // A record the database cannot read back (a failed checksum) is as damaged as one
+        // that does not match its leaf: a peer can deliver it again.
         let block = self
             .kv
-            .get(Space::Blocks, &record_key(&self.key, &index.to_be_bytes()))?;
-        let leaf = self.node(leaf_index)?;
+            .get(Space::Blocks, &record_key(&self.key, &index.to_be_bytes()))
+            .map_err(|e| {
+                tracing::debug!(core = %self.key, index, "cannot read a block: {e}");
+                LogError::Damaged(index)
+            })?;
+        let leaf = self
+            .node(leaf_index)
+            .map_err(|_| LogError::Damaged(index))?;
         match (block, leaf) {
             (Some(b), Some(l)) if l.size == b.len() as u64 && l.hash == merkle::leaf_hash(&b) => {
                 Ok(Some(b))
@@ -464,8 +686,16 @@ impl Log {
             next.length += 1;
             next.byte_length += block.len() as u64;
         }
-        let signable = merkle::signable(&merkle::tree_hash(&next.roots), next.length, next.fork);
-        next.signature = secret.sign(&signable).to_bytes().to_vec();
+        next.signature = self
+            .verifier()
+            .map_err(LogError::Corrupted)?
+            .sign(
+                secret,
+                &merkle::tree_hash(&next.roots),
+                next.length,
+                next.fork,
+            )
+            .map_err(|e| LogError::Corrupted(format!("cannot sign: {e}")))?;
         next.add(s.length..next.length);
         next.note_signed(next.length);
         self.write_state(&mut b, &next, true);
@@ -526,6 +756,15 @@ impl Log {
             }),
         };
         if preq.block.is_none() && preq.hash.is_none() && preq.upgrade.is_none() {
+            if req.manifest {
+                if let Some(m) = self.manifest() {
+                    return Ok(Some(Proof {
+                        fork: s.fork,
+                        manifest: Some(m.encode()),
+                        ..Proof::default()
+                    }));
+                }
+            }
             return Ok(None);
         }
         let pending = BTreeMap::new();
@@ -559,6 +798,14 @@ impl Log {
                 index: h.index,
                 nodes: nodes.nodes.clone().unwrap_or_default(),
             });
+        }
+        if req.manifest {
+            p.manifest = self
+                .verifier
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|v| v.manifest().encode());
         }
         if let Some(u) = req.upgrade {
             p.upgrade = Some(DataUpgrade {
@@ -601,13 +848,26 @@ impl Log {
         let invalid = |e: ProofError| LogError::Invalid(format!("invalid proof: {e}"));
         let verified = proof::verify(&s.roots, s.length, &received).map_err(invalid)?;
         let mut next = s.clone();
+        // A manifest we did not know yet: it must be the one the key commits to.
+        let mut new_manifest = None;
+        if let (Some(bytes), None) = (&p.manifest, self.manifest()) {
+            let m = Manifest::decode(bytes)
+                .map_err(|e| LogError::Invalid(format!("its manifest: {e}")))?;
+            let v = manifest::Verifier::new(self.key.0, m)
+                .map_err(|e| LogError::Invalid(format!("its manifest: {e}")))?;
+            new_manifest = Some(v);
+        }
         if let Some((roots, length)) = &verified.upgraded {
             let u = p
                 .upgrade
                 .as_ref()
                 .ok_or_else(|| LogError::Invalid("an upgrade without its signature".into()))?;
             let sig = u.signature.as_deref().unwrap_or_default();
-            self.check_signature(roots, *length, p.fork, sig)
+            let verifier = match &new_manifest {
+                Some(v) => v.clone(),
+                None => self.verifier().map_err(LogError::Invalid)?,
+            };
+            self.check_with(&verifier, roots, *length, p.fork, sig)
                 .map_err(LogError::Invalid)?;
             next.roots = roots.clone();
             next.length = *length;
@@ -661,8 +921,18 @@ impl Log {
             present = true;
         }
         self.write_state(&mut b, &next, present);
+        if let Some(v) = &new_manifest {
+            b.put(
+                Space::Meta,
+                record_key(&self.key, b"m"),
+                v.manifest().encode(),
+            );
+        }
         self.kv.commit(b)?;
         *s = next;
+        if let Some(v) = new_manifest {
+            *self.verifier.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+        }
         Ok(true)
     }
 }
@@ -675,7 +945,9 @@ mod tests {
     fn writer(kv: &Arc<Kv>, n: u64) -> Log {
         let sk = SigningKey::from_bytes(&[7; 32]);
         let key = Key(sk.verifying_key().to_bytes());
-        let log = Log::open(kv.clone(), key, Some(sk), true).unwrap().unwrap();
+        let log = Log::open(kv.clone(), key, Some(sk), None, true)
+            .unwrap()
+            .unwrap();
         for i in 0..n {
             log.append(&[format!("block {i}").into_bytes()]).unwrap();
         }
@@ -708,7 +980,7 @@ mod tests {
             proof::roots_of(&model, 16).unwrap(),
             "roots"
         );
-        let reopened = Log::open(kv.clone(), w.key(), None, false)
+        let reopened = Log::open(kv.clone(), w.key(), None, None, false)
             .unwrap()
             .unwrap();
         assert_eq!(reopened.lengths(), w.lengths());
@@ -716,7 +988,7 @@ mod tests {
 
         // A reader, in shuffled order, one block per proof after one upgrade.
         let rkv = Arc::new(Kv::memory());
-        let r = Log::open(rkv.clone(), w.key(), None, true)
+        let r = Log::open(rkv.clone(), w.key(), None, None, true)
             .unwrap()
             .unwrap();
         let up = w.create_proof(&req(None, Some((0, 16)))).unwrap().unwrap();
@@ -733,7 +1005,7 @@ mod tests {
         }
         assert_eq!(r.lengths().2, 16);
         // And a reopened reader holds it all.
-        let r2 = Log::open(rkv, w.key(), None, false).unwrap().unwrap();
+        let r2 = Log::open(rkv, w.key(), None, None, false).unwrap().unwrap();
         assert_eq!(r2.lengths(), r.lengths());
         assert_eq!(r2.get(15).unwrap().unwrap(), b"ccc");
     }
@@ -742,7 +1014,7 @@ mod tests {
     fn forged_and_stale_proofs() {
         let kv = Arc::new(Kv::memory());
         let w = writer(&kv, 8);
-        let r = Log::open(Arc::new(Kv::memory()), w.key(), None, true)
+        let r = Log::open(Arc::new(Kv::memory()), w.key(), None, None, true)
             .unwrap()
             .unwrap();
         // A wrong signature.
@@ -802,7 +1074,7 @@ mod tests {
             let mut b = Batch::default();
             b.put(Space::Meta, record_key(&w.key(), b"h"), bad);
             kv.commit(b).unwrap();
-            assert!(Log::open(kv.clone(), w.key(), None, false).is_err());
+            assert!(Log::open(kv.clone(), w.key(), None, None, false).is_err());
         }
         // A header whose length the signature does not cover.
         let mut s = w.state().clone();
@@ -810,7 +1082,92 @@ mod tests {
         let mut b = Batch::default();
         b.put(Space::Meta, record_key(&w.key(), b"h"), encode_header(&s));
         kv.commit(b).unwrap();
-        assert!(Log::open(kv.clone(), w.key(), None, false).is_err());
+        assert!(Log::open(kv.clone(), w.key(), None, None, false).is_err());
+    }
+
+    #[test]
+    fn manifest_cores_replicate_with_their_manifest() {
+        let sk = SigningKey::from_bytes(&[9; 32]);
+        let m = Manifest::default_signer(sk.verifying_key().to_bytes());
+        let key = Key(m.hash());
+        let kv = Arc::new(Kv::memory());
+        let w = Log::open(kv.clone(), key, Some(sk.clone()), Some(m.clone()), true)
+            .unwrap()
+            .unwrap();
+        for i in 0..5u8 {
+            w.append(&[vec![i; 10]]).unwrap();
+        }
+        // Its signature is a multisignature over the 112-byte signable, not compat.
+        assert!(w.state().signature.len() > 64);
+        // Reopened without being told the manifest: it was stored.
+        let again = Log::open(kv.clone(), key, Some(sk), None, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.manifest(), Some(m.clone()));
+        again.append(&[b"more".to_vec()]).unwrap();
+
+        let rkv = Arc::new(Kv::memory());
+        let r = Log::open(rkv.clone(), key, None, None, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.manifest(), None);
+        // Without the manifest the signature cannot be checked.
+        let up = again
+            .create_proof(&req(None, Some((0, 6))))
+            .unwrap()
+            .unwrap();
+        assert!(up.manifest.is_none());
+        assert!(r.apply_proof(up).is_err());
+        // Asked for, it comes with the proof, is checked against the key and kept.
+        let mut ask = req(None, Some((0, 6)));
+        ask.manifest = true;
+        let up = again.create_proof(&ask).unwrap().unwrap();
+        let mut forged = up.clone();
+        forged.manifest = Some(Manifest::default_signer([3; 32]).encode());
+        assert!(r.apply_proof(forged).is_err(), "a manifest of another key");
+        assert!(r.apply_proof(up).unwrap());
+        assert_eq!(r.manifest(), Some(m.clone()));
+        let p = again
+            .create_proof(&req(Some((5, r.missing_nodes(5))), None))
+            .unwrap()
+            .unwrap();
+        assert!(r.apply_proof(p).unwrap());
+        assert_eq!(r.get(5).unwrap().unwrap(), b"more");
+        let r2 = Log::open(rkv, key, None, None, false).unwrap().unwrap();
+        assert_eq!((r2.manifest(), r2.lengths().0), (Some(m.clone()), 6));
+
+        // A core whose manifest is known beforehand (a drive's derived blobs core).
+        let blobs_m = manifest::content_manifest(&m, &key.0).unwrap();
+        let bkey = Key(blobs_m.hash());
+        let sk = SigningKey::from_bytes(&[9; 32]);
+        let bw = Log::open(
+            Arc::new(Kv::memory()),
+            bkey,
+            Some(sk),
+            Some(blobs_m.clone()),
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        bw.append(&[b"blob".to_vec()]).unwrap();
+        let br = Log::open(Arc::new(Kv::memory()), bkey, None, Some(blobs_m), true)
+            .unwrap()
+            .unwrap();
+        let up = bw
+            .create_proof(&req(Some((0, 0)), Some((0, 1))))
+            .unwrap()
+            .unwrap();
+        assert!(br.apply_proof(up).unwrap());
+        assert_eq!(br.get(0).unwrap().unwrap(), b"blob");
+        // A manifest that is not the key's is refused on open.
+        assert!(Log::open(
+            Arc::new(Kv::memory()),
+            key,
+            None,
+            Some(Manifest::default_signer([1; 32])),
+            true
+        )
+        .is_err());
     }
 
     #[test]

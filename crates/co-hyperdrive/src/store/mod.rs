@@ -5,8 +5,11 @@
 //! DIR/primary-key          32 random bytes; our writable cores' key pairs derive from it
 //! DIR/ledger               the cores we made: name, key, and a length they reached (JSON)
 //! DIR/LOCK                 held (flock) by the one process that has the store open
-//! DIR/cores/<hex key>/     tree, data, oplog, present: one hypercore each
+//! DIR/db/                  every core: blocks, tree nodes, headers (one fjall database, kv.rs)
 //! ```
+//! Each core is our own Hypercore log (`log.rs`); every write of one is one atomic batch, made
+//! durable by [`Store::flush`]. Stores made before the database (`DIR/cores/<hex key>/`, the
+//! `hypercore` crate's files) are moved into it on first open (`legacy.rs`).
 //! Cores are compat cores: the core key is the Ed25519 public key. Our own cores are opened by
 //! name ([`Store::open_named`]); other peers' by key ([`Store::open_key`], read-only).
 //!
@@ -21,16 +24,12 @@
 //! gone or shorter is refused, as is a primary key that no longer derives the recorded keys.
 
 mod core;
-mod file;
 pub mod keys;
-#[allow(dead_code)]
 mod kv;
 mod ledger;
-#[allow(dead_code)]
+mod legacy;
 mod log;
 mod proofs;
-mod recover;
-mod verify;
 
 pub use core::{Appended, Core, CoreError, Info};
 pub use proofs::{Proof, ProofRequest};
@@ -40,12 +39,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use cohd_format::Key;
-use hypercore::{
-    Hypercore, HypercoreBuilder, PartialKeypair, Storage, StorageTraits, VerifyingKey,
-};
-use random_access_storage::RandomAccessError;
+use ed25519_dalek::SigningKey;
 
-use file::FileStorage;
+use kv::Kv;
 
 /// What went wrong opening or using a store.
 #[derive(Debug, thiserror::Error)]
@@ -94,12 +90,20 @@ pub enum StoreError {
         /// What was found instead.
         found: String,
     },
-    /// A core's files could not be opened as a hypercore.
+    /// A core's records could not be read.
     #[error("core {key} is corrupted or unreadable: {reason}")]
     Core {
         /// The core.
         key: Key,
-        /// What hypercore said.
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store's database failed.
+    #[error("the store's database at {path}: {reason}")]
+    Database {
+        /// Its folder.
+        path: PathBuf,
+        /// What failed.
         reason: String,
     },
     /// The store was closed.
@@ -135,7 +139,7 @@ struct Inner {
     dir: Option<PathBuf>,
     primary: [u8; 32],
     cores: Mutex<HashMap<Key, Core>>,
-    files: Mutex<Vec<Arc<FileStorage>>>,
+    kv: Arc<Kv>,
     ledger: Mutex<ledger::Ledger>,
     /// The store was opened without a ledger (made before there was one, or it was lost):
     /// only cores that exist are adopted.
@@ -158,7 +162,7 @@ impl Store {
                 dir: None,
                 primary,
                 cores: Mutex::default(),
-                files: Mutex::default(),
+                kv: Arc::new(Kv::memory()),
                 ledger: Mutex::default(),
                 no_ledger: false,
                 closed: std::sync::atomic::AtomicBool::new(false),
@@ -174,7 +178,11 @@ impl Store {
         let pk = dir.join("primary-key");
         // A store whose primary key was lost still has its ledger or cores: never start a new
         // identity over them.
-        if pk.exists() || dir.join(ledger::FILE).exists() || has_entries(&dir.join("cores")) {
+        if pk.exists()
+            || dir.join(ledger::FILE).exists()
+            || has_entries(&dir.join("cores"))
+            || has_entries(&dir.join(DB))
+        {
             return Err(StoreError::Exists(dir));
         }
         let lock = Self::lock(&dir)?;
@@ -183,10 +191,10 @@ impl Store {
         let tmp = dir.join("primary-key.tmp");
         private_file(&tmp, &primary).map_err(io("writing primary key"))?;
         std::fs::rename(&tmp, &pk).map_err(io("writing primary key"))?;
-        private_dir(&dir.join("cores")).map_err(io("creating cores folder"))?;
+        let kv = open_db(&dir)?;
         let ledger = ledger::Ledger::default();
         ledger.save(&dir).map_err(io("writing the ledger"))?;
-        Ok(Self::with_dir(dir, primary, lock, Some(ledger)))
+        Ok(Self::with_dir(dir, primary, lock, Some(ledger), kv))
     }
 
     /// Opens the existing disk store at `dir`.
@@ -210,7 +218,12 @@ impl Store {
         }) {
             return Err(StoreError::WrongPrimaryKey(pk));
         }
-        Ok(Self::with_dir(dir, primary, lock, ledger))
+        // A store made before the database: its cores move in first.
+        if has_entries(&dir.join(legacy::CORES)) {
+            legacy::migrate(&dir, &dir.join(DB), ledger.as_ref())?;
+        }
+        let kv = open_db(&dir)?;
+        Ok(Self::with_dir(dir, primary, lock, ledger, kv))
     }
 
     fn lock(dir: &Path) -> Result<std::fs::File, StoreError> {
@@ -234,13 +247,14 @@ impl Store {
         primary: [u8; 32],
         lock: std::fs::File,
         ledger: Option<ledger::Ledger>,
+        kv: Kv,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 dir: Some(dir),
                 primary,
                 cores: Mutex::default(),
-                files: Mutex::default(),
+                kv: Arc::new(kv),
                 no_ledger: ledger.is_none(),
                 ledger: Mutex::new(ledger.unwrap_or_default()),
                 closed: std::sync::atomic::AtomicBool::new(false),
@@ -298,13 +312,9 @@ impl Store {
             recorded: recorded.map_or(0, |(_, n)| n),
             found,
         };
-        let kp = PartialKeypair {
-            public: sk.verifying_key(),
-            secret: Some(sk),
-        };
         let core = match recorded {
             // Its files must be there: re-creating it would start a second history.
-            Some((_, n)) if n > 0 => match self.open_core(key, kp, false).await {
+            Some((_, n)) if n > 0 => match self.open_core(key, Some(sk), None, false).await {
                 Err(StoreError::UnknownCore(_)) => {
                     return Err(lost("its files are gone".into()));
                 }
@@ -325,7 +335,7 @@ impl Store {
                         tracing::debug!(name, %key, "adopting a core made before the ledger");
                     }
                 }
-                self.open_core(key, kp, true).await?
+                self.open_core(key, Some(sk), None, true).await?
             }
         };
         let found = core.info().length;
@@ -364,20 +374,22 @@ impl Store {
 
     /// Opens a core by key, read-only unless it is one of ours. With `create` false, a core the
     /// store has never held is an error.
+    /// The key is a compat core's Ed25519 public key or a manifest core's manifest hash: the
+    /// manifest then comes with the first proof a peer sends.
     pub async fn open_key(&self, key: Key, create: bool) -> Result<Core, StoreError> {
-        let public = VerifyingKey::from_bytes(&key.0).map_err(|_| StoreError::Core {
-            key,
-            reason: "not an Ed25519 public key".into(),
-        })?;
-        self.open_core(
-            key,
-            PartialKeypair {
-                public,
-                secret: None,
-            },
-            create,
-        )
-        .await
+        self.open_core(key, None, None, create).await
+    }
+
+    /// [`open_key`](Self::open_key) for a core whose manifest is known beforehand (a
+    /// Hyperdrive 13 drive's blobs core, derived from its db core's manifest). Refused when
+    /// `manifest` is not the one `key` commits to.
+    pub async fn open_key_with_manifest(
+        &self,
+        key: Key,
+        manifest: cohd_format::manifest::Manifest,
+        create: bool,
+    ) -> Result<Core, StoreError> {
+        self.open_core(key, None, Some(manifest), create).await
     }
 
     /// Whether the store holds core `key`.
@@ -391,128 +403,47 @@ impl Store {
         {
             return true;
         }
-        self.core_dir(key)
-            .is_some_and(|d| d.join("oplog").is_file())
-    }
-
-    fn core_dir(&self, key: &Key) -> Option<PathBuf> {
-        self.inner
-            .dir
-            .as_ref()
-            .map(|d| d.join("cores").join(key.to_hex()))
+        log::Log::exists(&self.inner.kv, *key).unwrap_or(false)
     }
 
     async fn open_core(
         &self,
         key: Key,
-        kp: PartialKeypair,
+        secret: Option<SigningKey>,
+        manifest: Option<cohd_format::manifest::Manifest>,
         create: bool,
     ) -> Result<Core, StoreError> {
-        if let Some(core) = self
+        let open = self
             .inner
             .cores
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-        {
-            return Ok(core.clone());
+            .cloned();
+        if let Some(core) = open {
+            if let Some(m) = manifest {
+                core.log().learn_manifest(m).map_err(|e| StoreError::Core {
+                    key,
+                    reason: e.to_string(),
+                })?;
+            }
+            return Ok(core);
         }
         if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
-        let core_err = |e: hypercore::HypercoreError| StoreError::Core {
-            key,
-            reason: e.to_string(),
-        };
-        let core = match self.core_dir(&key) {
-            None => {
-                // A memory store holds only what it opened; an unknown key is not "present".
-                if !create {
-                    return Err(StoreError::UnknownCore(key));
-                }
-                let storage = Storage::new_memory().await.map_err(core_err)?;
-                let hc = HypercoreBuilder::new(storage)
-                    .key_pair(kp)
-                    .build()
-                    .await
-                    .map_err(core_err)?;
-                Core::new(hc, None, Vec::new())
-            }
-            Some(dir) => {
-                // Our recovery runs first: the crate then only ever sees a flushed oplog.
-                let recovered = if dir.is_dir() {
-                    recover::recover(&dir, key)?
-                } else {
-                    None
-                };
-                if recovered.is_none() && !create {
-                    return Err(StoreError::UnknownCore(key));
-                }
-                // Only the core's own folder is made: a store whose `cores` folder is gone
-                // stays broken rather than growing a new one (nor one under a deleted store).
-                if !dir.is_dir() {
-                    use std::os::unix::fs::DirBuilderExt;
-                    std::fs::DirBuilder::new()
-                        .mode(0o700)
-                        .create(&dir)
-                        .map_err(io(format!("creating {}", dir.display())))?;
-                }
-                let files = FILES
-                    .iter()
-                    .map(|n| FileStorage::open(&dir.join(n)))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(io(format!("opening core files in {}", dir.display())))?;
-                self.inner
-                    .files
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend(files.iter().cloned());
-                let by_name: HashMap<&'static str, Arc<FileStorage>> =
-                    FILES.into_iter().zip(files).collect();
-                // What later reads are checked against: the roots the owner signed.
-                let verifier = match &recovered {
-                    Some(r) => {
-                        let roots = recover::verify_tree(by_name["tree"].file(), key, &r.tree)
-                            .map_err(|reason| StoreError::Core { key, reason })?;
-                        verify::Verifier::new(r.tree.length, &roots)
-                    }
-                    None => verify::Verifier::new(0, &[]),
-                };
-                let hc = open_guarded(
-                    storage_for(&by_name).await.map_err(core_err)?,
-                    kp,
-                    recovered.is_some(),
-                )
-                .await
-                .map_err(|reason| StoreError::Core { key, reason })?;
-                let (present, signed) =
-                    recovered.map(|r| (r.present, r.signed)).unwrap_or_default();
-                let files = Arc::new(core::CoreFiles {
-                    tree: by_name["tree"].clone(),
-                    data: by_name["data"].clone(),
-                    present: dir.join("present"),
-                    verifier,
-                    next: std::sync::Mutex::default(),
-                    signed_log: std::sync::Mutex::default(),
-                });
-                let core = Core::new(hc, Some(files), present);
-                core.note_signed(signed);
-                core
-            }
-        };
-        if core.key() != key {
-            return Err(StoreError::Core {
+        let log = log::Log::open(self.inner.kv.clone(), key, secret, manifest, create)
+            .map_err(|e| StoreError::Core {
                 key,
-                reason: "stored core has a different key".into(),
-            });
-        }
+                reason: e.to_string(),
+            })?
+            .ok_or(StoreError::UnknownCore(key))?;
+        let core = Core::new(log);
         let mut cores = self.inner.cores.lock().unwrap_or_else(|e| e.into_inner());
         Ok(cores.entry(key).or_insert(core).clone())
     }
 
-    /// Makes everything durable and leaves every core's files in their flushed form, so the
-    /// next open has nothing to recover (a store that was not closed reopens just as well, it
-    /// only recovers first). Writes through cores opened before fail afterwards with
+    /// Makes everything durable. Writes through cores opened before fail afterwards with
     /// [`CoreError::Closed`] (reads go on), and opening cores not open yet with
     /// [`StoreError::Closed`].
     pub async fn close(&self) -> Result<(), StoreError> {
@@ -523,13 +454,7 @@ impl Store {
         for c in &cores {
             c.close().await;
         }
-        self.flush()?;
-        for c in &cores {
-            if let Some(dir) = self.core_dir(&c.key()).filter(|d| d.is_dir()) {
-                recover::recover(&dir, c.key())?;
-            }
-        }
-        Ok(())
+        self.flush()
     }
 
     /// Every core the store has opened so far.
@@ -543,33 +468,12 @@ impl Store {
             .collect()
     }
 
-    /// Makes everything written so far durable (fsync of every dirty core file).
+    /// Makes everything written so far durable (one sync of the database's journal).
     pub fn flush(&self) -> Result<(), StoreError> {
-        // Which sparse blocks are recorded, taken before the sync that makes them durable.
-        let present: Vec<(Core, Vec<std::ops::Range<u64>>)> = self
-            .open_cores()
-            .into_iter()
-            .filter_map(|c| c.present_to_write().map(|r| (c, r)))
-            .collect();
-        let files = self
-            .inner
-            .files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        for f in files {
-            if let Err(e) = f.sync() {
-                present.iter().for_each(|(c, _)| c.present_unwritten());
-                return Err(io("syncing core files")(e));
-            }
-        }
-        // Only now that those blocks are durable may their presence be recorded.
-        for (c, ranges) in present {
-            c.write_present(&ranges).map_err(io(format!(
-                "recording the sparse blocks of core {}",
-                c.key()
-            )))?;
-        }
+        self.inner.kv.persist().map_err(|e| StoreError::Database {
+            path: self.inner.dir.clone().unwrap_or_default().join(DB),
+            reason: e.to_string(),
+        })?;
         // And the lengths our own cores durably reached.
         self.record_lengths()
     }
@@ -635,55 +539,17 @@ fn warn_if_shared(path: &Path) {
     }
 }
 
-/// The files of a core.
-const FILES: [&str; 4] = ["tree", "data", "oplog", "bitfield"];
+/// The database's folder in a store.
+const DB: &str = "db";
 
-/// hypercore storage over a core's files; its bitfield loads empty (see `core.rs`).
-async fn storage_for(
-    files: &HashMap<&'static str, Arc<FileStorage>>,
-) -> Result<Storage, hypercore::HypercoreError> {
-    let (tree, data, oplog) = (
-        files["tree"].clone(),
-        files["data"].clone(),
-        files["oplog"].clone(),
-    );
-    let bitfield: Arc<dyn StorageTraits> = Arc::new(file::Bitmap::new(files["bitfield"].clone()));
-    Storage::open(
-        move |store| {
-            let f: Arc<dyn StorageTraits> = match store {
-                hypercore::Store::Tree => tree.clone(),
-                hypercore::Store::Data => data.clone(),
-                hypercore::Store::Oplog => oplog.clone(),
-                hypercore::Store::Bitfield => bitfield.clone(),
-            };
-            Box::pin(async move { Ok::<Arc<dyn StorageTraits>, RandomAccessError>(f) })
-        },
-        false,
-    )
-    .await
-}
-
-/// Opens a hypercore on `storage`, turning a panic inside the young hypercore crate (it has
-/// `expect`s and unchecked arithmetic on lengths read from disk) into an error: a corrupted core
-/// file must give a clear error, not abort the process.
-async fn open_guarded(
-    storage: Storage,
-    kp: PartialKeypair,
-    exists: bool,
-) -> Result<Hypercore, String> {
-    let task = tokio::spawn(async move {
-        let b = HypercoreBuilder::new(storage);
-        let b = if exists { b.open(true) } else { b.key_pair(kp) };
-        b.build().await.map_err(|e| e.to_string())
-    });
-    match task.await {
-        Ok(r) => r,
-        Err(e) if e.is_panic() => Err(format!(
-            "the core files look corrupted ({})",
-            core::panic_message(&*e.into_panic())
-        )),
-        Err(e) => Err(e.to_string()),
-    }
+/// Opens (creating, private) the store's database.
+fn open_db(dir: &Path) -> Result<Kv, StoreError> {
+    let path = dir.join(DB);
+    private_dir(&path).map_err(io(format!("creating {}", path.display())))?;
+    Kv::open(&path).map_err(|e| StoreError::Database {
+        path,
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -725,7 +591,7 @@ mod tests {
 
     #[tokio::test]
     async fn cores_past_one_bitfield_page_reopen_and_read() {
-        // hypercore's own bitfield loader cannot reopen more than 32,768 blocks (store/core.rs).
+        // (The `hypercore` crate's bitfield loader could not reopen more than 32,768 blocks.)
         let dir = tempfile::tempdir().unwrap();
         let n: u64 = 40_000;
         {
@@ -750,6 +616,55 @@ mod tests {
         c.append(b"after").await.unwrap();
         assert_eq!(c.get(n).await.unwrap().unwrap(), b"after");
         assert_eq!(c.info().contiguous_length, n + 1);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_block_of_a_replicated_core_is_fetched_again() {
+        use cohd_format::wire::{RequestBlock, RequestUpgrade};
+        let w = Store::memory().open_named("w").await.unwrap();
+        for i in 0..10u8 {
+            w.append(&[i; 100]).await.unwrap();
+        }
+        let r = Store::memory().open_key(w.key(), true).await.unwrap();
+        let deliver = |i: u64| {
+            let (w, r) = (w.clone(), r.clone());
+            async move {
+                let req = ProofRequest {
+                    block: Some(RequestBlock {
+                        index: i,
+                        nodes: r.missing_nodes(i).await,
+                    }),
+                    upgrade: (r.info().length == 0).then_some(RequestUpgrade {
+                        start: 0,
+                        length: 10,
+                    }),
+                    ..ProofRequest::default()
+                };
+                let p = w.create_proof(&req).await.unwrap().unwrap();
+                assert!(r.apply_proof(p).await.unwrap());
+            }
+        };
+        for i in 0..10 {
+            deliver(i).await;
+        }
+        r.log().overwrite_block(7, &[0; 100]);
+        assert_eq!(r.get_local(7).await.unwrap(), None);
+        assert!(!r.has(7), "a damaged block counts as missing");
+        assert_eq!(r.contiguous_held(), 7);
+        assert!(matches!(
+            r.get(7).await,
+            Err(CoreError::Damaged { index: 7 })
+        ));
+        // Nor is it served.
+        let req = ProofRequest {
+            block: Some(cohd_format::wire::RequestBlock { index: 7, nodes: 0 }),
+            ..ProofRequest::default()
+        };
+        assert_eq!(r.create_proof(&req).await.unwrap(), None);
+        // What a replication session does for a missing block.
+        deliver(7).await;
+        assert_eq!(r.get_local(7).await.unwrap(), Some(vec![7; 100]));
+        assert_eq!(r.info().contiguous_length, 10);
     }
 
     #[tokio::test]

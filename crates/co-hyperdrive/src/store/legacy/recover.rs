@@ -26,7 +26,7 @@ use cohd_format::merkle::{self, Node};
 use cohd_format::oplog::{self, TreeHead};
 use cohd_format::Key;
 
-use super::StoreError;
+use super::super::StoreError;
 
 /// Size of one tree node in the tree file: u64 LE byte size, then the 32-byte hash.
 pub(crate) const NODE_SIZE: u64 = 40;
@@ -75,7 +75,7 @@ pub(crate) fn write_signed(
         .copied()
         .collect();
     let tmp = dir.join("signed.tmp");
-    super::private_file(
+    super::super::private_file(
         &tmp,
         &serde_json::to_vec(&keep).map_err(std::io::Error::other)?,
     )?;
@@ -116,7 +116,7 @@ pub(crate) fn read_present(dir: &Path, key: Key) -> Result<Vec<Range<u64>>, Stor
 /// Writes the `present` file atomically (temporary file, fsync, rename, fsync of the folder).
 pub(crate) fn write_present(path: &Path, ranges: &[Range<u64>]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    super::private_file(&tmp, &cohd_format::present::encode(ranges))?;
+    super::super::private_file(&tmp, &cohd_format::present::encode(ranges))?;
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
