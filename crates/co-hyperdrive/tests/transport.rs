@@ -4,15 +4,14 @@
 
 use std::time::Duration;
 
+use co_hyperdrive::format::wire::{self, Handshake, Item, Message};
 use co_hyperdrive::net::transport::{
-    accept, connect, Connection, TransportError, TransportOptions,
+    accept, connect, Channel, MessageStream, Mux, MuxEvent, TransportError, TransportOptions,
 };
+use co_hyperdrive::store::keys::discovery_key;
 use co_hyperdrive::Store;
-use futures::StreamExt;
-use hypercore_handshake::state_machine::SecStream;
-use hypercore_handshake::{Cipher, CipherEvent};
-use hypercore_protocol::schema::{Extension, Synchronize};
-use hypercore_protocol::{discovery_key, Channel, CommandTx, Event, Message};
+use crypto_secretstream::Tag;
+use hypercore_handshake::state_machine::{Ready, SecStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -21,116 +20,83 @@ use tokio::time::{timeout, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// What a driven connection reports.
-#[derive(Debug)]
-enum Ev {
-    Protocol(Result<Event, TransportError>),
-    Rejected([u8; 32]),
-}
-
-/// A `Protocol` polled in its own task; events come out of `events`.
+/// A `Mux` in its own task: its events come out of `events`, opens go in through `open`.
 struct Driven {
-    events: mpsc::UnboundedReceiver<Ev>,
-    cmd: CommandTx,
+    events: mpsc::UnboundedReceiver<Result<MuxEvent, TransportError>>,
+    open: mpsc::UnboundedSender<[u8; 32]>,
     public_key: [u8; 32],
+    remote_key: [u8; 32],
     task: JoinHandle<()>,
 }
 
-fn drive(conn: Connection) -> Driven {
-    let Connection {
-        mut protocol,
-        mut rejected,
-        ..
-    } = conn;
-    let cmd = protocol.commands();
-    let public_key = protocol.public_key();
+fn drive(stream: MessageStream) -> Driven {
+    let mut mux = Mux::new(stream);
+    let public_key = mux.info().local_public_key;
+    let remote_key = mux.info().remote_public_key;
     let (tx, events) = mpsc::unbounded_channel();
+    let (open, mut opens) = mpsc::unbounded_channel::<[u8; 32]>();
     let task = tokio::spawn(async move {
         loop {
             tokio::select! {
-                ev = protocol.next() => {
-                    let Some(ev) = ev else {
-                        let _ = tx.send(Ev::Protocol(Err(TransportError::Protocol("stream ended with None".into()))));
-                        return;
-                    };
+                ev = mux.next() => {
                     let end = ev.is_err();
-                    if tx.send(Ev::Protocol(ev.map_err(TransportError::from))).is_err() {
+                    if tx.send(ev).is_err() {
                         return;
                     }
                     if end {
-                        // Polled again, an ended connection must not hang: an error comes again
-                        // (possibly after events `Protocol` still had queued).
-                        let mut again = Err(TransportError::Protocol("no error when polled again".into()));
-                        for _ in 0..4 {
-                            match timeout(Duration::from_secs(2), protocol.next()).await {
-                                Ok(Some(Err(e))) => {
-                                    again = Err(TransportError::from(e));
-                                    break;
-                                }
-                                Ok(Some(Ok(_))) => {}
-                                other => {
-                                    again = Err(TransportError::Protocol(format!("polled again: {other:?}")));
-                                    break;
-                                }
-                            }
-                        }
-                        let _ = tx.send(Ev::Protocol(again));
+                        // Polled again, an ended connection does not hang: the error comes again.
+                        let again = match timeout(Duration::from_secs(2), mux.next()).await {
+                            Ok(Err(e)) => Err(e),
+                            other => Err(TransportError::Protocol(format!("polled again: {other:?}"))),
+                        };
+                        let _ = tx.send(again);
                         return;
                     }
                 }
-                Some(dk) = rejected.recv() => {
-                    let _ = tx.send(Ev::Rejected(dk));
-                }
+                Some(key) = opens.recv() => mux.open(&key).unwrap(),
             }
         }
     });
     Driven {
         events,
-        cmd,
+        open,
         public_key,
+        remote_key,
         task,
     }
 }
 
 impl Driven {
-    async fn next(&mut self) -> Ev {
+    async fn next(&mut self) -> Result<MuxEvent, TransportError> {
         timeout(WAIT, self.events.recv())
             .await
             .expect("event within the deadline")
             .expect("driver alive")
     }
 
-    async fn event(&mut self) -> Event {
+    async fn event(&mut self) -> MuxEvent {
         match self.next().await {
-            Ev::Protocol(Ok(ev)) => ev,
-            other => panic!("expected an event, got {other:?}"),
+            Ok(ev) => ev,
+            Err(e) => panic!("expected an event, got {e}"),
         }
     }
 
     /// The error the connection ended with; checks it is reported again when polled again.
     async fn end(&mut self) -> TransportError {
         let e = loop {
-            match self.next().await {
-                Ev::Protocol(Err(e)) => break e,
-                Ev::Protocol(Ok(_)) | Ev::Rejected(_) => {}
+            if let Err(e) = self.next().await {
+                break e;
             }
         };
         match self.next().await {
-            Ev::Protocol(Err(again)) => assert_eq!(
+            Err(again) => assert_eq!(
                 std::mem::discriminant(&again),
                 std::mem::discriminant(&e),
                 "{again} after {e}"
             ),
-            other => panic!("after {e}: {other:?}"),
+            Ok(ev) => panic!("after {e}: {ev:?}"),
         }
         e
-    }
-
-    async fn handshake(&mut self) -> [u8; 32] {
-        match self.event().await {
-            Event::Handshake(pk) => pk,
-            other => panic!("expected Handshake, got {other:?}"),
-        }
     }
 }
 
@@ -144,9 +110,8 @@ async fn tcp_pair() -> (TcpStream, TcpStream) {
 /// (dialer, acceptor)
 async fn pair(a: &TransportOptions, b: &TransportOptions) -> (Driven, Driven) {
     let (c, s) = tcp_pair().await;
-    let a = connect(c, a).await.unwrap();
-    let b = accept(s, b).await.unwrap();
-    (drive(a), drive(b))
+    let (a, b) = tokio::join!(connect(c, a), accept(s, b));
+    (drive(a.unwrap()), drive(b.unwrap()))
 }
 
 fn quiet() -> TransportOptions {
@@ -157,18 +122,18 @@ fn quiet() -> TransportOptions {
 }
 
 async fn channel_pair(a: &mut Driven, b: &mut Driven, key: [u8; 32]) -> (Channel, Channel) {
-    a.cmd.open(key).await.unwrap();
+    a.open.send(key).unwrap();
     match b.event().await {
-        Event::DiscoveryKey(dk) => assert_eq!(dk, discovery_key(&key)),
-        other => panic!("expected DiscoveryKey, got {other:?}"),
+        MuxEvent::RemoteOpen(dk) => assert_eq!(dk, discovery_key(&key)),
+        other => panic!("expected RemoteOpen, got {other:?}"),
     }
-    b.cmd.open(key).await.unwrap();
+    b.open.send(key).unwrap();
     let ch_a = match a.event().await {
-        Event::Channel(ch) => ch,
+        MuxEvent::Channel(ch) => ch,
         other => panic!("expected Channel, got {other:?}"),
     };
     let ch_b = match b.event().await {
-        Event::Channel(ch) => ch,
+        MuxEvent::Channel(ch) => ch,
         other => panic!("expected Channel, got {other:?}"),
     };
     assert_eq!(ch_a.discovery_key(), ch_b.discovery_key());
@@ -176,18 +141,18 @@ async fn channel_pair(a: &mut Driven, b: &mut Driven, key: [u8; 32]) -> (Channel
     (ch_a, ch_b)
 }
 
-async fn recv(ch: &mut Channel) -> Message {
-    timeout(WAIT, ch.next())
+async fn recv(ch: &Channel) -> Message {
+    timeout(WAIT, ch.recv())
         .await
         .expect("message within the deadline")
         .expect("channel open")
 }
 
 fn ext(name: &str, message: &[u8]) -> Message {
-    Message::Extension(Extension {
+    Message::Extension {
         name: name.into(),
         message: message.to_vec(),
-    })
+    }
 }
 
 async fn core_key() -> [u8; 32] {
@@ -201,50 +166,34 @@ async fn core_key() -> [u8; 32] {
 async fn handshake_channel_and_messages() {
     let key = core_key().await;
     let (mut a, mut b) = pair(&TransportOptions::default(), &TransportOptions::default()).await;
-    assert_eq!(a.handshake().await, b.public_key);
-    assert_eq!(b.handshake().await, a.public_key);
-    let (ch_a, mut ch_b) = channel_pair(&mut a, &mut b, key).await;
+    assert_eq!(a.remote_key, b.public_key);
+    assert_eq!(b.remote_key, a.public_key);
+    let (ch_a, ch_b) = channel_pair(&mut a, &mut b, key).await;
 
     // raw extension bytes (not a length-prefixed buffer), a sync, and a frame far over 64 KiB
     let raw = b"\x00raw\xffbytes".to_vec();
     let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-    let sync = Message::Synchronize(Synchronize {
+    let sync = Message::Sync {
         fork: 0,
         length: 1,
         remote_length: 0,
-        downloading: true,
-        uploading: true,
-        can_upgrade: true,
-    });
-    ch_a.send_batch(&[ext("test", &raw), sync.clone()])
-        .await
-        .unwrap();
-    ch_a.send(ext("big", &big)).await.unwrap();
-    match recv(&mut ch_b).await {
-        Message::Extension(e) => assert_eq!((e.name.as_str(), e.message), ("test", raw)),
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(recv(&mut ch_b).await, sync);
-    match recv(&mut ch_b).await {
-        Message::Extension(e) => assert!(e.name == "big" && e.message == big),
-        other => panic!("{other:?}"),
-    }
+        flags: 7,
+    };
+    ch_a.send_batch(&[ext("test", &raw), sync.clone()]).unwrap();
+    ch_a.send(&ext("big", &big)).unwrap();
+    assert_eq!(recv(&ch_b).await, ext("test", &raw));
+    assert_eq!(recv(&ch_b).await, sync);
+    assert_eq!(recv(&ch_b).await, ext("big", &big));
     // and back
-    let mut ch_a = ch_a;
-    ch_b.send(ext("test", b"")).await.unwrap();
-    match recv(&mut ch_a).await {
-        Message::Extension(e) => assert_eq!((e.name.as_str(), e.message.len()), ("test", 0)),
-        other => panic!("{other:?}"),
-    }
+    ch_b.send(&ext("test", b"")).unwrap();
+    assert_eq!(recv(&ch_a).await, ext("test", b""));
     a.task.abort();
     b.task.abort();
 }
 
 #[tokio::test]
-async fn peer_disconnect_ends_the_protocol() {
-    let (mut a, mut b) = pair(&quiet(), &quiet()).await;
-    a.handshake().await;
-    b.handshake().await;
+async fn peer_disconnect_ends_the_connection() {
+    let (a, mut b) = pair(&quiet(), &quiet()).await;
     a.task.abort();
     let e = b.end().await;
     assert!(
@@ -255,8 +204,7 @@ async fn peer_disconnect_ends_the_protocol() {
     // the same before the handshake: the dialer goes away at once
     let (c, s) = tcp_pair().await;
     drop(c);
-    let mut b = drive(accept(s, &quiet()).await.unwrap());
-    let e = b.end().await;
+    let e = accept(s, &quiet()).await.unwrap_err();
     assert!(
         matches!(e, TransportError::Closed | TransportError::Io(_)),
         "{e}"
@@ -273,12 +221,8 @@ async fn idle_timeout_fires_on_silence() {
     // a TCP peer that never starts the handshake
     let (c, s) = tcp_pair().await;
     let t = Instant::now();
-    let mut b = drive(accept(s, &idle).await.unwrap());
-    let e = b.end().await;
-    assert!(
-        matches!(e, TransportError::NoHandshake(_) | TransportError::Timeout),
-        "{e}"
-    );
+    let e = accept(s, &idle).await.unwrap_err();
+    assert!(matches!(e, TransportError::NoHandshake(_)), "{e}");
     assert!(t.elapsed() >= Duration::from_millis(250));
     drop(c);
 
@@ -289,8 +233,6 @@ async fn idle_timeout_fires_on_silence() {
         ..TransportOptions::default()
     };
     let (mut a, mut b) = pair(&idle, &silent).await;
-    a.handshake().await;
-    b.handshake().await;
     let t = Instant::now();
     assert!(matches!(a.end().await, TransportError::Timeout));
     assert!(t.elapsed() >= Duration::from_millis(200));
@@ -311,8 +253,6 @@ async fn keepalive_keeps_an_idle_connection() {
     };
     let key = core_key().await;
     let (mut a, mut b) = pair(&opts, &opts).await;
-    a.handshake().await;
-    b.handshake().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         a.events.try_recv().is_err(),
@@ -323,9 +263,9 @@ async fn keepalive_keeps_an_idle_connection() {
         "the acceptor reported something"
     );
     // still usable
-    let (ch_a, mut ch_b) = channel_pair(&mut a, &mut b, key).await;
-    ch_a.send(ext("alive", b"yes")).await.unwrap();
-    assert!(matches!(recv(&mut ch_b).await, Message::Extension(_)));
+    let (ch_a, ch_b) = channel_pair(&mut a, &mut b, key).await;
+    ch_a.send(&ext("alive", b"yes")).unwrap();
+    assert!(matches!(recv(&ch_b).await, Message::Extension { .. }));
     a.task.abort();
     b.task.abort();
 }
@@ -339,31 +279,28 @@ async fn oversized_frames_end_the_connection() {
     };
     // inbound: the acceptor refuses a frame over its limit
     let (mut a, mut b) = pair(&quiet(), &small).await;
-    a.handshake().await;
-    b.handshake().await;
     let (ch_a, _ch_b) = channel_pair(&mut a, &mut b, key).await;
-    ch_a.send(ext("big", &[7u8; 10_000])).await.unwrap();
+    ch_a.send(&ext("big", &[7u8; 10_000])).unwrap();
     match b.end().await {
         TransportError::FrameTooLarge(n) => assert!(n > 10_000),
         e => panic!("{e}"),
     }
-    // outbound: the dialer refuses to send one
+    // outbound: the dialer refuses to send one, and the connection ends
     let (mut a, mut b) = pair(&small, &quiet()).await;
-    a.handshake().await;
-    b.handshake().await;
     let (ch_a, _ch_b) = channel_pair(&mut a, &mut b, key).await;
-    ch_a.send(ext("big", &[7u8; 10_000])).await.unwrap();
+    assert!(matches!(
+        ch_a.send(&ext("big", &[7u8; 10_000])),
+        Err(TransportError::FrameTooLarge(_))
+    ));
     assert!(matches!(a.end().await, TransportError::FrameTooLarge(_)));
 }
 
 // ---- a raw peer, to send what a broken or hostile one would ----
 
 async fn write_frame(tcp: &mut TcpStream, f: &[u8]) {
-    let n = f.len();
-    tcp.write_all(&[n as u8, (n >> 8) as u8, (n >> 16) as u8])
-        .await
-        .unwrap();
-    tcp.write_all(f).await.unwrap();
+    let mut out = Vec::new();
+    co_hyperdrive::net::transport::write_frame(&mut out, f);
+    tcp.write_all(&out).await.unwrap();
 }
 
 async fn read_frame(tcp: &mut TcpStream) -> Vec<u8> {
@@ -381,47 +318,88 @@ async fn read_frame(tcp: &mut TcpStream) -> Vec<u8> {
     f
 }
 
-/// Dials a driven acceptor and runs Noise XX by hand. With `header: Some(bytes)` those bytes
-/// replace our secretstream header (and the handshake stops there).
-async fn raw_peer(header: Option<Vec<u8>>, opts: &TransportOptions) -> (TcpStream, Cipher, Driven) {
+/// The raw peer's side of the session.
+struct Raw {
+    tcp: TcpStream,
+    cipher: SecStream<Ready>,
+    handshake_hash: [u8; 64],
+}
+
+/// Dials an acceptor and runs Noise XX by hand. With `header: Some(bytes)` those bytes replace
+/// our secretstream header, and the acceptor's result is returned instead.
+async fn raw_handshake(
+    header: Option<Vec<u8>>,
+    opts: &TransportOptions,
+) -> Result<(Raw, Driven), TransportError> {
     let (mut tcp, s) = tcp_pair().await;
-    let server = drive(accept(s, opts).await.unwrap());
-    let mut c = Cipher::new(None, SecStream::new_initiator_xx(&[]).unwrap().into());
-    let msg1 = c.get_next_sendable_message().unwrap().unwrap();
+    let server = tokio::spawn({
+        let opts = opts.clone();
+        async move { accept(s, &opts).await }
+    });
+    let c = SecStream::new_initiator_xx(&[]).unwrap();
+    let (c, msg1) = c.write_msg(None).unwrap();
     write_frame(&mut tcp, &msg1).await;
     let msg2 = read_frame(&mut tcp).await;
-    c.receive_next(msg2);
-    let msg3 = c.get_next_sendable_message().unwrap().unwrap();
-    let our_header = c.get_next_sendable_message().unwrap().unwrap();
+    let (c, _) = c.read_msg(&msg2).unwrap();
+    let (c, msg3) = c.write_msg().unwrap();
+    let (c, our_header) = c.write_msg().unwrap();
     assert_eq!(our_header.len(), 56);
     write_frame(&mut tcp, &msg3).await;
-    if let Some(h) = header {
-        write_frame(&mut tcp, &h).await;
-        return (tcp, c, server);
+    let bad_header = header.is_some();
+    write_frame(&mut tcp, &header.unwrap_or(our_header)).await;
+    let server = timeout(WAIT, server).await.unwrap().unwrap();
+    if bad_header {
+        return Err(server.unwrap_err());
     }
-    write_frame(&mut tcp, &our_header).await;
+    let server = drive(server?);
     let their_header = read_frame(&mut tcp).await;
-    c.receive_next(their_header);
-    assert!(c.next_decrypted_message().unwrap().is_none());
-    assert!(c.ready());
-    (tcp, c, server)
+    let handshake_hash = c.handshake_hash().try_into().unwrap();
+    let cipher = c.read_msg(&their_header).unwrap();
+    Ok((
+        Raw {
+            tcp,
+            cipher,
+            handshake_hash,
+        },
+        server,
+    ))
 }
 
-async fn send_plain(tcp: &mut TcpStream, c: &mut Cipher, plain: Vec<u8>) {
-    c.queue_msg(plain);
-    while let Some(f) = c.get_next_sendable_message().unwrap() {
-        write_frame(tcp, &f).await;
+async fn raw_peer(opts: &TransportOptions) -> (Raw, Driven) {
+    raw_handshake(None, opts).await.unwrap()
+}
+
+impl Raw {
+    async fn send_plain(&mut self, mut plain: Vec<u8>) {
+        self.cipher.push(&mut plain, &[], Tag::Message).unwrap();
+        write_frame(&mut self.tcp, &plain).await;
     }
-}
 
-async fn recv_plain(tcp: &mut TcpStream, c: &mut Cipher) -> Vec<u8> {
-    loop {
-        let f = read_frame(tcp).await;
-        c.receive_next(f);
-        match c.next_decrypted_message().unwrap() {
-            Some(CipherEvent::Message(m)) if !m.is_empty() => return m,
-            _ => {}
+    async fn recv_plain(&mut self) -> Vec<u8> {
+        loop {
+            let mut f = read_frame(&mut self.tcp).await;
+            self.cipher.pull(&mut f, &[]).unwrap();
+            if !f.is_empty() {
+                return f;
+            }
         }
+    }
+
+    /// An Open of channel `id` for `key`, with the capability a genuine initiator would send.
+    fn open(&self, id: u64, key: &[u8; 32], capability: Option<[u8; 32]>) -> Vec<u8> {
+        let dk = discovery_key(key);
+        let hs = Handshake {
+            seeks: false,
+            capability: capability
+                .unwrap_or_else(|| wire::capability(true, key, &self.handshake_hash)),
+        }
+        .encode();
+        wire::encode_item(&Item::Open {
+            id,
+            protocol: wire::PROTOCOL.into(),
+            key: Some(&dk),
+            handshake: &hs,
+        })
     }
 }
 
@@ -433,39 +411,42 @@ async fn garbage_before_the_handshake() {
     };
     // a frame that is no Noise message
     let (mut c, s) = tcp_pair().await;
-    let mut b = drive(accept(s, &opts).await.unwrap());
     write_frame(&mut c, b"hello").await;
-    assert!(matches!(b.end().await, TransportError::Handshake(_)));
+    let e = accept(s, &opts).await.unwrap_err();
+    assert!(matches!(e, TransportError::Handshake(_)), "{e}");
 
-    // an HTTP request: its first three bytes announce a 5.5 MB frame; then the client leaves
+    // an HTTP request: its first three bytes announce a 5.5 MB frame, far over what a handshake
+    // message may be
     let (mut c, s) = tcp_pair().await;
-    let mut b = drive(accept(s, &opts).await.unwrap());
     c.write_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
         .await
         .unwrap();
     drop(c);
-    let e = b.end().await;
-    assert!(matches!(e, TransportError::Io(_)), "{e}");
+    let e = accept(s, &opts).await.unwrap_err();
+    assert!(matches!(e, TransportError::FrameTooLarge(_)), "{e}");
 
     // a length over max_frame, refused before the bytes arrive
     let (mut c, s) = tcp_pair().await;
-    let mut b = drive(accept(s, &opts).await.unwrap());
     c.write_all(&[0xff, 0xff, 0xff]).await.unwrap();
-    assert!(matches!(
-        b.end().await,
-        TransportError::FrameTooLarge(0xff_ffff)
-    ));
+    let e = accept(s, &opts).await.unwrap_err();
+    assert!(matches!(e, TransportError::FrameTooLarge(0xff_ffff)), "{e}");
 }
 
 #[tokio::test]
 async fn broken_secretstream_headers() {
-    // wrong length: caught by the framing
-    let (_tcp, _c, mut b) = raw_peer(Some(vec![1; 10]), &quiet()).await;
-    assert!(matches!(b.end().await, TransportError::Handshake(_)));
-    // right length, wrong stream id: hypercore_handshake panics, the panic is contained
-    let (_tcp, _c, mut b) = raw_peer(Some(vec![1; 56]), &quiet()).await;
-    match b.end().await {
-        TransportError::Handshake(m) => assert!(m.contains("stream ID"), "{m}"),
+    // wrong length
+    let e = raw_handshake(Some(vec![1; 10]), &quiet())
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(e, TransportError::Handshake(_)), "{e}");
+    // right length, wrong stream id (`hypercore_handshake` would panic on it: checked before)
+    match raw_handshake(Some(vec![1; 56]), &quiet())
+        .await
+        .err()
+        .unwrap()
+    {
+        TransportError::Handshake(m) => assert!(m.contains("stream id"), "{m}"),
         e => panic!("{e}"),
     }
 }
@@ -473,34 +454,30 @@ async fn broken_secretstream_headers() {
 #[tokio::test]
 async fn garbage_after_the_handshake() {
     // a protomux batch whose entry runs past the frame
-    let (mut tcp, mut c, mut b) = raw_peer(None, &quiet()).await;
-    b.handshake().await;
-    send_plain(&mut tcp, &mut c, vec![0, 0, 1, 9, 4]).await;
+    let (mut raw, mut b) = raw_peer(&quiet()).await;
+    raw.send_plain(vec![0, 0, 1, 9, 4]).await;
     match b.end().await {
-        TransportError::Protocol(m) => assert!(m.contains("batch"), "{m}"),
+        TransportError::Protocol(m) => assert!(m.contains("malformed frame"), "{m}"),
         e => panic!("{e}"),
     }
 
     // a frame that does not decrypt
-    let (mut tcp, _c, mut b) = raw_peer(None, &quiet()).await;
-    b.handshake().await;
-    write_frame(&mut tcp, &[0x55; 40]).await;
+    let (mut raw, mut b) = raw_peer(&quiet()).await;
+    write_frame(&mut raw.tcp, &[0x55; 40]).await;
     let e = b.end().await;
     assert!(matches!(e, TransportError::Protocol(_)), "{e:?}");
 
     // a frame shorter than a secretstream MAC
-    let (mut tcp, _c, mut b) = raw_peer(None, &quiet()).await;
-    b.handshake().await;
-    write_frame(&mut tcp, &[1, 2, 3]).await;
+    let (mut raw, mut b) = raw_peer(&quiet()).await;
+    write_frame(&mut raw.tcp, &[1, 2, 3]).await;
     assert!(matches!(b.end().await, TransportError::Protocol(_)));
 
     // a well-formed frame and a keepalive are fine; then the peer goes away inside a frame
-    let (mut tcp, mut c, mut b) = raw_peer(None, &quiet()).await;
-    b.handshake().await;
-    send_plain(&mut tcp, &mut c, Vec::new()).await;
-    send_plain(&mut tcp, &mut c, vec![1, 2, 3]).await; // Cancel on a channel nobody opened
-    tcp.write_all(&[100, 0, 0, 1, 2]).await.unwrap();
-    drop(tcp);
+    let (mut raw, mut b) = raw_peer(&quiet()).await;
+    raw.send_plain(Vec::new()).await;
+    raw.send_plain(vec![1, 2, 3]).await; // Cancel on a channel nobody opened
+    raw.tcp.write_all(&[100, 0, 0, 1, 2]).await.unwrap();
+    drop(raw);
     match b.end().await {
         TransportError::Io(e) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof),
         e => panic!("{e}"),
@@ -510,17 +487,109 @@ async fn garbage_after_the_handshake() {
 #[tokio::test]
 async fn rejected_opens_are_reported() {
     let key = core_key().await;
-    let (mut tcp, mut c, mut b) = raw_peer(None, &quiet()).await;
-    b.handshake().await;
-    b.cmd.open(key).await.unwrap();
-    let open = recv_plain(&mut tcp, &mut c).await;
+    let (mut raw, mut b) = raw_peer(&quiet()).await;
+    b.open.send(key).unwrap();
+    let open = raw.recv_plain().await;
     assert_eq!(&open[..2], &[0, 1], "an Open frame");
     let id = open[2];
     // JS rejects Opens for cores it does not have: 0, 2, id (here inside a batch)
-    send_plain(&mut tcp, &mut c, vec![0, 0, 0, 2, 2, id]).await;
-    match b.next().await {
-        Ev::Rejected(dk) => assert_eq!(dk, discovery_key(&key)),
+    raw.send_plain(vec![0, 0, 0, 2, 2, id]).await;
+    match b.event().await {
+        MuxEvent::Rejected(dk) => assert_eq!(dk, discovery_key(&key)),
         other => panic!("{other:?}"),
     }
     b.task.abort();
+}
+
+#[tokio::test]
+async fn a_wrong_capability_closes_the_channel() {
+    let key = core_key().await;
+    let (mut raw, mut b) = raw_peer(&quiet()).await;
+    b.open.send(key).unwrap();
+    let open = raw.recv_plain().await;
+    let id = open[2];
+    // Our Open answers theirs with a capability for another connection.
+    raw.send_plain(raw.open(1, &key, Some([9; 32]))).await;
+    match b.event().await {
+        MuxEvent::Closed(dk) => assert_eq!(dk, discovery_key(&key)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        raw.recv_plain().await,
+        vec![0, 3, id],
+        "a Close of their channel"
+    );
+    // The connection stays, and a genuine capability opens the channel.
+    b.open.send(key).unwrap();
+    let open = raw.recv_plain().await;
+    assert_eq!(&open[..2], &[0, 1]);
+    raw.send_plain(raw.open(1, &key, None)).await;
+    let ch = match b.event().await {
+        MuxEvent::Channel(ch) => ch,
+        other => panic!("{other:?}"),
+    };
+    // Messages sent before the pairing are not lost (JS sends Sync right after its Open).
+    raw.send_plain(wire::encode_item(&Item::Message {
+        channel: 1,
+        kind: 8,
+        payload: &Message::Range {
+            drop: false,
+            start: 0,
+            length: 3,
+        }
+        .encode(),
+    }))
+    .await;
+    assert!(matches!(recv(&ch).await, Message::Range { length: 3, .. }));
+    b.task.abort();
+}
+
+#[tokio::test]
+async fn remote_opens_wait_for_ours_with_their_messages() {
+    let key = core_key().await;
+    let (mut raw, mut b) = raw_peer(&quiet()).await;
+    // Open, Sync and an unknown message type in one batch, before the other side opened.
+    let sync = Message::Sync {
+        fork: 0,
+        length: 1,
+        remote_length: 0,
+        flags: 7,
+    };
+    let open = raw.open(1, &key, None);
+    let sync_bytes = sync.encode();
+    let batch = wire::encode_batch(&[
+        Item::Open {
+            id: 1,
+            protocol: wire::PROTOCOL.into(),
+            key: Some(&discovery_key(&key)),
+            handshake: &open[3 + wire::PROTOCOL.len() + 1 + 33..],
+        },
+        Item::Message {
+            channel: 1,
+            kind: 0,
+            payload: &sync_bytes,
+        },
+        Item::Message {
+            channel: 1,
+            kind: 77,
+            payload: b"from the future",
+        },
+    ]);
+    raw.send_plain(batch).await;
+    match b.event().await {
+        MuxEvent::RemoteOpen(dk) => assert_eq!(dk, discovery_key(&key)),
+        other => panic!("{other:?}"),
+    }
+    b.open.send(key).unwrap();
+    let ch = match b.event().await {
+        MuxEvent::Channel(ch) => ch,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(recv(&ch).await, sync);
+    // An Open whose id skips ahead breaks protomux's rule: the connection ends.
+    raw.send_plain(raw.open(9, &key, None)).await;
+    match b.end().await {
+        TransportError::Protocol(m) => assert!(m.contains("out of order"), "{m}"),
+        e => panic!("{e}"),
+    }
 }

@@ -258,6 +258,26 @@ impl Handshake {
     }
 }
 
+/// The protomux protocol name of hypercore replication channels.
+pub const PROTOCOL: &str = "hypercore/alpha";
+
+/// `caps.replicate(initiator, key, handshakeHash)` of JavaScript hypercore: BLAKE2b-256 of
+/// `namespace("hypercore", 1 or 2) ‖ key`, keyed with the Noise handshake hash. A channel's
+/// opener sends it with its own role; the receiver checks it with the opposite role, so it proves
+/// knowledge of the core key bound to this very connection.
+pub fn capability(initiator: bool, key: &[u8; 32], handshake_hash: &[u8; 64]) -> [u8; 32] {
+    let ns = crate::manifest::namespace("hypercore", if initiator { 1 } else { 2 });
+    let mut h = blake2b_simd::Params::new()
+        .hash_length(32)
+        .key(handshake_hash)
+        .to_state();
+    h.update(&ns);
+    h.update(key);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(h.finalize().as_bytes());
+    out
+}
+
 /// A block index (or flat index, for hashes) and the nodes the requester lacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RequestBlock {
@@ -907,6 +927,23 @@ mod tests {
             let _ = decode_frame(&b);
             let _ = Handshake::decode(&b);
         }
+    }
+
+    #[test]
+    fn capabilities_use_the_javascript_namespaces() {
+        // caps.js: [TREE, REPLICATE_INITIATOR, REPLICATE_RESPONDER, ...] = namespace('hypercore', 6)
+        let ns = |i| hex::encode(crate::manifest::namespace("hypercore", i));
+        assert!(ns(1).starts_with("51812a2a359b5036"), "{}", ns(1));
+        assert!(ns(2).starts_with("0438492d02970cc1"), "{}", ns(2));
+        let (key, hash) = ([2u8; 32], [1u8; 64]);
+        assert_ne!(
+            capability(true, &key, &hash),
+            capability(false, &key, &hash)
+        );
+        assert_ne!(
+            capability(true, &key, &hash),
+            capability(true, &key, &[3; 64])
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Replication over the Hypercore wire protocol (`docs/replication-notes.md`).
 //!
-//! - [`transport`]: TCP, framing, Noise XX, secretstream, and the repairs the young protocol
-//!   crates need to talk to JavaScript peers (frame normalization, EOF, keepalive, timeouts).
+//! - [`transport`]: TCP, framing, Noise XX, secretstream, keepalives and timeouts, then Protomux
+//!   channels over any encrypted message stream (`cohd_format::wire` encodes the messages).
 //! - `peer`: one core with one remote as a state machine (no I/O; hostile input is unit tested).
 //! - [`Replicator`]: connections, channels, and the actions the state machines ask for.
 //! - [`catch_up`] / [`add_known_cores`]: which cores a co-drive needs, found as data arrives.
@@ -11,8 +11,6 @@ pub mod auth;
 mod follow;
 mod peer;
 mod peers;
-#[doc(hidden)]
-pub mod proof;
 mod session;
 pub mod transport;
 

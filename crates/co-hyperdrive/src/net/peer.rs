@@ -11,14 +11,20 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hypercore_protocol::schema::{Data, Range, Request, Synchronize, Want};
-use hypercore_protocol::Message;
-use hypercore_schema::{RequestBlock, RequestUpgrade};
+use cohd_format::wire::{Message, RequestBlock, RequestUpgrade};
+
+use crate::store::{Proof, ProofRequest};
 
 /// Block requests in flight per channel.
 pub(crate) const PIPELINE: usize = 32;
 /// Inbound requests a peer may have queued before we call it a flood.
 pub(crate) const MAX_QUEUED: usize = 4096;
+
+/// Sync flags (JS `messages.js`): the sender can prove an upgrade to its length, uploads,
+/// downloads.
+const SYNC_CAN_UPGRADE: u64 = 1;
+const SYNC_UPLOADING: u64 = 2;
+const SYNC_DOWNLOADING: u64 = 4;
 
 /// What we know of our own core when handling a message.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -34,10 +40,10 @@ pub(crate) struct Local {
 pub(crate) enum Action {
     /// Send these messages (one batch).
     Send(Vec<Message>),
-    /// Build a proof for this request and send Data, or NoData.
-    Serve(Request),
-    /// Verify and apply this Data, then call [`Peer::on_applied`].
-    Apply(Data),
+    /// Build a proof for this request (its id, what it asks) and send Data, or NoData.
+    Serve(u64, ProofRequest),
+    /// Verify and apply this proof (a remote's Data), then call [`Peer::on_applied`].
+    Apply(Proof),
     /// An extension message for the layer above (name already decompressed).
     Extension(String, Vec<u8>),
 }
@@ -172,23 +178,22 @@ impl Peer {
 
     fn sync(&self, local: &Local) -> Message {
         let same_fork = self.fork == local.fork;
-        Message::Synchronize(Synchronize {
+        // Our log never forks: any length up to ours on our fork is a prefix we can prove.
+        let can_upgrade = same_fork && self.length <= local.length;
+        Message::Sync {
             fork: local.fork,
             length: local.length,
             remote_length: if same_fork { self.length } else { 0 },
-            // Our log never forks: any length up to ours on our fork is a prefix we can prove.
-            can_upgrade: same_fork && self.length <= local.length,
-            uploading: true,
-            downloading: true,
-        })
+            flags: u64::from(can_upgrade) | SYNC_UPLOADING | SYNC_DOWNLOADING,
+        }
     }
 
     fn range(local: &Local) -> Option<Message> {
-        (local.contiguous > 0).then_some(Message::Range(Range {
+        (local.contiguous > 0).then_some(Message::Range {
             drop: false,
             start: 0,
             length: local.contiguous,
-        }))
+        })
     }
 
     /// Messages to send when the channel opens.
@@ -199,10 +204,11 @@ impl Peer {
         out.extend(Self::range(local));
         if !local.writable {
             // Ask for the remote's blocks; JS answers a Want with its Range.
-            out.push(Message::Want(Want {
+            out.push(Message::Want {
                 start: 0,
                 length: u64::from(u32::MAX),
-            }));
+                any: false,
+            });
         }
         out
     }
@@ -215,30 +221,62 @@ impl Peer {
     ) -> Result<Vec<Action>, PeerError> {
         let mut out = Vec::new();
         match msg {
-            Message::Synchronize(s) => {
+            Message::Sync {
+                fork,
+                length,
+                remote_length,
+                flags,
+            } => {
                 let first = !self.synced;
                 self.synced = true;
-                self.fork = s.fork;
-                self.length = s.length;
-                self.remote_length = s.remote_length;
-                self.can_upgrade = s.can_upgrade;
-                if first || s.remote_length != local.length {
+                self.fork = fork;
+                self.length = length;
+                self.remote_length = remote_length;
+                self.can_upgrade = flags & SYNC_CAN_UPGRADE != 0;
+                if first || remote_length != local.length {
                     out.push(Action::Send(vec![self.sync(local)]));
                 }
                 out.extend(self.requests(local));
             }
-            Message::Request(r) => out.push(Action::Serve(r)),
-            Message::Data(d) => {
+            Message::Request {
+                id,
+                fork,
+                block,
+                hash,
+                seek,
+                upgrade,
+                manifest,
+                ..
+            } => out.push(Action::Serve(
+                id,
+                ProofRequest {
+                    fork,
+                    block,
+                    hash,
+                    seek,
+                    upgrade,
+                    manifest,
+                },
+            )),
+            Message::Data {
+                request,
+                fork,
+                block,
+                hash,
+                seek,
+                upgrade,
+                manifest,
+            } => {
                 let kind = self
                     .inflight
-                    .remove(&d.request)
-                    .ok_or(PeerError::UnknownRequest(d.request))?;
+                    .remove(&request)
+                    .ok_or(PeerError::UnknownRequest(request))?;
                 let fits = match kind {
-                    Inflight::Upgrade => d.upgrade.is_some(),
-                    Inflight::Block(i) => d.block.as_ref().is_some_and(|b| b.index == i),
+                    Inflight::Upgrade => upgrade.is_some(),
+                    Inflight::Block(i) => block.as_ref().is_some_and(|b| b.index == i),
                 };
                 if !fits {
-                    return Err(PeerError::Mismatch(d.request));
+                    return Err(PeerError::Mismatch(request));
                 }
                 if let Inflight::Block(i) = kind {
                     self.requested.remove(&i);
@@ -246,12 +284,19 @@ impl Peer {
                     // wanted after it arrived would be requested again.
                     self.wanted.remove(&i);
                 }
-                out.push(Action::Apply(d));
+                out.push(Action::Apply(Proof {
+                    fork,
+                    block,
+                    hash,
+                    seek,
+                    upgrade,
+                    manifest,
+                }));
             }
-            Message::NoData(n) => {
+            Message::NoData { request, .. } => {
                 // The remote lacks it: forget the request; a wanted block stays wanted for a
                 // later announcement (or another peer).
-                match self.inflight.remove(&n.request) {
+                match self.inflight.remove(&request) {
                     Some(Inflight::Block(i)) => {
                         self.requested.remove(&i);
                         // Another peer may have it.
@@ -265,25 +310,30 @@ impl Peer {
                     None => {}
                 }
             }
-            Message::Want(_) => out.extend(Self::range(local).map(|m| Action::Send(vec![m]))),
-            Message::Range(r) => {
-                if !r.drop && r.start == 0 {
-                    self.has_contiguous = self.has_contiguous.max(r.length);
+            Message::Want { .. } => {
+                out.extend(Self::range(local).map(|m| Action::Send(vec![m])));
+            }
+            Message::Range {
+                drop,
+                start,
+                length,
+            } => {
+                if !drop && start == 0 {
+                    self.has_contiguous = self.has_contiguous.max(length);
                 }
                 out.extend(self.requests(local));
             }
-            Message::Extension(e) => {
-                let name = if e.name.is_empty() {
+            Message::Extension { name, message } => {
+                let name = if name.is_empty() {
                     self.last_ext.clone()
                 } else {
-                    e.name
+                    name
                 };
                 self.last_ext.clone_from(&name);
-                out.push(Action::Extension(name, e.message));
+                out.push(Action::Extension(name, message));
             }
             // Cancel, Unwant, Bitfield: nothing we need to act on.
-            Message::Cancel(_) | Message::Unwant(_) | Message::Bitfield(_) => {}
-            Message::Open(_) | Message::Close(_) | Message::LocalSignal(_) => {}
+            _ => {}
         }
         Ok(out)
     }
@@ -391,7 +441,7 @@ impl Peer {
         {
             let id = self.id();
             self.inflight.insert(id, Inflight::Upgrade);
-            msgs.push(Message::Request(Request {
+            msgs.push(Message::Request {
                 id,
                 fork: local.fork,
                 block: None,
@@ -403,7 +453,7 @@ impl Peer {
                 }),
                 manifest: false,
                 priority: 0,
-            }));
+            });
         }
         let available = self.has_contiguous.min(local.length);
         self.wanted.retain(|i| *i >= local.contiguous);
@@ -437,7 +487,7 @@ impl Peer {
             self.inflight.insert(id, Inflight::Block(i));
             self.requested.insert(i);
             // `nodes` is filled in by the session (hypercore's missing_nodes needs the core).
-            msgs.push(Message::Request(Request {
+            msgs.push(Message::Request {
                 id,
                 fork: local.fork,
                 block: Some(RequestBlock { index: i, nodes: 0 }),
@@ -446,7 +496,7 @@ impl Peer {
                 upgrade: None,
                 manifest: false,
                 priority: 0,
-            }));
+            });
         }
         if msgs.is_empty() {
             Vec::new()
@@ -475,8 +525,7 @@ impl Drop for Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hypercore_protocol::schema::{Extension, NoData};
-    use hypercore_schema::{DataBlock, DataUpgrade};
+    use cohd_format::wire::{DataBlock, DataUpgrade};
 
     fn sent(actions: &[Action]) -> Vec<&Message> {
         actions
@@ -493,8 +542,8 @@ mod tests {
     }
 
     /// Data answering request `request` with a one-byte block `index`.
-    fn block_data(request: u64, index: u64) -> Data {
-        Data {
+    fn block_data(request: u64, index: u64) -> Message {
+        Message::Data {
             request,
             fork: 0,
             block: Some(DataBlock {
@@ -505,18 +554,17 @@ mod tests {
             hash: None,
             seek: None,
             upgrade: None,
+            manifest: None,
         }
     }
 
     fn sync(length: u64, remote_length: u64) -> Message {
-        Message::Synchronize(Synchronize {
+        Message::Sync {
             fork: 0,
             length,
             remote_length,
-            can_upgrade: true,
-            uploading: true,
-            downloading: true,
-        })
+            flags: 7,
+        }
     }
 
     #[test]
@@ -529,21 +577,18 @@ mod tests {
         };
         let mut p = Peer::new(false, Arc::default());
         let open = p.on_open(&local);
-        assert!(matches!(
-            open[0],
-            Message::Synchronize(Synchronize { length: 5, .. })
-        ));
+        assert!(matches!(open[0], Message::Sync { length: 5, .. }));
         assert!(matches!(
             open[1],
-            Message::Range(Range {
+            Message::Range {
                 start: 0,
                 length: 5,
                 ..
-            })
+            }
         ));
         let a = p.on_message(sync(0, 0), &local).unwrap();
         assert_eq!(sent(&a).len(), 1, "first sync is answered");
-        let req = Request {
+        let req = Message::Request {
             id: 1,
             fork: 0,
             block: Some(RequestBlock { index: 2, nodes: 2 }),
@@ -553,11 +598,15 @@ mod tests {
             manifest: false,
             priority: 0,
         };
-        let a = p.on_message(Message::Request(req), &local).unwrap();
-        assert!(matches!(a[0], Action::Serve(Request { id: 1, .. })));
+        let a = p.on_message(req, &local).unwrap();
+        assert!(
+            matches!(&a[0], Action::Serve(1, r) if r.block == Some(RequestBlock { index: 2, nodes: 2 }))
+        );
         // A writer never asks to upgrade its own core.
         let a = p.on_message(sync(9, 5), &local).unwrap();
-        assert!(sent(&a).iter().all(|m| !matches!(m, Message::Request(_))));
+        assert!(sent(&a)
+            .iter()
+            .all(|m| !matches!(m, Message::Request { .. })));
     }
 
     #[test]
@@ -574,19 +623,19 @@ mod tests {
         let reqs: Vec<_> = sent(&a)
             .into_iter()
             .filter_map(|m| {
-                if let Message::Request(r) = m {
-                    Some(r.clone())
+                if let Message::Request { id, upgrade, .. } = m {
+                    Some((*id, *upgrade))
                 } else {
                     None
                 }
             })
             .collect();
         assert_eq!(reqs.len(), 1);
-        let up = reqs[0].upgrade.clone().unwrap();
+        let up = reqs[0].1.unwrap();
         assert_eq!((up.start, up.length), (0, 100));
         // Data for it applies; then blocks are requested once the remote announced them.
-        let d = Data {
-            request: reqs[0].id,
+        let d = Message::Data {
+            request: reqs[0].0,
             fork: 0,
             block: None,
             hash: None,
@@ -595,30 +644,31 @@ mod tests {
                 start: 0,
                 length: 100,
                 nodes: vec![],
-                additional_nodes: vec![],
-                signature: vec![],
+                additional: vec![],
+                signature: None,
             }),
+            manifest: None,
         };
-        let a = p.on_message(Message::Data(d), &local).unwrap();
+        let a = p.on_message(d, &local).unwrap();
         assert!(matches!(a[0], Action::Apply(_)));
         local.length = 100;
         let a = p.on_applied(&local);
         assert!(sent(&a)
             .iter()
-            .any(|m| matches!(m, Message::Synchronize(Synchronize { length: 100, .. }))));
+            .any(|m| matches!(m, Message::Sync { length: 100, .. })));
         let a = p
             .on_message(
-                Message::Range(Range {
+                Message::Range {
                     drop: false,
                     start: 0,
                     length: 100,
-                }),
+                },
                 &local,
             )
             .unwrap();
         let n = sent(&a)
             .iter()
-            .filter(|m| matches!(m, Message::Request(Request { block: Some(_), .. })))
+            .filter(|m| matches!(m, Message::Request { block: Some(_), .. }))
             .count();
         assert_eq!(n, PIPELINE);
         assert!(!p.caught_up(&local));
@@ -635,17 +685,17 @@ mod tests {
         let mut p = Peer::new(false, Arc::default());
         let d = block_data(77, 0);
         assert_eq!(
-            p.on_message(Message::Data(d), &local).unwrap_err(),
+            p.on_message(d, &local).unwrap_err(),
             PeerError::UnknownRequest(77)
         );
         // A block other than the one asked for.
         p.on_message(sync(10, 10), &local).unwrap();
         p.on_message(
-            Message::Range(Range {
+            Message::Range {
                 drop: false,
                 start: 0,
                 length: 10,
-            }),
+            },
             &local,
         )
         .unwrap();
@@ -653,8 +703,8 @@ mod tests {
         let id = sent(&a)
             .iter()
             .find_map(|m| {
-                if let Message::Request(r) = m {
-                    Some(r.id)
+                if let Message::Request { id, .. } = m {
+                    Some(*id)
                 } else {
                     None
                 }
@@ -662,12 +712,18 @@ mod tests {
             .unwrap();
         let d = block_data(id, 4);
         assert_eq!(
-            p.on_message(Message::Data(d), &local).unwrap_err(),
+            p.on_message(d, &local).unwrap_err(),
             PeerError::Mismatch(id)
         );
         // NoData frees the request; nothing panics on unknown ids.
-        p.on_message(Message::NoData(NoData { request: 12345 }), &local)
-            .unwrap();
+        p.on_message(
+            Message::NoData {
+                request: 12345,
+                reason: 0,
+            },
+            &local,
+        )
+        .unwrap();
     }
 
     #[test]
@@ -676,20 +732,20 @@ mod tests {
         let mut p = Peer::new(false, Arc::default());
         let a = p
             .on_message(
-                Message::Extension(Extension {
+                Message::Extension {
                     name: "x".into(),
                     message: vec![1],
-                }),
+                },
                 &local,
             )
             .unwrap();
         assert!(matches!(&a[0], Action::Extension(n, m) if n == "x" && m == &vec![1]));
         let a = p
             .on_message(
-                Message::Extension(Extension {
+                Message::Extension {
                     name: String::new(),
                     message: vec![2],
-                }),
+                },
                 &local,
             )
             .unwrap();
@@ -700,9 +756,9 @@ mod tests {
         sent(actions)
             .iter()
             .filter_map(|m| match m {
-                Message::Request(Request {
+                Message::Request {
                     id, block: Some(b), ..
-                }) => Some((*id, b.index)),
+                } => Some((*id, b.index)),
                 _ => None,
             })
             .collect()
@@ -721,11 +777,11 @@ mod tests {
         p.on_open(&local);
         p.on_message(sync(100, 100), &local).unwrap();
         p.on_message(
-            Message::Range(Range {
+            Message::Range {
                 drop: false,
                 start: 0,
                 length: 100,
-            }),
+            },
             &local,
         )
         .unwrap();
@@ -738,7 +794,7 @@ mod tests {
         assert!(requested_blocks(&p.want(50..53, &local)).is_empty());
         for (id, index) in reqs {
             let d = block_data(id, index);
-            p.on_message(Message::Data(d), &local).unwrap();
+            p.on_message(d, &local).unwrap();
             // Still not contiguous: the arrived block must not be asked for again.
             let again = requested_blocks(&p.on_applied(&local));
             assert!(again.is_empty(), "block {index} requested again: {again:?}");
@@ -763,11 +819,11 @@ mod tests {
         p.on_message(sync(1000, 1000), &local).unwrap();
         let a = p
             .on_message(
-                Message::Range(Range {
+                Message::Range {
                     drop: false,
                     start: 0,
                     length: 1000,
-                }),
+                },
                 &local,
             )
             .unwrap();
@@ -790,11 +846,11 @@ mod tests {
             p.on_message(sync(200, 200), &local).unwrap();
             let a = p
                 .on_message(
-                    Message::Range(Range {
+                    Message::Range {
                         drop: false,
                         start: 0,
                         length: 200,
-                    }),
+                    },
                     &local,
                 )
                 .unwrap();
@@ -809,10 +865,16 @@ mod tests {
         assert_eq!(blocks(&r2), (32..64).collect::<Vec<_>>(), "other blocks");
         // p1's peer lacks block 5: p2 takes it over as soon as it has room.
         let id5 = r1[5].0;
-        p1.on_message(Message::NoData(NoData { request: id5 }), &local)
-            .unwrap();
+        p1.on_message(
+            Message::NoData {
+                request: id5,
+                reason: 0,
+            },
+            &local,
+        )
+        .unwrap();
         let d = block_data(r2[0].0, 32);
-        p2.on_message(Message::Data(d), &local).unwrap();
+        p2.on_message(d, &local).unwrap();
         assert_eq!(blocks(&requested_blocks(&p2.on_applied(&local))), vec![5]);
         // p1 ends: the blocks it claimed are free again; p2 asks for them as it gets room.
         drop(p1);

@@ -1,4 +1,4 @@
-//! Connections: drives a `Protocol` per connection, one task per channel (core), the
+//! Connections: drives a [`Mux`] per connection, one task per channel (core), the
 //! [`Peer`](super::peer::Peer) state machine in each, and the actions it asks for.
 //!
 //! Every core the [`Replicator`] holds is offered on every connection, and every core a remote
@@ -11,18 +11,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cohd_format::wire::Message;
 use cohd_format::Key;
-use compact_encoding::CompactEncoding;
-use futures::StreamExt;
-use hypercore_protocol::schema::{Extension, NoData};
-use hypercore_protocol::{discovery_key, Channel, ChannelReceiver, Event, Message};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch};
 
 use super::peer::{Action, Claims, Local, Peer, PeerError, MAX_QUEUED};
-use super::proof::{data_for, proof};
-use super::transport::{self, Backlog, TransportError, TransportOptions};
-use crate::store::Core;
+use super::transport::{
+    self, Backlog, Channel, MessageStream, Mux, MuxEvent, TransportError, TransportOptions,
+};
+use crate::store::keys::discovery_key;
+use crate::store::{Core, Proof};
 
 /// Why a connection ended or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -82,16 +81,6 @@ struct Outgoing {
 /// Per (connection, discovery key): whether the remote announced its state and we caught up
 /// with it, the length it announced, and how many blocks from the start it holds.
 type ChannelStatus = (bool, u64, u64);
-
-/// A channel command for the protocol (see `drive`).
-#[derive(Debug)]
-enum ChannelCommand {
-    Open([u8; 32]),
-}
-
-/// Opens a handshake sends inline before the rest go through the command task (well under the
-/// crate's 1,000-command channel).
-const INLINE_OPENS: usize = 512;
 
 /// What a channel task knows of its connection.
 #[derive(Debug, Clone)]
@@ -419,16 +408,20 @@ impl Replicator {
         Ok(tokio::spawn(async move { me.run(tcp, true).await }))
     }
 
-    /// Runs one connection to its end.
+    /// Runs one TCP connection to its end.
     pub async fn run(&self, tcp: TcpStream, initiator: bool) -> Result<(), SessionError> {
-        let _ = tcp.set_nodelay(true);
-        let conn = if initiator {
+        let stream = if initiator {
             transport::connect(tcp, &self.inner.opts.transport).await?
         } else {
             transport::accept(tcp, &self.inner.opts.transport).await?
         };
-        let live = Live::new(&self.inner, conn.backlog.clone());
-        self.drive(live.id, conn).await
+        self.run_stream(stream).await
+    }
+
+    /// Runs replication over an established message stream (any transport) to its end.
+    pub async fn run_stream(&self, stream: MessageStream) -> Result<(), SessionError> {
+        let live = Live::new(&self.inner, stream.backlog().clone());
+        self.drive(live.id, Mux::new(stream)).await
     }
 
     /// Blocks sent to peers and blocks received from them (verified and applied) so far, over
@@ -449,104 +442,64 @@ impl Replicator {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .map(|b| b.protocol_bytes() + b.socket_bytes())
+            .map(Backlog::bytes)
             .sum()
     }
 
-    async fn drive(&self, id: u64, conn: transport::Connection) -> Result<(), SessionError> {
-        let transport::Connection {
-            mut protocol,
-            mut rejected,
-            backlog,
-        } = conn;
+    async fn drive(&self, id: u64, mut mux: Mux) -> Result<(), SessionError> {
+        let remote = mux.info().remote_public_key;
+        let backlog = mux.backlog().clone();
         let mut added = self.inner.added.subscribe();
         let (fail_tx, mut fail_rx) = tokio::sync::mpsc::unbounded_channel::<SessionError>();
-        let mut remote = [0u8; 32];
-        let mut handshaken = false;
         // Dropped with this future (the connection ended, or the caller aborted it): the
         // channel tasks end with it.
         let mut tasks = tokio::task::JoinSet::new();
-        // Opens past the first `INLINE_OPENS` of a handshake reach the protocol through this
-        // task, in order: the crate's command channel is bounded (1,000) and drains only while
-        // this loop polls the protocol, so awaiting them all here stalls a handshake that offers
-        // many cores. Everything else is sent at once, inline: answering the remote without a
-        // detour matters (a Reject followed by the remote's own Open races our Close).
-        let (command, mut commands) = tokio::sync::mpsc::unbounded_channel::<ChannelCommand>();
-        {
-            let tx = protocol.commands();
-            tasks.spawn(async move {
-                while let Some(c) = commands.recv().await {
-                    let sent = match c {
-                        ChannelCommand::Open(key) => tx.open(key).await,
-                    };
-                    if sent.is_err() {
-                        return; // the protocol is gone
-                    }
-                }
-            });
+        // Every core we hold is offered at once; a core is opened once, whichever of our offer
+        // and the remote's Open comes first (the mux pairs them).
+        let keys: Vec<[u8; 32]> = self
+            .inner
+            .cores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|c| c.key().0)
+            .collect();
+        for k in keys {
+            mux.open(&k)?;
         }
-        // Channels we opened on this connection: a core is opened once, whichever of our offer
-        // and the remote's Open comes first.
-        let mut opened: std::collections::HashSet<[u8; 32]> = std::collections::HashSet::new();
         let result = loop {
             tokio::select! {
-                ev = protocol.next() => {
+                ev = mux.next() => {
                     let ev = match ev {
-                        None => break Ok(()),
-                        Some(Err(e)) => {
-                            // When a channel task fails, the protocol fails right after, on the
-                            // next message for that channel ("sending into a closed channel"):
-                            // report the channel's reason, the real one, if it is there.
-                            break Err(fail_rx.try_recv().unwrap_or_else(|_| {
-                                SessionError::Transport(TransportError::from(e))
-                            }));
-                        }
-                        Some(Ok(ev)) => ev,
+                        Ok(ev) => ev,
+                        // A channel task that failed ended the connection: report its reason,
+                        // the real one, if it is there.
+                        Err(e) => break Err(fail_rx.try_recv().unwrap_or_else(|_| self.blame(e))),
                     };
                     match ev {
-                        Event::Handshake(pk) => {
-                            remote = pk;
-                            handshaken = true;
-                            let keys: Vec<[u8; 32]> = self.inner.cores.lock().unwrap_or_else(|e| e.into_inner()).values().map(|c| c.key().0).collect();
-                            for (n, k) in keys.into_iter().enumerate() {
-                                if opened.insert(discovery_key(&k)) {
-                                    if n < INLINE_OPENS {
-                                        let _ = protocol.open(k).await;
-                                    } else {
-                                        let _ = command.send(ChannelCommand::Open(k));
-                                    }
-                                }
-                            }
-                        }
-                        Event::DiscoveryKey(dk) => {
+                        MuxEvent::RemoteOpen(dk) => {
                             let key = self.inner.cores.lock().unwrap_or_else(|e| e.into_inner()).get(&dk).map(|c| c.key().0);
-                            if let Some(k) = key {
-                                if opened.insert(dk) {
-                                    let _ = protocol.open(k).await;
-                                }
+                            match key {
+                                Some(k) => mux.open(&k)?,
+                                None => mux.reject(&dk),
                             }
                         }
-                        Event::Channel(mut ch) => {
+                        MuxEvent::Channel(ch) => {
                             let core = self.inner.cores.lock().unwrap_or_else(|e| e.into_inner()).get(ch.discovery_key()).cloned();
                             if let Some(core) = core {
                                 let me = self.clone();
                                 let fail = fail_tx.clone();
                                 let ctx = ConnCtx { id, remote, backlog: backlog.clone() };
                                 tasks.spawn(async move {
-                                    // The receiver outlives the report of a failure: once it
-                                    // is dropped, the protocol fails on the next message for
-                                    // this channel, and that error would race the reason.
-                                    let rx = ch.take_receiver();
-                                    if let Err(e) = me.channel(&ctx, ch, rx.as_ref(), core).await {
+                                    if let Err(e) = me.channel(&ctx, ch, core).await {
                                         let _ = fail.send(e);
                                     }
-                                    drop(rx);
                                 });
                                 while tasks.try_join_next().is_some() {}
                             }
                         }
-                        Event::Close(dk) => {
-                            opened.remove(&dk);
+                        MuxEvent::Rejected(_) => {}
+                        MuxEvent::Closed(dk) => {
                             let mut s = self.inner.status.lock().unwrap_or_else(|e| e.into_inner());
                             if let Some(by_conn) = s.get_mut(&dk) {
                                 by_conn.remove(&id);
@@ -555,20 +508,11 @@ impl Replicator {
                                 }
                             }
                         }
-                        _ => {}
                     }
                 }
-                Some(dk) = rejected.recv() => {
-                    // The remote does not have (or want) this core: forget our half-open channel so
-                    // a later Open from the remote is answered properly.
-                    opened.remove(&dk);
-                    let _ = protocol.commands().close(dk).await;
-                }
-                core = added.recv(), if handshaken => {
+                core = added.recv() => {
                     if let Ok(core) = core {
-                        if opened.insert(discovery_key(&core.key().0)) {
-                            let _ = protocol.open(core.key().0).await;
-                        }
+                        mux.open(&core.key().0)?;
                     }
                 }
                 Some(e) = fail_rx.recv() => break Err(e),
@@ -576,6 +520,20 @@ impl Replicator {
         };
         tasks.abort_all();
         result
+    }
+
+    /// A flood on a channel blames the peer for that core, as the channel's own check does.
+    fn blame(&self, e: TransportError) -> SessionError {
+        if let TransportError::Flooded { discovery_key, .. } = &e {
+            let cores = self.inner.cores.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(core) = cores.get(discovery_key).map(Core::key) {
+                return SessionError::Peer {
+                    core,
+                    reason: e.to_string(),
+                };
+            }
+        }
+        SessionError::Transport(e)
     }
 
     fn set_status(&self, conn: u64, dk: [u8; 32], status: ChannelStatus) {
@@ -592,17 +550,10 @@ impl Replicator {
         }
     }
 
-    async fn channel(
-        &self,
-        conn: &ConnCtx,
-        ch: Channel,
-        rx: Option<&ChannelReceiver<Message>>,
-        core: Core,
-    ) -> Result<(), SessionError> {
+    async fn channel(&self, conn: &ConnCtx, ch: Channel, core: Core) -> Result<(), SessionError> {
         let key = core.key();
         let dk = *ch.discovery_key();
         let fail = |reason: String| SessionError::Peer { core: key, reason };
-        let rx = rx.ok_or_else(|| fail("channel has no receiver".into()))?;
         let full = self
             .inner
             .full
@@ -631,18 +582,15 @@ impl Replicator {
             }
         };
         let open = peer.on_open(&local(&core));
-        if ch.send_batch(&open).await.is_err() {
-            return Ok(()); // closed meanwhile (rejected, or the connection ended)
+        if ch.send_batch(&open).is_err() {
+            return Ok(()); // closed meanwhile, or the connection ended
         }
         loop {
             let actions = tokio::select! {
-                msg = rx.recv() => {
-                    let Ok(msg) = msg else { return Ok(()) };
-                    if rx.len() > MAX_QUEUED {
+                msg = ch.recv() => {
+                    let Some(msg) = msg else { return Ok(()) };
+                    if ch.len() > MAX_QUEUED {
                         return Err(fail(format!("flooded us with over {MAX_QUEUED} queued messages")));
-                    }
-                    if matches!(msg, Message::Close(_)) {
-                        return Ok(());
                     }
                     peer.on_message(msg, &local(&core)).map_err(|e: PeerError| fail(e.to_string()))?
                 }
@@ -662,15 +610,15 @@ impl Replicator {
                 },
                 o = ext.recv() => match o {
                     Ok(o) if o.dk == dk && o.connection.is_none_or(|c| c == conn.id) => {
-                        vec![Action::Send(vec![Message::Extension(Extension { name: o.name, message: o.message })])]
+                        vec![Action::Send(vec![Message::Extension { name: o.name, message: o.message }])]
                     }
                     _ => Vec::new(),
                 },
             };
-            if ch.closed() {
+            if ch.is_closed() {
                 return Ok(());
             }
-            match self.execute(conn, &ch, rx, &core, &mut peer, actions).await {
+            match self.execute(conn, &ch, &core, &mut peer, actions).await {
                 Err(Closed) => return Ok(()),
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok(())) => {}
@@ -680,7 +628,7 @@ impl Replicator {
             // Otherwise the moment between a Sync (the remote's length) and its Range (its
             // blocks) looks "caught up" to a reader that has the length but not the blocks (a
             // resumed download), and `wait_caught_up` returns before anything was requested.
-            if !rx.is_empty() {
+            if !ch.is_empty() {
                 continue;
             }
             let l = local(&core);
@@ -701,7 +649,6 @@ impl Replicator {
         &self,
         conn: &ConnCtx,
         ch: &Channel,
-        rx: &ChannelReceiver<Message>,
         core: &Core,
         peer: &mut Peer,
         actions: Vec<Action>,
@@ -713,20 +660,18 @@ impl Replicator {
             match a {
                 Action::Send(mut msgs) => {
                     for m in &mut msgs {
-                        if let Message::Request(r) = m {
-                            if let Some(b) = &mut r.block {
-                                b.nodes = core.missing_nodes(b.index).await;
-                            }
+                        if let Message::Request { block: Some(b), .. } = m {
+                            b.nodes = core.missing_nodes(b.index).await;
                         }
                     }
-                    ch.send_batch(&msgs).await.map_err(|_| Closed)?;
+                    ch.send_batch(&msgs).map_err(|_| Closed)?;
                 }
-                Action::Serve(req) => {
+                Action::Serve(id, req) => {
                     // A peer that does not read gets no more answers. Its requests wait in the
                     // channel meanwhile, and a flood of them still ends the connection.
                     let mut check = tokio::time::interval(FLOOD_CHECK);
                     loop {
-                        if rx.len() > MAX_QUEUED {
+                        if ch.len() > MAX_QUEUED {
                             return Ok(Err(fail(format!(
                                 "flooded us with over {MAX_QUEUED} queued messages"
                             ))));
@@ -736,38 +681,28 @@ impl Replicator {
                             _ = check.tick() => {}
                         }
                     }
-                    let id = req.id;
-                    let reply = match data_for(core, &req).await {
-                        Ok(Some(d)) => {
-                            if d.block.is_some() {
+                    let no_data = Message::NoData {
+                        request: id,
+                        reason: 0,
+                    };
+                    let reply = match core.create_proof(&req).await {
+                        Ok(Some(p)) => {
+                            if p.block.is_some() {
                                 self.inner.sent.fetch_add(1, Ordering::Relaxed);
                             }
-                            Message::Data(d)
+                            data_message(id, p)
                         }
-                        Ok(None) => Message::NoData(NoData { request: id }),
+                        Ok(None) => no_data,
                         Err(e) => {
                             tracing::debug!(%key, "cannot answer request {id}: {e}");
-                            Message::NoData(NoData { request: id })
+                            no_data
                         }
                     };
-                    let data = match reply {
-                        Message::Data(_) => reply.encoded_size().unwrap_or(0),
-                        _ => 0,
-                    };
-                    conn.backlog.data_queued(data);
-                    if ch.send(reply).await.is_err() {
-                        // Never handed to the protocol: it will never pass the connection.
-                        conn.backlog.data_passed(data);
-                        return Err(Closed);
-                    }
+                    ch.send(&reply).map_err(|_| Closed)?;
                 }
-                Action::Apply(data) => {
-                    let block = data.block.is_some();
-                    let applied = match proof(data) {
-                        Ok(p) => core.apply_proof(p).await,
-                        Err(e) => return Ok(Err(fail(format!("sent a malformed proof: {e}")))),
-                    };
-                    match applied {
+                Action::Apply(proof) => {
+                    let block = proof.block.is_some();
+                    match core.apply_proof(proof).await {
                         Ok(true) => {
                             if block {
                                 self.inner.received.fetch_add(1, Ordering::Relaxed);
@@ -800,5 +735,18 @@ impl Replicator {
             }
         }
         Ok(Ok(()))
+    }
+}
+
+/// The Data message answering request `request` with `p` (a wire Data is a proof with an id).
+fn data_message(request: u64, p: Proof) -> Message {
+    Message::Data {
+        request,
+        fork: p.fork,
+        block: p.block,
+        hash: p.hash,
+        seek: p.seek,
+        upgrade: p.upgrade,
+        manifest: p.manifest,
     }
 }

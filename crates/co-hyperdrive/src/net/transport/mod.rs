@@ -1,59 +1,42 @@
-//! The connection under replication: TCP, uint24le framing, Noise XX and secretstream, protomux
-//! frames normalized for `hypercore-protocol`, keepalives and timeouts.
+//! The connection under replication, in layers:
 //!
 //! ```text
 //! TcpStream
-//!  └ framing.rs                uint24le frames; EOF, errors, idle timeout, frame size limit
-//!    └ hypercore_handshake::Cipher   Noise XX (Ed25519) + secretstream, as JS secret-stream
-//!      └ conn.rs               normalizes frames (wire.rs), keepalives, handshake deadline,
-//!                              reports the end of the connection, contains Cipher panics
-//!        └ hypercore_protocol::Protocol   channels, capabilities, messages
+//!  └ framing.rs    uint24le frames; EOF, frame size limit
+//!    └ noise.rs    Noise XX + secretstream, as JS @hyperswarm/secret-stream
+//!      └ tcp.rs    one I/O task: keepalives, idle and stall timeouts, handshake deadline
+//!        = MessageStream   an encrypted, framed message stream (any transport can make one)
+//!          └ mux.rs        Protomux channels of protocol "hypercore/alpha", capabilities
+//!            └ Channel     cohd_format::wire::Message in and out, one per core
 //! ```
 //!
-//! [`connect`] and [`accept`] return as soon as the stream is wrapped; the Noise handshake then
-//! runs while [`Connection::protocol`] is polled (its first event is `Event::Handshake`).
-//! Details and the reasons for each layer: docs/replication-notes.md.
+//! [`MessageStream`] is the seam: the session runs on it, whatever carried the Noise handshake
+//! (TCP here; a HyperDHT connection can build one with [`MessageStream::new`]).
 //!
-//! # Using the `Protocol`
-//!
-//! - Poll it continuously (all I/O, timers and keepalives run inside its `poll_next`).
-//! - When the connection ends (peer gone, timeout, malformed input, ...) it yields
-//!   `Some(Err(io::Error))`; stop there. Polled again it does not hang: it yields an error again,
-//!   possibly after an event it still had queued (e.g. a late `Event::Handshake`). It never
-//!   yields `None`. `TransportError::from(io_error)` gives the typed reason back (errors of
-//!   `hypercore-protocol` itself come back as `TransportError::Io`).
-//! - The `Cipher` panics on a few malformed inputs; those panics are caught (`catch_unwind`), so
-//!   the binary must not be built with `panic = "abort"`. The default panic hook still prints
-//!   them to stderr.
-//! - Open channels only after `Event::Handshake` (before it, the accepting side would send an
-//!   Open without a capability).
-//! - On a discovery key from [`Connection::rejected`], call `protocol.commands().close(dk)`, so
-//!   that a later Open from the remote surfaces again as `Event::DiscoveryKey`.
-//! - `Message::Extension::message` is the raw payload on the wire in both directions (JS
-//!   `c.raw`), not a length-prefixed buffer, and inbound extension names are already
-//!   decompressed (JS sends `""` for "the same name as the last one on this channel").
-//! - The inbound Open of a channel id that is more than one above every id the remote used
-//!   before, an unknown protocol's Open, and unknown message types are handled as protomux does
-//!   (error, ignored, ignored).
+//! Memory is bounded in both directions. Inbound, the I/O task stops reading the socket while
+//! [`INBOUND_MESSAGES`] decrypted messages wait, and the mux while its channels hold
+//! [`MAX_INBOUND_BYTES`] unread; a channel holding more than [`MAX_CHANNEL_QUEUE`] messages is a
+//! flood. Outbound, every queued byte is counted in the connection's [`Backlog`]; the session
+//! answers requests only while it is under its limit, and a socket that takes nothing for the
+//! idle timeout ends the connection ([`TransportError::Stalled`]).
 
 mod backlog;
-mod conn;
 mod framing;
-mod wire;
+mod mux;
+mod noise;
+mod tcp;
 
 use std::io;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hypercore_handshake::state_machine::hc_specific::generate_keypair;
-use hypercore_handshake::state_machine::SecStream;
-use hypercore_handshake::{Cipher, CipherIo};
-use hypercore_protocol::Protocol;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::{mpsc, watch};
 
 pub use backlog::Backlog;
-use conn::{Conn, ConnOptions, SECRETSTREAM_OVERHEAD};
-use framing::{EndSlot, Framed, FramingOptions, MAX_WIRE_FRAME};
+pub use framing::{write_frame, FrameReader, MAX_WIRE_FRAME};
+pub use mux::{Channel, Mux, MuxEvent, MAX_CHANNEL_QUEUE, MAX_INBOUND_BYTES};
+pub use noise::{handshake, SecretCipher, SECRETSTREAM_OVERHEAD};
 
 /// Default keepalive interval (JS hypercore: `setKeepAlive(5000)`).
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(5);
@@ -63,6 +46,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default largest frame, in or out.
 pub const DEFAULT_MAX_FRAME: usize = 8 << 20;
+/// Decrypted messages waiting for the session before the socket is no longer read.
+pub const INBOUND_MESSAGES: usize = 64;
 
 /// Transport settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,10 +56,9 @@ pub struct TransportOptions {
     /// receive timeout (hyperswarm sets one) keep the connection. `None`: never.
     pub keepalive: Option<Duration>,
     /// End the connection with [`TransportError::Timeout`] when nothing is received for this
-    /// long. It also bounds the Noise handshake: without a completed handshake after this long
-    /// the connection ends the same way; and the peer's reading: when what we send finds no
-    /// room in the socket for this long, the connection ends with
-    /// [`TransportError::Stalled`]. `None`: wait forever.
+    /// long. It also bounds the Noise handshake (at most [`HANDSHAKE_TIMEOUT`]), and the peer's
+    /// reading: when what we send finds no room in the socket for this long, the connection
+    /// ends with [`TransportError::Stalled`]. `None`: wait forever.
     pub idle_timeout: Option<Duration>,
     /// Largest frame accepted or sent, in bytes (secretstream ciphertext, 17 bytes more than the
     /// protomux frame). A larger inbound frame ends the connection with
@@ -90,6 +74,15 @@ impl Default for TransportOptions {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             max_frame: DEFAULT_MAX_FRAME,
         }
+    }
+}
+
+impl TransportOptions {
+    /// How long the handshake may take.
+    pub fn handshake_timeout(&self) -> Option<Duration> {
+        // A peer that means to talk answers at once: a silent port or another protocol is told
+        // apart in seconds, not after the idle timeout.
+        self.idle_timeout.map(|t| t.min(HANDSHAKE_TIMEOUT))
     }
 }
 
@@ -117,17 +110,25 @@ pub enum TransportError {
     /// not read.
     #[error("the peer has not read what we sent for {0:?}")]
     Stalled(Duration),
-    /// The peer closed the connection.
+    /// The peer closed the connection (or we did).
     #[error("connection closed by the peer")]
     Closed,
     /// The peer sent something that does not decode or violates the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The peer sent more messages on one channel than we hold unread.
+    #[error("flooded us with over {limit} queued messages")]
+    Flooded {
+        /// The channel's discovery key.
+        discovery_key: [u8; 32],
+        /// How many messages a channel may hold.
+        limit: usize,
+    },
 }
 
 impl TransportError {
     /// A copy, for reporting the same end of a connection more than once.
-    pub(crate) fn duplicate(&self) -> TransportError {
+    pub fn duplicate(&self) -> TransportError {
         match self {
             TransportError::Io(e) => TransportError::Io(io::Error::new(e.kind(), e.to_string())),
             TransportError::Handshake(s) => TransportError::Handshake(s.clone()),
@@ -137,130 +138,220 @@ impl TransportError {
             TransportError::Stalled(d) => TransportError::Stalled(*d),
             TransportError::Closed => TransportError::Closed,
             TransportError::Protocol(s) => TransportError::Protocol(s.clone()),
+            TransportError::Flooded {
+                discovery_key,
+                limit,
+            } => TransportError::Flooded {
+                discovery_key: *discovery_key,
+                limit: *limit,
+            },
         }
-    }
-
-    /// Wraps this error into an `io::Error` (which is what `Protocol` passes on); `From<io::Error>`
-    /// unwraps it again.
-    pub(crate) fn into_io(self) -> io::Error {
-        let kind = match &self {
-            TransportError::Io(e) => e.kind(),
-            TransportError::Timeout
-            | TransportError::NoHandshake(_)
-            | TransportError::Stalled(_) => io::ErrorKind::TimedOut,
-            TransportError::Closed => io::ErrorKind::ConnectionAborted,
-            TransportError::FrameTooLarge(_)
-            | TransportError::Handshake(_)
-            | TransportError::Protocol(_) => io::ErrorKind::InvalidData,
-        };
-        io::Error::new(kind, self)
     }
 }
 
-/// The typed reason of an error the `Protocol` stream (or a `Channel`) returned: the
-/// [`TransportError`] this transport reported, or `Io` for errors of `hypercore-protocol` itself.
 impl From<io::Error> for TransportError {
     fn from(e: io::Error) -> Self {
-        if !e.get_ref().is_some_and(|i| i.is::<TransportError>()) {
-            return TransportError::Io(e);
-        }
-        let kind = e.kind();
-        match e.into_inner().map(|i| i.downcast::<TransportError>()) {
-            Some(Ok(t)) => *t,
-            Some(Err(other)) => TransportError::Io(io::Error::new(kind, other)),
-            None => TransportError::Io(kind.into()),
-        }
+        TransportError::Io(e)
     }
 }
 
-/// A wrapped connection.
-#[derive(Debug)]
-pub struct Connection {
-    /// The replication protocol; see the module documentation for how to drive it.
-    pub protocol: Protocol,
-    /// Discovery keys of channels we opened and the remote rejected (it does not have or want
-    /// the core).
-    pub rejected: UnboundedReceiver<[u8; 32]>,
-    /// What we sent that has not reached the socket. Nothing under the `Protocol` pushes back,
-    /// so the session reports the Data messages it sends (crate-internal) and waits for
-    /// [`Backlog::ready`] before sending more.
-    pub backlog: Backlog,
+/// What the handshake established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// Whether we started the handshake (dialled).
+    pub initiator: bool,
+    /// The Noise handshake hash: the same on both ends, unique to this connection.
+    pub handshake_hash: [u8; 64],
+    /// The remote's static public key.
+    pub remote_public_key: [u8; 32],
+    /// Ours.
+    pub local_public_key: [u8; 32],
 }
 
-/// Wraps a connection we dialed: we are the Noise XX initiator (with a fresh key pair: an XX
-/// initiator cannot present a chosen static key with `hypercore_handshake`).
+/// Where a stream's end and its reason are kept; the first reason wins. Shared by the stream,
+/// its senders, and the task that carries it.
+#[derive(Debug, Clone)]
+pub struct StreamEnd(Arc<EndInner>);
+
+#[derive(Debug)]
+struct EndInner {
+    reason: Mutex<Option<TransportError>>,
+    ended: watch::Sender<bool>,
+}
+
+impl Default for StreamEnd {
+    fn default() -> Self {
+        Self(Arc::new(EndInner {
+            reason: Mutex::new(None),
+            ended: watch::channel(false).0,
+        }))
+    }
+}
+
+impl StreamEnd {
+    /// Ends the stream with `e`, unless it ended already.
+    pub fn fail(&self, e: TransportError) {
+        let mut r = self.0.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if r.is_none() {
+            tracing::debug!(reason = %e, "connection ended");
+            *r = Some(e);
+        }
+        drop(r);
+        self.0.ended.send_replace(true);
+    }
+
+    /// Whether the stream ended.
+    pub fn is_ended(&self) -> bool {
+        *self.0.ended.borrow()
+    }
+
+    /// Why it ended (`Closed` when it has not, or for no given reason).
+    pub fn reason(&self) -> TransportError {
+        self.0
+            .reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(TransportError::Closed, TransportError::duplicate)
+    }
+
+    /// Waits until the stream ended.
+    pub async fn wait(&self) {
+        let mut rx = self.0.ended.subscribe();
+        let _ = rx.wait_for(|e| *e).await;
+    }
+}
+
+/// Sends plaintext messages on a [`MessageStream`]; never waits (see [`Backlog`] for how the
+/// session keeps the queue short).
+#[derive(Debug, Clone)]
+pub struct MessageSender {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    backlog: Backlog,
+    end: StreamEnd,
+    max_message: usize,
+}
+
+impl MessageSender {
+    /// Queues one message. A message over the frame limit ends the connection
+    /// ([`TransportError::FrameTooLarge`]).
+    pub fn send(&self, message: Vec<u8>) -> Result<(), TransportError> {
+        if self.end.is_ended() {
+            return Err(self.end.reason());
+        }
+        let n = message.len();
+        if n > self.max_message {
+            let e = TransportError::FrameTooLarge(n + SECRETSTREAM_OVERHEAD);
+            self.end.fail(e.duplicate());
+            return Err(e);
+        }
+        self.backlog.queued(n);
+        if self.tx.send(message).is_err() {
+            self.backlog.written(n);
+            return Err(self.end.reason());
+        }
+        Ok(())
+    }
+
+    /// The connection's backlog.
+    pub fn backlog(&self) -> &Backlog {
+        &self.backlog
+    }
+}
+
+/// Aborts a task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An established, encrypted stream of messages (each one a protomux frame). Dropping it ends
+/// the connection.
+#[derive(Debug)]
+pub struct MessageStream {
+    info: StreamInfo,
+    inbound: mpsc::Receiver<Vec<u8>>,
+    sender: MessageSender,
+    end: StreamEnd,
+    _task: Option<AbortOnDrop>,
+}
+
+impl MessageStream {
+    /// A stream over some other transport: `inbound` yields decrypted messages (closing it ends
+    /// the stream; the reason goes to `end`), `outbound` takes messages to encrypt and send (the
+    /// carrier reports the bytes it wrote with [`Backlog::written`]). `max_message` is the
+    /// largest plaintext message either way.
+    pub fn new(
+        info: StreamInfo,
+        inbound: mpsc::Receiver<Vec<u8>>,
+        outbound: mpsc::UnboundedSender<Vec<u8>>,
+        end: StreamEnd,
+        backlog: Backlog,
+        max_message: usize,
+    ) -> Self {
+        Self {
+            info,
+            inbound,
+            sender: MessageSender {
+                tx: outbound,
+                backlog,
+                end: end.clone(),
+                max_message,
+            },
+            end,
+            _task: None,
+        }
+    }
+
+    /// What the handshake established.
+    pub fn info(&self) -> &StreamInfo {
+        &self.info
+    }
+
+    /// The next message; once the stream ended, why (every time).
+    pub async fn recv(&mut self) -> Result<Vec<u8>, TransportError> {
+        if self.end.is_ended() {
+            return Err(self.end.reason());
+        }
+        match self.inbound.recv().await {
+            Some(m) => Ok(m),
+            None => Err(self.end.reason()),
+        }
+    }
+
+    /// A sender for this stream.
+    pub fn sender(&self) -> MessageSender {
+        self.sender.clone()
+    }
+
+    /// The stream's end.
+    pub fn end(&self) -> &StreamEnd {
+        &self.end
+    }
+
+    /// The connection's backlog.
+    pub fn backlog(&self) -> &Backlog {
+        &self.sender.backlog
+    }
+}
+
+/// Runs the handshake on a connection we dialled (Noise XX initiator, with a fresh key pair:
+/// `hypercore_handshake` cannot give an XX initiator a chosen static key).
 pub async fn connect(
     stream: TcpStream,
     opts: &TransportOptions,
-) -> Result<Connection, TransportError> {
-    wrap(stream, true, opts)
+) -> Result<MessageStream, TransportError> {
+    tcp::establish(stream, true, opts).await
 }
 
-/// Wraps a connection we accepted: we are the Noise XX responder, with a fresh key pair.
+/// Runs the handshake on a connection we accepted (Noise XX responder, fresh key pair).
 pub async fn accept(
     stream: TcpStream,
     opts: &TransportOptions,
-) -> Result<Connection, TransportError> {
-    wrap(stream, false, opts)
-}
-
-fn wrap(
-    stream: TcpStream,
-    initiator: bool,
-    opts: &TransportOptions,
-) -> Result<Connection, TransportError> {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!("cannot set TCP_NODELAY: {e}");
-    }
-    let (rd, wr) = stream.into_split();
-    let max_frame = opts.max_frame.min(MAX_WIRE_FRAME);
-    if max_frame <= SECRETSTREAM_OVERHEAD {
-        return Err(TransportError::Io(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("max_frame of {} bytes is too small", opts.max_frame),
-        )));
-    }
-    let end = EndSlot::default();
-    let backlog = Backlog::default();
-    let framing = FramingOptions {
-        max_frame,
-        idle_timeout: opts.idle_timeout,
-        header_frame: Some(if initiator { 2 } else { 3 }),
-    };
-    let io: Box<dyn CipherIo<Error = io::Error>> =
-        Box::new(Framed::new(rd, wr, framing, end.clone(), backlog.clone()));
-    let handshake = |e: hypercore_handshake::Error| TransportError::Handshake(e.to_string());
-    let cipher = if initiator {
-        Cipher::new(
-            Some(io),
-            SecStream::new_initiator_xx(&[]).map_err(handshake)?.into(),
-        )
-    } else {
-        let keypair = generate_keypair().map_err(|e| TransportError::Handshake(e.to_string()))?;
-        Cipher::new(
-            Some(io),
-            SecStream::new_responder_xx(&keypair, &[])
-                .map_err(handshake)?
-                .into(),
-        )
-    };
-    let (tx, rejected) = tokio::sync::mpsc::unbounded_channel();
-    let conn = Conn::new(
-        cipher,
-        end,
-        ConnOptions {
-            keepalive: opts.keepalive,
-            // A peer that means to talk answers at once: a silent port or another protocol is
-            // told apart in seconds, not after the idle timeout.
-            handshake_timeout: opts.idle_timeout.map(|t| t.min(HANDSHAKE_TIMEOUT)),
-            max_frame,
-        },
-        tx,
-        backlog.clone(),
-    );
-    Ok(Connection {
-        protocol: Protocol::new(Box::new(conn)),
-        rejected,
-        backlog,
-    })
+) -> Result<MessageStream, TransportError> {
+    tcp::establish(stream, false, opts).await
 }
