@@ -1,14 +1,17 @@
 #!/usr/bin/env node
 'use strict'
 
-// Creates a JavaScript drive with compat cores (key = Ed25519 public key, as co-hyperdrive
-// reads them), writes deterministic files and serves it on 127.0.0.1.
+// Creates a JavaScript drive (compat cores, key = Ed25519 public key, or with --line
+// v13-default the manifest cores JavaScript makes by default), writes deterministic files and
+// serves it on 127.0.0.1.
 //
 // usage: node js/interop/serve-drive.js [--line v11|v13] [--files N] [--port P]
 //          [--storage DIR] [--exit-after-ms N]
 //
 //   --line v11 (default): hyperdrive 11 / corestore 6 / hypercore 10, whose cores are compat
 //     by default.
+//   --line v13-default: hyperdrive 13 / corestore 7 / hypercore 11 as a JavaScript user gets it:
+//     manifest cores (key = manifest hash), the blobs key derived from the db's manifest.
 //   --line v13: hyperdrive 13 / corestore 7 / hypercore 11. Corestore 7 always makes manifest
 //     cores for named cores, so this script builds the compat drive itself: a db core and a
 //     blobs core opened with {key: keyPair.publicKey, keyPair} (hypercore 11 then treats them
@@ -81,7 +84,8 @@ async function main() {
     numbers: ['files', 'port', 'exit-after-ms'],
     defaults: { line: 'v11', files: 3, port: 0 }
   })
-  const { Corestore, Hyperdrive } = loadLine(args.line)
+  const manifestCores = args.line === 'v13-default'
+  const { Corestore, Hyperdrive } = loadLine(manifestCores ? 'v13' : args.line)
 
   let dir = args.storage
   if (dir) {
@@ -97,6 +101,9 @@ async function main() {
   let drive
   if (args.line === 'v13') {
     drive = await compatDrive13(store, Hyperdrive)
+  } else if (manifestCores) {
+    drive = new Hyperdrive(store)
+    await drive.ready()
   } else {
     drive = new Hyperdrive(store)
     await drive.ready()
@@ -113,7 +120,8 @@ async function main() {
     if (!got || sha256(got) !== d.sha256) throw new Error(`read-back mismatch for ${name}`)
   }
   const blobs = await drive.getBlobs()
-  if (!drive.core.core.compat || !blobs.core.core.compat) throw new Error('the drive cores are not compat')
+  const compat = drive.core.core.compat && blobs.core.core.compat
+  if (compat === manifestCores) throw new Error(manifestCores ? 'the drive cores are compat' : 'the drive cores are not compat')
 
   const server = net.createServer((socket) => {
     const who = `${socket.remoteAddress}:${socket.remotePort}`

@@ -679,11 +679,18 @@ fn rust_clones_js_v11_drive() {
     rust_clones_js_drive("v11");
 }
 
-/// Rust clones a hyperdrive 13 drive whose cores serve-drive.js made compat (corestore 7 alone
-/// makes manifest cores, which co-hyperdrive cannot verify).
+/// Rust clones a hyperdrive 13 drive whose cores serve-drive.js made compat.
 #[test]
 fn rust_clones_js_v13_compat_drive() {
     rust_clones_js_drive("v13");
+}
+
+/// Rust clones a hyperdrive 13 drive as JavaScript makes it by default: manifest cores (the
+/// key is the manifest's hash; the manifest comes with the first proof) and a blobs core
+/// whose key and manifest derive from the db core's manifest.
+#[test]
+fn rust_clones_js_v13_default_drive() {
+    rust_clones_js_drive("v13-default");
 }
 
 /// Disk space every file under `dir` takes (allocated blocks: the database's journal is a

@@ -33,6 +33,9 @@ pub(crate) struct Local {
     pub(crate) contiguous: u64,
     pub(crate) fork: u64,
     pub(crate) writable: bool,
+    /// We do not know the core's manifest yet: upgrades ask for it (a manifest core's
+    /// signatures cannot be checked without it).
+    pub(crate) needs_manifest: bool,
 }
 
 /// Something the session must do for this channel.
@@ -451,7 +454,7 @@ impl Peer {
                     start: local.length,
                     length: self.length - local.length,
                 }),
-                manifest: false,
+                manifest: local.needs_manifest,
                 priority: 0,
             });
         }
@@ -574,6 +577,7 @@ mod tests {
             contiguous: 5,
             fork: 0,
             writable: true,
+            needs_manifest: false,
         };
         let mut p = Peer::new(false, Arc::default());
         let open = p.on_open(&local);
@@ -616,6 +620,7 @@ mod tests {
             contiguous: 0,
             fork: 0,
             writable: false,
+            needs_manifest: false,
         };
         let mut p = Peer::new(true, Arc::default());
         p.on_open(&local);
@@ -681,6 +686,7 @@ mod tests {
             contiguous: 0,
             fork: 0,
             writable: false,
+            needs_manifest: false,
         };
         let mut p = Peer::new(false, Arc::default());
         let d = block_data(77, 0);
@@ -772,6 +778,7 @@ mod tests {
             contiguous: 0,
             fork: 0,
             writable: false,
+            needs_manifest: false,
         };
         let mut p = Peer::new(false, Arc::default());
         p.on_open(&local);
@@ -809,6 +816,7 @@ mod tests {
             contiguous: 0,
             fork: 0,
             writable: false,
+            needs_manifest: false,
         };
         let mut p = Peer::new(false, Arc::default());
         p.on_open(&local);
@@ -839,6 +847,7 @@ mod tests {
             contiguous: 0,
             fork: 0,
             writable: false,
+            needs_manifest: false,
         };
         let claims = Arc::new(Claims::default());
         let synced = |p: &mut Peer| {

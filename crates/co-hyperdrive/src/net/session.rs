@@ -579,6 +579,7 @@ impl Replicator {
                 contiguous: c.contiguous_held(),
                 fork: i.fork,
                 writable: i.writable,
+                needs_manifest: !c.knows_manifest(),
             }
         };
         let open = peer.on_open(&local(&core));
@@ -721,6 +722,7 @@ impl Replicator {
                         contiguous: i.contiguous_length,
                         fork: i.fork,
                         writable: i.writable,
+                        needs_manifest: !core.knows_manifest(),
                     }));
                 }
                 Action::Extension(name, message) => {

@@ -401,6 +401,11 @@ impl Core {
         self.log.manifest()
     }
 
+    /// Whether the core's manifest is known (see [`manifest`](Self::manifest)).
+    pub fn knows_manifest(&self) -> bool {
+        self.log.knows_manifest()
+    }
+
     /// Whether we hold the secret key.
     pub fn writable(&self) -> bool {
         self.log.writable()

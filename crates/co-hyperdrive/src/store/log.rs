@@ -508,6 +508,14 @@ impl Log {
             .map(|v| v.manifest().clone())
     }
 
+    /// Whether the core's manifest is known.
+    pub(crate) fn knows_manifest(&self) -> bool {
+        self.verifier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     /// Learns the core's manifest (known from elsewhere, e.g. derived): kept if it is the one
     /// the key commits to and none is known yet.
     pub(crate) fn learn_manifest(&self, m: Manifest) -> Result<(), LogError> {
