@@ -12,4 +12,4 @@ pub mod store;
 
 pub use cohd_format as format;
 pub use drive::{Downloaded, Drive, DriveEntry, DriveError, PutOptions};
-pub use store::{Core, CoreError, Store, StoreError};
+pub use store::{Core, CoreError, CoreFormat, Store, StoreError};

@@ -151,7 +151,7 @@ async fn frontier_beyond_the_store_or_partial() {
         other => panic!("expected BeyondStore, got {other:?}"),
     }
     // A writer the store does not hold at all.
-    let stranger = Store::memory().named_key("db");
+    let stranger = Store::memory().own_key("db", co_hyperdrive::CoreFormat::default());
     let mut unknown = v.clone();
     unknown.0.insert(stranger, 0);
     assert_eq!(
@@ -259,7 +259,7 @@ async fn watch_reports_every_writer_even_added_later() {
 
     // C is authorized before the store holds anything of it: the watch finds its core when it
     // appears, and reports its writes.
-    let c_key = store.named_key("w3");
+    let c_key = store.own_key("w3", co_hyperdrive::CoreFormat::default());
     a.authorize(c_key).await.unwrap();
     let f = until(&mut w, |f| f.get(&a.key()) == a.own().version()).await;
     assert!(!f.0.contains_key(&c_key));

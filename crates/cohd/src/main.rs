@@ -40,7 +40,14 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Create a store and its drive; prints the drive key.
-    Init,
+    ///
+    /// The drive is made as JavaScript Hyperdrive 13 makes one by default (manifest cores);
+    /// `--compat` makes compat cores instead, which Hyperdrive 11 peers (Hypercore 10) can read.
+    Init {
+        /// Compat cores (key = Ed25519 public key), for Hypercore 10 peers.
+        #[arg(long)]
+        compat: bool,
+    },
     /// Show this store's own drive (not the merged view): key, version, core lengths.
     ///
     /// This is the local writer's drive, whatever `--drive` names; the output also gives the

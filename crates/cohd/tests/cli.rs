@@ -1665,7 +1665,7 @@ fn writers_whoami_authorize_in_one_store() {
     // Bad keys and the primary are refused, writing nothing.
     let before = snapshot(&d.path());
     assert!(d.err(&["authorize", "xyz"]).contains("invalid key"));
-    let e = d.err(&["authorize", &"ab".repeat(32)]);
+    let e = d.err(&["authorize", &"00".repeat(32)]);
     assert!(e.contains("not a valid writer key"), "{e}");
     assert!(d
         .err(&["deauthorize", &key])

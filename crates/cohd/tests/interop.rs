@@ -540,11 +540,13 @@ fn rust_files() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-/// `cohd init` plus `cohd put` of [`rust_files`], an executable and a symlink; returns the drive
-/// key and what read-drive.js must print for it.
+/// `cohd init` (with `init_args`) plus `cohd put` of [`rust_files`], an executable and a
+/// symlink; returns the drive key and what read-drive.js must print for it.
 #[track_caller]
-fn make_rust_drive(dir: &Path) -> (String, BTreeMap<String, Value>) {
-    let key = cohd_ok(dir, &["init"], b"").text().trim().to_string();
+fn make_rust_drive(dir: &Path, init_args: &[&str]) -> (String, BTreeMap<String, Value>) {
+    let mut init = vec!["init"];
+    init.extend_from_slice(init_args);
+    let key = cohd_ok(dir, &init, b"").text().trim().to_string();
     assert!(is_hex_key(&key), "`cohd init` printed {key:?}");
     let mut want = BTreeMap::new();
     for (path, data) in rust_files() {
@@ -562,11 +564,11 @@ fn make_rust_drive(dir: &Path) -> (String, BTreeMap<String, Value>) {
 }
 
 #[track_caller]
-fn js_reads_rust_drive(line: &str) {
+fn js_reads_rust_drive(line: &str, init_args: &[&str]) {
     require_js();
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = tmp.path().join("store");
-    let (key, want) = make_rust_drive(&store);
+    let (key, want) = make_rust_drive(&store, init_args);
     let (_server, port, served) = cohd_serve(&store);
     assert_eq!(served, key, "`cohd serve` must print the store's drive key");
 
@@ -579,16 +581,25 @@ fn js_reads_rust_drive(line: &str) {
     );
 }
 
-/// hyperdrive 13 / corestore 7 / hypercore 11 reads a Rust drive.
+/// hyperdrive 13 / corestore 7 / hypercore 11 reads a Rust drive as `cohd init` makes it by
+/// default: manifest cores, the blobs core's manifest derived from the db core's, as
+/// Hyperdrive 13 itself makes drives.
 #[test]
 fn js_v13_reads_rust_drive() {
-    js_reads_rust_drive("v13");
+    js_reads_rust_drive("v13", &[]);
 }
 
-/// hyperdrive 11 / corestore 6 / hypercore 10 reads a Rust drive.
+/// hyperdrive 13 reads a Rust drive of compat cores (`cohd init --compat`).
+#[test]
+fn js_v13_reads_rust_compat_drive() {
+    js_reads_rust_drive("v13", &["--compat"]);
+}
+
+/// hyperdrive 11 / corestore 6 / hypercore 10 reads a Rust drive made with `--compat` (it
+/// knows no manifests).
 #[test]
 fn js_v11_reads_rust_drive() {
-    js_reads_rust_drive("v11");
+    js_reads_rust_drive("v11", &["--compat"]);
 }
 
 /// Two JS readers (v13 and v11) stay connected to `cohd serve` while `cohd put` writes to the
@@ -598,7 +609,11 @@ fn js_reads_live_appends() {
     require_js();
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = tmp.path().join("store");
-    let key = cohd_ok(&store, &["init"], b"").text().trim().to_string();
+    // Compat cores: the hyperdrive 11 reader knows no manifests.
+    let key = cohd_ok(&store, &["init", "--compat"], b"")
+        .text()
+        .trim()
+        .to_string();
     cohd_ok(&store, &["put", "/before.txt"], b"written before serving\n");
     let (_server, port, _) = cohd_serve(&store);
 

@@ -32,7 +32,7 @@ pub enum CoDriveError {
     #[error("not a writer of this co-drive: ask a writer to run `cohd authorize {0}`")]
     NotAWriter(Key),
     /// The key is not an Ed25519 public key, so no core can have it.
-    #[error("{0} is not a valid writer key (not an Ed25519 public key)")]
+    #[error("{0} is not a valid writer key")]
     BadKey(Key),
     /// The primary cannot be removed.
     #[error("the primary writer cannot be deauthorized")]
@@ -115,8 +115,10 @@ fn cohd_key(k: &str) -> Vec<u8> {
     sub::encode(SUB, k.as_bytes())
 }
 
+/// A writer key is a compat core's Ed25519 key or a manifest core's hash: any 32 bytes but
+/// the all-zero key (what an unset key reads as).
 fn is_valid_key(k: &Key) -> bool {
-    ed25519_dalek::VerifyingKey::from_bytes(&k.0).is_ok()
+    k.0 != [0; 32]
 }
 
 impl CoDrive {

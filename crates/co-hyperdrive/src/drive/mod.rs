@@ -20,7 +20,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::bee::{Bee, BeeError, Range};
 use crate::blobs::{BlobError, BlobWriter, Blobs};
-use crate::store::{Store, StoreError};
+use crate::store::{CoreFormat, Store, StoreError};
 
 pub use batch::DriveBatch;
 
@@ -125,17 +125,42 @@ fn blobs_name(db: &Key) -> String {
 }
 
 impl Drive {
-    /// Opens (creating if new) this store's writable drive `name` (the CLI's is `db`).
+    /// Opens (creating if new) this store's writable drive `name` (the CLI's is `db`); a new
+    /// one is made as JavaScript Hyperdrive 13 makes it by default (manifest cores).
     pub async fn open_own(store: &Store, name: &str) -> Result<Self, DriveError> {
-        let db_core = store.open_named(name).await?;
+        Self::open_own_as(store, name, CoreFormat::default()).await
+    }
+
+    /// [`open_own`](Self::open_own), making a new drive in `format` (an existing drive keeps
+    /// the format it was made in). Manifest drives are Hyperdrive 13's: the blobs core's
+    /// manifest derives from the db core's, both are signed by the db core's key pair, and the
+    /// header names no blobs core. Compat drives name their blobs core in the header.
+    pub async fn open_own_as(
+        store: &Store,
+        name: &str,
+        format: CoreFormat,
+    ) -> Result<Self, DriveError> {
+        let db_core = store.open_own(name, format).await?;
         let key = db_core.key();
-        let blobs_core = store.open_named(&blobs_name(&key)).await?;
-        let blobs_key: [u8; 32] = blobs_core.key().0;
-        let db = Bee::new(db_core, BeeHeader::for_drive(Some(blobs_key)));
+        let derived = db_core
+            .manifest()
+            .and_then(|m| cohd_format::manifest::content_manifest(&m, &key.0));
+        let (blobs_core, content_feed) = match derived {
+            Some(m) => (
+                store.open_own_derived(&blobs_name(&key), name, m).await?,
+                None,
+            ),
+            None => {
+                let c = store.open_named(&blobs_name(&key)).await?;
+                let k = c.key().0;
+                (c, Some(k))
+            }
+        };
+        let db = Bee::new(db_core, BeeHeader::for_drive(content_feed));
         let drive = Self::assemble(store, key, db, Blobs::new(blobs_core));
         if let Some(h) = drive.db.read_header().await? {
             let cf = h.metadata.and_then(|m| m.content_feed);
-            if cf.as_deref() != Some(&blobs_key[..]) {
+            if cf.as_deref() != content_feed.as_ref().map(|k| &k[..]) {
                 return Err(DriveError::NotADrive(
                     "header does not name this drive's blobs core".into(),
                 ));

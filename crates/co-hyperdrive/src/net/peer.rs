@@ -25,6 +25,8 @@ pub(crate) const MAX_QUEUED: usize = 4096;
 const SYNC_CAN_UPGRADE: u64 = 1;
 const SYNC_UPLOADING: u64 = 2;
 const SYNC_DOWNLOADING: u64 = 4;
+/// We can send the core's manifest (JavaScript asks for it only from peers that say so).
+const SYNC_HAS_MANIFEST: u64 = 8;
 
 /// What we know of our own core when handling a message.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -187,7 +189,14 @@ impl Peer {
             fork: local.fork,
             length: local.length,
             remote_length: if same_fork { self.length } else { 0 },
-            flags: u64::from(can_upgrade) | SYNC_UPLOADING | SYNC_DOWNLOADING,
+            flags: u64::from(can_upgrade)
+                | SYNC_UPLOADING
+                | SYNC_DOWNLOADING
+                | if local.needs_manifest {
+                    0
+                } else {
+                    SYNC_HAS_MANIFEST
+                },
         }
     }
 

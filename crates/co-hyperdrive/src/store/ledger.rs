@@ -2,8 +2,12 @@
 //! the store's module docs for why). A small JSON file, replaced atomically.
 //!
 //! ```json
-//! {"version":1,"cores":{"db":{"key":"<hex>","length":12}}}
+//! {"version":1,"cores":{"db":{"key":"<hex>","length":12,"manifest":"<hex>"},
+//!   "<z32>/blobs":{"key":"<hex>","length":40,"manifest":"<hex>","signer":"db"}}}
 //! ```
+//! A compat core's key is its signer's public key; a manifest core records its manifest (the
+//! key is its hash). `signer` names the key pair that signs it when that is not its own name
+//! (a Hyperdrive's blobs core is signed by its db core's key pair).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,6 +24,19 @@ pub(crate) const FILE: &str = "ledger";
 struct Entry {
     key: String,
     length: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    manifest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signer: Option<String>,
+}
+
+/// How one of our cores is keyed and signed, as the ledger records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    pub(crate) key: Key,
+    pub(crate) length: u64,
+    /// Its manifest (manifest cores).
+    pub(crate) manifest: Option<cohd_format::manifest::Manifest>,
 }
 
 /// The cores a store made, by name.
@@ -31,6 +48,10 @@ pub(crate) struct Ledger {
 
 fn parse_key(hex: &str) -> Option<Key> {
     hex.parse().ok()
+}
+
+fn decode_manifest(h: &str) -> Option<cohd_format::manifest::Manifest> {
+    cohd_format::manifest::Manifest::decode(&hex::decode(h).ok()?).ok()
 }
 
 impl Ledger {
@@ -77,11 +98,49 @@ impl Ledger {
         std::fs::File::open(dir)?.sync_all()
     }
 
-    /// Whether every recorded core's key is the one `derive` gives for its name.
-    pub(crate) fn matches(&self, derive: impl Fn(&str) -> Key) -> bool {
-        self.cores
-            .iter()
-            .all(|(name, e)| parse_key(&e.key) == Some(derive(name)))
+    /// Whether every recorded core's key is the one the key pair `public` derives for its
+    /// signer gives: the public key itself (compat), or the hash of a recorded manifest that
+    /// the public key signs.
+    pub(crate) fn matches(&self, public: impl Fn(&str) -> [u8; 32]) -> bool {
+        self.cores.iter().all(|(name, e)| {
+            let pk = public(e.signer.as_deref().unwrap_or(name));
+            let Some(key) = parse_key(&e.key) else {
+                return false;
+            };
+            match e.manifest.as_deref().map(decode_manifest) {
+                None => key.0 == pk,
+                Some(Some(m)) => m.hash() == key.0 && m.signers.iter().any(|s| s.public_key == pk),
+                Some(None) => false,
+            }
+        })
+    }
+
+    /// Core `name` as recorded.
+    pub(crate) fn entry(&self, name: &str) -> Option<Recorded> {
+        let e = self.cores.get(name)?;
+        Some(Recorded {
+            key: parse_key(&e.key)?,
+            length: e.length,
+            manifest: e.manifest.as_deref().and_then(decode_manifest),
+        })
+    }
+
+    /// Records core `name` with its manifest and signer (a length never goes down).
+    pub(crate) fn record_with(
+        &mut self,
+        name: &str,
+        key: Key,
+        length: u64,
+        manifest: Option<&cohd_format::manifest::Manifest>,
+        signer: Option<&str>,
+    ) {
+        let e = self.cores.entry(name.to_string()).or_insert_with(|| Entry {
+            key: key.to_hex(),
+            length,
+            manifest: manifest.map(|m| hex::encode(m.encode())),
+            signer: signer.filter(|s| *s != name).map(str::to_string),
+        });
+        e.length = e.length.max(length);
     }
 
     /// The recorded key and length of core `name`.
@@ -93,18 +152,16 @@ impl Ledger {
             .map(|(n, e)| (n.clone(), e.length))
     }
 
+    #[cfg(test)]
     pub(crate) fn recorded(&self, name: &str) -> Option<(Key, u64)> {
         let e = self.cores.get(name)?;
         Some((parse_key(&e.key)?, e.length))
     }
 
-    /// Records core `name` (a length never goes down).
+    /// Records compat core `name` (a length never goes down).
+    #[cfg(test)]
     pub(crate) fn record(&mut self, name: &str, key: Key, length: u64) {
-        let e = self.cores.entry(name.to_string()).or_insert_with(|| Entry {
-            key: key.to_hex(),
-            length,
-        });
-        e.length = e.length.max(length);
+        self.record_with(name, key, length, None, None);
     }
 
     /// Raises every core's length to what `length_of` says it holds now; whether any grew.
@@ -137,8 +194,17 @@ mod tests {
         l.save(dir.path()).unwrap();
         let back = Ledger::load(dir.path()).unwrap().unwrap();
         assert_eq!(back.recorded("db"), Some((k, 5)));
-        assert!(back.matches(|_| k));
-        assert!(!back.matches(|_| Key([4; 32])));
+        assert!(back.matches(|_| k.0));
+        assert!(!back.matches(|_| [4; 32]));
+        // A manifest core signed by another name's key pair.
+        let m = cohd_format::manifest::Manifest::default_signer([4; 32]);
+        let mut l = back.clone();
+        l.record_with("blobs", Key(m.hash()), 2, Some(&m), Some("db2"));
+        assert!(l.matches(|n| if n == "db2" { [4; 32] } else { k.0 }));
+        assert!(!l.matches(|_| k.0));
+        l.save(dir.path()).unwrap();
+        let back = Ledger::load(dir.path()).unwrap().unwrap();
+        assert_eq!(back.entry("blobs").unwrap().manifest, Some(m));
         std::fs::write(dir.path().join(FILE), b"{not json").unwrap();
         assert!(matches!(
             Ledger::load(dir.path()),

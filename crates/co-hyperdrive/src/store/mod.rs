@@ -38,10 +38,23 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use cohd_format::manifest::Manifest;
 use cohd_format::Key;
 use ed25519_dalek::SigningKey;
 
 use kv::Kv;
+
+/// How a new core of ours is keyed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CoreFormat {
+    /// The key is the hash of a manifest naming our signing key: what Hypercore 11 and
+    /// JavaScript Hyperdrive 13 make by default.
+    #[default]
+    Manifest,
+    /// The key is our Ed25519 public key: what Hypercore 10 peers (Hyperdrive 11) read.
+    Compat,
+}
 
 /// What went wrong opening or using a store.
 #[derive(Debug, thiserror::Error)]
@@ -214,7 +227,7 @@ impl Store {
         // are opened.
         let ledger = ledger::Ledger::load(&dir)?;
         if !ledger.as_ref().is_none_or(|l| {
-            l.matches(|name| Key(keys::key_pair(&primary, name).verifying_key().to_bytes()))
+            l.matches(|name| keys::key_pair(&primary, name).verifying_key().to_bytes())
         }) {
             return Err(StoreError::WrongPrimaryKey(pk));
         }
@@ -288,19 +301,73 @@ impl Store {
         self.inner.dir.as_deref()
     }
 
-    /// The key of our writable core `name` (derived, see [`keys`]).
-    pub fn named_key(&self, name: &str) -> Key {
-        Key(keys::key_pair(&self.inner.primary, name)
+    /// The key our writable core `name` has or would get in `format` (derived, see [`keys`]):
+    /// the one recorded when the store made it already.
+    pub fn own_key(&self, name: &str, format: CoreFormat) -> Key {
+        if let Some(r) = self.ledger().entry(name) {
+            return r.key;
+        }
+        let pk = keys::key_pair(&self.inner.primary, name)
             .verifying_key()
-            .to_bytes())
+            .to_bytes();
+        match format {
+            CoreFormat::Compat => Key(pk),
+            CoreFormat::Manifest => Key(Manifest::default_signer(pk).hash()),
+        }
     }
 
-    /// Opens (creating if new) our writable core `name`. Refused when the ledger knows the core
-    /// longer than its files are (see the module docs).
+    /// The key of our writable core `name` as [`open_named`](Self::open_named) opens it.
+    pub fn named_key(&self, name: &str) -> Key {
+        self.own_key(name, CoreFormat::Compat)
+    }
+
+    /// Opens (creating if new) our writable compat core `name` (one made earlier keeps the
+    /// format it was made in). Refused when the ledger knows the core longer than it is (see
+    /// the module docs).
     pub async fn open_named(&self, name: &str) -> Result<Core, StoreError> {
+        self.open_own(name, CoreFormat::Compat).await
+    }
+
+    /// Opens (creating if new, in `format`) our writable core `name`, signed by the key pair
+    /// `name` derives; a core made earlier keeps the format it was made in.
+    pub async fn open_own(&self, name: &str, format: CoreFormat) -> Result<Core, StoreError> {
         let sk = keys::key_pair(&self.inner.primary, name);
-        let key = Key(sk.verifying_key().to_bytes());
-        let recorded = self.ledger().recorded(name);
+        let pk = sk.verifying_key().to_bytes();
+        let manifest = match self.ledger().entry(name) {
+            Some(r) => r.manifest,
+            None => match format {
+                CoreFormat::Compat => None,
+                CoreFormat::Manifest => Some(Manifest::default_signer(pk)),
+            },
+        };
+        let key = Key(manifest.as_ref().map_or(pk, Manifest::hash));
+        self.open_own_core(name, key, sk, manifest, None).await
+    }
+
+    /// Opens (creating if new) our writable manifest core `name`, signed by the key pair that
+    /// `signer` derives, with `manifest` (a Hyperdrive 13 blobs core: its manifest derives from
+    /// the db core's, and the db core's key pair signs it).
+    pub async fn open_own_derived(
+        &self,
+        name: &str,
+        signer: &str,
+        manifest: Manifest,
+    ) -> Result<Core, StoreError> {
+        let sk = keys::key_pair(&self.inner.primary, signer);
+        let key = Key(manifest.hash());
+        self.open_own_core(name, key, sk, Some(manifest), Some(signer))
+            .await
+    }
+
+    async fn open_own_core(
+        &self,
+        name: &str,
+        key: Key,
+        sk: SigningKey,
+        manifest: Option<Manifest>,
+        signer: Option<&str>,
+    ) -> Result<Core, StoreError> {
+        let recorded = self.ledger().entry(name).map(|r| (r.key, r.length));
         if let Some((k, _)) = recorded {
             if k != key {
                 return Err(self.wrong_primary());
@@ -313,8 +380,8 @@ impl Store {
             found,
         };
         let core = match recorded {
-            // Its files must be there: re-creating it would start a second history.
-            Some((_, n)) if n > 0 => match self.open_core(key, Some(sk), None, false).await {
+            // It must be there: re-creating it would start a second history.
+            Some((_, n)) if n > 0 => match self.open_core(key, Some(sk), manifest, false).await {
                 Err(StoreError::UnknownCore(_)) => {
                     return Err(lost("its files are gone".into()));
                 }
@@ -330,12 +397,12 @@ impl Store {
                             key,
                         });
                     }
-                    self.record_core(name, key, 0)?;
+                    self.record_core(name, key, manifest.as_ref(), signer)?;
                     if existing {
                         tracing::debug!(name, %key, "adopting a core made before the ledger");
                     }
                 }
-                self.open_core(key, Some(sk), None, true).await?
+                self.open_core(key, Some(sk), manifest, true).await?
             }
         };
         let found = core.info().length;
@@ -360,13 +427,19 @@ impl Store {
     }
 
     /// Records core `name` in the ledger and writes it (disk stores).
-    fn record_core(&self, name: &str, key: Key, length: u64) -> Result<(), StoreError> {
+    fn record_core(
+        &self,
+        name: &str,
+        key: Key,
+        manifest: Option<&Manifest>,
+        signer: Option<&str>,
+    ) -> Result<(), StoreError> {
         let Some(dir) = &self.inner.dir else {
             return Ok(());
         };
         let mut ledger = self.ledger();
         let mut next = ledger.clone();
-        next.record(name, key, length);
+        next.record_with(name, key, 0, manifest, signer);
         next.save(dir).map_err(io("writing the ledger"))?;
         *ledger = next;
         Ok(())

@@ -85,7 +85,7 @@ impl Core {
                 return false;
             }
         }
-        req.block.is_some() || req.hash.is_some() || req.upgrade.is_some()
+        req.block.is_some() || req.hash.is_some() || req.upgrade.is_some() || req.manifest
     }
 
     /// How many nodes above block `index`'s leaf we lack (what a block request asks to be

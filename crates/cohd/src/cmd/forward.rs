@@ -582,7 +582,9 @@ mod unix {
             | Command::Conflicts { .. }
             | Command::Download { .. } => {}
             Command::Serve { .. } => bail!("the store at {dir} is already served by `cohd serve`"),
-            Command::Init => bail!("a store already exists at {dir} (`cohd serve` is serving it)"),
+            Command::Init { .. } => {
+                bail!("a store already exists at {dir} (`cohd serve` is serving it)")
+            }
             _ => bail!(
                 "`cohd {name}` cannot run while `cohd serve` runs on the store at {dir} (stop \
                  the server first)"

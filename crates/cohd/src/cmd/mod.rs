@@ -13,7 +13,7 @@ use std::io::Write;
 use anyhow::{bail, Result};
 use co_hyperdrive::codrive::{CoDrive, Snapshot};
 use co_hyperdrive::format::Key;
-use co_hyperdrive::{Drive, Store};
+use co_hyperdrive::{CoreFormat, Drive, Store};
 use tokio::io::AsyncRead;
 
 use crate::output::Out;
@@ -81,9 +81,14 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
 async fn run_here(cli: &Cli) -> Result<()> {
     let mut io = Io::here();
     match &cli.command {
-        Command::Init => {
+        Command::Init { compat } => {
             let store = Store::create(&cli.dir)?;
-            let drive = Drive::open_own(&store, "db").await?;
+            let format = if *compat {
+                CoreFormat::Compat
+            } else {
+                CoreFormat::Manifest
+            };
+            let drive = Drive::open_own_as(&store, "db", format).await?;
             // Like every other command, make the new cores' files durable before reporting.
             drive.sync()?;
             writeln!(io.out, "{}", drive.key())?;
@@ -201,7 +206,7 @@ async fn dispatch(command: &Command, co: &CoDrive, io: &mut Io) -> Result<()> {
         | Command::Authorize { .. }
         | Command::Deauthorize { .. }
         | Command::Conflicts { .. } => writers::run(command, co, out).await,
-        Command::Init
+        Command::Init { .. }
         | Command::Demo
         | Command::Clone { .. }
         | Command::Serve { .. }
