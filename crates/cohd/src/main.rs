@@ -5,6 +5,7 @@
 //! writer. Errors print one line on stderr and exit 1.
 
 mod cmd;
+mod http;
 mod output;
 
 use std::path::PathBuf;
@@ -75,12 +76,19 @@ enum Command {
         metadata: Option<String>,
     },
     /// Print a file's bytes (the winning version in the merged view) to stdout.
+    ///
+    /// A conflicted path has one version per writer that wrote it concurrently (`cohd
+    /// conflicts` lists them as WRITER@SEQ); `--writer` prints the one that writer wrote.
     Cat {
         /// Path in the drive.
         path: String,
         /// Read the co-drive as it was at this version (a `frontier` from `cohd info --json`).
         #[arg(long, value_name = "FRONTIER")]
         at: Option<String>,
+        /// Print this writer's version of a conflicted path instead of the winner: its key, or
+        /// a unique hex prefix of it (the 8 digits `cohd conflicts` shows).
+        #[arg(long, value_name = "KEY")]
+        writer: Option<String>,
     },
     /// List a folder of the merged view (one normalized path per line, sorted).
     Ls {
@@ -89,7 +97,8 @@ enum Command {
         /// Recurse into subfolders.
         #[arg(short, long)]
         recursive: bool,
-        /// Long format: size, flags and path.
+        /// Long format: flags, size and path; a conflicted path ends in `[conflict: N versions:
+        /// WRITER@SEQ, ...]`.
         #[arg(short, long)]
         long: bool,
         /// Print JSON.
@@ -137,6 +146,10 @@ enum Command {
         delete: bool,
     },
     /// Copy a folder of the merged view to a local folder.
+    ///
+    /// A conflicted file is written as its winning version, and each other writer's version
+    /// beside it as `NAME.conflict-WRITER8.EXT` (WRITER8: the first 8 hex digits of the
+    /// writer's key), so no concurrent edit is lost.
     Export {
         /// Drive folder, then local folder; with one argument it is the local folder.
         #[arg(num_args = 1..=2, required = true)]
@@ -181,6 +194,12 @@ enum Command {
         /// with a port chosen now and kept for next time).
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
+        /// Also serve the merged co-drive to web browsers on ADDR (e.g. 127.0.0.1:8080),
+        /// read-only: folder listings (HTML, or JSON with `Accept: application/json`), files
+        /// with range requests and ETags, `?at=FRONTIER` for a past version and
+        /// `?writer=KEY` for one writer's version of a conflicted path.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<std::net::SocketAddr>,
         /// Grant every authorization request (default: deny all).
         #[arg(long)]
         allow_all: bool,

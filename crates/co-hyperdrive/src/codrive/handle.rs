@@ -638,6 +638,29 @@ impl CoDrive {
     ) -> Result<Downloaded, CoDriveError> {
         self.snapshot().await?.download_with(path, progress).await
     }
+
+    /// Streams bytes `start..start+len` of the content `blob` in writer `writer`'s blobs core
+    /// to `sink`; returns the bytes sent. This reads any version of a path, a conflict's
+    /// losing ones included (a [`PathVersion`]'s entry names its blob), and needs no view: the
+    /// content of a version never changes. Missing blocks are fetched from connected peers, as
+    /// [`Snapshot::read_range`] does.
+    pub async fn read_content(
+        &self,
+        writer: Key,
+        blob: &cohd_format::BlobId,
+        start: u64,
+        len: u64,
+        sink: impl FnMut(&[u8]) -> Result<(), BlobError>,
+    ) -> Result<u64, CoDriveError> {
+        let d = self
+            .drive(writer)
+            .await?
+            .ok_or(DriveError::Store(StoreError::UnknownCore(writer)))?;
+        Ok(d.blobs()
+            .read_range(blob, start, len, sink)
+            .await
+            .map_err(DriveError::from)?)
+    }
 }
 
 /// A visible file (or symlink) of the merged view: the winning version of its path.

@@ -146,21 +146,62 @@ pub(crate) async fn put(
     Ok(())
 }
 
-pub(crate) async fn cat(co: &CoDrive, out: &mut Out, path: &str, at: Option<&str>) -> Result<()> {
+pub(crate) async fn cat(
+    co: &CoDrive,
+    out: &mut Out,
+    path: &str,
+    at: Option<&str>,
+    writer: Option<&str>,
+) -> Result<()> {
     let snap = snapshot_at(co, at).await?;
+    // With --writer: that writer's version of the path, read from its blob (no view needed).
+    let chosen = match writer {
+        None => None,
+        Some(w) => {
+            let versions = path_versions(&snap, path)?;
+            let v = match pick_version(&versions, w) {
+                Pick::One(v) => v,
+                Pick::None => bail!(
+                    "{} has no version by writer {w}; its versions: {}",
+                    path::resolve(path),
+                    versions_text(&versions)
+                ),
+                Pick::Ambiguous => bail!(
+                    "writer {w} is ambiguous for {}: give more of the key ({})",
+                    path::resolve(path),
+                    versions_text(&versions)
+                ),
+                Pick::Invalid => bail!("--writer {w:?} is not a writer key or a hex prefix of one"),
+            };
+            let blob = match &v.entry {
+                None => bail!("writer {} deleted {}", v.writer, path::resolve(path)),
+                Some(e) => match (&e.blob, &e.linkname) {
+                    (Some(b), _) => *b,
+                    (None, l) => bail!(
+                        "the version by {} is a symlink to {}",
+                        v.writer,
+                        l.as_deref().unwrap_or_default()
+                    ),
+                },
+            };
+            Some((v.writer, blob))
+        }
+    };
     let mut pos = 0;
     loop {
         let mut err = None;
-        let n = snap
-            .read_range(path, pos, CAT_PIECE, |chunk| {
-                if err.is_none() {
-                    if let Err(e) = out.write_all(chunk) {
-                        err = Some(e);
-                    }
+        let sink = |chunk: &[u8]| {
+            if err.is_none() {
+                if let Err(e) = out.write_all(chunk) {
+                    err = Some(e);
                 }
-                Ok(())
-            })
-            .await?;
+            }
+            Ok(())
+        };
+        let n = match &chosen {
+            None => snap.read_range(path, pos, CAT_PIECE, sink).await?,
+            Some((w, blob)) => co.read_content(*w, blob, pos, CAT_PIECE, sink).await?,
+        };
         if let Some(e) = err {
             return Err(e.into());
         }
@@ -169,6 +210,55 @@ pub(crate) async fn cat(co: &CoDrive, out: &mut Out, path: &str, at: Option<&str
         if n < CAT_PIECE {
             return Ok(());
         }
+    }
+}
+
+/// The versions of `name` to choose from: every concurrent version when it is conflicted,
+/// else the one shown (a delete included). Fails if the view never had the path.
+pub(crate) fn path_versions(snap: &Snapshot<'_>, name: &str) -> Result<Vec<PathVersion>> {
+    let p = path::normalize(name)?;
+    let Some(r) = snap.view().paths.get(&p) else {
+        bail!("no such file: {p}");
+    };
+    Ok(if r.conflicts.is_empty() {
+        vec![r.winner.clone()]
+    } else {
+        r.conflicts.clone()
+    })
+}
+
+/// The outcome of [`pick_version`].
+#[derive(Debug)]
+pub(crate) enum Pick<'v> {
+    One(&'v PathVersion),
+    /// No version by a writer with that key.
+    None,
+    /// Several writers' keys start with the prefix.
+    Ambiguous,
+    /// Neither a key nor a hex prefix.
+    Invalid,
+}
+
+/// The version written by `writer`: a whole key (hex or z-base-32) or a hex prefix of one
+/// (the 8 digits `cohd conflicts` shows are enough). A writer has at most one version among
+/// concurrent ones (its own writes are ordered), so the writer names the version.
+pub(crate) fn pick_version<'v>(versions: &'v [PathVersion], writer: &str) -> Pick<'v> {
+    let w = writer.trim();
+    if let Ok(k) = w.parse::<Key>() {
+        return versions
+            .iter()
+            .find(|v| v.writer == k)
+            .map_or(Pick::None, Pick::One);
+    }
+    if w.is_empty() || w.len() > 64 || !w.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Pick::Invalid;
+    }
+    let w = w.to_ascii_lowercase();
+    let mut found = versions.iter().filter(|v| v.writer.to_hex().starts_with(&w));
+    match (found.next(), found.next()) {
+        (Some(v), None) => Pick::One(v),
+        (None, _) => Pick::None,
+        (Some(_), Some(_)) => Pick::Ambiguous,
     }
 }
 
@@ -182,6 +272,7 @@ fn entry_json(e: &CoEntry) -> serde_json::Value {
         "blob": e.entry.blob,
         "metadata": e.entry.metadata,
         "writer": e.writer.to_hex(),
+        "conflicts": versions_json(&e.conflicts, (e.writer, e.seq)),
     })
 }
 
@@ -198,7 +289,24 @@ fn long_line(e: &CoEntry) -> String {
         .as_ref()
         .map(|l| format!(" -> {l}"))
         .unwrap_or_default();
-    format!("{kind}{x} {:>12} {}{link}", e.entry.size(), e.path)
+    format!(
+        "{kind}{x} {:>12} {}{link}{}",
+        e.entry.size(),
+        e.path,
+        conflict_mark(e)
+    )
+}
+
+/// What `ls -l` adds to a conflicted path: how many versions, and how to see them.
+fn conflict_mark(e: &CoEntry) -> String {
+    if e.conflicts.is_empty() {
+        return String::new();
+    }
+    format!(
+        "  [conflict: {} versions: {}]",
+        e.conflicts.len(),
+        versions_text(&e.conflicts)
+    )
 }
 
 pub(crate) async fn ls(
@@ -372,9 +480,7 @@ pub(crate) async fn stat(
         bail!("no such file: {target}");
     };
     if json {
-        let mut v = entry_json(&e);
-        v["conflicts"] = versions_json(&e.conflicts, (e.writer, e.seq));
-        writeln!(out, "{v}")?;
+        writeln!(out, "{}", entry_json(&e))?;
     } else {
         writeln!(out, "path:       {}", e.path)?;
         writeln!(

@@ -8,7 +8,10 @@ mod net;
 mod transfer;
 mod writers;
 
+pub(crate) use files::{pick_version, versions_json, Pick};
+
 use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use co_hyperdrive::codrive::{CoDrive, Snapshot};
@@ -97,15 +100,18 @@ async fn run_here(cli: &Cli) -> Result<()> {
         Command::Clone { key, all } => net::clone(cli, key, *all).await?,
         _ => {
             let (store, co) = open_codrive(cli).await?;
+            // Shared: `serve --http` answers browsers from tasks of their own.
+            let co = Arc::new(co);
             let peers = &cli.peer;
             let r = match &cli.command {
                 Command::Serve {
                     listen,
+                    http,
                     allow_all,
                     allow,
                 } => {
                     let policy = net::policy(*allow_all, allow)?;
-                    net::serve(&store, &co, *listen, peers, policy).await
+                    net::serve(&store, &co, *listen, *http, peers, policy).await
                 }
                 Command::RequestAuth { timeout } => {
                     net::request_auth(&store, &co, peers, *timeout).await
@@ -149,7 +155,9 @@ async fn dispatch(command: &Command, co: &CoDrive, io: &mut Io) -> Result<()> {
             let (local, metadata) = (local.as_deref(), metadata.as_deref());
             files::put(co, io, path, local, *executable, metadata).await
         }
-        Command::Cat { path, at } => files::cat(co, out, path, at.as_deref()).await,
+        Command::Cat { path, at, writer } => {
+            files::cat(co, out, path, at.as_deref(), writer.as_deref()).await
+        }
         Command::Ls {
             path,
             recursive,

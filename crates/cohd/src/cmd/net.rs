@@ -4,6 +4,7 @@ use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -240,7 +241,6 @@ pub(crate) async fn with_peer(
     command.await
 }
 
-/// `cohd serve [--listen ADDR]`: serves until killed; prints the address and key.
 /// The authorization policy of `serve`: `--allow-all`, `--allow KEY...`, default deny.
 pub(crate) fn policy(allow_all: bool, allow: &[String]) -> Result<AuthPolicy> {
     if allow_all {
@@ -349,10 +349,13 @@ async fn bind(store: &Store, repl: &Replicator, listen: Option<SocketAddr>) -> R
     Ok(addr)
 }
 
+/// `cohd serve [--listen ADDR] [--http ADDR]`: serves until stopped; prints the addresses and
+/// the key.
 pub(crate) async fn serve(
     store: &Store,
-    co: &CoDrive,
+    co: &Arc<CoDrive>,
     listen: Option<SocketAddr>,
+    http: Option<SocketAddr>,
     peers: &[String],
     policy: AuthPolicy,
 ) -> Result<()> {
@@ -387,12 +390,25 @@ pub(crate) async fn serve(
     // Other `cohd` commands on this store run in this process, sent over a local socket (see
     // `forward`); it is ready before the key is printed.
     let local = super::forward::LocalServer::bind(store);
+    let web = match http {
+        Some(a) => Some(crate::http::bind(a).await?),
+        None => None,
+    };
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {addr}")?;
         writeln!(out, "key {}", co.key())?;
+        if let Some(w) = &web {
+            writeln!(out, "http on http://{}/", w.local_addr()?)?;
+        }
         out.flush()?;
     }
+    let web = async {
+        match web {
+            Some(l) => crate::http::run(l, co.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
     // New writers and blobs cores appear as records and headers arrive: look for them, answer
     // authorization requests, and make received data durable.
     let _follow = spawn_follow(
@@ -447,6 +463,7 @@ pub(crate) async fn serve(
         r = durable => r,
         r = remembering => r,
         r = super::forward::run_server(local, store, co, &served) => r,
+        r = web => r,
         // The caller flushes the store on the way out (any stop is safe; this one is clean).
         () = stop_requested() => Ok(()),
     }

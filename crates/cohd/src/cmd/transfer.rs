@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use co_hyperdrive::blobs::BlobError;
 use co_hyperdrive::codrive::{CoDrive, CoDriveError, Snapshot};
-use co_hyperdrive::format::path;
+use co_hyperdrive::format::{path, Key};
 use co_hyperdrive::{DriveError, PutOptions};
 use tokio::io::AsyncReadExt;
 
@@ -559,6 +559,7 @@ pub(crate) async fn export(co: &CoDrive, out: &mut Out, folder: &str, local: &Pa
         }
     }
     pb.finish_and_clear();
+    let copies = export_conflicts(co, &snap, out, &base, local, &mut known, &mut skipped).await?;
     let mut made = 0usize;
     for e in &links {
         let linkname = e.entry.linkname.as_deref().unwrap_or_default();
@@ -617,11 +618,97 @@ pub(crate) async fn export(co: &CoDrive, out: &mut Out, folder: &str, local: &Pa
     if made > 0 {
         summary.push_str(&format!(" and {made} links"));
     }
+    if copies > 0 {
+        summary.push_str(&format!(
+            ", {} of conflicting versions",
+            count(copies, "copy", "copies")
+        ));
+    }
     if skipped > 0 {
         summary.push_str(&format!("; skipped {skipped} (see the warnings)"));
     }
     out.note(&summary);
     Ok(())
+}
+
+/// The name under which `export` writes another writer's version of file `name`, Syncthing
+/// style: `report.conflict-1a2b3c4d.txt` beside `report.txt` (the writer's first 8 hex digits
+/// before the last extension; a name without one, or a dot file, gets it at the end).
+fn conflict_name(name: &str, writer: &Key) -> String {
+    let tag = format!("conflict-{}", &writer.to_hex()[..8]);
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() && !ext.is_empty() => {
+            format!("{stem}.{tag}.{ext}")
+        }
+        _ => format!("{name}.{tag}"),
+    }
+}
+
+/// Writes every losing version of each conflicted file under `base` beside its path (see
+/// [`conflict_name`]), through the same checks as the export's other files; a version whose
+/// path is taken by a drive file, a delete and a symlink are not written. Includes paths whose
+/// winner is a delete: the concurrent edit is kept. Returns the copies written.
+async fn export_conflicts(
+    co: &CoDrive,
+    snap: &Snapshot<'_>,
+    out: &mut Out,
+    base: &str,
+    local: &Path,
+    known: &mut HashSet<PathBuf>,
+    skipped: &mut usize,
+) -> Result<usize> {
+    let view = snap.view();
+    let mut copies = 0;
+    for (p, r) in view.conflicts().filter(|(p, _)| path::is_under(p, base)) {
+        let Some(parts) = local_parts(p, base) else {
+            continue;
+        };
+        let (name, dirs) = parts.split_last().context("empty path")?;
+        for v in &r.conflicts {
+            if (v.writer, v.seq) == (r.winner.writer, r.winner.seq) {
+                continue;
+            }
+            let Some(blob) = v.entry.as_ref().and_then(|e| e.blob) else {
+                continue;
+            };
+            let cname = conflict_name(name, &v.writer);
+            let drive_path = format!("{}/{cname}", path::parent(p).trim_end_matches('/'));
+            if snap.entry(&drive_path).ok().flatten().is_some() || !snap.readdir(&drive_path).is_empty() {
+                out.note(&format!(
+                    "warning: skipped the version of {} by {}: {} is taken in the drive",
+                    p.escape_debug(),
+                    v.writer,
+                    drive_path.escape_debug()
+                ));
+                *skipped += 1;
+                continue;
+            }
+            let dest = real_folders(local, dirs, known)?.join(&cname);
+            let mut f = create_file(&dest)?;
+            let mut werr = None;
+            co.read_content(v.writer, &blob, 0, u64::MAX, |c| {
+                use std::io::Write;
+                if werr.is_none() {
+                    if let Err(err) = f.write_all(c) {
+                        werr = Some(err);
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+            if let Some(err) = werr {
+                return Err(err).with_context(|| format!("writing {}", dest.display()));
+            }
+            #[cfg(unix)]
+            if v.entry.as_ref().is_some_and(|e| e.executable) {
+                use std::os::unix::fs::PermissionsExt;
+                f.set_permissions(std::fs::Permissions::from_mode(0o755))
+                    .with_context(|| format!("setting the mode of {}", dest.display()))?;
+            }
+            copies += 1;
+        }
+    }
+    Ok(copies)
 }
 
 #[cfg(test)]
@@ -700,6 +787,19 @@ mod tests {
         assert_eq!(t("l", "/home/u/site/../other"), None);
         // Not a usable drive path.
         assert_eq!(t("l", "a\\b"), None);
+    }
+
+    #[test]
+    fn conflict_names_keep_the_extension() {
+        let w: Key = "1a2b3c4d".repeat(8).parse().unwrap();
+        assert_eq!(conflict_name("a.txt", &w), "a.conflict-1a2b3c4d.txt");
+        assert_eq!(
+            conflict_name("x.tar.gz", &w),
+            "x.tar.conflict-1a2b3c4d.gz"
+        );
+        assert_eq!(conflict_name("README", &w), "README.conflict-1a2b3c4d");
+        assert_eq!(conflict_name(".bashrc", &w), ".bashrc.conflict-1a2b3c4d");
+        assert_eq!(conflict_name("a.", &w), "a..conflict-1a2b3c4d");
     }
 
     #[test]
