@@ -1857,11 +1857,24 @@ fn two_writers_through_copied_cores() {
     assert_eq!(b.ok(&on(&ka, &["cat", "/c"])).stdout, c);
     assert!(a.ok(&["stat", "/c"]).text().contains("conflicts:  "));
 
-    // Export gives the merged view.
+    // Export gives the merged view, with the losing version of /c beside the winner.
     let out = b.scratch("out");
     b.ok(&on(&ka, &["export", out.to_str().expect("utf8")]));
     let tree: Vec<String> = read_tree(&out).into_keys().collect();
-    assert_eq!(tree, ["a.txt", "b.txt", "c"]);
+    let loser = versions
+        .iter()
+        .find(|v| v["winner"] == false)
+        .and_then(|v| v["writer"].as_str())
+        .expect("loser");
+    assert_eq!(
+        tree,
+        [
+            "a.txt".to_string(),
+            "b.txt".into(),
+            "c".into(),
+            format!("c.conflict-{}", &loser[..8])
+        ]
+    );
 
     // A write that saw both versions resolves the conflict.
     a.put("/c", b"resolved");

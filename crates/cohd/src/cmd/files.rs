@@ -254,7 +254,9 @@ pub(crate) fn pick_version<'v>(versions: &'v [PathVersion], writer: &str) -> Pic
         return Pick::Invalid;
     }
     let w = w.to_ascii_lowercase();
-    let mut found = versions.iter().filter(|v| v.writer.to_hex().starts_with(&w));
+    let mut found = versions
+        .iter()
+        .filter(|v| v.writer.to_hex().starts_with(&w));
     match (found.next(), found.next()) {
         (Some(v), None) => Pick::One(v),
         (None, _) => Pick::None,

@@ -673,7 +673,9 @@ async fn export_conflicts(
             };
             let cname = conflict_name(name, &v.writer);
             let drive_path = format!("{}/{cname}", path::parent(p).trim_end_matches('/'));
-            if snap.entry(&drive_path).ok().flatten().is_some() || !snap.readdir(&drive_path).is_empty() {
+            if snap.entry(&drive_path).ok().flatten().is_some()
+                || !snap.readdir(&drive_path).is_empty()
+            {
                 out.note(&format!(
                     "warning: skipped the version of {} by {}: {} is taken in the drive",
                     p.escape_debug(),
@@ -793,10 +795,7 @@ mod tests {
     fn conflict_names_keep_the_extension() {
         let w: Key = "1a2b3c4d".repeat(8).parse().unwrap();
         assert_eq!(conflict_name("a.txt", &w), "a.conflict-1a2b3c4d.txt");
-        assert_eq!(
-            conflict_name("x.tar.gz", &w),
-            "x.tar.conflict-1a2b3c4d.gz"
-        );
+        assert_eq!(conflict_name("x.tar.gz", &w), "x.tar.conflict-1a2b3c4d.gz");
         assert_eq!(conflict_name("README", &w), "README.conflict-1a2b3c4d");
         assert_eq!(conflict_name(".bashrc", &w), ".bashrc.conflict-1a2b3c4d");
         assert_eq!(conflict_name("a.", &w), "a..conflict-1a2b3c4d");

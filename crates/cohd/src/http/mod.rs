@@ -172,7 +172,7 @@ fn set(r: &mut Response<Body>, name: header::HeaderName, value: &str) {
     }
 }
 
-fn header_of<'r>(req: &'r Request<Incoming>, name: header::HeaderName) -> Option<&'r [u8]> {
+fn header_of(req: &Request<Incoming>, name: header::HeaderName) -> Option<&[u8]> {
     req.headers().get(name).map(HeaderValue::as_bytes)
 }
 
@@ -184,10 +184,18 @@ async fn answer(co: &Arc<CoDrive>, req: &Request<Incoming>) -> Result<Response<B
     let view = snap.view();
     let is_folder = p == "/" || !snap.readdir(p).is_empty();
     let redirect = |to: String| {
-        let q = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+        let q = req
+            .uri()
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
         let mut r = Response::new(empty());
         *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
-        set(&mut r, header::LOCATION, &format!("{}{q}", request::encode_path(&to)));
+        set(
+            &mut r,
+            header::LOCATION,
+            &format!("{}{q}", request::encode_path(&to)),
+        );
         Ok(r)
     };
     if let Some(w) = &query.writer {
@@ -217,7 +225,10 @@ async fn answer(co: &Arc<CoDrive>, req: &Request<Incoming>) -> Result<Response<B
             }
         };
         let Some(entry) = &v.entry else {
-            return Err(Failure::not_found(&format!("{p} (deleted by {})", v.writer)));
+            return Err(Failure::not_found(&format!(
+                "{p} (deleted by {})",
+                v.writer
+            )));
         };
         return file(co, req, p, v.writer, v.seq, entry).await;
     }
@@ -264,11 +275,11 @@ async fn snapshot<'c>(co: &'c CoDrive, at: Option<&str>) -> Result<Snapshot<'c>,
     let snap = match at {
         None => co.snapshot().await?,
         Some(at) => {
-            let version: Frontier = at
-                .parse()
-                .map_err(|e: co_hyperdrive::codrive::FrontierError| {
-                    Failure::new(StatusCode::BAD_REQUEST, format!("at: {e}"))
-                })?;
+            let version: Frontier =
+                at.parse()
+                    .map_err(|e: co_hyperdrive::codrive::FrontierError| {
+                        Failure::new(StatusCode::BAD_REQUEST, format!("at: {e}"))
+                    })?;
             co.checkout(&version).await?
         }
     };
@@ -284,7 +295,12 @@ async fn snapshot<'c>(co: &'c CoDrive, at: Option<&str>) -> Result<Snapshot<'c>,
 }
 
 /// A folder's listing, from one pass over the paths below it.
-fn listing(req: &Request<Incoming>, snap: &Snapshot<'_>, folder: &str, pinned: bool) -> Response<Body> {
+fn listing(
+    req: &Request<Incoming>,
+    snap: &Snapshot<'_>,
+    folder: &str,
+    pinned: bool,
+) -> Response<Body> {
     let f = path::folder(folder);
     let mut rows = Vec::new();
     let mut last_folder: Option<&str> = None;
@@ -295,7 +311,9 @@ fn listing(req: &Request<Incoming>, snap: &Snapshot<'_>, folder: &str, pinned: b
                 // Paths are sorted, so a folder's paths are together; only visible files count.
                 if r.winner.entry.is_some() && last_folder != Some(name) {
                     last_folder = Some(name);
-                    rows.push(Row::Folder { name: name.to_string() });
+                    rows.push(Row::Folder {
+                        name: name.to_string(),
+                    });
                 }
             }
             None => {
@@ -306,7 +324,7 @@ fn listing(req: &Request<Incoming>, snap: &Snapshot<'_>, folder: &str, pinned: b
                     name: rest.to_string(),
                     writer: r.winner.writer,
                     seq: r.winner.seq,
-                    entry: r.winner.entry.clone(),
+                    entry: r.winner.entry.clone().map(Box::new),
                     conflicts: r.conflicts.clone(),
                 });
             }
@@ -346,7 +364,9 @@ async fn file(
     entry: &Entry,
 ) -> Result<Response<Body>, Failure> {
     let Some(blob) = entry.blob else {
-        return Err(Failure::not_found(&format!("{shown} (a symlink leading nowhere)")));
+        return Err(Failure::not_found(&format!(
+            "{shown} (a symlink leading nowhere)"
+        )));
     };
     let size = blob.byte_length;
     // A version's content never changes, so its writer and seq are a strong validator.
@@ -394,26 +414,23 @@ async fn file(
     // error status rather than a cut-off 200.
     let first = read_piece(co, writer, blob, start, end).await?;
     let pos = start + first.len() as u64;
-    let rest = futures::stream::unfold(
-        (co.clone(), pos),
-        move |(co, pos)| async move {
-            if pos >= end {
-                return None;
+    let rest = futures::stream::unfold((co.clone(), pos), move |(co, pos)| async move {
+        if pos >= end {
+            return None;
+        }
+        Some(match read_piece(&co, writer, blob, pos, end).await {
+            Ok(b) if b.is_empty() => (
+                Err(std::io::Error::other("the content ended early")),
+                (co, end),
+            ),
+            Ok(b) => {
+                let next = pos + b.len() as u64;
+                (Ok(b), (co, next))
             }
-            Some(match read_piece(&co, writer, blob, pos, end).await {
-                Ok(b) if b.is_empty() => (
-                    Err(std::io::Error::other("the content ended early")),
-                    (co, end),
-                ),
-                Ok(b) => {
-                    let next = pos + b.len() as u64;
-                    (Ok(b), (co, next))
-                }
-                // Headers are out: cutting the connection is how HTTP says it failed.
-                Err(f) => (Err(std::io::Error::other(f.msg)), (co, end)),
-            })
-        },
-    );
+            // Headers are out: cutting the connection is how HTTP says it failed.
+            Err(f) => (Err(std::io::Error::other(f.msg)), (co, end)),
+        })
+    });
     let stream = futures::stream::once(async move { Ok(first) })
         .chain(rest)
         .map(|r| r.map(Frame::data));

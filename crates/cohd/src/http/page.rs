@@ -85,7 +85,8 @@ pub(crate) enum Row {
         name: String,
         writer: Key,
         seq: u64,
-        entry: Option<Entry>,
+        /// (Boxed: an entry is large, a folder row small.)
+        entry: Option<Box<Entry>>,
         /// Every concurrent version (the winner included) when conflicted, else empty.
         conflicts: Vec<PathVersion>,
     },
@@ -147,7 +148,7 @@ impl Listing {
                         "name": name,
                         "path": self.path_of(name),
                         "type": kind,
-                        "size": entry.as_ref().map(Entry::size),
+                        "size": entry.as_ref().map(|e| e.size()),
                         "executable": entry.as_ref().map(|e| e.executable),
                         "linkname": entry.as_ref().and_then(|e| e.linkname.clone()),
                         "writer": writer.to_hex(),
@@ -179,11 +180,11 @@ impl Listing {
              <title>{title}</title><style>{STYLE}</style></head><body>\n\
              <h1>{title}</h1>\n"
         );
-        let _ = write!(
+        let _ = writeln!(
             h,
             "<form class=\"version\" method=\"get\" action=\"\"><label>Version \
              <input name=\"at\" value=\"{}\" size=\"40\" spellcheck=\"false\"></label> \
-             <button>Show</button> <a href=\"{}\">latest</a></form>\n",
+             <button>Show</button> <a href=\"{}\">latest</a></form>",
             escape(&self.version),
             escape(&encode_path(&shown)),
         );
@@ -226,9 +227,7 @@ impl Listing {
                     let (size, what) = match entry {
                         None => ("-".to_string(), " <em>(deleted)</em>".to_string()),
                         Some(e) => match (&e.blob, &e.linkname) {
-                            (None, Some(l)) => {
-                                ("-".to_string(), format!(" &rarr; {}", escape(l)))
-                            }
+                            (None, Some(l)) => ("-".to_string(), format!(" &rarr; {}", escape(l))),
                             _ => (e.size().to_string(), String::new()),
                         },
                     };
@@ -324,7 +323,7 @@ mod tests {
                     name: "a\"b'&.txt".into(),
                     writer: Key([7; 32]),
                     seq: 3,
-                    entry: Some(Entry::default()),
+                    entry: Some(Box::default()),
                     conflicts: vec![],
                 },
             ],

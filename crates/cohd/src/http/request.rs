@@ -38,8 +38,7 @@ pub(crate) fn target(raw: &str) -> Result<Target, BadRequest> {
     let mut parts = Vec::new();
     for seg in raw.split('/').filter(|s| !s.is_empty()) {
         let bytes = percent_decode(seg, false)?;
-        let name =
-            String::from_utf8(bytes).map_err(|_| bad("the request path is not UTF-8"))?;
+        let name = String::from_utf8(bytes).map_err(|_| bad("the request path is not UTF-8"))?;
         if name == "." || name == ".." {
             return Err(bad("`.` and `..` are not allowed in a path"));
         }
@@ -48,7 +47,9 @@ pub(crate) fn target(raw: &str) -> Result<Target, BadRequest> {
             return Err(bad("an encoded / is not allowed in a path part"));
         }
         if name.chars().any(|c| c == '\\' || c.is_control()) {
-            return Err(bad("backslashes and control characters are not allowed in a path"));
+            return Err(bad(
+                "backslashes and control characters are not allowed in a path",
+            ));
         }
         parts.push(name);
     }
@@ -104,7 +105,10 @@ pub(crate) fn percent_encode(s: &str) -> String {
 
 /// A drive path as a URL path: each part encoded, the slashes kept.
 pub(crate) fn encode_path(p: &str) -> String {
-    p.split('/').map(percent_encode).collect::<Vec<_>>().join("/")
+    p.split('/')
+        .map(percent_encode)
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// The query parameters the server reads.
@@ -258,8 +262,20 @@ mod tests {
         assert_eq!(t("//a//b"), Ok(("/a/b".into(), false)));
         assert_eq!(t("/%C3%A9t%C3%A9"), Ok(("/été".into(), false)));
         for raw in [
-            "a", "/..", "/a/../b", "/%2e%2e/x", "/a/%2E", "/a%2fb", "/a%5cb", "/a%00", "/%ff",
-            "/%", "/%4", "/%zz", "/a%0Ab", "*",
+            "a",
+            "/..",
+            "/a/../b",
+            "/%2e%2e/x",
+            "/a/%2E",
+            "/a%2fb",
+            "/a%5cb",
+            "/a%00",
+            "/%ff",
+            "/%",
+            "/%4",
+            "/%zz",
+            "/a%0Ab",
+            "*",
         ] {
             assert!(target(raw).is_err(), "{raw} should be refused");
         }
@@ -269,7 +285,9 @@ mod tests {
     fn encoding_round_trips() {
         for s in ["a b", "é/ü", "100%", "a?b#c&d", "x+y"] {
             let enc = percent_encode(s);
-            assert!(enc.bytes().all(|c| c.is_ascii_alphanumeric() || b"-._~%".contains(&c)));
+            assert!(enc
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-._~%".contains(&c)));
             assert_eq!(percent_decode(&enc, false).unwrap(), s.as_bytes());
         }
         assert_eq!(encode_path("/a b/c"), "/a%20b/c");
@@ -303,8 +321,14 @@ mod tests {
         assert_eq!(r("bytes=0-", 0), Range::Unsatisfiable);
         // Ignored (the whole file): malformed, other units, several ranges.
         for h in [
-            "bytes=3-1", "bytes=a-b", "bytes=-", "items=0-1", "bytes=0-1,3-4", "bytes 0-1",
-            "bytes=+1-2", "bytes=99999999999999999999999-",
+            "bytes=3-1",
+            "bytes=a-b",
+            "bytes=-",
+            "items=0-1",
+            "bytes=0-1,3-4",
+            "bytes 0-1",
+            "bytes=+1-2",
+            "bytes=99999999999999999999999-",
         ] {
             assert_eq!(r(h, 10), Range::Full, "{h}");
         }

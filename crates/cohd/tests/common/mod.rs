@@ -81,6 +81,9 @@ pub struct Serve {
     pub child: Child,
     pub addr: String,
     pub key: String,
+    /// The lines serve prints after the key (e.g. `http on URL`); read as they come, so the
+    /// pipe never fills.
+    pub lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Drop for Serve {
@@ -117,7 +120,12 @@ pub fn serve(dir: &Path, extra: &[&str]) -> Serve {
         .expect("key line")
         .trim_start_matches("key ")
         .to_string();
-    Serve { child, addr, key }
+    Serve {
+        child,
+        addr,
+        key,
+        lines: rx,
+    }
 }
 
 /// Polls `check` until it holds (bounded).
