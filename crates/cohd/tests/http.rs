@@ -73,9 +73,11 @@ fn get(addr: &str, target: &str, headers: &[&str]) -> Resp {
     raw(addr, &head)
 }
 
-/// `cohd serve --http 127.0.0.1:0`; returns the serve and the HTTP address it printed.
-fn serve_http(dir: &Path) -> (Serve, String) {
-    let s = serve(dir, &["--http", "127.0.0.1:0"]);
+/// `cohd serve --http 127.0.0.1:0 EXTRA…`; returns the serve and the HTTP address it printed.
+fn serve_http(dir: &Path, extra: &[&str]) -> (Serve, String) {
+    let mut args = vec!["--http", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let s = serve(dir, &args);
     let line = s.lines.recv_timeout(WAIT).expect("http line");
     let addr = line
         .strip_prefix("http on http://")
@@ -119,7 +121,7 @@ fn http_listings_files_ranges_versions_and_bad_requests() {
     ok(a, &["symlink", "/latest", "/docs/a.txt"]);
     put(a, "/empty.txt", b"");
     let before = frontier(a);
-    let (_s, h) = serve_http(a);
+    let (_s, h) = serve_http(a, &[]);
 
     // Folders: HTML for browsers, JSON for scripts, a redirect to the slash form.
     let r = get(&h, "/", &[]);
@@ -131,6 +133,13 @@ fn http_listings_files_ranges_versions_and_bad_requests() {
         r.text()
     );
     assert!(r.text().contains("<a href=\"big.bin\">big.bin</a>"));
+    let len = r.body.len().to_string();
+    let r = raw(&h, "HEAD / HTTP/1.1");
+    assert_eq!(
+        (r.status, r.header("content-length")),
+        (200, Some(len.as_str()))
+    );
+    assert!(r.body.is_empty());
     let r = get(&h, "/docs", &[]);
     assert_eq!(r.status, 301);
     assert_eq!(r.header("location"), Some("/docs/"));
@@ -459,7 +468,7 @@ fn browser_sees_listings_files_ranges_and_conflicts() {
         "/t/check.html",
         CHECK_PAGE.replace("WRITER", &kb[..8]).as_bytes(),
     );
-    let (_s, h) = serve_http(a);
+    let (_s, h) = serve_http(a, &[]);
 
     // The folder listing, with the conflict marked and both versions linked.
     let dom = browse(&format!("http://{h}/docs/"));
@@ -492,4 +501,33 @@ fn browser_sees_listings_files_ranges_and_conflicts() {
         dom.contains("writer=[200|text/plain; charset=utf-8|null|B's version]"),
         "{dom}"
     );
+}
+
+#[test]
+fn http_on_a_sparse_clone_fetches_content_from_peers() {
+    let (_t, d) = dirs(2);
+    let (a, c) = (&d[0], &d[1]);
+    ok(a, &["init"]);
+    let big = noise(900 << 10);
+    put(a, "/video.mp4", &big);
+    let sa = serve(a, &[]);
+    // C follows A without content, then serves it over HTTP while keeping A connected.
+    ok(c, &["--peer", &sa.addr, "clone", &sa.key]);
+    let (_sc, h) = serve_http(c, &["--peer", &sa.addr]);
+    // A seek into the middle of the video: only those blocks come from A.
+    let mut r = get(&h, "/video.mp4", &["Range: bytes=500000-500099"]);
+    eventually("C to reach A", || {
+        if r.status != 206 {
+            r = get(&h, "/video.mp4", &["Range: bytes=500000-500099"]);
+        }
+        r.status == 206
+    });
+    assert_eq!(r.header("content-type"), Some("video/mp4"));
+    assert_eq!(
+        r.header("content-range"),
+        Some("bytes 500000-500099/921600")
+    );
+    assert_eq!(r.body, big[500000..500100]);
+    let r = get(&h, "/video.mp4", &[]);
+    assert_eq!(r.body, big, "the whole file, fetched on demand");
 }

@@ -160,6 +160,11 @@ async fn respond(co: &Arc<CoDrive>, req: Request<Incoming>) -> Response<Body> {
     set(&mut resp, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     if head {
         // Headers as for GET (Content-Length included), no body.
+        if !resp.headers().contains_key(header::CONTENT_LENGTH) {
+            if let Some(n) = hyper::body::Body::size_hint(resp.body()).exact() {
+                set(&mut resp, header::CONTENT_LENGTH, &n.to_string());
+            }
+        }
         *resp.body_mut() = empty();
     }
     resp
