@@ -277,11 +277,13 @@ fn copy_own_drive(from: &Path, to: &Path) {
     }
 }
 
-/// Two writers of A's co-drive wrote `/docs/c.txt` concurrently; returns (A's key, B's key).
+/// Two writers of A's co-drive wrote `/docs/c.txt` concurrently, and A edited
+/// `/docs/gone.txt` while B deleted it; returns (A's key, B's key).
 fn conflicted(a: &Path, b: &Path) -> (String, String) {
     let ka = ok(a, &["init"]).trim().to_string();
     let kb = ok(b, &["init"]).trim().to_string();
     put(a, "/docs/plain.txt", b"no conflict");
+    put(a, "/docs/gone.txt", b"first");
     ok(a, &["authorize", &kb]);
     copy_own_drive(a, b);
     put(a, "/docs/c.txt", b"A's version");
@@ -290,6 +292,8 @@ fn conflicted(a: &Path, b: &Path) -> (String, String) {
         &["--drive", &ka, "put", "/docs/c.txt", "-"],
         b"B's version",
     );
+    put(a, "/docs/gone.txt", b"A's edit");
+    ok(b, &["--drive", &ka, "rm", "/docs/gone.txt"]);
     copy_own_drive(a, b);
     copy_own_drive(b, a);
     let c = ok(a, &["conflicts"]);
@@ -302,6 +306,11 @@ fn conflict_tools_on_the_command_line() {
     let (_t, d) = dirs(3);
     let (a, b) = (&d[0], &d[1]);
     let (ka, kb) = conflicted(a, b);
+    let c = ok(a, &["conflicts"]);
+    assert!(
+        c.contains("/docs/gone.txt") && c.contains("(deleted)"),
+        "{c}"
+    );
     let winner = ok(a, &["cat", "/docs/c.txt"]);
     let (win, lose) = if winner == "A's version" {
         (&ka, &kb)
@@ -357,15 +366,20 @@ fn conflict_tools_on_the_command_line() {
         .collect();
     names.sort();
     let copy = format!("c.conflict-{}.txt", &lose[..8]);
-    assert_eq!(
-        names,
-        [
-            "c.conflict-".to_string() + &lose[..8] + ".txt",
-            "c.txt".into(),
-            "plain.txt".into()
-        ],
-        "{names:?}"
-    );
+    // A's edit of gone.txt survives B's concurrent delete: as the file, or beside it.
+    let edit = if ok(a, &["ls", "/docs"]).contains("/docs/gone.txt") {
+        "gone.txt".to_string()
+    } else {
+        format!("gone.conflict-{}.txt", &ka[..8])
+    };
+    let mut want = vec![
+        copy.clone(),
+        "c.txt".into(),
+        edit.clone(),
+        "plain.txt".into(),
+    ];
+    want.sort();
+    assert_eq!(names, want);
     assert_eq!(
         std::fs::read_to_string(out.join("c.txt")).expect("c"),
         winner
@@ -378,6 +392,10 @@ fn conflict_tools_on_the_command_line() {
     assert_eq!(
         std::fs::read_to_string(out.join(copy)).expect("copy"),
         other
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join(edit)).expect("edit"),
+        "A's edit"
     );
 }
 
