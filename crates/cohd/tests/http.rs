@@ -177,7 +177,9 @@ fn http_listings_files_ranges_versions_and_bad_requests() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-length"), Some("12"));
     assert!(r.body.is_empty());
-    assert_eq!(get(&h, "/latest", &[]).body, b"hello world\n");
+    let r = get(&h, "/latest", &[]);
+    assert_eq!(r.body, b"hello world\n");
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
     assert_eq!(get(&h, "/big.bin", &[]).body, big);
     let r = get(&h, "/big.bin", &[]);
     assert_eq!(r.header("content-type"), Some("application/octet-stream"));

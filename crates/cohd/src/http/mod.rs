@@ -44,6 +44,8 @@ const MAX_CONNECTIONS: usize = 256;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Content goes out in pieces of this size: a slow reader holds at most one piece in memory.
 const PIECE: u64 = 256 << 10;
+/// Pieces of one response read at once (see [`file`]).
+const AHEAD: usize = 4;
 
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -247,7 +249,8 @@ async fn answer(co: &Arc<CoDrive>, req: &Request<Incoming>) -> Result<Response<B
         return Err(Failure::not_found(p));
     }
     match snap.stat(p) {
-        Ok(Some(e)) => return file(co, req, p, e.writer, e.seq, &e.entry).await,
+        // Typed by the file a link leads to: its name says what the content is.
+        Ok(Some(e)) => return file(co, req, &e.path, e.writer, e.seq, &e.entry).await,
         Ok(None) => {}
         // Too many links: the drive's content is at fault, not the request.
         Err(e) => return Err(Failure::new(StatusCode::NOT_FOUND, e.to_string())),
@@ -419,23 +422,22 @@ async fn file(
     // error status rather than a cut-off 200.
     let first = read_piece(co, writer, blob, start, end).await?;
     let pos = start + first.len() as u64;
-    let rest = futures::stream::unfold((co.clone(), pos), move |(co, pos)| async move {
-        if pos >= end {
-            return None;
-        }
-        Some(match read_piece(&co, writer, blob, pos, end).await {
-            Ok(b) if b.is_empty() => (
-                Err(std::io::Error::other("the content ended early")),
-                (co, end),
-            ),
-            Ok(b) => {
-                let next = pos + b.len() as u64;
-                (Ok(b), (co, next))
+    // The rest in order, reading up to AHEAD pieces at once: on a sparse clone each piece
+    // waits for a peer, and reads in parallel keep the link busy (bounded memory per client).
+    let co = co.clone();
+    let rest = futures::stream::iter((pos..end).step_by(PIECE as usize))
+        .map(move |p| {
+            let co = co.clone();
+            async move {
+                match read_piece(&co, writer, blob, p, end).await {
+                    Ok(b) if b.is_empty() => Err(std::io::Error::other("the content ended early")),
+                    Ok(b) => Ok(b),
+                    // Headers are out: cutting the connection is how HTTP says it failed.
+                    Err(f) => Err(std::io::Error::other(f.msg)),
+                }
             }
-            // Headers are out: cutting the connection is how HTTP says it failed.
-            Err(f) => (Err(std::io::Error::other(f.msg)), (co, end)),
         })
-    });
+        .buffered(AHEAD);
     let stream = futures::stream::once(async move { Ok(first) })
         .chain(rest)
         .map(|r| r.map(Frame::data));
