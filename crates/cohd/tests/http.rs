@@ -263,20 +263,13 @@ fn http_listings_files_ranges_versions_and_bad_requests() {
     assert_eq!(get(&h, "/docs/a.txt", &[]).status, 200, "still serving");
 }
 
-/// Copies `from`'s own drive (its db and blobs cores) into `to`: what replication would
-/// deliver, without a network (both stores must be closed).
+/// Gives `to`'s store `from`'s own drive (its db and blobs cores, all content), through a
+/// `cohd serve` of `from` and a `sync --all` of `to` (both stores idle otherwise).
 fn copy_own_drive(from: &Path, to: &Path) {
     let v: serde_json::Value = serde_json::from_str(&ok(from, &["info", "--json"])).expect("json");
-    for field in ["key", "blobs_key"] {
-        let key = v[field].as_str().expect("key");
-        let (src, dst) = (from.join("cores").join(key), to.join("cores").join(key));
-        let _ = std::fs::remove_dir_all(&dst);
-        std::fs::create_dir_all(&dst).expect("mkdir");
-        for e in std::fs::read_dir(&src).expect("read_dir") {
-            let e = e.expect("entry");
-            std::fs::copy(e.path(), dst.join(e.file_name())).expect("copy");
-        }
-    }
+    let key = v["key"].as_str().expect("key").to_string();
+    let s = serve(from, &["--listen", "127.0.0.1:0"]);
+    ok(to, &["--peer", &s.addr, "--drive", &key, "sync", "--all"]);
 }
 
 /// Two writers of A's co-drive wrote `/docs/c.txt` concurrently, and A edited
