@@ -460,7 +460,18 @@ function probe(url, range) {
   return '[' + x.status + '|' + x.getResponseHeader('Content-Type') + '|' +
     x.getResponseHeader('Content-Range') + '|' + x.responseText + ']';
 }
+function listing(url) {
+  var x = new XMLHttpRequest();
+  x.open('GET', url, false);
+  x.setRequestHeader('Accept', 'application/json');
+  x.send();
+  var names = JSON.parse(x.responseText).entries.map(function (e) {
+    return e.name + (e.conflicts.length ? '!' : '');
+  });
+  return '[' + x.status + '|' + x.getResponseHeader('Content-Type') + '|' + names.join(',') + ']';
+}
 document.getElementById('out').textContent =
+  'listing=' + listing('/docs/') + '\n' +
   'whole=' + probe('/docs/a.txt') + '\n' +
   'range=' + probe('/docs/a.txt', 'bytes=6-10') + '\n' +
   'past=' + probe('/docs/a.txt', 'bytes=100-') + '\n' +
@@ -475,6 +486,7 @@ fn browser_sees_listings_files_ranges_and_conflicts() {
     let (_t, d) = dirs(2);
     let (a, b) = (&d[0], &d[1]);
     let (_ka, kb) = conflicted(a, b);
+    let before = frontier(a);
     put(a, "/docs/a.txt", b"hello browser\n");
     put(
         a,
@@ -511,9 +523,21 @@ fn browser_sees_listings_files_ranges_and_conflicts() {
     );
     assert!(dom.contains("past=[416|"), "{dom}");
     assert!(
+        dom.contains("listing=[200|application/json|a.txt,c.txt!,gone.txt!,plain.txt]"),
+        "{dom}"
+    );
+    assert!(
         dom.contains("writer=[200|text/plain; charset=utf-8|null|B's version]"),
         "{dom}"
     );
+
+    // The version picker's past version: before a.txt was written.
+    let dom = browse(&format!("http://{h}/docs/?at={before}"));
+    assert!(
+        dom.contains("A past version") && dom.contains("c.txt"),
+        "{dom}"
+    );
+    assert!(!dom.contains("a.txt"), "{dom}");
 }
 
 #[test]
