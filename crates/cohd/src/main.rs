@@ -266,6 +266,9 @@ enum Command {
         key: String,
     },
     /// List paths with concurrent versions.
+    ///
+    /// Each version shows as WRITER8@SEQ (the writer key's first 8 hex digits and the seq of its
+    /// record); `cohd cat PATH --writer WRITER8` prints one, `cohd export` writes them all.
     Conflicts {
         /// Only under this folder.
         path: Option<String>,

@@ -494,6 +494,11 @@ fn browser_sees_listings_files_ranges_and_conflicts() {
         CHECK_PAGE.replace("WRITER", &kb[..8]).as_bytes(),
     );
     let (_s, h) = serve_http(a, &[]);
+    // The conflict tools work inside a running serve too (forwarded over its socket).
+    assert_eq!(
+        ok(a, &["cat", "/docs/c.txt", "--writer", &kb[..8]]),
+        "B's version"
+    );
 
     // The folder listing, with the conflict marked and both versions linked.
     let dom = browse(&format!("http://{h}/docs/"));
