@@ -245,6 +245,25 @@ fn http_listings_files_ranges_versions_and_bad_requests() {
     }
     let zeros = format!("{}:1", "0".repeat(64));
     assert_eq!(get(&h, &format!("/?at={zeros}"), &[]).status, 404);
+    // Only loopback names on a loopback server: DNS rebinding cannot reach it from a web page.
+    let port = h.rsplit(':').next().expect("port");
+    let mut s = TcpStream::connect(&h).expect("connect");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: evil.example:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    assert!(buf.starts_with("HTTP/1.1 403"), "{buf}");
+    let r = raw(
+        &h,
+        &format!("GET http://localhost:{port}/docs/a.txt HTTP/1.1"),
+    );
+    assert_eq!(r.status, 200);
+    let r = raw(&h, "GET http://evil.example/docs/a.txt HTTP/1.1");
+    assert_eq!(r.status, 403);
     let r = raw(&h, "POST /docs/a.txt HTTP/1.1\r\nContent-Length: 0");
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, HEAD"));
@@ -485,7 +504,7 @@ fn browser_sees_listings_files_ranges_and_conflicts() {
     chromium();
     let (_t, d) = dirs(2);
     let (a, b) = (&d[0], &d[1]);
-    let (_ka, kb) = conflicted(a, b);
+    let (ka, kb) = conflicted(a, b);
     let before = frontier(a);
     put(a, "/docs/a.txt", b"hello browser\n");
     put(
@@ -498,6 +517,21 @@ fn browser_sees_listings_files_ranges_and_conflicts() {
     assert_eq!(
         ok(a, &["cat", "/docs/c.txt", "--writer", &kb[..8]]),
         "B's version"
+    );
+
+    // One writer's version: the loser's is named as `export` names it.
+    let named: Vec<String> = [&ka, &kb]
+        .iter()
+        .filter_map(|k| {
+            let r = get(&h, &format!("/docs/c.txt?writer={k}"), &[]);
+            assert_eq!(r.status, 200);
+            r.header("content-disposition").map(str::to_string)
+        })
+        .collect();
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert!(
+        named[0].starts_with("inline; filename*=UTF-8''c.conflict-"),
+        "{named:?}"
     );
 
     // The folder listing, with the conflict marked and both versions linked.

@@ -9,6 +9,7 @@ mod transfer;
 mod writers;
 
 pub(crate) use files::{pick_version, versions_json, Pick};
+pub(crate) use transfer::conflict_name;
 
 use std::io::Write;
 use std::sync::Arc;

@@ -634,7 +634,7 @@ pub(crate) async fn export(co: &CoDrive, out: &mut Out, folder: &str, local: &Pa
 /// The name under which `export` writes another writer's version of file `name`, Syncthing
 /// style: `report.conflict-1a2b3c4d.txt` beside `report.txt` (the writer's first 8 hex digits
 /// before the last extension; a name without one, or a dot file, gets it at the end).
-fn conflict_name(name: &str, writer: &Key) -> String {
+pub(crate) fn conflict_name(name: &str, writer: &Key) -> String {
     let tag = format!("conflict-{}", &writer.to_hex()[..8]);
     match name.rsplit_once('.') {
         Some((stem, ext)) if !stem.is_empty() && !ext.is_empty() => {

@@ -58,6 +58,7 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 
 /// Serves HTTP on `listener` until dropped (which closes every connection it accepted).
 pub(crate) async fn run(listener: TcpListener, co: Arc<CoDrive>) -> Result<()> {
+    let local = listener.local_addr()?;
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut conns = JoinSet::new();
     loop {
@@ -78,7 +79,7 @@ pub(crate) async fn run(listener: TcpListener, co: Arc<CoDrive>) -> Result<()> {
             let _permit = permit;
             let service = hyper::service::service_fn(move |req| {
                 let co = co.clone();
-                async move { Ok::<_, Infallible>(respond(&co, req).await) }
+                async move { Ok::<_, Infallible>(respond(&co, local, req).await) }
             });
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
@@ -141,9 +142,18 @@ fn empty() -> Body {
 }
 
 /// Answers one request; never panics on what the client sent.
-async fn respond(co: &Arc<CoDrive>, req: Request<Incoming>) -> Response<Body> {
+async fn respond(co: &Arc<CoDrive>, local: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let head = req.method() == Method::HEAD;
+    // The name the client used: the request target's authority if it has one, else Host.
+    let host = match req.uri().authority() {
+        Some(a) => Some(a.as_str().as_bytes()),
+        None => header_of(&req, header::HOST),
+    };
     let r = match *req.method() {
+        _ if !request::host_allowed(host, local) => Err(Failure::new(
+            StatusCode::FORBIDDEN,
+            "this server answers only to localhost and loopback addresses",
+        )),
         Method::GET | Method::HEAD => answer(co, &req).await,
         _ => Err(Failure::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -237,7 +247,18 @@ async fn answer(co: &Arc<CoDrive>, req: &Request<Incoming>) -> Result<Response<B
                 v.writer
             )));
         };
-        return file(co, req, p, v.writer, v.seq, entry).await;
+        let mut resp = file(co, req, p, v.writer, v.seq, entry).await?;
+        // Saved under the name `export` gives it, so versions saved side by side stay apart.
+        if (v.writer, v.seq) != (r.winner.writer, r.winner.seq) {
+            let name = p.rsplit('/').next().unwrap_or_default();
+            let saved = request::percent_encode(&crate::cmd::conflict_name(name, &v.writer));
+            set(
+                &mut resp,
+                header::CONTENT_DISPOSITION,
+                &format!("inline; filename*=UTF-8''{saved}"),
+            );
+        }
+        return Ok(resp);
     }
     if target.slash {
         if is_folder {

@@ -246,6 +246,37 @@ pub(crate) fn wants_json(accept: Option<&[u8]>) -> bool {
     })
 }
 
+/// Whether a request may be answered by a server listening on `local`. On a loopback address
+/// only requests naming a loopback host (`localhost`, `127.0.0.1`, `[::1]`…) are: a web page
+/// elsewhere could otherwise point a name of its own at 127.0.0.1 ("DNS rebinding") and read
+/// the drive through the visitor's browser. A server bound elsewhere was shared on purpose and
+/// answers to any name.
+pub(crate) fn host_allowed(host: Option<&[u8]>, local: std::net::SocketAddr) -> bool {
+    if !local.ip().is_loopback() {
+        return true;
+    }
+    let Some(h) = host.and_then(|h| std::str::from_utf8(h).ok()) else {
+        return false;
+    };
+    let h = h.trim();
+    let name = if let Some(rest) = h.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, port)) if port.is_empty() || port.starts_with(':') => ip,
+            _ => return false,
+        }
+    } else {
+        match h.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|c| c.is_ascii_digit()) => name,
+            Some(_) => return false,
+            None => h,
+        }
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +376,34 @@ mod tests {
         assert!(if_range_holds(None, tag));
         assert!(if_range_holds(Some(b"\"abc-1\""), tag));
         assert!(!if_range_holds(Some(b"\"abc-2\""), tag));
+    }
+
+    #[test]
+    fn hosts_on_loopback() {
+        let lo: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let ok = |h: &str| host_allowed(Some(h.as_bytes()), lo);
+        for h in [
+            "127.0.0.1:8080",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:8080",
+            "127.9.9.9",
+        ] {
+            assert!(ok(h), "{h}");
+        }
+        for h in [
+            "evil.example",
+            "evil.example:8080",
+            "127.0.0.1.evil:80",
+            "[::1",
+            "a:b",
+        ] {
+            assert!(!ok(h), "{h}");
+        }
+        assert!(!host_allowed(None, lo));
+        let lan: std::net::SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        assert!(host_allowed(Some(b"box.local"), lan));
+        assert!(host_allowed(None, lan));
     }
 
     #[test]
