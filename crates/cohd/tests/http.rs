@@ -6,6 +6,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -445,6 +446,8 @@ fn browse(url: &str) -> String {
         .arg(url)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
+        // Its own process group, so a timeout ends its helper processes too.
+        .process_group(0)
         .spawn()
         .expect("start chromium");
     let mut stdout = child.stdout.take().expect("stdout");
@@ -459,6 +462,10 @@ fn browse(url: &str) -> String {
             break;
         }
         if start.elapsed() > WAIT {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(format!("-{}", child.id()))
+                .status();
             let _ = child.kill();
             let _ = child.wait();
             panic!("chromium did not finish loading {url} within {WAIT:?}");
