@@ -94,7 +94,11 @@ impl Kv {
             let ks = db.keyspace(s.name(), || {
                 let o = fjall::KeyspaceCreateOptions::default()
                     .manual_journal_persist(true)
-                    .max_memtable_size(16 * 1024 * 1024)
+                    .max_memtable_size(match s {
+                        // Blocks: fewer, larger flushes of the (separated) values.
+                        Space::Blocks => 64 * 1024 * 1024,
+                        _ => 16 * 1024 * 1024,
+                    })
                     .data_block_compression_policy(fjall::config::CompressionPolicy::disabled())
                     .index_block_compression_policy(fjall::config::CompressionPolicy::disabled());
                 match s {

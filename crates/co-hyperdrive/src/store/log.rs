@@ -142,6 +142,9 @@ pub(crate) struct Log {
     /// How signatures are checked and made: from the stored manifest, else compat.
     verifier: Mutex<Option<manifest::Verifier>>,
     state: Mutex<State>,
+    /// Blocks whose stored copy was hashed since the store opened (appended, received with a
+    /// proof, or read and checked): later reads rely on the database's own checksums.
+    checked: Mutex<State>,
 }
 
 /// The manifest of a compat core: one Ed25519 signer whose public key is the core key.
@@ -424,6 +427,7 @@ impl Log {
             secret,
             verifier: Mutex::new(verifier),
             state: Mutex::default(),
+            checked: Mutex::default(),
         };
         let header = log.kv.get(Space::Meta, &record_key(&key, b"h"))?;
         if header.is_none() && !create {
@@ -487,9 +491,13 @@ impl Log {
         Ok(Some(log))
     }
 
-    /// Replaces a stored block's bytes (tests of damage).
+    /// Replaces a stored block's bytes, as damage found after a reopen (tests).
     #[cfg(test)]
     pub(crate) fn overwrite_block(&self, index: u64, bytes: &[u8]) {
+        self.checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(index);
         let mut b = Batch::default();
         b.put(
             Space::Blocks,
@@ -634,8 +642,11 @@ impl Log {
         let leaf = self
             .node(leaf_index)
             .map_err(|_| LogError::Damaged(index))?;
+        let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
         match (block, leaf) {
+            (Some(b), Some(l)) if l.size == b.len() as u64 && checked.has(index) => Ok(Some(b)),
             (Some(b), Some(l)) if l.size == b.len() as u64 && l.hash == merkle::leaf_hash(&b) => {
+                checked.add(index..index + 1);
                 Ok(Some(b))
             }
             _ => Err(LogError::Damaged(index)),
@@ -646,6 +657,10 @@ impl Log {
     /// again. Not recorded: the next write of the record, or the block's arrival, settles it.
     pub(crate) fn forget(&self, index: u64) {
         self.state().remove(index);
+        self.checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(index);
     }
 
     /// Appends `blocks` in one signed batch; returns (length, byte length).
@@ -708,6 +723,10 @@ impl Log {
         next.note_signed(next.length);
         self.write_state(&mut b, &next, true);
         self.kv.commit(b)?;
+        self.checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(s.length..next.length);
         *s = next;
         Ok((s.length, s.byte_length))
     }
@@ -937,6 +956,12 @@ impl Log {
             );
         }
         self.kv.commit(b)?;
+        if let Some(block) = &p.block {
+            self.checked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add(block.index..block.index + 1);
+        }
         *s = next;
         if let Some(v) = new_manifest {
             *self.verifier.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
