@@ -3,7 +3,8 @@
 
 // Reads a whole drive from a peer on 127.0.0.1 and describes every file.
 //
-// usage: node js/interop/read-drive.js --port P --key HEX [--line v13|v11]
+// usage: node js/interop/read-drive.js (--port P | --bootstrap HOST:PORT,...) --key HEX
+//          [--line v13|v11]
 //          [--expect-file PATH [--wait-ms N]] [--timeout-ms N] [--storage DIR]
 //
 //   --line v13 (default): hyperdrive 13 / corestore 7 / hypercore 11;
@@ -15,6 +16,8 @@
 //   peer), for at most --wait-ms (default 15000), then describe the drive.
 //   --timeout-ms: hard limit for the whole run (default 60000); on expiry it exits 1 saying
 //   what it was waiting for.
+//   --bootstrap HOST:PORT,...: instead of dialling --port, find the peer with Hyperswarm on this
+//   (private) HyperDHT, joining the drive's discovery key as a client, as JS apps do.
 //   --storage DIR: an empty or missing directory for the reader's corestore (kept); default a
 //   new temporary directory, deleted on exit.
 //
@@ -35,12 +38,49 @@ function log(...a) {
   console.error('[read-drive]', ...a)
 }
 
+// Every file of the drive, with its size and SHA-256, and the drive's lengths.
+async function describe(args, drive, t0, setStage) {
+  setStage('opening the blobs core named by the db header')
+  const blobs = await drive.getBlobs()
+  const files = {}
+  for await (const e of drive.entries()) {
+    const v = e.value || {}
+    const d = {}
+    setStage(`reading ${e.key}`)
+    if (v.linkname) {
+      d.linkname = v.linkname
+    } else {
+      const data = v.blob ? await drive.get(e.key) : Buffer.alloc(0)
+      if (!data) throw new Error(`no content for ${e.key}`)
+      if (v.blob && v.blob.byteLength !== data.length) {
+        throw new Error(`${e.key}: entry says ${v.blob.byteLength} bytes, read ${data.length}`)
+      }
+      d.size = data.length
+      d.sha256 = sha256(data)
+    }
+    if (v.executable) d.executable = true
+    files[e.key] = d
+  }
+  const out = {
+    files,
+    line: args.line,
+    key: drive.key.toString('hex'),
+    version: drive.version,
+    db_length: drive.core.length,
+    blobs_key: blobs ? blobs.core.key.toString('hex') : null,
+    blobs_length: blobs ? blobs.core.length : 0,
+    ms: Date.now() - t0
+  }
+  log(`${Object.keys(files).length} entries in ${out.ms} ms`)
+  return out
+}
+
 async function main() {
   const args = parseArgs(process.argv.slice(2), {
     numbers: ['port', 'wait-ms', 'timeout-ms'],
     defaults: { line: 'v13', 'wait-ms': 15000, 'timeout-ms': 60000 }
   })
-  if (!args.port) throw new Error('--port is required')
+  if (!args.port && !args.bootstrap) throw new Error('--port or --bootstrap is required')
   if (!/^[0-9a-f]{64}$/i.test(args.key || '')) throw new Error('--key must be 64 hex characters')
   let stage = 'opening the local store'
   setTimeout(() => {
@@ -71,6 +111,32 @@ async function main() {
   drive.core.on('peer-add', () => gotPeer())
 
   let finished = false
+  if (args.bootstrap) {
+    const Hyperswarm = require('hyperswarm')
+    const bootstrap = args.bootstrap.split(',').map((a) => {
+      const i = a.lastIndexOf(':')
+      return { host: a.slice(0, i), port: Number(a.slice(i + 1)) }
+    })
+    const swarm = new Hyperswarm({ bootstrap })
+    swarm.on('connection', (conn, info) => {
+      log('swarm connection', info.publicKey.toString('hex'))
+      conn.on('error', (e) => log('swarm connection error:', e.message))
+      store.replicate(conn)
+    })
+    stage = 'looking up the drive on the DHT'
+    swarm.join(drive.discoveryKey, { server: false, client: true })
+    await swarm.flush()
+    log('DHT lookup done, connections:', swarm.connections.size)
+    stage = 'waiting for a peer found on the DHT to open the drive\'s db core'
+    await peer
+    stage = 'updating the db core to the peer\'s length'
+    await drive.core.update({ wait: true })
+    const out = await describe(args, drive, t0, (s) => { stage = s })
+    finished = true
+    await printLine(JSON.stringify(out))
+    await swarm.destroy().catch(() => {})
+    return
+  }
   const socket = net.connect(args.port, '127.0.0.1')
   const stream = store.replicate(true) // we dialed: Noise initiator
   socket.pipe(stream).pipe(socket)
@@ -118,39 +184,10 @@ async function main() {
     log(`${want} appeared, version ${drive.version}`)
   }
 
-  stage = 'opening the blobs core named by the db header'
-  const blobs = await drive.getBlobs()
-  const files = {}
-  for await (const e of drive.entries()) {
-    const v = e.value || {}
-    const d = {}
-    stage = `reading ${e.key}`
-    if (v.linkname) {
-      d.linkname = v.linkname
-    } else {
-      const data = v.blob ? await drive.get(e.key) : Buffer.alloc(0)
-      if (!data) throw new Error(`no content for ${e.key}`)
-      if (v.blob && v.blob.byteLength !== data.length) {
-        throw new Error(`${e.key}: entry says ${v.blob.byteLength} bytes, read ${data.length}`)
-      }
-      d.size = data.length
-      d.sha256 = sha256(data)
-    }
-    if (v.executable) d.executable = true
-    files[e.key] = d
-  }
+  const out = await describe(args, drive, t0, (s) => {
+    stage = s
+  })
   finished = true
-  const out = {
-    files,
-    line: args.line,
-    key: drive.key.toString('hex'),
-    version: drive.version,
-    db_length: drive.core.length,
-    blobs_key: blobs ? blobs.core.key.toString('hex') : null,
-    blobs_length: blobs ? blobs.core.length : 0,
-    ms: Date.now() - t0
-  }
-  log(`${Object.keys(files).length} entries in ${out.ms} ms`)
   await printLine(JSON.stringify(out))
   socket.destroy()
 }

@@ -6,7 +6,7 @@
 // serves it on 127.0.0.1.
 //
 // usage: node js/interop/serve-drive.js [--line v11|v13] [--files N] [--port P]
-//          [--storage DIR] [--exit-after-ms N]
+//          [--storage DIR] [--exit-after-ms N] [--bootstrap HOST:PORT,...]
 //
 //   --line v11 (default): hyperdrive 11 / corestore 6 / hypercore 10, whose cores are compat
 //     by default.
@@ -21,6 +21,8 @@
 //   --port P: listen port (default 0, any free port).
 //   --storage DIR: an empty or missing directory for the corestore (default: a new temporary
 //     directory, deleted on exit).
+//   --bootstrap HOST:PORT,...: also seed on this (private) HyperDHT with Hyperswarm, joining the
+//     drive's discovery key as server and client, as JS apps do.
 //   --exit-after-ms N: stop serving and exit 0 after N ms (default: serve until killed).
 //
 // stdout, each line flushed:
@@ -137,6 +139,22 @@ async function main() {
     server.listen(args.port, '127.0.0.1', resolve)
   })
   const port = server.address().port
+  if (args.bootstrap) {
+    const Hyperswarm = require('hyperswarm')
+    const bootstrap = args.bootstrap.split(',').map((a) => {
+      const i = a.lastIndexOf(':')
+      return { host: a.slice(0, i), port: Number(a.slice(i + 1)) }
+    })
+    const swarm = new Hyperswarm({ bootstrap })
+    swarm.on('connection', (conn, info) => {
+      log('swarm connection', info.publicKey.toString('hex'))
+      conn.on('error', (e) => log('swarm connection error:', e.message))
+      store.replicate(conn)
+    })
+    // Announced before the key is printed: a peer told the key finds us at once.
+    await swarm.join(drive.discoveryKey, { server: true, client: true }).flushed()
+    log('announced on the DHT')
+  }
   await printLine(`listening on 127.0.0.1:${port}`)
   await printLine(`key ${drive.key.toString('hex')}`)
   await printLine(

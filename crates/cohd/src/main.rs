@@ -34,6 +34,25 @@ struct Cli {
     /// connect to it first; `serve` keeps it connected and remembers it.
     #[arg(long, global = true, value_name = "HOST:PORT")]
     peer: Vec<String>,
+    /// HyperDHT bootstrap nodes (comma-separated HOST:PORT) for finding peers by the co-drive's
+    /// topic: `serve` announces and looks it up, clone, sync and request-auth without --peer
+    /// look it up. Default: the public HyperDHT's nodes.
+    #[arg(
+        long,
+        global = true,
+        value_name = "HOST:PORT,...",
+        value_delimiter = ',',
+        env = "COHD_BOOTSTRAP"
+    )]
+    bootstrap: Vec<String>,
+    /// Do not use the HyperDHT: peers only from --peer (and those `serve` remembers).
+    #[arg(
+        long,
+        global = true,
+        env = "COHD_NO_DHT",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    no_dht: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -187,8 +206,9 @@ enum Command {
     },
     /// Run a self-contained demo in a temporary store.
     Demo,
-    /// Serve the store's co-drive to peers over TCP until stopped (Ctrl-C), keeping every
-    /// --peer and every peer it ever reached connected.
+    /// Serve the store's co-drive to peers over TCP, and on the HyperDHT under the co-drive's
+    /// topic (unless --no-dht), until stopped (Ctrl-C), keeping every --peer and every peer it
+    /// ever reached connected.
     Serve {
         /// Address to listen on (default: the one this store served on last, else 127.0.0.1
         /// with a port chosen now and kept for next time).
@@ -207,13 +227,15 @@ enum Command {
         #[arg(long, num_args = 1..)]
         allow: Vec<String>,
     },
-    /// Ask the writers connected through --peer to make this store's drive a writer.
+    /// Ask the writers connected through --peer (default: found on the DHT) to make this
+    /// store's drive a writer.
     RequestAuth {
         /// Seconds to wait for a decision.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
-    /// Follow the co-drive KEY: create the store if needed and download it from --peer.
+    /// Follow the co-drive KEY: create the store if needed and download it from --peer
+    /// (default: from the peers found on the DHT).
     Clone {
         /// Co-drive key (64 hex or z-base-32).
         key: String,

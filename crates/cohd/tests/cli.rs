@@ -51,6 +51,8 @@ fn cohd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cohd"));
     // Neither the caller's store nor a terminal's progress bar may leak into a test.
     c.env_remove("COHD_DIR");
+    // Tests never reach the public DHT (tests/dht.rs uses a local one).
+    c.env("COHD_NO_DHT", "1").env_remove("COHD_BOOTSTRAP");
     c
 }
 

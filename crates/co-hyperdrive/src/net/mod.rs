@@ -6,8 +6,10 @@
 //! - [`Replicator`]: connections, channels, and the actions the state machines ask for.
 //! - [`catch_up`] / [`add_known_cores`]: which cores a co-drive needs, found as data arrives.
 //! - [`Peers`]: addresses kept connected, dialled again with backoff.
+//! - [`dht::Discovery`]: peers found on HyperDHT by topic, as JavaScript Hyperswarm finds them.
 
 pub mod auth;
+pub mod dht;
 mod follow;
 mod peer;
 mod peers;

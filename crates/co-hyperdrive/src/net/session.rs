@@ -216,6 +216,11 @@ impl Replicator {
         }
     }
 
+    /// The transport settings of every connection.
+    pub fn transport_options(&self) -> &TransportOptions {
+        &self.inner.opts.transport
+    }
+
     /// Replicates `core` on every connection (current and future).
     pub fn add_core(&self, core: Core) {
         let dk = discovery_key(&core.key().0);

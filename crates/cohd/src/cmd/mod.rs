@@ -104,6 +104,7 @@ async fn run_here(cli: &Cli) -> Result<()> {
             // Shared: `serve --http` answers browsers from tasks of their own.
             let co = Arc::new(co);
             let peers = &cli.peer;
+            let dht = net::dht_options(cli, &store);
             let r = match &cli.command {
                 Command::Serve {
                     listen,
@@ -112,12 +113,12 @@ async fn run_here(cli: &Cli) -> Result<()> {
                     allow,
                 } => {
                     let policy = net::policy(*allow_all, allow)?;
-                    net::serve(&store, &co, *listen, *http, peers, policy).await
+                    net::serve(&store, &co, *listen, *http, peers, dht, policy).await
                 }
                 Command::RequestAuth { timeout } => {
-                    net::request_auth(&store, &co, peers, *timeout).await
+                    net::request_auth(&store, &co, peers, dht, *timeout).await
                 }
-                Command::Sync { all } => net::sync(&store, &co, peers, *all).await,
+                Command::Sync { all } => net::sync(&store, &co, peers, dht, *all).await,
                 Command::Connect { .. } => Err(anyhow::anyhow!(
                     "`cohd connect` needs a running `cohd serve` on the store at {} (it keeps \
                      the peer connected); start one, or use `cohd serve --peer ADDR`",

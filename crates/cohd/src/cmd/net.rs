@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use co_hyperdrive::codrive::CoDrive;
 use co_hyperdrive::format::Key;
 use co_hyperdrive::net::auth::{self, AuthPolicy};
+use co_hyperdrive::net::dht::{self, DhtOptions, Discovery};
 use co_hyperdrive::net::PeerStatus;
 use co_hyperdrive::net::{
     add_known_cores, catch_up, spawn_follow, Peers, ReplicateOptions, Replicator,
@@ -24,6 +25,10 @@ use crate::Cli;
 const NO_DRIVE_WAIT: Duration = Duration::from_secs(8);
 /// How long clone/sync wait for a peer to bring every core up to date.
 const CATCH_UP: Duration = Duration::from_secs(60);
+/// How long clone/sync/request-auth without --peer look for a peer on the DHT.
+const DHT_FIND: Duration = Duration::from_secs(30);
+/// After the first lookup of the topic, how long connections to what it found may take.
+const DHT_CONNECT_GRACE: Duration = Duration::from_secs(10);
 
 const FOLLOWED: &str = "co-drive";
 /// Present when the store keeps every file's content (a mirror): a store's own co-drive, or one
@@ -64,17 +69,86 @@ pub(crate) async fn resolve(addr: &str) -> Result<SocketAddr> {
         .with_context(|| format!("{addr} resolves to no address"))
 }
 
-/// Connects to every peer in `peers` (at least one) and waits until the co-drive is caught up
-/// with them.
-async fn follow(store: &Store, co: &CoDrive, peers: &[String], all: bool) -> Result<Replicator> {
-    if peers.is_empty() {
-        bail!("no peer to replicate with: add --peer HOST:PORT");
+/// The DHT settings of `cli` for `store` (`None` with --no-dht).
+pub(crate) fn dht_options(cli: &Cli, store: &Store) -> Option<DhtOptions> {
+    (!cli.no_dht).then(|| DhtOptions::new(cli.bootstrap.clone(), dht::key_seed(store)))
+}
+
+/// Looks up the co-drive's topic on the DHT as a client and waits (bounded) for a first
+/// connection to someone who announced it.
+async fn find_on_dht(repl: &Replicator, key: Key, opts: DhtOptions) -> Result<Discovery> {
+    let d = Discovery::start(repl, opts)
+        .await
+        .context("cannot start the DHT")?;
+    d.join(dht::topic(&key), false, true).await?;
+    let mut made = d.connections_made();
+    let connected = made.wait_for(|n| *n > 0);
+    // The lookup ends first when nobody announced the topic: a few seconds more for the
+    // connections it started, then say so.
+    let nobody = async {
+        let _ = d.flush().await;
+        tokio::time::sleep(DHT_CONNECT_GRACE).await;
+    };
+    tokio::select! {
+        r = tokio::time::timeout(DHT_FIND, connected) => {
+            if !matches!(r, Ok(Ok(_))) {
+                bail!("found no peer of co-drive {key} on the DHT within {}s", DHT_FIND.as_secs());
+            }
+        }
+        () = nobody => bail!(
+            "found no peer of co-drive {key} on the DHT (nobody announces it, or nobody could \
+             be reached; name one with --peer HOST:PORT)"
+        ),
     }
+    Ok(d)
+}
+
+/// A replicator following a co-drive, and the DHT discovery that found its peers.
+pub(crate) struct Following {
+    pub(crate) repl: Replicator,
+    dht: Option<Discovery>,
+}
+
+impl Following {
+    /// Closes the DHT connections, telling the peers (which then accept us again at once).
+    async fn close(&self) {
+        if let Some(d) = &self.dht {
+            d.close().await;
+        }
+    }
+}
+
+/// Connects to every peer in `peers`, or with none to the peers found on the DHT, and waits
+/// until the co-drive is caught up with them.
+async fn follow(
+    store: &Store,
+    co: &CoDrive,
+    peers: &[String],
+    dht: Option<DhtOptions>,
+    all: bool,
+) -> Result<Following> {
     let repl = Replicator::new(ReplicateOptions {
         download_all: all,
         ..ReplicateOptions::default()
     });
     add_known_cores(store, &repl, co.key(), "db").await;
+    let (discovery, from) = match (peers.is_empty(), dht) {
+        (false, _) => (None, peers.join(", ")),
+        (true, Some(mut opts)) => (
+            // A fresh key each run: peeroxide 1.7.3 keeps refusing a key it was connected to
+            // for as long as it has not seen that connection end (docs/dht-notes.md), and a
+            // short-lived client needs no stable identity.
+            Some(
+                find_on_dht(&repl, co.key(), {
+                    opts.seed = None;
+                    opts
+                })
+                .await?,
+            ),
+            "the peers found on the DHT".to_string(),
+        ),
+        (true, None) => bail!("no peer to replicate with: add --peer HOST:PORT (or drop --no-dht)"),
+    };
     let mut conns = Vec::new();
     for peer in peers {
         let addr = resolve(peer).await?;
@@ -102,6 +176,10 @@ async fn follow(store: &Store, co: &CoDrive, peers: &[String], all: bool) -> Res
     let _bar = BarGuard(bar);
     // Connections that all end first end the wait: the first one's reason, at once.
     let ended = async {
+        if conns.is_empty() {
+            // Found on the DHT: those connections are not ours to wait for.
+            std::future::pending::<()>().await;
+        }
         let mut why = None;
         for (peer, conn) in &mut conns {
             let reason = match conn.await {
@@ -125,19 +203,20 @@ async fn follow(store: &Store, co: &CoDrive, peers: &[String], all: bool) -> Res
         c = catch_up(store, &repl, co.key(), "db", CATCH_UP) => c,
         why = ended => bail!("{why}"),
         () = absent => bail!(
-            "{} does not have co-drive {key} (no channel for it within {}s)",
-            peers.join(", "),
+            "{from} does not have co-drive {key} (no channel for it within {}s)",
             NO_DRIVE_WAIT.as_secs()
         ),
     };
     if !caught_up {
         bail!(
-            "{} did not bring the co-drive up to date within {}s",
-            peers.join(", "),
+            "{from} did not bring the co-drive up to date within {}s",
             CATCH_UP.as_secs()
         );
     }
-    Ok(repl)
+    Ok(Following {
+        repl,
+        dht: discovery,
+    })
 }
 
 /// Clears a progress bar and stops its updater when dropped.
@@ -152,11 +231,11 @@ impl Drop for BarGuard {
     }
 }
 
-/// `cohd clone KEY --peer ADDR [--all]`.
+/// `cohd clone KEY [--peer ADDR] [--all]`.
 pub(crate) async fn clone(cli: &Cli, key: &str, all: bool) -> Result<()> {
     let key: Key = key.parse()?;
-    if cli.peer.is_empty() {
-        bail!("clone needs --peer HOST:PORT");
+    if cli.peer.is_empty() && cli.no_dht {
+        bail!("clone needs --peer HOST:PORT (or drop --no-dht to find peers on the DHT)");
     }
     if let Some(k) = followed(&cli.dir)? {
         if k != key {
@@ -175,9 +254,12 @@ pub(crate) async fn clone(cli: &Cli, key: &str, all: bool) -> Result<()> {
     if all {
         make_mirror(&store)?;
     }
-    let r = follow(&store, &co, &cli.peer, all).await;
+    let r = follow(&store, &co, &cli.peer, dht_options(cli, &store), all).await;
     let files = match &r {
-        Ok(_) => co.snapshot().await.map(|s| s.list("/").len()),
+        Ok(f) => {
+            f.close().await;
+            co.snapshot().await.map(|s| s.list("/").len())
+        }
         Err(_) => Ok(0),
     };
     store.close().await?;
@@ -186,14 +268,27 @@ pub(crate) async fn clone(cli: &Cli, key: &str, all: bool) -> Result<()> {
     Ok(())
 }
 
-/// `cohd sync --peer ADDR [--all]`.
-pub(crate) async fn sync(store: &Store, co: &CoDrive, peers: &[String], all: bool) -> Result<()> {
+/// `cohd sync [--peer ADDR] [--all]`.
+pub(crate) async fn sync(
+    store: &Store,
+    co: &CoDrive,
+    peers: &[String],
+    dht: Option<DhtOptions>,
+    all: bool,
+) -> Result<()> {
     let dir = store.dir().context("sync needs a store on disk")?;
     if all {
         make_mirror(store)?;
     }
-    let repl = follow(store, co, peers, all || is_mirror(dir)?).await?;
-    deliver_own(&repl, co, &peers.join(", ")).await
+    let f = follow(store, co, peers, dht, all || is_mirror(dir)?).await?;
+    let to = if peers.is_empty() {
+        "the peers found on the DHT".to_string()
+    } else {
+        peers.join(", ")
+    };
+    let r = deliver_own(&f.repl, co, &to).await;
+    f.close().await;
+    r
 }
 
 /// Waits until a connected peer holds every block of our own drive (what `sync` promises).
@@ -237,7 +332,7 @@ pub(crate) async fn with_peer(
     peers: &[String],
     command: impl Future<Output = Result<()>>,
 ) -> Result<()> {
-    let _repl = follow(store, co, peers, false).await?;
+    let _following = follow(store, co, peers, None, false).await?;
     command.await
 }
 
@@ -253,14 +348,16 @@ pub(crate) fn policy(allow_all: bool, allow: &[String]) -> Result<AuthPolicy> {
     Ok(auth::allow_keys(keys))
 }
 
-/// `cohd request-auth --peer ADDR [--timeout SECS]`.
+/// `cohd request-auth [--peer ADDR] [--timeout SECS]`.
 pub(crate) async fn request_auth(
     store: &Store,
     co: &CoDrive,
     peers: &[String],
+    dht: Option<DhtOptions>,
     timeout: u64,
 ) -> Result<()> {
-    let repl = follow(store, co, peers, false).await?;
+    let f = follow(store, co, peers, dht, false).await?;
+    let repl = &f.repl;
     let _follow = spawn_follow(
         store.clone(),
         repl.clone(),
@@ -268,9 +365,9 @@ pub(crate) async fn request_auth(
         "db".into(),
         Duration::from_millis(100),
     );
-    auth::request_authorization(&repl, co, Duration::from_secs(timeout))
-        .await
-        .with_context(|| format!("authorization of {} was not granted", co.local_key()))?;
+    let r = auth::request_authorization(repl, co, Duration::from_secs(timeout)).await;
+    f.close().await;
+    r.with_context(|| format!("authorization of {} was not granted", co.local_key()))?;
     eprintln!("{} is now a writer of {}", co.local_key(), co.key());
     Ok(())
 }
@@ -357,6 +454,7 @@ pub(crate) async fn serve(
     listen: Option<SocketAddr>,
     http: Option<SocketAddr>,
     peers: &[String],
+    dht: Option<DhtOptions>,
     policy: AuthPolicy,
 ) -> Result<()> {
     let dir = store.dir().context("serve needs a store on disk")?;
@@ -464,9 +562,37 @@ pub(crate) async fn serve(
         r = remembering => r,
         r = super::forward::run_server(local, store, co, &served) => r,
         r = web => r,
+        () = on_dht(&repl, co.key(), dht) => Ok(()),
         // The caller flushes the store on the way out (any stop is safe; this one is clean).
         () = stop_requested() => Ok(()),
     }
+}
+
+/// `serve` on the DHT: announces the co-drive's topic and looks it up, replicating with
+/// whoever it finds, for as long as it is polled. Without the DHT, or when it cannot start,
+/// `serve` goes on with its other peers.
+async fn on_dht(repl: &Replicator, key: Key, opts: Option<DhtOptions>) {
+    if let Some(opts) = opts {
+        let joined = async {
+            let d = Discovery::start(repl, opts).await?;
+            d.join(dht::topic(&key), true, true).await?;
+            anyhow::Ok(d)
+        };
+        match joined.await {
+            Ok(d) => {
+                eprintln!(
+                    "announcing co-drive {key} on the DHT as {}{}",
+                    hex::encode(d.public_key()),
+                    if d.reachable() { " (reachable)" } else { "" }
+                );
+                // Kept until `serve` stops.
+                std::future::pending::<()>().await;
+                drop(d);
+            }
+            Err(e) => eprintln!("warning: no discovery on the DHT: {e:#}"),
+        }
+    }
+    std::future::pending().await
 }
 
 /// Resolves on SIGINT or SIGTERM.

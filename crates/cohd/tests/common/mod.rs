@@ -15,8 +15,16 @@ pub fn cohd(dir: &Path, args: &[&str]) -> Command {
         .args(args)
         .env_remove("COHD_LOG")
         .env_remove("COHD_DIR");
+    // Tests never reach the public DHT: only the local one `use_dht` set, if any.
+    match DHT_BOOTSTRAP.get() {
+        Some(b) => c.env("COHD_BOOTSTRAP", b).env_remove("COHD_NO_DHT"),
+        None => c.env("COHD_NO_DHT", "1").env_remove("COHD_BOOTSTRAP"),
+    };
     c
 }
+
+/// The local DHT every `cohd` of this test binary uses (tests/dht.rs); unset: no DHT.
+pub static DHT_BOOTSTRAP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Runs a command with a bound; returns its output. Output is read while the command runs,
 /// so a command printing more than a pipe holds does not stall.

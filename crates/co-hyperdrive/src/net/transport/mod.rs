@@ -10,8 +10,11 @@
 //!            └ Channel     cohd_format::wire::Message in and out, one per core
 //! ```
 //!
+//! Over HyperDHT, `secret.rs` makes the same `MessageStream` from peeroxide's secret stream
+//! (UDX, Noise IK done by the DHT); the mux above it is the same.
+//!
 //! [`MessageStream`] is the seam: the session runs on it, whatever carried the Noise handshake
-//! (TCP here; a HyperDHT connection can build one with [`MessageStream::new`]).
+//! (TCP, or a HyperDHT connection: [`swarm_connection`]).
 //!
 //! Memory is bounded in both directions. Inbound, the I/O task stops reading the socket while
 //! [`INBOUND_MESSAGES`] decrypted messages wait, and the mux while its channels hold
@@ -24,6 +27,7 @@ mod backlog;
 mod framing;
 mod mux;
 mod noise;
+mod secret;
 mod tcp;
 
 use std::io;
@@ -37,6 +41,7 @@ pub use backlog::Backlog;
 pub use framing::{write_frame, FrameReader, MAX_WIRE_FRAME};
 pub use mux::{Channel, Mux, MuxEvent, MAX_CHANNEL_QUEUE, MAX_INBOUND_BYTES};
 pub use noise::{handshake, SecretCipher, SECRETSTREAM_OVERHEAD};
+pub use secret::swarm_connection;
 
 /// Default keepalive interval (JS hypercore: `setKeepAlive(5000)`).
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(5);
