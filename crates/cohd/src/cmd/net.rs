@@ -258,13 +258,23 @@ pub(crate) async fn clone(cli: &Cli, key: &str, all: bool) -> Result<()> {
     let files = match &r {
         Ok(f) => {
             f.close().await;
-            co.snapshot().await.map(|s| s.list("/").len())
+            co.snapshot()
+                .await
+                .map(|s| (!s.missing().contains(&key)).then(|| s.list("/").len()))
         }
-        Err(_) => Ok(0),
+        Err(_) => Ok(Some(0)),
     };
     store.close().await?;
     r?;
-    eprintln!("cloned {key}: {} files", files?);
+    // Success only for a co-drive that arrived: a peer that went away early (or a DHT
+    // connection that ended) must not make `clone` report an empty drive.
+    let Some(files) = files? else {
+        bail!(
+            "no peer delivered co-drive {key}: the peers found did not have it, or went away \
+             before sending it"
+        );
+    };
+    eprintln!("cloned {key}: {files} files");
     Ok(())
 }
 
