@@ -54,20 +54,41 @@ async function main () {
     }
   }
 
+  // Seeks: alone, with an upgrade from 0 or from a later length, with a block or hash below
+  // the requester's length.
+  let total = 0
+  for (let i = 0; i < LENGTH; i++) total += block(i).length
+  for (const bytes of [0, 1, 5, 12, 13, 100, 237, 400, total - 1, total, total + 5]) {
+    const seek = { bytes, padding: 0 }
+    requests.push({ seek })
+    requests.push({ seek, upgrade: { start: 0, length: LENGTH } })
+    requests.push({ seek, upgrade: { start: 20, length: LENGTH - 20 } })
+    requests.push({ seek, block: { index: 3, nodes: MerkleTree.maxMissingNodes(6, LENGTH) } })
+    requests.push({ seek, block: { index: 3, nodes: MerkleTree.maxMissingNodes(6, 20) }, upgrade: { start: 20, length: LENGTH - 20 } })
+    requests.push({ seek, hash: { index: 9, nodes: MerkleTree.maxMissingNodes(9, LENGTH) } })
+  }
+
   const cases = []
   for (const req of requests) {
     const copy = JSON.parse(JSON.stringify(req))
     let proof = null
     let error = null
     try {
-      const rx = core.state.storage.read()
-      const p = MerkleTree.proof(core.state, rx, copy)
-      rx.tryFlush()
-      const r = await (await p).settle()
+      const rx = core.core.storage.read(core.state.fork)
+      // As the replicator does: the proof is made (seeks read the tree first), then the
+      // reads it queued are flushed.
+      let p
+      try {
+        p = await MerkleTree.proof(core.state, rx, copy)
+      } finally {
+        rx.tryFlush()
+      }
+      const r = await p.settle()
       proof = {
         nodes: r.block ? r.block.nodes.map(node) : r.hash ? r.hash.nodes.map(node) : null,
         upgrade: r.upgrade ? r.upgrade.nodes.map(node) : null,
-        additional: r.upgrade ? r.upgrade.additionalNodes.map(node) : []
+        additional: r.upgrade ? r.upgrade.additionalNodes.map(node) : [],
+        seek: r.seek ? r.seek.nodes.map(node) : null
       }
     } catch (err) {
       error = err.code || err.message

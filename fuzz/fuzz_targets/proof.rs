@@ -13,6 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(Message::Data {
         block,
         hash,
+        seek,
         upgrade,
         ..
     }) = Message::decode(3, payload)
@@ -26,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
     let received = Received {
         block: block.as_ref().map(|b| (b.index, b.value.as_slice(), b.nodes.clone())),
         hash: hash.map(|h| (h.index, h.nodes)),
+        seek: seek.map(|s| s.nodes),
         upgrade: upgrade.map(|u| ReceivedUpgrade {
             start: u.start,
             length: u.length,

@@ -20,6 +20,9 @@
 //   (private) HyperDHT, joining the drive's discovery key as a client, as JS apps do.
 //   --storage DIR: an empty or missing directory for the reader's corestore (kept); default a
 //   new temporary directory, deleted on exit.
+//   --range PATH:START:END: first, before anything else is downloaded, read bytes START..END
+//   (END exclusive) of PATH with a read stream (Hyperblobs seeks to START: a seek request to
+//   the peer), and add "range":{"size":N,"sha256":"hex"} to the output.
 //
 // stdout: exactly one JSON line on success,
 //   {"files":{"/path":{"size":N,"sha256":"hex"},...},"line":"v13","key":"hex","version":N,
@@ -160,6 +163,18 @@ async function main() {
   await drive.core.update({ wait: true })
   log('db length after update:', drive.core.length, 'version', drive.version)
 
+  let range = null
+  if (args.range) {
+    const [file, start, end] = args.range.split(':')
+    stage = `reading bytes ${start}..${end} of ${file}`
+    const chunks = []
+    const rs = drive.createReadStream(file, { start: Number(start), end: Number(end) - 1 })
+    for await (const c of rs) chunks.push(c)
+    const data = Buffer.concat(chunks)
+    range = { size: data.length, sha256: sha256(data) }
+    log(`read ${data.length} bytes of ${file} from ${start}`)
+  }
+
   if (args['expect-file']) {
     const want = args['expect-file']
     stage = `waiting for ${want} to appear`
@@ -187,6 +202,7 @@ async function main() {
   const out = await describe(args, drive, t0, (s) => {
     stage = s
   })
+  if (range) out.range = range
   finished = true
   await printLine(JSON.stringify(out))
   socket.destroy()

@@ -1,7 +1,7 @@
 //! Hypercore Merkle proofs, pure: what a peer sends to prove blocks and tree upgrades, made
 //! from stored tree nodes ([`create`]) and checked against a trusted tree ([`verify`]),
-//! node for node as JavaScript Hypercore does (`lib/merkle-tree.js`). Seek proofs are not
-//! supported yet.
+//! node for node as JavaScript Hypercore does (`lib/merkle-tree.js`), seek proofs included (the
+//! nodes that locate the block holding a byte offset).
 //!
 //! A block proof carries the sibling hashes from the block's leaf up to a node the reader
 //! already trusts (the reader says how many it lacks: `nodes`), or up to a root of the upgraded
@@ -45,6 +45,18 @@ pub struct Request {
     pub hash: Option<Indexed>,
     /// An upgrade from `start` (the requester's length) by `length` blocks.
     pub upgrade: Option<UpgradeRange>,
+    /// The block holding byte `bytes` of the core (with `padding` bytes per block not
+    /// counted, as encrypted cores pad their blocks).
+    pub seek: Option<Seek>,
+}
+
+/// A byte offset to locate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seek {
+    /// The byte offset.
+    pub bytes: u64,
+    /// Bytes per block not counted in `bytes`.
+    pub padding: u64,
 }
 
 /// A block or node index and how many nodes above it are missing.
@@ -74,6 +86,8 @@ pub struct ProofNodes {
     pub upgrade: Option<Vec<Node>>,
     /// Nodes that take the upgrade on to the sender's length.
     pub additional: Vec<Node>,
+    /// The seek path: the node located and its siblings up to where the other paths join.
+    pub seek: Option<Vec<Node>>,
 }
 
 /// A source of stored tree nodes.
@@ -264,17 +278,43 @@ pub fn create(tree: &impl Nodes, length: u64, req: &Request) -> Result<ProofNode
             return Err(ProofError::BadRequest("block outside the tree"));
         }
     }
+    let seek = req.seek;
+    if let (Some(_), Some(_), Some(n)) = (seek, req.upgrade, &node) {
+        if n.index >= from {
+            return Err(ProofError::BadRequest(
+                "a seek and a block or hash past the requester's length",
+            ));
+        }
+    }
     let mut sub_tree = head;
     match (&node, req.upgrade) {
         (Some(n), u) if u.is_none_or(|u| n.last_block < u.start) => {
             sub_tree = nodes_to_root(n.index, n.nodes, to)?;
-            block_proof(tree, n, sub_tree, &mut p)?;
+            let seek_root = match seek {
+                Some(s) => seek_untrusted(tree, sub_tree, s)?,
+                None => head,
+            };
+            block_and_seek_proof(tree, Some(n), seek.is_some(), seek_root, sub_tree, &mut p)?;
         }
-        (Some(n), Some(_)) => sub_tree = n.index,
+        (n, Some(_)) if n.is_some() || seek.is_some() => {
+            sub_tree = match (seek, n) {
+                (Some(s), _) => seek_from_head(tree, to, s)?,
+                (None, Some(n)) => n.index,
+                (None, None) => unreachable!("guarded above"),
+            };
+        }
         _ => {}
     }
     if req.upgrade.is_some() {
-        upgrade_proof(tree, node.as_ref(), from, to, sub_tree, &mut p)?;
+        upgrade_proof(
+            tree,
+            node.as_ref(),
+            seek.is_some(),
+            from,
+            to,
+            sub_tree,
+            &mut p,
+        )?;
         if head > to {
             p.additional = additional_proof(tree, to, head)?;
         }
@@ -297,23 +337,143 @@ fn nodes_to_root(index: u64, nodes: u64, head: u64) -> Result<u64, ProofError> {
     Ok(ite.index)
 }
 
-fn block_proof(
+/// A node's size less its blocks' padding.
+fn unpadded(n: &Node, padding: u64) -> u64 {
+    let leaves = 1u64.checked_shl(merkle::depth(n.index)).unwrap_or(u64::MAX);
+    n.size.saturating_sub(padding.saturating_mul(leaves))
+}
+
+/// The node holding byte `seek.bytes` of the tree of `head / 2` blocks (JavaScript
+/// `seekFromHead`): through its full roots, then down the one that holds it.
+fn seek_from_head(tree: &impl Nodes, head: u64, seek: Seek) -> Result<u64, ProofError> {
+    let mut bytes = seek.bytes;
+    for root in merkle::full_roots(head / 2) {
+        let size = unpadded(&get(tree, root)?, seek.padding);
+        if bytes == size {
+            return Ok(root);
+        }
+        if bytes > size {
+            bytes -= size;
+            continue;
+        }
+        return seek_trusted(tree, root, bytes, seek.padding);
+    }
+    Ok(head)
+}
+
+/// Down from `root`, which holds byte `bytes` of its own span, to the node that starts there
+/// or the leaf that holds it (JavaScript `seekTrustedTree`).
+fn seek_trusted(
     tree: &impl Nodes,
-    n: &Target,
+    root: u64,
+    mut bytes: u64,
+    padding: u64,
+) -> Result<u64, ProofError> {
+    if bytes == 0 {
+        return Ok(root);
+    }
+    let mut ite = Ite::new(root);
+    while ite.index & 1 == 1 {
+        match tree.node(ite.left_child()) {
+            Some(l) => {
+                let size = unpadded(&l, padding);
+                if size == bytes {
+                    return Ok(ite.index);
+                }
+                if size > bytes {
+                    continue;
+                }
+                bytes -= size;
+                ite.sibling();
+            }
+            None => {
+                ite.parent();
+                return Ok(ite.index);
+            }
+        }
+    }
+    Ok(ite.index)
+}
+
+/// [`seek_trusted`] for a `root` not known to hold the offset: checked against its span first
+/// (JavaScript `seekUntrustedTree`).
+fn seek_untrusted(tree: &impl Nodes, root: u64, seek: Seek) -> Result<u64, ProofError> {
+    let (first, _) = merkle::span(root);
+    let mut offset = 0u64;
+    for r in merkle::full_roots(first) {
+        offset = offset
+            .checked_add(get(tree, r)?.size)
+            .ok_or(ProofError::OutOfRange)?;
+    }
+    offset = offset.saturating_sub(seek.padding.saturating_mul(first));
+    if offset > seek.bytes {
+        return Err(ProofError::BadRequest(
+            "the seek lies before the tree it names",
+        ));
+    }
+    if offset == seek.bytes {
+        return Ok(root);
+    }
+    let bytes = seek.bytes - offset;
+    if unpadded(&get(tree, root)?, seek.padding) <= bytes {
+        return Err(ProofError::BadRequest(
+            "the seek lies past the tree it names",
+        ));
+    }
+    seek_trusted(tree, root, bytes, seek.padding)
+}
+
+/// The seek path from `seek_root` up to `root`.
+fn seek_proof(
+    tree: &impl Nodes,
+    seek_root: u64,
     root: u64,
     p: &mut ProofNodes,
 ) -> Result<(), ProofError> {
-    let mut ite = Ite::new(n.index);
-    let mut out = Vec::new();
-    if !n.value {
-        out.push(get(tree, ite.index)?);
-    }
+    let mut ite = Ite::new(seek_root);
+    let mut out = vec![get(tree, ite.index)?];
     while ite.index != root {
         if out.len() > 64 {
             return Err(ProofError::BadRequest("no path to the root"));
         }
         ite.sibling();
         out.push(get(tree, ite.index)?);
+        ite.parent();
+    }
+    p.seek = Some(out);
+    Ok(())
+}
+
+/// The block or hash path up to `root`; with a seek, the branch holding `seek_root` is the
+/// seek path instead of one node (JavaScript `blockAndSeekProof`).
+fn block_and_seek_proof(
+    tree: &impl Nodes,
+    node: Option<&Target>,
+    seek: bool,
+    seek_root: u64,
+    root: u64,
+    p: &mut ProofNodes,
+) -> Result<(), ProofError> {
+    let Some(n) = node else {
+        return seek_proof(tree, seek_root, root, p);
+    };
+    let mut ite = Ite::new(n.index);
+    let mut out = Vec::new();
+    if !n.value {
+        out.push(get(tree, ite.index)?);
+    }
+    let mut steps = 0;
+    while ite.index != root {
+        steps += 1;
+        if steps > 64 {
+            return Err(ProofError::BadRequest("no path to the root"));
+        }
+        ite.sibling();
+        if seek && ite.contains(seek_root) && ite.index != seek_root {
+            seek_proof(tree, seek_root, ite.index, p)?;
+        } else {
+            out.push(get(tree, ite.index)?);
+        }
         ite.parent();
     }
     p.nodes = Some(out);
@@ -323,6 +483,7 @@ fn block_proof(
 fn upgrade_proof(
     tree: &impl Nodes,
     node: Option<&Target>,
+    seek: bool,
     from: u64,
     to: u64,
     sub_tree: u64,
@@ -345,11 +506,14 @@ fn upgrade_proof(
                 while ite.index != root {
                     ite.sibling();
                     if ite.index > target {
-                        match node {
-                            Some(n) if p.nodes.is_none() && ite.contains(sub_tree) => {
-                                block_proof(tree, n, ite.index, p)?;
-                            }
-                            _ => nodes.push(get(tree, ite.index)?),
+                        if (node.is_some() || seek)
+                            && p.nodes.is_none()
+                            && p.seek.is_none()
+                            && ite.contains(sub_tree)
+                        {
+                            block_and_seek_proof(tree, node, seek, sub_tree, ite.index, p)?;
+                        } else {
+                            nodes.push(get(tree, ite.index)?);
                         }
                     }
                     ite.parent();
@@ -358,12 +522,14 @@ fn upgrade_proof(
                 break 'root;
             }
             let nodes = up.get_or_insert_with(Vec::new);
-            // The block's path ends in this root: it stands in for the root itself.
-            if let Some(n) = node {
-                if p.nodes.is_none() && ite.contains(sub_tree) {
-                    block_proof(tree, n, ite.index, p)?;
-                    break 'root;
-                }
+            // The block's (or seek's) path ends in this root: it stands in for the root.
+            if (node.is_some() || seek)
+                && p.nodes.is_none()
+                && p.seek.is_none()
+                && ite.contains(sub_tree)
+            {
+                block_and_seek_proof(tree, node, seek, sub_tree, ite.index, p)?;
+                break 'root;
             }
             nodes.push(get(tree, ite.index)?);
         }
@@ -377,7 +543,7 @@ fn upgrade_proof(
 /// block in it.
 fn additional_proof(tree: &impl Nodes, from: u64, to: u64) -> Result<Vec<Node>, ProofError> {
     let mut p = ProofNodes::default();
-    upgrade_proof(tree, None, from, to, to, &mut p)?;
+    upgrade_proof(tree, None, false, from, to, to, &mut p)?;
     Ok(p.upgrade.unwrap_or_default())
 }
 
@@ -388,6 +554,8 @@ pub struct Received<'a> {
     pub block: Option<(u64, &'a [u8], Vec<Node>)>,
     /// A node: its flat index and its path (starting with the node itself).
     pub hash: Option<(u64, Vec<Node>)>,
+    /// A seek path (starting with the node located).
+    pub seek: Option<Vec<Node>>,
     /// An upgrade.
     pub upgrade: Option<ReceivedUpgrade>,
 }
@@ -450,6 +618,29 @@ impl Queue<'_> {
 
 /// The block or hash path, hashed up to where it ends.
 fn verify_path(proof: &Received<'_>, out: &mut Vec<Node>) -> Result<Option<Node>, ProofError> {
+    // A seek path first: its top stands in for a node of the block's path.
+    let mut seek_root = None;
+    if let Some(seek) = proof.seek.as_deref().filter(|s| !s.is_empty()) {
+        if seek.len() > 62 || seek[0].index >= 2 * MAX_LENGTH {
+            return Err(ProofError::OutOfRange);
+        }
+        let mut ite = Ite::new(seek[0].index);
+        let mut q = Queue {
+            nodes: seek,
+            i: 0,
+            extra: None,
+        };
+        let mut root = q.shift(ite.index)?;
+        out.push(root);
+        while q.len() > 0 {
+            let sibling = q.shift(ite.sibling())?;
+            root = merkle::parent_node(&root, &sibling);
+            ite.parent();
+            out.push(sibling);
+            out.push(root);
+        }
+        seek_root = Some(root);
+    }
     let (index, leaf, nodes) = match (&proof.block, &proof.hash) {
         (Some((i, value, nodes)), _) => {
             let index = i
@@ -464,7 +655,7 @@ fn verify_path(proof: &Received<'_>, out: &mut Vec<Node>) -> Result<Option<Node>
             (index, Some(leaf), nodes)
         }
         (None, Some((i, nodes))) => (*i, None, nodes),
-        (None, None) => return Ok(None),
+        (None, None) => return Ok(seek_root),
     };
     // A tree under MAX_LENGTH blocks is at most 61 levels deep.
     if index >= 2 * MAX_LENGTH || nodes.len() > 61 {
@@ -474,7 +665,7 @@ fn verify_path(proof: &Received<'_>, out: &mut Vec<Node>) -> Result<Option<Node>
     let mut q = Queue {
         nodes,
         i: 0,
-        extra: None,
+        extra: seek_root,
     };
     let mut root = match leaf {
         Some(l) => l,
@@ -728,6 +919,7 @@ mod tests {
                 let got = Received {
                     block: Some((i, &b[i as usize], p.nodes.clone().unwrap())),
                     hash: None,
+                    seek: None,
                     upgrade: Some(ReceivedUpgrade {
                         start: have,
                         length: want - have,
@@ -775,18 +967,20 @@ mod tests {
             let got = Received {
                 block: Some((idx, b"x", nodes.clone())),
                 hash: None,
+                seek: Some(nodes.clone()),
                 upgrade: Some(ReceivedUpgrade { start, length, nodes: nodes.clone(), additional: nodes.clone() }),
             };
             let tree = tree_of(&blocks(5));
             let roots = roots_of(&tree, 5).unwrap();
             let _ = verify(&roots, 5, &got);
             let _ = verify(&roots, start, &got);
-            let req = Request { block: Some(Indexed { index: idx % 8, nodes: length % 70 }), hash: None, upgrade: Some(UpgradeRange { start: start % 8, length: length % 8 }) };
+            let req = Request { block: Some(Indexed { index: idx % 8, nodes: length % 70 }), hash: None, upgrade: Some(UpgradeRange { start: start % 8, length: length % 8 }), seek: Some(Seek { bytes: start % 64, padding: 0 }) };
             let _ = create(&tree, 5, &req);
             let wild = Request {
                 block: None,
                 hash: Some(Indexed { index: idx, nodes: length }),
                 upgrade: Some(UpgradeRange { start, length }),
+                seek: Some(Seek { bytes: idx, padding: length }),
             };
             let _ = create(&tree, 5, &wild);
             let _ = create(&tree, idx, &wild);

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use cohd_format::merkle::Node;
 use cohd_format::proof::{
-    self, Indexed, ProofNodes, Received, ReceivedUpgrade, Request, UpgradeRange,
+    self, Indexed, ProofNodes, Received, ReceivedUpgrade, Request, Seek, UpgradeRange,
 };
 use serde_json::Value;
 
@@ -62,6 +62,10 @@ fn our_proofs_are_javascripts() {
                 start: u["start"].as_u64().expect("start"),
                 length: u["length"].as_u64().expect("length"),
             }),
+            seek: r.get("seek").map(|s| Seek {
+                bytes: s["bytes"].as_u64().expect("bytes"),
+                padding: s["padding"].as_u64().expect("padding"),
+            }),
         };
         let ours = proof::create(&tree, length, &req);
         if !case["error"].is_null() {
@@ -73,6 +77,7 @@ fn our_proofs_are_javascripts() {
             nodes: nodes(&p["nodes"]),
             upgrade: nodes(&p["upgrade"]),
             additional: nodes(&p["additional"]).unwrap_or_default(),
+            seek: nodes(&p["seek"]),
         };
         assert_eq!(ours.as_ref(), Ok(&theirs), "{r}");
 
@@ -90,6 +95,7 @@ fn our_proofs_are_javascripts() {
             hash: req
                 .hash
                 .map(|h| (h.index, theirs.nodes.clone().unwrap_or_default())),
+            seek: theirs.seek.clone(),
             upgrade: req.upgrade.map(|u| ReceivedUpgrade {
                 start: u.start,
                 length: u.length,

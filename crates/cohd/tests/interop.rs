@@ -604,6 +604,28 @@ fn js_v11_reads_rust_drive() {
     js_reads_rust_drive("v11", &["--compat"]);
 }
 
+/// A JavaScript reader with nothing downloaded reads a byte range of a file from `cohd serve`:
+/// Hyperblobs seeks to the range's start, which asks us for a seek proof.
+#[test]
+fn js_reads_a_range_through_a_seek() {
+    require_js();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = tmp.path().join("store");
+    let key = cohd_ok(&store, &["init"], b"").text().trim().to_string();
+    let data = noise(7, 1_500_000);
+    cohd_ok(&store, &["put", "/big.bin"], &data);
+    let (_server, port, _) = cohd_serve(&store);
+    let got = read_drive_result(start_read_drive(
+        tmp.path(),
+        "range",
+        port,
+        &key,
+        "v13",
+        &["--range", "/big.bin:300001:700003"],
+    ));
+    assert_eq!(got["range"], describe(&data[300_001..700_003]));
+}
+
 /// Two JS readers (v13 and v11) stay connected to `cohd serve` while `cohd put` writes to the
 /// served store (the write goes through the running server); both must see the new file.
 #[test]

@@ -758,7 +758,7 @@ impl Log {
     /// a node we lack, another fork, a request outside our tree).
     pub(crate) fn create_proof(&self, req: &ProofRequest) -> Result<Option<Proof>, LogError> {
         let s = self.state().clone();
-        if req.fork != s.fork || req.seek.is_some() {
+        if req.fork != s.fork {
             return Ok(None);
         }
         let value = match &req.block {
@@ -781,8 +781,16 @@ impl Log {
                 start: u.start,
                 length: u.length,
             }),
+            seek: req.seek.map(|s| proof::Seek {
+                bytes: s.bytes,
+                padding: s.padding,
+            }),
         };
-        if preq.block.is_none() && preq.hash.is_none() && preq.upgrade.is_none() {
+        if preq.block.is_none()
+            && preq.hash.is_none()
+            && preq.upgrade.is_none()
+            && preq.seek.is_none()
+        {
             if req.manifest {
                 if let Some(m) = self.manifest() {
                     return Ok(Some(Proof {
@@ -834,6 +842,12 @@ impl Log {
                 .as_ref()
                 .map(|v| v.manifest().encode());
         }
+        if let (Some(s), Some(nodes)) = (req.seek, nodes.seek.clone()) {
+            p.seek = Some(DataNodes {
+                index: s.bytes,
+                nodes,
+            });
+        }
         if let Some(u) = req.upgrade {
             p.upgrade = Some(DataUpgrade {
                 start: u.start,
@@ -865,6 +879,7 @@ impl Log {
                 .as_ref()
                 .map(|b| (b.index, b.value.as_slice(), b.nodes.clone())),
             hash: p.hash.as_ref().map(|h| (h.index, h.nodes.clone())),
+            seek: p.seek.as_ref().map(|s| s.nodes.clone()),
             upgrade: p.upgrade.as_ref().map(|u| ReceivedUpgrade {
                 start: u.start,
                 length: u.length,

@@ -63,7 +63,7 @@ impl Core {
     /// Whether `req` could be answered at all.
     fn answerable(&self, req: &ProofRequest) -> bool {
         let info = self.info();
-        if req.fork != info.fork || req.seek.is_some() {
+        if req.fork != info.fork {
             return false;
         }
         if req.block.as_ref().is_some_and(|b| b.index >= info.length) {
@@ -85,7 +85,11 @@ impl Core {
                 return false;
             }
         }
-        req.block.is_some() || req.hash.is_some() || req.upgrade.is_some() || req.manifest
+        req.block.is_some()
+            || req.hash.is_some()
+            || req.upgrade.is_some()
+            || req.seek.is_some()
+            || req.manifest
     }
 
     /// How many nodes above block `index`'s leaf we lack (what a block request asks to be

@@ -175,7 +175,8 @@ impl Mux {
         }
         let id = fresh_slot(&mut self.local);
         let handshake = Handshake {
-            seeks: false,
+            // We answer seek requests (JavaScript then locates byte offsets with one request).
+            seeks: true,
             capability: wire::capability(self.info.initiator, key, &self.info.handshake_hash),
         }
         .encode();
