@@ -145,6 +145,15 @@ impl Blobs {
             .map_err(core_err)
     }
 
+    /// Drops the local copies of the blocks of `ids` (see [`Core::clear`]); returns how many
+    /// were held.
+    pub async fn clear<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a BlobId>,
+    ) -> Result<u64, BlobError> {
+        self.core.clear(&block_ranges(ids)).await.map_err(core_err)
+    }
+
     /// Reads a whole blob.
     pub async fn get(&self, id: &BlobId) -> Result<Vec<u8>, BlobError> {
         let mut out = Vec::with_capacity(usize::try_from(id.byte_length).unwrap_or(0).min(1 << 30));

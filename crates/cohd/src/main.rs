@@ -250,6 +250,14 @@ enum Command {
         /// Folder or file in the drive.
         path: Option<String>,
     },
+    /// Drop the local copies of the content under PATH (a file or folder; `/` for all) that
+    /// other writers wrote, to free space: it is fetched again when read with a peer
+    /// connected (a mirror, made with `--all`, fetches it again on its next sync or serve).
+    /// This store's own content is kept (no peer may hold it).
+    Clear {
+        /// Folder or file in the drive.
+        path: String,
+    },
     /// Keep the peer at HOST:PORT connected from now on (needs a running `cohd serve`, which
     /// remembers it).
     Connect {

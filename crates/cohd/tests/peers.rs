@@ -79,6 +79,48 @@ fn request_auth_denied_by_default() {
     assert!(err.contains("denied"), "{err}");
 }
 
+/// `clear` frees the local copies of other writers' content (they come again from a peer), and
+/// keeps what this store wrote.
+#[test]
+fn clear_frees_content_that_peers_hold() {
+    let (t, d) = dirs(2);
+    ok(&d[0], &["init"]);
+    let big = t.path().join("big.bin");
+    let bytes: Vec<u8> = (0..300 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&big, &bytes).expect("write");
+    ok(
+        &d[0],
+        &["put", "/docs/big.bin", big.to_str().expect("utf-8 path")],
+    );
+    ok_in(&d[0], &["put", "/docs/note.txt"], b"a note");
+    // The writer's own content is never cleared.
+    let out = ok(&d[0], &["clear", "/"]);
+    assert_eq!(
+        out.trim(),
+        "/: cleared 0 blocks of 0 files; kept 2 files this store wrote (no peer may hold them)"
+    );
+    assert_eq!(ok(&d[0], &["cat", "/docs/note.txt"]), "a note");
+
+    let s = serve(&d[0], &[]);
+    ok(&d[1], &["--peer", &s.addr, "clone", &s.key, "--all"]);
+    assert_eq!(ok(&d[1], &["cat", "/docs/note.txt"]), "a note");
+    let out = ok(&d[1], &["clear", "/docs/big.bin"]);
+    assert_eq!(out.trim(), "/docs/big.bin: cleared 5 blocks of 1 files");
+    // Cleared: not readable offline, the other file still is; again from the peer.
+    let err = fails(&d[1], &["cat", "/docs/big.bin"]);
+    assert!(
+        err.contains("not downloaded") || err.contains("not available"),
+        "{err}"
+    );
+    assert_eq!(ok(&d[1], &["cat", "/docs/note.txt"]), "a note");
+    let out = run(&d[1], &["--peer", &s.addr, "cat", "/docs/big.bin"], b"");
+    assert!(out.status.success() && out.stdout == bytes);
+    // Clearing what is not here clears nothing.
+    ok(&d[1], &["clear", "/docs/big.bin"]);
+    let out = ok(&d[1], &["clear", "/docs/big.bin"]);
+    assert_eq!(out.trim(), "/docs/big.bin: cleared 0 blocks of 1 files");
+}
+
 #[test]
 fn download_a_folder_then_read_it_offline() {
     let (t, d) = dirs(3);

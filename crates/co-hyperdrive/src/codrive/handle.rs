@@ -639,6 +639,12 @@ impl CoDrive {
         self.snapshot().await?.download_with(path, progress).await
     }
 
+    /// Drops the local copies of other writers' content under `path` (see
+    /// [`Snapshot::clear`]).
+    pub async fn clear(&self, path: &str) -> Result<Cleared, CoDriveError> {
+        self.snapshot().await?.clear(path).await
+    }
+
     /// Streams bytes `start..start+len` of the content `blob` in writer `writer`'s blobs core
     /// to `sink`; returns the bytes sent. This reads any version of a path, a conflict's
     /// losing ones included (a [`PathVersion`]'s entry names its blob), and needs no view: the
@@ -661,6 +667,17 @@ impl CoDrive {
             .await
             .map_err(DriveError::from)?)
     }
+}
+
+/// What [`Snapshot::clear`] dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cleared {
+    /// Versions (of other writers) whose content was cleared.
+    pub files: usize,
+    /// Blocks that were held and are dropped now.
+    pub blocks: u64,
+    /// Versions the local writer wrote, kept.
+    pub kept_own: usize,
 }
 
 /// A visible file (or symlink) of the merged view: the winning version of its path.
@@ -897,6 +914,43 @@ impl<'a> Snapshot<'a> {
             .await
             .map_err(DriveError::from)?;
         Ok(Downloaded { files, blocks })
+    }
+
+    /// Drops the local copies of the content of every visible file under `path` (as
+    /// [`download`](Self::download) names them, concurrent versions included) that other
+    /// writers wrote: it is fetched again when read with a peer connected. The local writer's
+    /// own content is kept (no peer may hold it).
+    pub async fn clear(&self, path: &str) -> Result<Cleared, CoDriveError> {
+        let mut versions: Vec<(Key, cohd_format::BlobId)> = Vec::new();
+        let mut add = |e: CoEntry| {
+            let winner = e.entry.blob.map(|b| (e.writer, b));
+            let others = e
+                .conflicts
+                .into_iter()
+                .filter_map(|v| Some((v.writer, v.entry?.blob?)));
+            versions.extend(winner.into_iter().chain(others));
+        };
+        self.list(path).into_iter().for_each(&mut add);
+        if let Some(p) = path::file_or_root(path).map_err(DriveError::from)? {
+            self.entry(&p)?.into_iter().for_each(&mut add);
+        }
+        let mut out = Cleared::default();
+        let mut by_writer: BTreeMap<Key, Vec<cohd_format::BlobId>> = BTreeMap::new();
+        for (w, b) in versions {
+            if w == self.co.local_key() {
+                out.kept_own += 1;
+            } else {
+                by_writer.entry(w).or_default().push(b);
+            }
+        }
+        for (w, ids) in by_writer {
+            let Some(d) = self.co.drive(w).await? else {
+                continue;
+            };
+            out.files += ids.len();
+            out.blocks += d.blobs().clear(&ids).await.map_err(DriveError::from)?;
+        }
+        Ok(out)
     }
 
     /// The whole content of the file at `name` (symlinks followed); `None` if absent.

@@ -16,6 +16,6 @@ pub mod view;
 mod watch;
 
 pub use frontier::{Frontier, FrontierError};
-pub use handle::{CoBatch, CoDrive, CoDriveError, CoEntry, CoFileWriter, Snapshot};
+pub use handle::{Cleared, CoBatch, CoDrive, CoDriveError, CoEntry, CoFileWriter, Snapshot};
 pub use view::{Clock, MemberOp, MemberRecord, PathVersion, Resolved, View, WriterData};
 pub use watch::{Watch, POLL};

@@ -38,6 +38,9 @@ pub enum CoreError {
     /// The store was closed: nothing more is written through this handle.
     #[error("the store was closed")]
     Closed,
+    /// Our own core's blocks cannot be cleared: no peer may hold them.
+    #[error("the content of this store's own cores cannot be cleared (no peer may hold a copy)")]
+    OwnContent,
     /// A download could not get a block: no replication session is attached, or no connected
     /// peer delivered it in time.
     #[error("block {index} is not available from any connected peer")]
@@ -393,6 +396,23 @@ impl Core {
     /// The core key (the Ed25519 public key).
     pub fn key(&self) -> Key {
         self.log.key()
+    }
+
+    /// Drops the local copies of the blocks of `ranges` (they are fetched again when read
+    /// with a peer connected); returns how many were held. Refused for our own cores.
+    pub async fn clear(&self, ranges: &[Range<u64>]) -> Result<u64, CoreError> {
+        if self.writable() {
+            return Err(CoreError::OwnContent);
+        }
+        let w = self.live.writes.lock().await;
+        if *w {
+            return Err(CoreError::Closed);
+        }
+        let n = self.log.clear(ranges)?;
+        drop(w);
+        self.damaged()
+            .retain(|i| !ranges.iter().any(|r| r.contains(i)));
+        Ok(n)
     }
 
     /// The core's manifest, when known: stored once a peer sent it (manifest cores), or given

@@ -47,12 +47,17 @@ impl From<fjall::Error> for KvError {
 /// Writes that commit together.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
-    ops: Vec<(Space, Vec<u8>, Vec<u8>)>,
+    /// `None` deletes.
+    ops: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl Batch {
     pub(crate) fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
-        self.ops.push((space, key, value));
+        self.ops.push((space, key, Some(value)));
+    }
+
+    pub(crate) fn delete(&mut self, space: Space, key: Vec<u8>) {
+        self.ops.push((space, key, None));
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -140,14 +145,20 @@ impl Kv {
             Kv::Memory(m) => {
                 let mut m = m.write().unwrap_or_else(|e| e.into_inner());
                 for (s, k, v) in batch.ops {
-                    m.insert((s, k), v);
+                    match v {
+                        Some(v) => m.insert((s, k), v),
+                        None => m.remove(&(s, k)),
+                    };
                 }
                 Ok(())
             }
             Kv::Disk(d) => {
                 let mut b = d.db.batch().durability(Some(fjall::PersistMode::Buffer));
                 for (s, k, v) in batch.ops {
-                    b.insert(d.space(s), k, v);
+                    match v {
+                        Some(v) => b.insert(d.space(s), k, v),
+                        None => b.remove(d.space(s), k),
+                    }
                 }
                 b.commit()?;
                 *d.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;

@@ -742,6 +742,44 @@ impl Log {
         }
     }
 
+    /// Drops the stored copies of the blocks of `ranges` (tree nodes and signatures stay, so
+    /// they verify when they come again); returns how many were held. The database reclaims
+    /// the space of large values as its blob files are collected.
+    pub(crate) fn clear(&self, ranges: &[Range<u64>]) -> Result<u64, LogError> {
+        let mut s = self.state();
+        let mut next = s.clone();
+        let mut b = Batch::default();
+        let mut cleared = 0u64;
+        for r in ranges {
+            let held: Vec<(u64, u64)> = s
+                .present
+                .range(..r.end)
+                .filter(|(_, &e)| e > r.start)
+                .map(|(&a, &e)| (a.max(r.start), e.min(r.end)))
+                .collect();
+            for (a, e) in held {
+                for i in a..e {
+                    b.delete(Space::Blocks, record_key(&self.key, &i.to_be_bytes()));
+                    next.remove(i);
+                    cleared += 1;
+                }
+            }
+        }
+        if cleared == 0 {
+            return Ok(0);
+        }
+        self.write_state(&mut b, &next, true);
+        self.kv.commit(b)?;
+        let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        for r in ranges {
+            for i in r.clone().take(1 << 24) {
+                checked.remove(i);
+            }
+        }
+        *s = next;
+        Ok(cleared)
+    }
+
     /// How many nodes above block `index`'s leaf we lack.
     pub(crate) fn missing_nodes(&self, index: u64) -> u64 {
         let length = self.state().length;

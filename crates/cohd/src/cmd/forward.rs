@@ -580,7 +580,8 @@ mod unix {
             | Command::Authorize { .. }
             | Command::Deauthorize { .. }
             | Command::Conflicts { .. }
-            | Command::Download { .. } => {}
+            | Command::Download { .. }
+            | Command::Clear { .. } => {}
             Command::Serve { .. } => bail!("the store at {dir} is already served by `cohd serve`"),
             Command::Init { .. } => {
                 bail!("a store already exists at {dir} (`cohd serve` is serving it)")

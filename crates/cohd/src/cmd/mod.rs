@@ -204,6 +204,24 @@ async fn dispatch(command: &Command, co: &CoDrive, io: &mut Io) -> Result<()> {
             )?;
             Ok(())
         }
+        Command::Clear { path } => {
+            let c = co.clear(path).await?;
+            writeln!(
+                out,
+                "{path}: cleared {} blocks of {} files{}",
+                c.blocks,
+                c.files,
+                if c.kept_own > 0 {
+                    format!(
+                        "; kept {} files this store wrote (no peer may hold them)",
+                        c.kept_own
+                    )
+                } else {
+                    String::new()
+                }
+            )?;
+            Ok(())
+        }
         Command::Log { json } => history::log(co.own(), out, *json).await,
         Command::Diff {
             from,
