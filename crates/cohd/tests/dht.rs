@@ -4,7 +4,7 @@
 //!
 //! - two `cohd serve` writers find each other by the co-drive's topic and stay live;
 //! - a JavaScript Hyperswarm + Hyperdrive reader finds a `cohd serve` and reads the drive;
-//! - `cohd clone` finds a JavaScript Hyperswarm seeder (ignored: see its note).
+//! - `cohd clone` finds a JavaScript Hyperswarm seeder and reads the drive.
 //!
 //! These tests need Node.js and `js/node_modules` (`npm ci --prefix js`); without them they
 //! fail, never skip. Every wait is bounded; child processes are killed when their guards drop
@@ -173,15 +173,11 @@ fn javascript_hyperswarm_reader_finds_a_cohd_serve() {
     drop(s);
 }
 
-/// What does not work yet, pinned down so it can be fixed: a `cohd clone` with no --peer finds
-/// a JavaScript Hyperswarm seeder (`serve-drive.js --bootstrap`, hyperdrive 13 default drive) on
-/// the DHT, but peeroxide 1.7.3 does not reach it on loopback: the seeder answers the handshake
-/// as firewall UNKNOWN with holepunch relays, and our client, announcing itself reachable (no NAT
-/// sample, so no same-host shortcut), runs a holepunch that the JS server aborts at once. A
-/// firewalled client takes the same-host shortcut and connects, but the seeder closes the stream
-/// within 100 ms (cause not found yet). docs/dht-notes.md.
+/// `cohd clone` with no --peer finds a JavaScript Hyperswarm seeder (`serve-drive.js
+/// --bootstrap`, a hyperdrive 13 default drive) on the DHT and reads it. The seeder answers the
+/// handshake as "firewall unknown": our client, counting as firewalled, dials it by the same-host
+/// shortcut (docs/dht-notes.md, "As built").
 #[test]
-#[ignore = "peeroxide 1.7.3 cannot connect to a JavaScript Hyperswarm server on loopback (see the doc comment)"]
 fn cohd_clone_finds_a_javascript_seeder() {
     let bootstrap = use_dht();
     let (_t, d) = dirs(1);
