@@ -96,6 +96,81 @@ fn arrives(from: &Path, to: &Path, path: &str, data: &[u8]) {
     });
 }
 
+/// Polls (bounded by `bound`) until `to` reads `data` at `path`; returns how long it took.
+fn arrived_within(to: &Path, path: &str, data: &[u8], bound: Duration) -> Duration {
+    let start = std::time::Instant::now();
+    while run(to, &["cat", path], b"").stdout != data {
+        assert!(
+            start.elapsed() < bound,
+            "{path} did not arrive within {bound:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+/// How long two serving writers may take to find each other again after one restarted: the
+/// survivor notices the dead connection by a write stall (the idle timeout, 20 s, after the next
+/// keepalive), then its swarm is replaced (docs/dht-notes.md).
+const RECONNECT: Duration = Duration::from_secs(60);
+
+/// Two serving writers on the DHT (A, which authorized B, and B).
+fn two_serving_writers(a: &Path, b: &Path) -> (Serve, Serve) {
+    ok(a, &["init"]);
+    ok_in(a, &["put", "/first.txt", "-"], b"before b");
+    let sa = serve(a, &["--allow-all"]);
+    ok(b, &["clone", &sa.key, "--all"]);
+    ok(b, &["request-auth", "--timeout", "20"]);
+    let sb = serve(b, &[]);
+    arrives(a, b, "/from-a.txt", b"a1");
+    arrives(b, a, "/from-b.txt", b"b1");
+    (sa, sb)
+}
+
+#[test]
+fn serving_writers_reconnect_after_either_is_killed() {
+    use_dht();
+    let (_t, d) = dirs(2);
+    let (a, b) = (&d[0], &d[1]);
+    let (sa, sb) = two_serving_writers(a, b);
+    let dirs = [a, b];
+    let mut serving = [Some(sa), Some(sb)];
+    // A killed, then B, then A again.
+    for (round, dead) in [0, 1, 0].into_iter().enumerate() {
+        let (dead_dir, live_dir) = (dirs[dead], dirs[1 - dead]);
+        let dead = &mut serving[dead];
+        let s = dead.take().expect("serving");
+        signal(&s.child, "KILL");
+        drop(s);
+        // Written while the other is down, and after it is back.
+        let p1 = format!("/round{round}-while-down.txt");
+        ok_in(live_dir, &["put", &p1, "-"], p1.as_bytes());
+        *dead = Some(serve(
+            dead_dir,
+            if dead_dir == a { &["--allow-all"] } else { &[] },
+        ));
+        let p2 = format!("/round{round}-after.txt");
+        ok_in(dead_dir, &["put", &p2, "-"], p2.as_bytes());
+        let t1 = arrived_within(dead_dir, &p1, p1.as_bytes(), RECONNECT);
+        let t2 = arrived_within(live_dir, &p2, p2.as_bytes(), RECONNECT);
+        eprintln!("round {round}: reconnected in {t1:?}, {t2:?}");
+        // Live again, both ways.
+        arrives(
+            live_dir,
+            dead_dir,
+            &format!("/round{round}-live1.txt"),
+            b"x",
+        );
+        arrives(
+            dead_dir,
+            live_dir,
+            &format!("/round{round}-live2.txt"),
+            b"y",
+        );
+    }
+    drop(serving);
+}
+
 #[test]
 fn serving_writers_find_each_other_on_the_dht() {
     use_dht();

@@ -425,8 +425,12 @@ async fn supervise(inner: std::sync::Weak<Inner>, mut ended: mpsc::UnboundedRece
     }
 }
 
+/// How long a replaced swarm with no connection is kept (see [`Discovery::replace`]).
+const RETIRED_GRACE: Duration = Duration::from_secs(10);
+
 impl Discovery {
-    async fn replace(&self) -> Result<(), DhtError> {
+    /// Destroys the retired swarms with no connection left.
+    async fn drop_idle_retired(&self) {
         let mut state = self.inner.state.lock().await;
         let live = |id: u64| {
             self.inner
@@ -437,7 +441,6 @@ impl Discovery {
                 .copied()
                 .unwrap_or(0)
         };
-        // Retired swarms with no connection left go.
         let mut keep = Vec::new();
         for g in state.retired.drain(..) {
             if live(g.id) == 0 {
@@ -449,20 +452,31 @@ impl Discovery {
             }
         }
         state.retired = keep;
+    }
+
+    async fn replace(&self) -> Result<(), DhtError> {
+        self.drop_idle_retired().await;
+        let mut state = self.inner.state.lock().await;
         let fresh = self.spawn_generation(&mut state).await?;
         if let Some(old) = state.current.replace(fresh) {
-            // Its live connections stay; it no longer announces or looks up.
+            // Its live connections stay; it no longer announces or looks up. It is kept even
+            // when idle, until a later replacement (or close): a client that found its
+            // announcement just before it left may be connecting to it right now, and
+            // destroying it would leave that client with a connection nobody serves.
             for j in &state.joined {
                 let _ = old.handle.leave(j.topic).await;
             }
-            if live(old.id) == 0 {
-                old.drain.abort();
-                let _ = tokio::time::timeout(Duration::from_secs(2), old.handle.destroy()).await;
-                old.task.abort();
-            } else {
-                state.retired.push(old);
-            }
+            state.retired.push(old);
         }
+        drop(state);
+        // A swarm with nothing left goes at the next replacement, or after this grace.
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            tokio::time::sleep(RETIRED_GRACE).await;
+            if let Some(inner) = weak.upgrade() {
+                Discovery { inner }.drop_idle_retired().await;
+            }
+        });
         Ok(())
     }
 }

@@ -70,8 +70,13 @@ pub(crate) async fn resolve(addr: &str) -> Result<SocketAddr> {
 }
 
 /// The DHT settings of `cli` for `store` (`None` with --no-dht).
-pub(crate) fn dht_options(cli: &Cli, store: &Store) -> Option<DhtOptions> {
-    (!cli.no_dht).then(|| DhtOptions::new(cli.bootstrap.clone(), dht::key_seed(store)))
+///
+/// Every run gets a fresh DHT key pair, `serve` too: peeroxide 1.7.3 silently refuses a key it
+/// still counts as connected, and a peer killed without closing stays counted until its
+/// connection times out, so a restarted peer with its old key would wait for that (and for our
+/// swarm's replacement) before anyone accepted it again. Nothing of ours depends on the DHT key.
+pub(crate) fn dht_options(cli: &Cli, _store: &Store) -> Option<DhtOptions> {
+    (!cli.no_dht).then(|| DhtOptions::new(cli.bootstrap.clone(), None))
 }
 
 /// Looks up the co-drive's topic on the DHT as a client and waits (bounded) for a first
@@ -140,17 +145,8 @@ async fn follow(
     add_known_cores(store, &repl, co.key(), "db").await;
     let (discovery, from) = match (peers.is_empty(), dht) {
         (false, _) => (None, peers.join(", ")),
-        (true, Some(mut opts)) => (
-            // A fresh key each run: peeroxide 1.7.3 keeps refusing a key it was connected to
-            // for as long as it has not seen that connection end (docs/dht-notes.md), and a
-            // short-lived client needs no stable identity.
-            Some(
-                find_on_dht(&repl, co.key(), {
-                    opts.seed = None;
-                    opts
-                })
-                .await?,
-            ),
+        (true, Some(opts)) => (
+            Some(find_on_dht(&repl, co.key(), opts).await?),
             "the peers found on the DHT".to_string(),
         ),
         (true, None) => bail!("no peer to replicate with: add --peer HOST:PORT (or drop --no-dht)"),
