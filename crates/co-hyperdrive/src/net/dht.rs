@@ -30,6 +30,9 @@ use super::transport::{self, StreamEnd, TransportError, TransportOptions};
 use super::Replicator;
 use crate::store::keys;
 
+/// Connection attempts a swarm runs at once (peeroxide's default is 3).
+const MAX_PARALLEL_CONNECTS: usize = 16;
+
 /// How long starting the DHT (binding, bootstrapping) may take.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -330,6 +333,10 @@ impl Discovery {
         let opts = &self.inner.opts;
         let mut cfg = SwarmConfig::default();
         cfg.key_pair = Some(self.inner.key_pair.0.clone());
+        // A killed peer's announcement outlives it, and each attempt to reach one holds a
+        // connect slot for ~20 s: with peeroxide's 3 slots, three stale records of restarted
+        // peers kept a live one waiting that long.
+        cfg.max_parallel = MAX_PARALLEL_CONNECTS;
         cfg.dht = if opts.bootstrap.is_empty() {
             HyperDhtConfig::with_public_bootstrap()
         } else {
