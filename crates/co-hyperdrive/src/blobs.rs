@@ -116,6 +116,38 @@ impl Blobs {
         }
     }
 
+    /// Stages a whole blob for one later signed append ([`append_staged`](Self::append_staged))
+    /// and returns its id at once (the caller holds the drive's write lock, so the positions
+    /// after the core's length and what is staged are the blob's).
+    pub fn stage(&self, staged: &mut StagedBlobs, data: &[u8]) -> BlobId {
+        let info = self.core.info();
+        let id = BlobId {
+            block_offset: info.length + staged.blocks.len() as u64,
+            byte_offset: info.byte_length + staged.bytes,
+            block_length: data.len().div_ceil(BLOCK_SIZE) as u64,
+            byte_length: data.len() as u64,
+            block_map: false,
+        };
+        staged
+            .blocks
+            .extend(data.chunks(BLOCK_SIZE).map(<[u8]>::to_vec));
+        staged.bytes += data.len() as u64;
+        id
+    }
+
+    /// Appends what is staged, in one signed append.
+    pub async fn append_staged(&self, staged: &mut StagedBlobs) -> Result<(), BlobError> {
+        if staged.blocks.is_empty() {
+            return Ok(());
+        }
+        self.core
+            .append_batch(&staged.blocks)
+            .await
+            .map_err(core_err)?;
+        *staged = StagedBlobs::default();
+        Ok(())
+    }
+
     /// Writes a whole blob.
     pub async fn put(&self, data: &[u8]) -> Result<BlobId, BlobError> {
         let mut w = self.writer();
@@ -214,6 +246,20 @@ impl Blobs {
             return Err(BlobError::Mismatch(id.block_offset));
         }
         Ok(written)
+    }
+}
+
+/// Blobs staged by [`Blobs::stage`], not appended yet.
+#[derive(Debug, Default)]
+pub struct StagedBlobs {
+    blocks: Vec<Vec<u8>>,
+    bytes: u64,
+}
+
+impl StagedBlobs {
+    /// Bytes staged.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 }
 

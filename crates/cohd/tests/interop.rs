@@ -626,25 +626,35 @@ fn js_reads_a_range_through_a_seek() {
     assert_eq!(got["range"], describe(&data[300_001..700_003]));
 }
 
-/// Two JS readers (v13 and v11) stay connected to `cohd serve` while `cohd put` writes to the
-/// served store (the write goes through the running server); both must see the new file.
+/// Two JS readers (v13 and v11) stay connected to `cohd serve` of a compat drive (the v11
+/// reader knows no manifests) while `cohd put` writes to the served store (the write goes
+/// through the running server); both must see the new file.
 #[test]
 fn js_reads_live_appends() {
+    js_reads_live_appends_to(&["--compat"], &["v13", "v11"]);
+}
+
+/// The same for a drive as `cohd init` makes it by default (manifest cores), read by v13.
+#[test]
+fn js_reads_live_appends_to_a_manifest_drive() {
+    js_reads_live_appends_to(&[], &["v13"]);
+}
+
+#[track_caller]
+fn js_reads_live_appends_to(init_args: &[&str], lines: &[&'static str]) {
     require_js();
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = tmp.path().join("store");
-    // Compat cores: the hyperdrive 11 reader knows no manifests.
-    let key = cohd_ok(&store, &["init", "--compat"], b"")
-        .text()
-        .trim()
-        .to_string();
+    let mut init = vec!["init"];
+    init.extend_from_slice(init_args);
+    let key = cohd_ok(&store, &init, b"").text().trim().to_string();
     cohd_ok(&store, &["put", "/before.txt"], b"written before serving\n");
     let (_server, port, _) = cohd_serve(&store);
 
     let wait = ["--expect-file", "/live.txt", "--wait-ms", "25000"];
-    let mut readers: Vec<(&str, Proc)> = ["v13", "v11"]
-        .into_iter()
-        .map(|line| {
+    let mut readers: Vec<(&str, Proc)> = lines
+        .iter()
+        .map(|&line| {
             (
                 line,
                 start_read_drive(tmp.path(), line, port, &key, line, &wait),

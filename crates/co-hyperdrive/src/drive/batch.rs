@@ -1,10 +1,17 @@
-//! Atomic drive batches: many entries, one db append (and one fsync).
+//! Atomic drive batches: many entries, one db append (and one fsync). Small files' blobs are
+//! staged and appended together (one signature for many files), before the entries.
 
 use cohd_format::{path, Entry};
 use tokio::sync::OwnedMutexGuard;
 
 use super::{files_key, Drive, DriveEntry, DriveError, PutOptions};
 use crate::bee::Batch;
+use crate::blobs::StagedBlobs;
+
+/// Files up to this size are staged in a batch rather than appended one by one.
+const STAGE_MAX: usize = 1 << 20;
+/// Staged bytes appended at once.
+const STAGE_FLUSH: u64 = 8 << 20;
 
 /// A group of writes that lands in the db as one append. Blobs are written as the batch goes;
 /// entries become visible together on [`DriveBatch::flush`].
@@ -12,6 +19,7 @@ use crate::bee::Batch;
 pub struct DriveBatch<'a> {
     drive: &'a Drive,
     bee: Batch,
+    staged: StagedBlobs,
     _guard: OwnedMutexGuard<()>,
 }
 
@@ -23,6 +31,7 @@ impl<'a> DriveBatch<'a> {
         Ok(Self {
             drive,
             bee: drive.db.batch().await?,
+            staged: StagedBlobs::default(),
             _guard: guard,
         })
     }
@@ -40,7 +49,17 @@ impl<'a> DriveBatch<'a> {
         opts: PutOptions,
     ) -> Result<DriveEntry, DriveError> {
         let path = path::normalize(name)?;
-        let blob = self.drive.blobs.put(data).await?;
+        let blob = if data.len() <= STAGE_MAX {
+            let id = self.drive.blobs.stage(&mut self.staged, data);
+            if self.staged.bytes() >= STAGE_FLUSH {
+                self.drive.blobs.append_staged(&mut self.staged).await?;
+            }
+            id
+        } else {
+            // Staged blobs hold the positions before this one's.
+            self.drive.blobs.append_staged(&mut self.staged).await?;
+            self.drive.blobs.put(data).await?
+        };
         let entry = Entry::file(blob, opts.executable, opts.metadata);
         self.put_entry(path, entry).await
     }
@@ -79,7 +98,9 @@ impl<'a> DriveBatch<'a> {
     }
 
     /// Appends the batch and fsyncs; returns the new version.
-    pub async fn flush(self) -> Result<u64, DriveError> {
+    pub async fn flush(mut self) -> Result<u64, DriveError> {
+        // Blobs first: an entry never points at blocks that are not there.
+        self.drive.blobs.append_staged(&mut self.staged).await?;
         let v = self.bee.flush().await?;
         self.drive.sync()?;
         self.drive.notify();

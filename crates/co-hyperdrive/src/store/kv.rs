@@ -35,12 +35,36 @@ impl Space {
 
 /// A storage failure (I/O, a damaged or poisoned database).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct KvError(pub(crate) String);
+#[error("{message}")]
+pub(crate) struct KvError {
+    pub(crate) message: String,
+    /// What was read back does not hold together (a checksum, a truncated file): the record
+    /// is damaged, unlike an I/O error that may pass.
+    pub(crate) corrupt: bool,
+}
+
+impl KvError {
+    #[cfg(test)]
+    fn io(message: &str) -> Self {
+        KvError {
+            message: message.into(),
+            corrupt: false,
+        }
+    }
+}
 
 impl From<fjall::Error> for KvError {
     fn from(e: fjall::Error) -> Self {
-        KvError(format!("storage: {e}"))
+        let io = match &e {
+            fjall::Error::Io(e) | fjall::Error::Storage(fjall::LsmError::Io(e)) => Some(e.kind()),
+            _ => None,
+        };
+        let corrupt = !matches!(io, Some(k) if k != std::io::ErrorKind::UnexpectedEof
+            && k != std::io::ErrorKind::InvalidData);
+        KvError {
+            message: format!("storage: {e}"),
+            corrupt,
+        }
     }
 }
 
@@ -71,6 +95,37 @@ impl Batch {
 pub(crate) enum Kv {
     Memory(RwLock<BTreeMap<(Space, Vec<u8>), Vec<u8>>>),
     Disk(Disk),
+    /// A memory store whose reads and commits fail on a seeded schedule (tests): a failed
+    /// commit applies nothing, as the database's batches are atomic.
+    #[cfg(test)]
+    Faulty(Box<Kv>, Faults),
+}
+
+/// When a [`Kv::Faulty`] fails: one operation in `every`, on a seeded schedule; `off` turns
+/// the faults off (what a restart after the fault sees).
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct Faults {
+    pub(crate) state: std::sync::atomic::AtomicU64,
+    pub(crate) every: u64,
+    pub(crate) off: std::sync::atomic::AtomicBool,
+}
+
+#[cfg(test)]
+impl Faults {
+    fn fail(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.off.load(Ordering::Relaxed) {
+            return false;
+        }
+        // xorshift: deterministic for a seed.
+        let mut x = self.state.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.state.store(x, Ordering::Relaxed);
+        x.is_multiple_of(self.every)
+    }
 }
 
 pub(crate) struct Disk {
@@ -132,6 +187,13 @@ impl Kv {
                 .get(&(space, key.to_vec()))
                 .cloned()),
             Kv::Disk(d) => Ok(d.space(space).get(key)?.map(|v| v.to_vec())),
+            #[cfg(test)]
+            Kv::Faulty(inner, f) => {
+                if f.fail() {
+                    return Err(KvError::io("injected read fault"));
+                }
+                inner.get(space, key)
+            }
         }
     }
 
@@ -164,6 +226,13 @@ impl Kv {
                 *d.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
                 Ok(())
             }
+            #[cfg(test)]
+            Kv::Faulty(inner, f) => {
+                if f.fail() {
+                    return Err(KvError::io("injected commit fault"));
+                }
+                inner.commit(batch)
+            }
         }
     }
 
@@ -171,6 +240,8 @@ impl Kv {
     pub(crate) fn persist(&self) -> Result<(), KvError> {
         match self {
             Kv::Memory(_) => Ok(()),
+            #[cfg(test)]
+            Kv::Faulty(..) => Ok(()),
             Kv::Disk(d) => {
                 let mut dirty = d.dirty.lock().unwrap_or_else(|e| e.into_inner());
                 if *dirty {

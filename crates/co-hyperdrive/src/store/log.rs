@@ -632,16 +632,23 @@ impl Log {
         };
         // A record the database cannot read back (a failed checksum) is as damaged as one
         // that does not match its leaf: a peer can deliver it again.
+        let damaged = |e: KvError| {
+            tracing::debug!(core = %self.key, index, "cannot read a block: {e}");
+            if e.corrupt {
+                LogError::Damaged(index)
+            } else {
+                LogError::Kv(e)
+            }
+        };
         let block = self
             .kv
             .get(Space::Blocks, &record_key(&self.key, &index.to_be_bytes()))
-            .map_err(|e| {
-                tracing::debug!(core = %self.key, index, "cannot read a block: {e}");
-                LogError::Damaged(index)
-            })?;
-        let leaf = self
-            .node(leaf_index)
-            .map_err(|_| LogError::Damaged(index))?;
+            .map_err(damaged)?;
+        let leaf = match self.node(leaf_index) {
+            Ok(l) => l,
+            Err(LogError::Kv(e)) => return Err(damaged(e)),
+            Err(_) => return Err(LogError::Damaged(index)),
+        };
         let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
         match (block, leaf) {
             (Some(b), Some(l)) if l.size == b.len() as u64 && checked.has(index) => Ok(Some(b)),
