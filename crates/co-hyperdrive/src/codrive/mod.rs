@@ -9,13 +9,18 @@
 //! [`CoDrive::checkout`] shows the view at any past one, read-only, and a [`Watch`] reports each
 //! new one. See `docs/codrive.md` for the semantics.
 
+mod batch;
 mod frontier;
-mod handle;
+mod index;
+mod open;
 pub mod records;
+mod snapshot;
 pub mod view;
 mod watch;
 
+pub use batch::{CoBatch, CoFileWriter};
 pub use frontier::{Frontier, FrontierError};
-pub use handle::{Cleared, CoBatch, CoDrive, CoDriveError, CoEntry, CoFileWriter, Snapshot};
+pub use open::{CoDrive, CoDriveError};
+pub use snapshot::{Cleared, CoEntry, Snapshot};
 pub use view::{Clock, MemberOp, MemberRecord, PathVersion, Resolved, View, WriterData};
 pub use watch::{Watch, POLL};

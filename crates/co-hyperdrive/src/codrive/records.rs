@@ -8,22 +8,42 @@
 
 use std::collections::BTreeMap;
 
-use cohd_format::Key;
+use cohd_format::{sub, Key};
 use serde::{Deserialize, Serialize};
 
 use super::view::{Clock, MemberOp};
+use crate::bee::Range;
 
 /// The sub the co-drive's records live in.
-pub const SUB: &str = "cohd";
+const SUB: &str = "cohd";
 
-/// Key of membership record number `n`.
-pub fn member_key(n: u64) -> String {
-    format!("m/{n:016x}")
+fn db_key(k: &str) -> Vec<u8> {
+    sub::encode(SUB, k.as_bytes())
 }
 
-/// Key of the version record of `path`.
-pub fn version_key(path: &str) -> String {
-    format!("v{path}")
+/// The db key of membership record number `n`.
+pub fn member_key(n: u64) -> Vec<u8> {
+    db_key(&format!("m/{n:016x}"))
+}
+
+/// The db key of the version record of normalized `path`.
+pub fn version_key(path: &str) -> Vec<u8> {
+    db_key(&format!("v{path}"))
+}
+
+/// The path a version record's db key names; `None` if `key` is no version record's.
+pub fn version_path(key: &[u8]) -> Option<&[u8]> {
+    sub::decode(SUB, key)?.strip_prefix(b"v")
+}
+
+/// Every membership record (in record order: the number is fixed-width hex).
+pub(crate) fn members() -> Range {
+    Range::exclusive(db_key("m/"), db_key("m0"))
+}
+
+/// Every version record (paths start with `/`).
+pub(crate) fn versions() -> Range {
+    Range::exclusive(db_key("v/"), db_key("v0"))
 }
 
 #[derive(Serialize, Deserialize)]

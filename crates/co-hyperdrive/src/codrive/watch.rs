@@ -15,7 +15,8 @@ use futures::Stream;
 use tokio::sync::watch;
 
 use super::frontier::Frontier;
-use super::handle::{CoDrive, CoDriveError, Computed};
+use super::index::Computed;
+use super::open::{CoDrive, CoDriveError};
 use crate::drive::DriveError;
 use crate::store::StoreError;
 

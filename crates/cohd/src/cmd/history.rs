@@ -32,7 +32,7 @@ pub(crate) async fn log(drive: &Drive, out: &mut Out, json: bool) -> Result<()> 
         }
         let (path, op, size, version) = if let Some(p) = sub::decode(sub::FILES, &key) {
             let path = String::from_utf8_lossy(p).into_owned();
-            let record = sub::encode(records::SUB, records::version_key(&path).as_bytes());
+            let record = records::version_key(&path);
             let version = match &next {
                 Some((k, _)) if *k == record => seq + 2,
                 _ => seq + 1,
@@ -49,9 +49,8 @@ pub(crate) async fn log(drive: &Drive, out: &mut Out, json: bool) -> Result<()> 
             (path, op, size, version)
         } else {
             let prev = prev_file.take();
-            let Some(path) = sub::decode(records::SUB, &key)
-                .and_then(|k| k.strip_prefix(b"v"))
-                .map(|p| String::from_utf8_lossy(p).into_owned())
+            let Some(path) =
+                records::version_path(&key).map(|p| String::from_utf8_lossy(p).into_owned())
             else {
                 continue;
             };

@@ -1,0 +1,348 @@
+//! The merged view of a [`CoDrive`]: every writer's records and files loaded from its log, and
+//! merged by [`view`](super::view). Loads are cached per (writer, length) and the last view is
+//! kept, so that when one writer grows only that writer is read again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use cohd_format::{path, Key};
+
+use super::frontier::Frontier;
+use super::open::{CoDrive, CoDriveError};
+use super::records;
+use super::view::{self, Clock, MemberRecord, PathVersion, View, WriterData};
+use crate::drive::{Drive, DriveError};
+
+/// Loaded writer logs by (writer, length), with when each was last used.
+#[derive(Debug, Default)]
+pub(super) struct Loads {
+    tick: u64,
+    by_length: BTreeMap<(Key, u64), (Arc<WriterData>, u64)>,
+}
+
+/// Every writer's data, as merged into a view.
+type Merged = BTreeMap<Key, Arc<WriterData>>;
+
+/// Loaded lengths kept per writer.
+const LOADS_PER_WRITER: usize = 2;
+
+/// The last computed view, and the writers the store did not hold when it was computed. Blocks
+/// never change once written, so while every writer's length is the frontier's and those
+/// writers are still not held, the view is the same and reads need not reload every writer.
+#[derive(Debug)]
+pub(super) struct Cached {
+    computed: Computed,
+    unheld: BTreeSet<Key>,
+    /// The writers' data the view was merged from (to merge only what changed next time).
+    data: Merged,
+}
+
+/// A merged view and what it was computed from.
+#[derive(Debug, Clone)]
+pub(super) struct Computed {
+    pub(super) view: Arc<View>,
+    /// Writers (current or removed) the view names but has no data of.
+    pub(super) missing: BTreeSet<Key>,
+    /// The length of every writer's log the view was computed from; writers the store holds
+    /// but that have nothing yet are named with 0.
+    pub(super) frontier: Frontier,
+}
+
+impl CoDrive {
+    /// [`load`](Self::load) through the cache of loaded lengths.
+    async fn load_cached(&self, d: &Drive) -> Result<Arc<WriterData>, CoDriveError> {
+        let at = (d.key(), d.version());
+        {
+            let mut loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+            loads.tick += 1;
+            let tick = loads.tick;
+            if let Some((hit, used)) = loads.by_length.get_mut(&at) {
+                *used = tick;
+                return Ok(hit.clone());
+            }
+        }
+        let data = Arc::new(self.load(d).await?);
+        let mut loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+        loads.tick += 1;
+        let tick = loads.tick;
+        loads.by_length.insert(at, (data.clone(), tick));
+        loop {
+            let mine: Vec<(u64, u64)> = loads
+                .by_length
+                .range((at.0, 0)..=(at.0, u64::MAX))
+                .map(|((_, l), (_, used))| (*used, *l))
+                .collect();
+            if mine.len() <= LOADS_PER_WRITER {
+                break;
+            }
+            if let Some((_, oldest)) = mine.into_iter().min() {
+                loads.by_length.remove(&(at.0, oldest));
+            }
+        }
+        Ok(data)
+    }
+
+    /// Reads one writer's records and files from `d` (a checkout, so that every read sees the
+    /// same length).
+    async fn load(&self, d: &Drive) -> Result<WriterData, CoDriveError> {
+        let writer = d.key();
+        let mut data = WriterData::default();
+        for e in d
+            .db()
+            .range(&records::members())
+            .await
+            .map_err(DriveError::from)?
+        {
+            // A malformed record is ignored (not trusted, not fatal): other peers do the same.
+            if let Ok((op, frontier)) = records::decode_member(&e.value) {
+                data.members.push(MemberRecord {
+                    seq: e.seq,
+                    op,
+                    frontier,
+                });
+            }
+        }
+        data.members.sort_by_key(|m| m.seq);
+        let mut clocks: BTreeMap<String, (u64, Clock, bool)> = BTreeMap::new();
+        for e in d
+            .db()
+            .range(&records::versions())
+            .await
+            .map_err(DriveError::from)?
+        {
+            let Some(p) = records::version_path(&e.key).and_then(|p| std::str::from_utf8(p).ok())
+            else {
+                continue;
+            };
+            // Only normalized paths: a record for `/a/../b` would show a path no file can have.
+            if p != path::resolve(p) {
+                continue;
+            }
+            if let Ok((clock, deleted)) = records::decode_version(&e.value) {
+                clocks.insert(p.to_string(), (e.seq, clock, deleted));
+            }
+        }
+        // Another writer's malformed entries are ignored, as every peer ignores them.
+        let files: BTreeMap<String, _> = d
+            .list_valid("/")
+            .await?
+            .0
+            .into_iter()
+            .map(|e| (e.path.clone(), e))
+            .collect();
+        for (p, (seq, clock, deleted)) in &clocks {
+            let file = files.get(p);
+            if file.is_some_and(|f| f.seq > *seq) {
+                continue; // rewritten by a plain drive write after the record: handled below
+            }
+            let entry = match (deleted, file) {
+                (true, _) => None,
+                (false, Some(f)) => Some(f.entry.clone()),
+                (false, None) => continue, // a record without its file: malformed, ignored
+            };
+            data.versions
+                .entry(p.clone())
+                .or_default()
+                .push(PathVersion {
+                    writer,
+                    seq: *seq,
+                    clock: clock.clone(),
+                    entry,
+                });
+        }
+        // Files written without a record (plain Hyperdrive writes, or JavaScript peers): a version
+        // that has seen nothing but its own writer's log.
+        for (p, f) in files {
+            if clocks.get(&p).is_none_or(|(seq, _, _)| f.seq > *seq) {
+                let clock: Clock = [(writer, f.seq)].into_iter().collect();
+                data.versions.insert(
+                    p,
+                    vec![PathVersion {
+                        writer,
+                        seq: f.seq,
+                        clock,
+                        entry: Some(f.entry),
+                    }],
+                );
+            }
+        }
+        Ok(data)
+    }
+
+    /// Loads every writer the store holds that the records mention and computes the view (or
+    /// returns the cached one if nothing changed since).
+    pub(super) async fn compute(&self) -> Result<Computed, CoDriveError> {
+        if let Some(hit) = self.cached().await? {
+            return Ok(hit);
+        }
+        let previous = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .map(|c| (c.computed.view, c.data));
+        let (computed, unheld, data) = self.compute_at(None, previous).await?;
+        *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(Cached {
+            computed: computed.clone(),
+            unheld,
+            data,
+        });
+        Ok(computed)
+    }
+
+    /// Computes the view from every writer's log as the store holds it now (`at` is `None`), or
+    /// at the lengths `at` names (a writer it does not name is empty). Also returns the writers
+    /// the records mention that the store does not hold (`None` only), and the data merged.
+    /// `previous`: an earlier view and its data, so that only what changed is merged again.
+    async fn compute_at(
+        &self,
+        at: Option<&Frontier>,
+        previous: Option<(Arc<View>, Merged)>,
+    ) -> Result<(Computed, BTreeSet<Key>, Merged), CoDriveError> {
+        let mut frontier = Frontier::default();
+        let mut drives: BTreeMap<Key, Drive> = BTreeMap::new();
+        let mut data: BTreeMap<Key, Arc<WriterData>> = BTreeMap::new();
+        let mut absent: BTreeSet<Key> = BTreeSet::new();
+        let mut todo = vec![self.primary, self.own.key()];
+        while let Some(k) = todo.pop() {
+            if data.contains_key(&k) || absent.contains(&k) {
+                continue;
+            }
+            let found = match at {
+                None => self.drive(k).await?.map(|d| (readable(&d), d)),
+                Some(f) => match f.get(&k) {
+                    0 => None,
+                    wanted => match self.drive(k).await? {
+                        Some(d) if readable(&d) >= wanted => Some((wanted, d)),
+                        d => {
+                            return Err(CoDriveError::BeyondStore {
+                                writer: k,
+                                wanted,
+                                held: d.map_or(0, |d| readable(&d)),
+                            })
+                        }
+                    },
+                },
+            };
+            let Some((len, d)) = found else {
+                // Held but empty (or named with 0): nothing to show, yet not missing.
+                let held = match at {
+                    None => self.store.has_core(&k),
+                    Some(f) => f.0.contains_key(&k),
+                };
+                if held {
+                    frontier.0.insert(k, 0);
+                }
+                absent.insert(k);
+                continue;
+            };
+            // Pinned at `len`: a writer growing meanwhile does not change what is read.
+            let d = d.checkout(len)?;
+            frontier.0.insert(k, len);
+            data.insert(k, self.load_cached(&d).await?);
+            drives.insert(k, d);
+            todo.extend(
+                view::mentioned(&data)
+                    .into_iter()
+                    .filter(|m| !data.contains_key(m) && !absent.contains(m)),
+            );
+        }
+        // Removed writers count only up to their limit: their files are read again from a
+        // checkout there (the records stay whole: they decided the limit, and the writer set
+        // depends on the records alone).
+        let (_, removed) = view::writers(self.primary, &data);
+        for (k, limit) in &removed {
+            if let (Some(d), Some(w)) = (drives.get(k), data.get_mut(k)) {
+                if *limit < d.version() {
+                    let limited = self.load_cached(&d.checkout(*limit)?).await?;
+                    *w = Arc::new(WriterData {
+                        members: w.members.clone(),
+                        versions: limited.versions.clone(),
+                    });
+                }
+            }
+        }
+        let v = match previous {
+            Some((old, old_data)) => {
+                // Without other holders (snapshots), the old view is reused in place.
+                let old = Arc::try_unwrap(old).unwrap_or_else(|shared| View::clone(&shared));
+                view::update(self.primary, old, &old_data, &data)
+            }
+            None => view::view(self.primary, &data),
+        };
+        // Of the writers that could not be loaded, those the store does not hold at all (an
+        // empty drive is held: it just has nothing to show yet).
+        let mut missing = absent.clone();
+        missing.retain(|k| {
+            (v.writers.contains_key(k) || v.removed.contains_key(k)) && !frontier.0.contains_key(k)
+        });
+        absent.retain(|k| !frontier.0.contains_key(k));
+        let computed = Computed {
+            view: Arc::new(v),
+            missing,
+            frontier,
+        };
+        Ok((computed, absent, data))
+    }
+
+    /// The view at version `at` (see [`CoDrive::checkout`]): the cached one if it is that
+    /// version, else computed from the logs checked out there.
+    pub(super) async fn compute_checkout(&self, at: &Frontier) -> Result<Computed, CoDriveError> {
+        let current = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|c| c.computed.frontier == *at)
+            .map(|c| c.computed.clone());
+        match current {
+            Some(c) => Ok(c),
+            None => Ok(self.compute_at(Some(at), None).await?.0),
+        }
+    }
+
+    /// The cached view, if no writer it was computed from has changed and no writer it lacked
+    /// has appeared in the store.
+    async fn cached(&self) -> Result<Option<Computed>, CoDriveError> {
+        let (frontier, unheld) = {
+            let c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            match c.as_ref() {
+                None => return Ok(None),
+                Some(c) => (c.computed.frontier.clone(), c.unheld.clone()),
+            }
+        };
+        for (k, len) in frontier.iter() {
+            let now = self.drive(*k).await?.map_or(0, |d| readable(&d));
+            if now != *len {
+                return Ok(None);
+            }
+        }
+        if unheld.iter().any(|k| self.store.has_core(k)) {
+            return Ok(None);
+        }
+        let c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(c.as_ref()
+            .filter(|c| c.computed.frontier == frontier)
+            .map(|c| c.computed.clone()))
+    }
+
+    /// Loads every writer the store holds that the records mention, and computes the view.
+    pub async fn view(&self) -> Result<View, CoDriveError> {
+        Ok(View::clone(&self.compute().await?.view))
+    }
+
+    /// The current version: the length of every writer's db core (current and removed writers,
+    /// and any other the records mention that the store holds) the view is computed from. Give
+    /// it to [`CoDrive::checkout`] to see this view again later.
+    pub async fn version(&self) -> Result<Frontier, CoDriveError> {
+        Ok(self.compute().await?.frontier)
+    }
+}
+
+/// How much of a writer's log the view reads: the longest signed version held locally. A log
+/// whose newest blocks have not all arrived (a peer's upgrade came first, or the transfer
+/// stopped) is read at the last whole version before them instead of failing on a missing
+/// block (never mid-batch: that would show a broken tree).
+fn readable(d: &Drive) -> u64 {
+    d.version().min(d.db().core().consistent_length())
+}
