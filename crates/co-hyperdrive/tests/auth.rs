@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use co_hyperdrive::codrive::CoDrive;
-use co_hyperdrive::net::auth::{self, AuthError, AuthPolicy};
-use co_hyperdrive::net::{add_known_cores, catch_up, spawn_follow, ReplicateOptions, Replicator};
+use co_hyperdrive::auth::{self, AuthError, AuthPolicy};
+use co_hyperdrive::CoDrive;
 use co_hyperdrive::Store;
+use co_hyperdrive::{add_known_cores, catch_up, spawn_follow, ReplicateOptions, Replicator};
 
 const LOCAL: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 

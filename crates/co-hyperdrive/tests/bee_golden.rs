@@ -1,8 +1,8 @@
 //! Golden test: our bee writes the same block bytes as JavaScript Hyperbee 2.27.3 for the same
 //! ops. The vectors come from `js/gen-bee-vectors.js` (run it to regenerate).
 
-use co_hyperdrive::bee::Bee;
 use co_hyperdrive::format::bee::BeeHeader;
+use co_hyperdrive::Bee;
 use co_hyperdrive::Store;
 use serde_json::Value;
 

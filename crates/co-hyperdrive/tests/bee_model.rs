@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use co_hyperdrive::bee::{Bee, Range};
 use co_hyperdrive::format::bee::BeeHeader;
 use co_hyperdrive::Store;
+use co_hyperdrive::{Bee, Range};
 use proptest::prelude::*;
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;

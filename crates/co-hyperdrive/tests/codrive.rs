@@ -1,10 +1,10 @@
 //! The co-drive over real drives: writers sharing one store (as if fully replicated). Ports the
 //! original's acceptance scenarios that need no network, compared as sets.
 
-use co_hyperdrive::codrive::{CoDrive, CoDriveError};
 use co_hyperdrive::Store;
+use co_hyperdrive::{CoDrive, CoDriveError};
 
-fn names(v: &co_hyperdrive::codrive::View) -> Vec<String> {
+fn names(v: &co_hyperdrive::View) -> Vec<String> {
     v.files().map(|(p, _)| p.clone()).collect()
 }
 

@@ -1,7 +1,7 @@
 //! The co-drive's read and streaming-write API ([`Snapshot`], [`CoBatch`], [`CoFileWriter`]) with
 //! two writers sharing one memory store (as if fully replicated).
 
-use co_hyperdrive::codrive::{CoDrive, CoDriveError, CoEntry, Snapshot};
+use co_hyperdrive::{CoDrive, CoDriveError, CoEntry, Snapshot};
 use co_hyperdrive::{DriveError, PutOptions, Store};
 
 /// Deterministic bytes that are not all alike.

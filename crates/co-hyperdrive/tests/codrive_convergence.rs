@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use co_hyperdrive::codrive::view::{self, dominates, next_clock};
-use co_hyperdrive::codrive::{MemberOp, MemberRecord, PathVersion, View, WriterData};
 use co_hyperdrive::format::{BlobId, Entry, Key};
+use co_hyperdrive::view::{self, dominates, next_clock};
+use co_hyperdrive::view::{MemberOp, MemberRecord, PathVersion, View, WriterData};
 
 use proptest::prelude::*;
 

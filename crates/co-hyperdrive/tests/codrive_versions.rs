@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use co_hyperdrive::codrive::{CoDrive, CoDriveError, Frontier, Snapshot, Watch};
 use co_hyperdrive::format::Key;
 use co_hyperdrive::Store;
+use co_hyperdrive::{CoDrive, CoDriveError, Frontier, Snapshot, Watch};
 use futures::StreamExt;
 
 /// Every visible file of a snapshot with its content (symlinks followed; a dangling one is left

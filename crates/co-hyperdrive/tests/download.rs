@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use co_hyperdrive::blobs::BlobError;
-use co_hyperdrive::codrive::{CoDrive, CoDriveError};
 use co_hyperdrive::format::{BlobId, Key};
-use co_hyperdrive::net::{add_known_cores, catch_up, spawn_follow, ReplicateOptions, Replicator};
+use co_hyperdrive::BlobError;
+use co_hyperdrive::{add_known_cores, catch_up, spawn_follow, ReplicateOptions, Replicator};
+use co_hyperdrive::{CoDrive, CoDriveError};
 use co_hyperdrive::{Downloaded, Drive, DriveError, Store};
 
 const LOCAL: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
@@ -44,7 +44,7 @@ async fn clone_of(
 ) -> (
     Store,
     Replicator,
-    tokio::task::JoinHandle<Result<(), co_hyperdrive::net::SessionError>>,
+    tokio::task::JoinHandle<Result<(), co_hyperdrive::SessionError>>,
 ) {
     let store = Store::memory();
     let repl = Replicator::new(ReplicateOptions::default());

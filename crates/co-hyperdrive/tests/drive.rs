@@ -1,6 +1,6 @@
 //! Drive tests: the JavaScript Hyperdrive golden vector, and the drive API end to end.
 
-use co_hyperdrive::drive::Change;
+use co_hyperdrive::Change;
 use co_hyperdrive::{Drive, DriveError, PutOptions, Store};
 use serde_json::Value;
 

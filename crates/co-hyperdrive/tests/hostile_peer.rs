@@ -20,16 +20,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
+use co_hyperdrive::discovery_key;
 use co_hyperdrive::format::wire::{self, Handshake, Item, Message, RequestBlock, RequestUpgrade};
 use co_hyperdrive::format::Key;
-use co_hyperdrive::net::transport::{
+use co_hyperdrive::transport::{
     accept, connect, Backlog, Channel, MessageStream, Mux, MuxEvent, StreamEnd, StreamInfo,
     TransportError, TransportOptions,
 };
-use co_hyperdrive::net::{ReplicateOptions, Replicator, SessionError};
-use co_hyperdrive::store::keys::discovery_key;
-use co_hyperdrive::store::{Proof, ProofRequest};
 use co_hyperdrive::{Core, Store};
+use co_hyperdrive::{Proof, ProofRequest};
+use co_hyperdrive::{ReplicateOptions, Replicator, SessionError};
 use crypto_secretstream::Tag;
 use hypercore_handshake::state_machine::SecStream;
 use rand::{Rng, SeedableRng};
@@ -991,7 +991,7 @@ async fn request_flood_is_survived() {
 
 async fn write_frame(wr: &mut (impl AsyncWriteExt + Unpin), f: &[u8]) -> io::Result<()> {
     let mut buf = Vec::with_capacity(f.len() + 3);
-    co_hyperdrive::net::transport::write_frame(&mut buf, f);
+    co_hyperdrive::transport::write_frame(&mut buf, f);
     wr.write_all(&buf).await
 }
 

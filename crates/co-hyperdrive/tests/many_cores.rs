@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use co_hyperdrive::net::{ReplicateOptions, Replicator};
 use co_hyperdrive::Store;
+use co_hyperdrive::{ReplicateOptions, Replicator};
 
 const LOCAL: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 const CORES: usize = 1_050;

@@ -2,7 +2,7 @@
 //! nothing forged"). A store dropped without `close` is what a killed process leaves: every
 //! write already reached the operating system, nothing else ran.
 
-use co_hyperdrive::store::ProofRequest;
+use co_hyperdrive::ProofRequest;
 use co_hyperdrive::{Core, Store, StoreError};
 use cohd_format::wire::{RequestBlock, RequestUpgrade};
 

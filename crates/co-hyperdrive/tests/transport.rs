@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
+use co_hyperdrive::discovery_key;
 use co_hyperdrive::format::wire::{self, Handshake, Item, Message};
-use co_hyperdrive::net::transport::{
+use co_hyperdrive::transport::{
     accept, connect, Channel, MessageStream, Mux, MuxEvent, TransportError, TransportOptions,
 };
-use co_hyperdrive::store::keys::discovery_key;
 use co_hyperdrive::Store;
 use crypto_secretstream::Tag;
 use hypercore_handshake::state_machine::{Ready, SecStream};
@@ -299,7 +299,7 @@ async fn oversized_frames_end_the_connection() {
 
 async fn write_frame(tcp: &mut TcpStream, f: &[u8]) {
     let mut out = Vec::new();
-    co_hyperdrive::net::transport::write_frame(&mut out, f);
+    co_hyperdrive::transport::write_frame(&mut out, f);
     tcp.write_all(&out).await.unwrap();
 }
 

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use co_hyperdrive::codrive::CoDrive;
+use co_hyperdrive::CoDrive;
 use co_hyperdrive::{Drive, PutOptions, Store};
 
 const FILES_PER_WRITER: usize = 1000;
@@ -119,7 +119,7 @@ async fn co_row(writers: usize) -> Result<Row> {
 
 /// Serves `store`'s co-drive and times a fresh peer until it lists all `n` files.
 async fn converge(store: &Store, primary: co_hyperdrive::format::Key, n: usize) -> Result<f64> {
-    use co_hyperdrive::net::{add_known_cores, catch_up, ReplicateOptions, Replicator};
+    use co_hyperdrive::{add_known_cores, catch_up, ReplicateOptions, Replicator};
     // As `cohd serve` does.
     let server = Replicator::new(ReplicateOptions {
         download_all: true,

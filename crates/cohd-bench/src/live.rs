@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use co_hyperdrive::net::{add_known_cores, catch_up, ReplicateOptions, Replicator};
+use co_hyperdrive::{add_known_cores, catch_up, ReplicateOptions, Replicator};
 use co_hyperdrive::{Drive, Store};
 
 /// Writes timed per run.

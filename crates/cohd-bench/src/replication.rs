@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use co_hyperdrive::net::{catch_up, ReplicateOptions, Replicator};
+use co_hyperdrive::{catch_up, ReplicateOptions, Replicator};
 use co_hyperdrive::{Drive, Store};
 
 const FILE_MIB: usize = 10;

@@ -22,5 +22,5 @@ pub use batch::{CoBatch, CoFileWriter};
 pub use frontier::{Frontier, FrontierError};
 pub use open::{CoDrive, CoDriveError};
 pub use snapshot::{Cleared, CoEntry, Snapshot};
-pub use view::{Clock, MemberOp, MemberRecord, PathVersion, Resolved, View, WriterData};
-pub use watch::{Watch, POLL};
+pub use view::{PathVersion, View};
+pub use watch::Watch;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use co_hyperdrive::codrive::CoDrive;
-use co_hyperdrive::net::{auth, catch_up, spawn_follow, ReplicateOptions, Replicator};
+use co_hyperdrive::CoDrive;
+use co_hyperdrive::{auth, catch_up, spawn_follow, ReplicateOptions, Replicator};
 use co_hyperdrive::{Drive, Store};
 
 use crate::output::Out;
@@ -61,7 +61,7 @@ impl Peer {
     async fn until(
         &self,
         what: &str,
-        check: impl Fn(&co_hyperdrive::codrive::Snapshot<'_>) -> bool,
+        check: impl Fn(&co_hyperdrive::Snapshot<'_>) -> bool,
     ) -> Result<()> {
         for _ in 0..400 {
             if check(&self.co.snapshot().await?) {
@@ -87,7 +87,7 @@ impl Peer {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("cannot read {path}")))
     }
 
-    fn listing(&self, snap: &co_hyperdrive::codrive::Snapshot<'_>) -> Vec<String> {
+    fn listing(&self, snap: &co_hyperdrive::Snapshot<'_>) -> Vec<String> {
         snap.list("/").into_iter().map(|e| e.path).collect()
     }
 }
@@ -148,7 +148,7 @@ async fn two_writers(dir: &std::path::Path, out: &mut Out) -> Result<()> {
     alice.co.put("/plan.txt", b"v2 by alice\n").await?;
     bob.co.put("/plan.txt", b"v2 by bob\n").await?;
     let _conn = bob.repl.connect(addr).await?;
-    let concurrent = |s: &co_hyperdrive::codrive::Snapshot<'_>| {
+    let concurrent = |s: &co_hyperdrive::Snapshot<'_>| {
         s.stat("/plan.txt")
             .ok()
             .flatten()
@@ -170,7 +170,7 @@ async fn two_writers(dir: &std::path::Path, out: &mut Out) -> Result<()> {
     )?;
     // A write that has seen both versions resolves the conflict everywhere.
     alice.co.put("/plan.txt", b"v3: merged by alice\n").await?;
-    let resolved = |s: &co_hyperdrive::codrive::Snapshot<'_>| {
+    let resolved = |s: &co_hyperdrive::Snapshot<'_>| {
         s.stat("/plan.txt")
             .ok()
             .flatten()

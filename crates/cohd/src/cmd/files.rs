@@ -4,9 +4,9 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use co_hyperdrive::codrive::{CoDrive, CoEntry, Frontier, PathVersion, Snapshot};
 use co_hyperdrive::format::{path, Key};
 use co_hyperdrive::PutOptions;
+use co_hyperdrive::{CoDrive, CoEntry, Frontier, PathVersion, Snapshot};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{read_snapshot, Io};

@@ -117,7 +117,7 @@ pub(crate) trait ServedCommands: Sync {
         &'a self,
         cli: &'a crate::Cli,
         store: &'a co_hyperdrive::Store,
-        co: &'a co_hyperdrive::codrive::CoDrive,
+        co: &'a co_hyperdrive::CoDrive,
         out: &'a mut crate::output::Out,
     ) -> Option<futures::future::BoxFuture<'a, anyhow::Result<()>>>;
 }
@@ -142,8 +142,8 @@ mod unix {
 
     use anyhow::{anyhow, bail, Context, Result};
     use clap::{CommandFactory, FromArgMatches};
-    use co_hyperdrive::codrive::CoDrive;
     use co_hyperdrive::format::Key;
+    use co_hyperdrive::CoDrive;
     use co_hyperdrive::Store;
     use futures::stream::{FuturesUnordered, StreamExt};
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -685,7 +685,7 @@ mod unix {
 #[cfg(not(unix))]
 mod other {
     use anyhow::Result;
-    use co_hyperdrive::codrive::CoDrive;
+    use co_hyperdrive::CoDrive;
     use co_hyperdrive::Store;
 
     use super::ServedCommands;

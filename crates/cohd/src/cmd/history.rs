@@ -4,8 +4,8 @@
 use std::io::Write;
 
 use anyhow::Result;
-use co_hyperdrive::codrive::records;
 use co_hyperdrive::format::{sub, Entry};
+use co_hyperdrive::records;
 use co_hyperdrive::Drive;
 
 use crate::output::Out;

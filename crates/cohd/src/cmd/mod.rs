@@ -15,8 +15,8 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use co_hyperdrive::codrive::{CoDrive, Snapshot};
 use co_hyperdrive::format::Key;
+use co_hyperdrive::{CoDrive, Snapshot};
 use co_hyperdrive::{CoreFormat, Drive, Store};
 use tokio::io::AsyncRead;
 

@@ -8,15 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use co_hyperdrive::codrive::CoDrive;
+use co_hyperdrive::auth::{self, AuthPolicy};
+use co_hyperdrive::dht::{self, DhtOptions, Discovery};
 use co_hyperdrive::format::Key;
-use co_hyperdrive::net::auth::{self, AuthPolicy};
-use co_hyperdrive::net::dht::{self, DhtOptions, Discovery};
-use co_hyperdrive::net::PeerStatus;
-use co_hyperdrive::net::{
-    add_known_cores, catch_up, spawn_follow, Peers, ReplicateOptions, Replicator,
-};
+use co_hyperdrive::CoDrive;
+use co_hyperdrive::PeerStatus;
 use co_hyperdrive::Store;
+use co_hyperdrive::{add_known_cores, catch_up, spawn_follow, Peers, ReplicateOptions, Replicator};
 
 use crate::output::Out;
 use crate::Cli;

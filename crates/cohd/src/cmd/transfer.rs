@@ -4,9 +4,9 @@ use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use co_hyperdrive::blobs::BlobError;
-use co_hyperdrive::codrive::{CoDrive, CoDriveError, Snapshot};
 use co_hyperdrive::format::{path, Key};
+use co_hyperdrive::BlobError;
+use co_hyperdrive::{CoDrive, CoDriveError, Snapshot};
 use co_hyperdrive::{DriveError, PutOptions};
 use tokio::io::AsyncReadExt;
 

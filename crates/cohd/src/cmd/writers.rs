@@ -3,8 +3,8 @@
 use std::io::Write;
 
 use anyhow::Result;
-use co_hyperdrive::codrive::CoDrive;
 use co_hyperdrive::format::{path, Key};
+use co_hyperdrive::CoDrive;
 
 use super::files::{versions_json, versions_text};
 use super::read_snapshot;

@@ -19,10 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use co_hyperdrive::blobs::BlobError;
-use co_hyperdrive::codrive::{CoDrive, CoDriveError, Frontier, Snapshot};
 use co_hyperdrive::format::{path, BlobId, Entry, Key};
+use co_hyperdrive::BlobError;
 use co_hyperdrive::DriveError;
+use co_hyperdrive::{CoDrive, CoDriveError, Frontier, Snapshot};
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
@@ -304,11 +304,9 @@ async fn snapshot<'c>(co: &'c CoDrive, at: Option<&str>) -> Result<Snapshot<'c>,
     let snap = match at {
         None => co.snapshot().await?,
         Some(at) => {
-            let version: Frontier =
-                at.parse()
-                    .map_err(|e: co_hyperdrive::codrive::FrontierError| {
-                        Failure::new(StatusCode::BAD_REQUEST, format!("at: {e}"))
-                    })?;
+            let version: Frontier = at.parse().map_err(|e: co_hyperdrive::FrontierError| {
+                Failure::new(StatusCode::BAD_REQUEST, format!("at: {e}"))
+            })?;
             co.checkout(&version).await?
         }
     };

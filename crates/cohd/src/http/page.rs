@@ -4,8 +4,8 @@
 
 use std::fmt::Write;
 
-use co_hyperdrive::codrive::PathVersion;
 use co_hyperdrive::format::{Entry, Key};
+use co_hyperdrive::PathVersion;
 
 use super::request::{encode_path, percent_encode};
 use crate::cmd::versions_json;
