@@ -247,7 +247,7 @@ impl Core {
         self.live.damaged.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn is_damaged(&self, index: u64) -> bool {
+    pub(crate) fn is_damaged(&self, index: u64) -> bool {
         let d = self.damaged();
         !d.is_empty() && d.contains(&index)
     }
@@ -499,13 +499,18 @@ impl Core {
         match self.log.get(index) {
             Ok(b) => Ok(b),
             Err(LogError::Damaged(_)) => {
-                // Counted as missing from now on, so that peers send it again.
-                tracing::info!(core = %self.key(), index, "a stored block is damaged");
-                self.damaged().insert(index);
-                self.log.forget(index);
+                self.mark_damaged(index);
                 Ok(None)
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Counts a block whose stored copy is damaged as missing from now on, so that peers send
+    /// it again.
+    pub(crate) fn mark_damaged(&self, index: u64) {
+        tracing::info!(core = %self.key(), index, "a stored block is damaged");
+        self.damaged().insert(index);
+        self.log.forget(index);
     }
 }

@@ -8,6 +8,7 @@ use cohd_format::wire::{
 };
 
 use super::core::{Core, CoreError};
+use super::log::LogError;
 
 /// What a peer asks a core to prove: a wire `Request` without its id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,12 +53,18 @@ impl Core {
             return Ok(None);
         }
         if let Some(b) = &req.block {
-            // Only what we hold, checked: a damaged block is fetched again, not served.
-            if self.get_local(b.index).await?.is_none() {
+            if self.is_damaged(b.index) {
                 return Ok(None);
             }
         }
-        Ok(self.log().create_proof(req)?)
+        // The log reads the block itself, checked: a damaged one is fetched again, not served.
+        match self.log().create_proof(req) {
+            Err(LogError::Damaged(index)) => {
+                self.mark_damaged(index);
+                Ok(None)
+            }
+            r => Ok(r?),
+        }
     }
 
     /// Whether `req` could be answered at all.
