@@ -139,6 +139,7 @@ impl World {
                     seq,
                     clock,
                     entry,
+                    time: None,
                 };
                 self.informed_last
                     .insert(p.clone(), informed.then(|| v.clone()));

@@ -417,22 +417,30 @@ fn ls_variants() {
         ls_paths(&d, &["ls", "-r", "/docs"]),
         ["/docs/deep/x", "/docs/z.md"]
     );
-    // -l: flags, size, path; folders as `path/`, links with their target.
+    // -l: flags, size, when it was written (UTC), path; folders as `path/`, links with their
+    // target.
     let long = ls_paths(&d, &["ls", "-l"]);
     assert_eq!(long.len(), 6, "{long:?}");
+    let is_time = |t: &str| {
+        t.len() == 20
+            && t.ends_with('Z')
+            && t.as_bytes()[10] == b'T'
+            && t.starts_with("20")
+            && t.chars().filter(char::is_ascii_digit).count() == 14
+    };
     let find = |p: &str| {
         long.iter()
-            .find(|l| l.split_whitespace().nth(2) == Some(p))
+            .find(|l| l.split_whitespace().nth(3) == Some(p))
             .unwrap_or_else(|| panic!("{p} not in {long:?}"))
             .split_whitespace()
-            .map(str::to_string)
+            .map(|t| if is_time(t) { "TIME" } else { t }.to_string())
             .collect::<Vec<_>>()
     };
-    assert_eq!(find("/b.txt"), ["--", "2", "/b.txt"]);
-    assert_eq!(find("/c"), ["--", "4", "/c"]);
-    assert_eq!(find("/run.sh"), ["-x", "0", "/run.sh"]);
-    assert_eq!(find("/link"), ["l-", "0", "/link", "->", "/a.txt"]);
-    assert_eq!(find("/docs/"), ["d-", "-", "/docs/"]);
+    assert_eq!(find("/b.txt"), ["--", "2", "TIME", "/b.txt"]);
+    assert_eq!(find("/c"), ["--", "4", "TIME", "/c"]);
+    assert_eq!(find("/run.sh"), ["-x", "0", "TIME", "/run.sh"]);
+    assert_eq!(find("/link"), ["l-", "0", "TIME", "/link", "->", "/a.txt"]);
+    assert_eq!(find("/docs/"), ["d-", "-", "-", "/docs/"]);
     // --json: an array of the files directly in the folder, sorted by path.
     let json = d.ok(&["ls", "--json"]).json();
     let arr = json.as_array().expect("array");
@@ -1647,6 +1655,41 @@ fn copy_own_drive(from: &Dir, to: &Dir) {
     let _ = child.kill();
     let _ = child.wait();
     ok(synced);
+}
+
+/// Every version records when it was written (the writer's clock): `stat`, `ls -l`, `log` and
+/// `conflicts` show it, as UTC, and the JSON outputs as ms since the epoch.
+#[test]
+fn versions_carry_their_write_time() {
+    let (d, _) = Dir::init();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64
+    };
+    let before = now();
+    d.put("/t.txt", b"timed");
+    let after = now();
+    let st = d.ok(&["stat", "/t.txt", "--json"]).json();
+    let t = st["time"].as_u64().expect("a time");
+    assert!(before <= t && t <= after, "{before} <= {t} <= {after}");
+    let text = d.ok(&["stat", "/t.txt"]).text();
+    let shown = text
+        .lines()
+        .find_map(|l| l.strip_prefix("written:"))
+        .expect("a written line")
+        .trim()
+        .to_string();
+    assert!(shown.len() == 20 && shown.ends_with('Z'), "{shown}");
+    assert!(d.ok(&["ls", "-l"]).text().contains(&shown));
+    let log = d.ok(&["log", "--json"]).lines();
+    let last: Value = serde_json::from_str(log.last().expect("a log line")).expect("json");
+    assert_eq!(
+        (last["path"].as_str(), last["time"].as_u64()),
+        (Some("/t.txt"), Some(t))
+    );
+    assert!(d.ok(&["log"]).text().contains(&shown));
 }
 
 #[test]

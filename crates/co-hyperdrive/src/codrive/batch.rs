@@ -175,10 +175,15 @@ impl<'a> CoBatch<'a> {
         }
         let seq = self.batch.version();
         let clock = view::next_clock(self.co.own.key(), seq, self.seen(&p).iter());
+        // Our clock, for people: a clock set before 1970 records none.
+        let time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| u64::try_from(d.as_millis()).ok());
         self.batch
             .put_raw(
                 &records::version_key(&p),
-                &records::encode_version(&clock, entry.is_none()),
+                &records::encode_version(&clock, entry.is_none(), time),
             )
             .await?;
         let v = PathVersion {
@@ -186,6 +191,7 @@ impl<'a> CoBatch<'a> {
             seq,
             clock,
             entry,
+            time,
         };
         self.written.insert(p, v.clone());
         Ok(v)

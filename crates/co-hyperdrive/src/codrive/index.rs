@@ -103,7 +103,7 @@ impl CoDrive {
             }
         }
         data.members.sort_by_key(|m| m.seq);
-        let mut clocks: BTreeMap<String, (u64, Clock, bool)> = BTreeMap::new();
+        let mut clocks: BTreeMap<String, (u64, Clock, bool, Option<u64>)> = BTreeMap::new();
         for e in d
             .db()
             .range(&records::versions())
@@ -118,8 +118,8 @@ impl CoDrive {
             if p != path::resolve(p) {
                 continue;
             }
-            if let Ok((clock, deleted)) = records::decode_version(&e.value) {
-                clocks.insert(p.to_string(), (e.seq, clock, deleted));
+            if let Ok((clock, deleted, time)) = records::decode_version(&e.value) {
+                clocks.insert(p.to_string(), (e.seq, clock, deleted, time));
             }
         }
         // Another writer's malformed entries are ignored, as every peer ignores them.
@@ -130,7 +130,7 @@ impl CoDrive {
             .into_iter()
             .map(|e| (e.path.clone(), e))
             .collect();
-        for (p, (seq, clock, deleted)) in &clocks {
+        for (p, (seq, clock, deleted, time)) in &clocks {
             let file = files.get(p);
             if file.is_some_and(|f| f.seq > *seq) {
                 continue; // rewritten by a plain drive write after the record: handled below
@@ -148,12 +148,13 @@ impl CoDrive {
                     seq: *seq,
                     clock: clock.clone(),
                     entry,
+                    time: *time,
                 });
         }
         // Files written without a record (plain Hyperdrive writes, or JavaScript peers): a version
         // that has seen nothing but its own writer's log.
         for (p, f) in files {
-            if clocks.get(&p).is_none_or(|(seq, _, _)| f.seq > *seq) {
+            if clocks.get(&p).is_none_or(|(seq, _, _, _)| f.seq > *seq) {
                 let clock: Clock = [(writer, f.seq)].into_iter().collect();
                 data.versions.insert(
                     p,
@@ -162,6 +163,7 @@ impl CoDrive {
                         seq: f.seq,
                         clock,
                         entry: Some(f.entry),
+                        time: None,
                     }],
                 );
             }

@@ -4,7 +4,9 @@
 //! - `cohd\0m/<16 hex digits>`: a membership record `{"op","key","frontier"}`, one per change,
 //!   never overwritten.
 //! - `cohd\0v<path>`: the version vector of the writer's latest version of `path`
-//!   `{"clock","deleted"}`, written in the same batch as the file entry (or its deletion).
+//!   `{"clock","deleted","time"}`, written in the same batch as the file entry (or its
+//!   deletion). `time` (ms since the Unix epoch, the writer's clock) is shown to people and
+//!   never orders versions; records written before it existed have none.
 
 use std::collections::BTreeMap;
 
@@ -57,6 +59,8 @@ struct MemberJson {
 struct VersionJson {
     clock: BTreeMap<String, u64>,
     deleted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    time: Option<u64>,
 }
 
 /// Why a record does not decode.
@@ -111,18 +115,22 @@ pub fn decode_member(bytes: &[u8]) -> Result<(MemberOp, Clock), RecordError> {
 }
 
 /// Encodes a version record.
-pub fn encode_version(clock: &Clock, deleted: bool) -> Vec<u8> {
+pub fn encode_version(clock: &Clock, deleted: bool, time: Option<u64>) -> Vec<u8> {
     serde_json::to_vec(&VersionJson {
         clock: clock_to_json(clock),
         deleted,
+        time,
     })
     .unwrap_or_default()
 }
 
+/// A decoded version record: its clock, whether it is a delete, and when it was written.
+pub type VersionRecord = (Clock, bool, Option<u64>);
+
 /// Decodes a version record.
-pub fn decode_version(bytes: &[u8]) -> Result<(Clock, bool), RecordError> {
+pub fn decode_version(bytes: &[u8]) -> Result<VersionRecord, RecordError> {
     let v: VersionJson = serde_json::from_slice(bytes)?;
-    Ok((clock_from_json(v.clock)?, v.deleted))
+    Ok((clock_from_json(v.clock)?, v.deleted, v.time))
 }
 
 #[cfg(test)]
@@ -137,9 +145,15 @@ mod tests {
             (MemberOp::Deauthorize(Key([3; 32])), c.clone())
         );
         assert_eq!(
-            decode_version(&encode_version(&c, true)).unwrap(),
-            (c, true)
+            decode_version(&encode_version(&c, true, Some(1_765_000_000_123))).unwrap(),
+            (c.clone(), true, Some(1_765_000_000_123))
         );
+        // Records written before times existed still read.
+        let old = br#"{"clock":{},"deleted":false}"#;
+        assert_eq!(decode_version(old).unwrap(), (Clock::new(), false, None));
+        assert!(!String::from_utf8(encode_version(&c, false, None))
+            .unwrap()
+            .contains("time"));
         assert!(decode_member(b"{}").is_err());
         assert!(decode_member(br#"{"op":"x","key":"00","frontier":{}}"#).is_err());
         assert!(decode_version(br#"{"clock":{"nothex":1},"deleted":false}"#).is_err());

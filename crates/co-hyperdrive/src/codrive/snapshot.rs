@@ -94,6 +94,8 @@ pub struct CoEntry {
     pub writer: Key,
     /// Seq of the winning version in the writer's db core.
     pub seq: u64,
+    /// When the winning version was written, by its writer's clock (see [`PathVersion`]).
+    pub time: Option<u64>,
     /// The Hyperdrive entry.
     pub entry: Entry,
     /// Every concurrent version of the path (the winner included) when there is more than one;
@@ -107,6 +109,7 @@ impl CoEntry {
             path: path.to_string(),
             writer: r.winner.writer,
             seq: r.winner.seq,
+            time: r.winner.time,
             entry: r.winner.entry.clone()?,
             conflicts: r.conflicts.clone(),
         })

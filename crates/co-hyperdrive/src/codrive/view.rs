@@ -36,6 +36,9 @@ pub struct PathVersion {
     pub clock: Clock,
     /// The file entry, or `None` for a delete (tombstone).
     pub entry: Option<Entry>,
+    /// When the writer says it wrote it (ms since the Unix epoch, from its own clock): shown
+    /// to people, never used to order versions. `None` for versions recorded without one.
+    pub time: Option<u64>,
 }
 
 /// A writer-set change.
@@ -387,6 +390,7 @@ mod tests {
             seq,
             clock: clock(c),
             entry: Some(Entry::file(blob, false, None)),
+            time: None,
         }
     }
 

@@ -274,8 +274,15 @@ fn entry_json(e: &CoEntry) -> serde_json::Value {
         "blob": e.entry.blob,
         "metadata": e.entry.metadata,
         "writer": e.writer.to_hex(),
+        "time": e.time,
         "conflicts": versions_json(&e.conflicts, (e.writer, e.seq)),
     })
+}
+
+/// A version's time for people (`-` when it was recorded without one).
+fn when(time: Option<u64>) -> String {
+    time.map(crate::output::utc)
+        .unwrap_or_else(|| "-".to_string())
 }
 
 fn long_line(e: &CoEntry) -> String {
@@ -292,8 +299,9 @@ fn long_line(e: &CoEntry) -> String {
         .map(|l| format!(" -> {l}"))
         .unwrap_or_default();
     format!(
-        "{kind}{x} {:>12} {}{link}{}",
+        "{kind}{x} {:>12} {:<20} {}{link}{}",
         e.entry.size(),
+        when(e.time),
         e.path,
         conflict_mark(e)
     )
@@ -356,7 +364,7 @@ pub(crate) async fn ls(
                         out,
                         "{}{p}/",
                         if long {
-                            format!("d- {:>12} ", "-")
+                            format!("d- {:>12} {:<20} ", "-", "-")
                         } else {
                             String::new()
                         }
@@ -433,9 +441,12 @@ pub(crate) fn versions_text(versions: &[PathVersion]) -> String {
         .iter()
         .map(|c| {
             format!(
-                "{}@{}{}",
+                "{}@{}{}{}",
                 &c.writer.to_hex()[..8],
                 c.seq,
+                c.time
+                    .map(|t| format!(" {}", crate::output::utc(t)))
+                    .unwrap_or_default(),
                 if c.entry.is_none() { " (deleted)" } else { "" }
             )
         })
@@ -451,6 +462,7 @@ pub(crate) fn versions_json(versions: &[PathVersion], winner: (Key, u64)) -> ser
             serde_json::json!({
                 "writer": c.writer.to_hex(),
                 "seq": c.seq,
+                "time": c.time,
                 "deleted": c.entry.is_none(),
                 "winner": (c.writer, c.seq) == winner,
             })
@@ -511,6 +523,7 @@ pub(crate) async fn stat(
         }
         writeln!(out, "seq:        {}", e.seq)?;
         writeln!(out, "writer:     {}", e.writer)?;
+        writeln!(out, "written:    {}", when(e.time))?;
         if !e.conflicts.is_empty() {
             writeln!(out, "conflicts:  {}", versions_text(&e.conflicts))?;
         }

@@ -30,12 +30,17 @@ pub(crate) async fn log(drive: &Drive, out: &mut Out, json: bool) -> Result<()> 
         if seq + 1 < len {
             next = Some(drive.db().block_at(seq + 1).await?);
         }
-        let (path, op, size, version) = if let Some(p) = sub::decode(sub::FILES, &key) {
+        let (path, op, size, version, time) = if let Some(p) = sub::decode(sub::FILES, &key) {
             let path = String::from_utf8_lossy(p).into_owned();
             let record = records::version_key(&path);
-            let version = match &next {
-                Some((k, _)) if *k == record => seq + 2,
-                _ => seq + 1,
+            let (version, time) = match &next {
+                Some((k, v)) if *k == record => (
+                    seq + 2,
+                    v.as_deref()
+                        .and_then(|v| records::decode_version(v).ok())
+                        .and_then(|r| r.2),
+                ),
+                _ => (seq + 1, None),
             };
             let (op, size) = match &value {
                 None => ("del", 0),
@@ -46,7 +51,7 @@ pub(crate) async fn log(drive: &Drive, out: &mut Out, json: bool) -> Result<()> 
                 },
             };
             prev_file = Some(path.clone());
-            (path, op, size, version)
+            (path, op, size, version, time)
         } else {
             let prev = prev_file.take();
             let Some(path) =
@@ -59,7 +64,7 @@ pub(crate) async fn log(drive: &Drive, out: &mut Out, json: bool) -> Result<()> 
                 continue;
             }
             match value.as_deref().map(records::decode_version) {
-                Some(Ok((_, true))) => (path, "del", 0, seq + 1),
+                Some(Ok((_, true, time))) => (path, "del", 0, seq + 1, time),
                 _ => continue,
             }
         };
@@ -67,13 +72,15 @@ pub(crate) async fn log(drive: &Drive, out: &mut Out, json: bool) -> Result<()> 
             writeln!(
                 out,
                 "{}",
-                serde_json::json!({ "version": version, "seq": seq, "op": op, "path": path, "size": size })
+                serde_json::json!({ "version": version, "seq": seq, "op": op, "path": path, "size": size, "time": time })
             )?;
         } else {
             writeln!(
                 out,
-                "{:>6} {:<8} {}{}",
+                "{:>6} {:<20} {:<8} {}{}",
                 version,
+                time.map(crate::output::utc)
+                    .unwrap_or_else(|| "-".to_string()),
                 op,
                 path,
                 if op == "put" {
