@@ -101,8 +101,10 @@ enum Command {
     Cat {
         /// Path in the drive.
         path: String,
-        /// Read the co-drive as it was at this version (a `frontier` from `cohd info --json`).
-        #[arg(long, value_name = "FRONTIER")]
+        /// Read the co-drive as it was at this version: a `frontier` from `cohd info --json`,
+        /// or a UTC time as `ls -l` shows it (2026-12-06T10:00:00Z; a date means its end),
+        /// by the writers' own clocks.
+        #[arg(long, value_name = "FRONTIER|TIME")]
         at: Option<String>,
         /// Print this writer's version of a conflicted path instead of the winner: its key, or
         /// a unique hex prefix of it (the 8 digits `cohd conflicts` shows).
@@ -123,8 +125,10 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        /// Read the co-drive as it was at this version (a `frontier` from `cohd info --json`).
-        #[arg(long, value_name = "FRONTIER")]
+        /// Read the co-drive as it was at this version: a `frontier` from `cohd info --json`,
+        /// or a UTC time as `ls -l` shows it (2026-12-06T10:00:00Z; a date means its end),
+        /// by the writers' own clocks.
+        #[arg(long, value_name = "FRONTIER|TIME")]
         at: Option<String>,
     },
     /// Delete a file from the co-drive (or, with -r, everything under a folder).
@@ -147,8 +151,10 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        /// Read the co-drive as it was at this version (a `frontier` from `cohd info --json`).
-        #[arg(long, value_name = "FRONTIER")]
+        /// Read the co-drive as it was at this version: a `frontier` from `cohd info --json`,
+        /// or a UTC time as `ls -l` shows it (2026-12-06T10:00:00Z; a date means its end),
+        /// by the writers' own clocks.
+        #[arg(long, value_name = "FRONTIER|TIME")]
         at: Option<String>,
     },
     /// Copy a local folder into the co-drive.

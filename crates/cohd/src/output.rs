@@ -273,6 +273,45 @@ pub(crate) fn utc(ms: u64) -> String {
     )
 }
 
+/// A UTC time as `utc` writes it (`YYYY-MM-DDTHH:MM:SSZ`), or a date `YYYY-MM-DD` meaning
+/// the end of that day, as ms since the Unix epoch; `None` if `s` is neither.
+pub(crate) fn parse_utc(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<u64> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') || !(1..=12).contains(&month) {
+        return None;
+    }
+    let (secs_of_day, end_of_day) = match s.len() {
+        10 => (86_399, 999),
+        20 if b[10] == b'T' && b[13] == b':' && b[16] == b':' && b[19] == b'Z' => {
+            let (h, m, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+            if h > 23 || m > 59 || sec > 59 {
+                return None;
+            }
+            (h * 3600 + m * 60 + sec, 0)
+        }
+        _ => return None,
+    };
+    if year < 1970 || day == 0 || day > 31 {
+        return None;
+    }
+    // A civil date to days since 1970-01-01 (H. Hinnant's algorithm, unsigned form).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some((days * 86_400 + secs_of_day) * 1000 + end_of_day)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -288,5 +327,23 @@ mod tests {
         }
         // Whatever a peer records, formatting never panics.
         let _ = super::utc(u64::MAX);
+        // And back.
+        for ms in [0, 951_782_400_000, 1_765_038_303_000, 4_102_444_799_000] {
+            assert_eq!(super::parse_utc(&super::utc(ms)), Some(ms));
+        }
+        assert_eq!(
+            super::parse_utc("2000-02-29"),
+            Some(951_782_400_000 + 86_399_999)
+        );
+        for bad in [
+            "",
+            "2000-13-01",
+            "2000-02-29T24:00:00Z",
+            "1969-12-31",
+            "x000-01-01",
+            "2000-01-01T00:00:00",
+        ] {
+            assert_eq!(super::parse_utc(bad), None, "{bad}");
+        }
     }
 }

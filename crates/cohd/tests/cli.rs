@@ -1690,6 +1690,30 @@ fn versions_carry_their_write_time() {
         (Some("/t.txt"), Some(t))
     );
     assert!(d.ok(&["log"]).text().contains(&shown));
+
+    // --at TIME: the co-drive as it stood then (the second after the first write).
+    std::thread::sleep(Duration::from_millis(1100));
+    d.put("/t.txt", b"later");
+    let then = t - t % 1000 + 1000;
+    let secs = then / 1000;
+    let at = String::from_utf8(
+        Command::new("date")
+            .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+            .output()
+            .expect("date")
+            .stdout,
+    )
+    .expect("utf-8");
+    let at = at.trim();
+    assert_eq!(d.ok(&["cat", "/t.txt", "--at", at]).stdout, b"timed");
+    assert_eq!(d.cat("/t.txt"), b"later");
+    // Before any write: no version to show.
+    assert!(d
+        .err(&["cat", "/t.txt", "--at", "1970-01-02"])
+        .contains("no version at or before 1970-01-02"));
+    assert!(d
+        .err(&["cat", "/t.txt", "--at", "2000-13-01"])
+        .contains("not a version"));
 }
 
 #[test]

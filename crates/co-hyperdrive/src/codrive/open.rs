@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 use cohd_format::Key;
 
+use super::frontier::Frontier;
 use super::index::{Cached, Loads};
 use super::records::{self, RecordError};
 use super::view::{Clock, MemberOp, View};
@@ -114,6 +115,42 @@ impl CoDrive {
 
     pub(crate) fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The co-drive's version as it stood at `time` (ms since the Unix epoch) by its writers'
+    /// own clocks: for each writer, its log up to the last version record written at or before
+    /// `time` (writers with none then are left out: the primary too, when nothing was written
+    /// yet). Records carry the writer's clock, so this is what the writers said, not a causal
+    /// cut; pass the result to [`checkout`](Self::checkout).
+    pub async fn version_at_time(&self, time: u64) -> Result<Frontier, CoDriveError> {
+        let now = self.version().await?;
+        let mut at = BTreeMap::new();
+        for (&writer, &length) in now.iter() {
+            let Some(d) = self.drive(writer).await? else {
+                continue;
+            };
+            let mut found = 0;
+            // Newest first: a writer's records are in the order of its own clock. (Block 0 is
+            // the bee's header.)
+            for seq in (1..length).rev() {
+                let (key, value) = d.db().block_at(seq).await.map_err(DriveError::from)?;
+                if super::records::version_path(&key).is_none() {
+                    continue;
+                }
+                let t = value
+                    .as_deref()
+                    .and_then(|v| super::records::decode_version(v).ok())
+                    .and_then(|r| r.2);
+                if t.is_some_and(|t| t <= time) {
+                    found = seq + 1;
+                    break;
+                }
+            }
+            if found > 0 {
+                at.insert(writer, found);
+            }
+        }
+        Ok(Frontier::from(at))
     }
 
     /// A writer's drive; `None` if the store does not hold it (not received yet), it holds no

@@ -21,7 +21,17 @@ async fn snapshot_at<'a>(co: &'a CoDrive, at: Option<&str>) -> Result<Snapshot<'
     let Some(at) = at else {
         return read_snapshot(co).await;
     };
-    let version: Frontier = at.parse()?;
+    // A time (`2026-12-06T10:00:00Z`, or a date for the end of that day) or a version.
+    let version: Frontier = match crate::output::parse_utc(at) {
+        Some(ms) => {
+            let v = co.version_at_time(ms).await?;
+            if v.get(&co.key()) == 0 {
+                bail!("co-drive {} has no version at or before {at}", co.key());
+            }
+            v
+        }
+        None => at.parse()?,
+    };
     let snap = co.checkout(&version).await?;
     if snap.missing().contains(&co.key()) {
         bail!(
