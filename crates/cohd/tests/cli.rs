@@ -1910,6 +1910,13 @@ fn two_writers_through_copied_cores() {
     let versions = conflicts[0]["versions"].as_array().expect("versions");
     assert_eq!(versions.len(), 2);
     assert_eq!(versions.iter().filter(|v| v["winner"] == true).count(), 1);
+    // Each version with what it is: size and when its writer wrote it.
+    for v in versions {
+        assert_eq!(v["size"], 5, "{v}");
+        assert!(v["time"].as_u64().is_some(), "{v}");
+    }
+    let text = a.ok(&["conflicts"]).text();
+    assert!(text.contains(" 5 B") && text.contains('Z'), "{text}");
     assert_eq!(
         b.ok(&on(&ka, &["conflicts", "--json"])).json_lines(),
         conflicts

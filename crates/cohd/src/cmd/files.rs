@@ -457,7 +457,10 @@ pub(crate) fn versions_text(versions: &[PathVersion]) -> String {
                 c.time
                     .map(|t| format!(" {}", crate::output::utc(t)))
                     .unwrap_or_default(),
-                if c.entry.is_none() { " (deleted)" } else { "" }
+                match &c.entry {
+                    None => " (deleted)".to_string(),
+                    Some(e) => format!(" {} B", e.size()),
+                }
             )
         })
         .collect::<Vec<_>>()
@@ -473,6 +476,7 @@ pub(crate) fn versions_json(versions: &[PathVersion], winner: (Key, u64)) -> ser
                 "writer": c.writer.to_hex(),
                 "seq": c.seq,
                 "time": c.time,
+                "size": c.entry.as_ref().map(|e| e.size()),
                 "deleted": c.entry.is_none(),
                 "winner": (c.writer, c.seq) == winner,
             })
