@@ -273,6 +273,34 @@ impl<'a> Snapshot<'a> {
         }))
     }
 
+    /// The content of every visible file under `path` (a folder, recursively, or one file; `/`
+    /// for everything), concurrent versions included, by writer; and how many visible files
+    /// have content.
+    #[allow(clippy::type_complexity)]
+    fn content_under(
+        &self,
+        path: &str,
+    ) -> Result<(usize, BTreeMap<Key, Vec<cohd_format::BlobId>>), CoDriveError> {
+        let mut by_writer: BTreeMap<Key, Vec<cohd_format::BlobId>> = BTreeMap::new();
+        let mut files = 0;
+        let mut add = |e: CoEntry| {
+            let winner = e.entry.blob.map(|b| (e.writer, b));
+            files += usize::from(winner.is_some());
+            let others = e
+                .conflicts
+                .into_iter()
+                .filter_map(|v| Some((v.writer, v.entry?.blob?)));
+            for (w, b) in winner.into_iter().chain(others) {
+                by_writer.entry(w).or_default().push(b);
+            }
+        };
+        self.list(path).into_iter().for_each(&mut add);
+        if let Some(p) = path::file_or_root(path).map_err(DriveError::from)? {
+            self.entry(&p)?.into_iter().for_each(&mut add);
+        }
+        Ok((files, by_writer))
+    }
+
     /// Fetches from connected peers the content of every visible file under `path` (a folder,
     /// recursively, or one file; `/` for everything), every concurrent version of a conflicted
     /// path included, so that it all reads without the network. Fails with
@@ -289,25 +317,7 @@ impl<'a> Snapshot<'a> {
         path: &str,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<Downloaded, CoDriveError> {
-        let mut versions: Vec<(Key, cohd_format::BlobId)> = Vec::new();
-        let mut files = 0;
-        let mut add = |e: CoEntry| {
-            let winner = e.entry.blob.map(|b| (e.writer, b));
-            files += usize::from(winner.is_some());
-            let others = e
-                .conflicts
-                .into_iter()
-                .filter_map(|v| Some((v.writer, v.entry?.blob?)));
-            versions.extend(winner.into_iter().chain(others));
-        };
-        self.list(path).into_iter().for_each(&mut add);
-        if let Some(p) = path::file_or_root(path).map_err(DriveError::from)? {
-            self.entry(&p)?.into_iter().for_each(&mut add);
-        }
-        let mut by_writer: BTreeMap<Key, Vec<cohd_format::BlobId>> = BTreeMap::new();
-        for (w, b) in versions {
-            by_writer.entry(w).or_default().push(b);
-        }
+        let (files, by_writer) = self.content_under(path)?;
         let mut drives = Vec::with_capacity(by_writer.len());
         for (w, ids) in by_writer {
             let d = self
@@ -329,28 +339,13 @@ impl<'a> Snapshot<'a> {
     /// writers wrote: it is fetched again when read with a peer connected. The local writer's
     /// own content is kept (no peer may hold it).
     pub async fn clear(&self, path: &str) -> Result<Cleared, CoDriveError> {
-        let mut versions: Vec<(Key, cohd_format::BlobId)> = Vec::new();
-        let mut add = |e: CoEntry| {
-            let winner = e.entry.blob.map(|b| (e.writer, b));
-            let others = e
-                .conflicts
-                .into_iter()
-                .filter_map(|v| Some((v.writer, v.entry?.blob?)));
-            versions.extend(winner.into_iter().chain(others));
+        let (_, mut by_writer) = self.content_under(path)?;
+        let mut out = Cleared {
+            kept_own: by_writer
+                .remove(&self.co.local_key())
+                .map_or(0, |ids| ids.len()),
+            ..Cleared::default()
         };
-        self.list(path).into_iter().for_each(&mut add);
-        if let Some(p) = path::file_or_root(path).map_err(DriveError::from)? {
-            self.entry(&p)?.into_iter().for_each(&mut add);
-        }
-        let mut out = Cleared::default();
-        let mut by_writer: BTreeMap<Key, Vec<cohd_format::BlobId>> = BTreeMap::new();
-        for (w, b) in versions {
-            if w == self.co.local_key() {
-                out.kept_own += 1;
-            } else {
-                by_writer.entry(w).or_default().push(b);
-            }
-        }
         for (w, ids) in by_writer {
             let Some(d) = self.co.drive(w).await? else {
                 continue;

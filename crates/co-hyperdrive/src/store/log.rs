@@ -756,7 +756,7 @@ impl Log {
         let mut s = self.state();
         let mut next = s.clone();
         let mut b = Batch::default();
-        let mut cleared = 0u64;
+        let mut gone = Vec::new();
         for r in ranges {
             let held: Vec<(u64, u64)> = s
                 .present
@@ -768,23 +768,21 @@ impl Log {
                 for i in a..e {
                     b.delete(Space::Blocks, record_key(&self.key, &i.to_be_bytes()));
                     next.remove(i);
-                    cleared += 1;
+                    gone.push(i);
                 }
             }
         }
-        if cleared == 0 {
+        if gone.is_empty() {
             return Ok(0);
         }
         self.write_state(&mut b, &next, true);
         self.kv.commit(b)?;
         let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
-        for r in ranges {
-            for i in r.clone().take(1 << 24) {
-                checked.remove(i);
-            }
+        for &i in &gone {
+            checked.remove(i);
         }
         *s = next;
-        Ok(cleared)
+        Ok(gone.len() as u64)
     }
 
     /// How many nodes above block `index`'s leaf we lack.

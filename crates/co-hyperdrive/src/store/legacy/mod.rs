@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use cohd_format::merkle::{self, Node};
 use cohd_format::Key;
@@ -52,10 +53,10 @@ pub(crate) fn migrate(store: &Path, db: &Path, ledger: Option<&Ledger>) -> Resul
     }
     super::private_dir(&moving).map_err(io(format!("creating {}", moving.display())))?;
     let moved = (|| {
-        let kv = Kv::open(&moving).map_err(|e| StoreError::Database {
+        let kv = Arc::new(Kv::open(&moving).map_err(|e| StoreError::Database {
             path: moving.clone(),
             reason: e.to_string(),
-        })?;
+        })?);
         let mut moved = 0;
         for entry in
             std::fs::read_dir(&cores).map_err(io(format!("listing {}", cores.display())))?
@@ -102,7 +103,12 @@ pub(crate) fn migrate(store: &Path, db: &Path, ledger: Option<&Ledger>) -> Resul
 }
 
 /// Imports one core folder; `ours` is its name and recorded length when it is one of ours.
-fn import(kv: &Kv, dir: &Path, key: Key, ours: Option<&(String, u64)>) -> Result<(), StoreError> {
+fn import(
+    kv: &Arc<Kv>,
+    dir: &Path,
+    key: Key,
+    ours: Option<&(String, u64)>,
+) -> Result<(), StoreError> {
     let corrupt = |reason: String| StoreError::Core { key, reason };
     let Some(recovered) = recover::recover(dir, key)? else {
         // No oplog header: nothing was ever written, unless the other files say otherwise.
@@ -231,12 +237,12 @@ fn import(kv: &Kv, dir: &Path, key: Key, ours: Option<&(String, u64)>) -> Result
             &kept,
         )
         .map_err(fail)?;
-    // Read back as the store will: the signature and the roots must hold.
-    let kv_check = Log::exists(kv, key).map_err(fail)?;
-    if !kv_check {
-        return Err(corrupt("the moved core is not in the database".into()));
+    // Read back as the store will: the header, the roots and the signature must hold.
+    match Log::open(kv.clone(), key, None, None, false) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(corrupt("the moved core is not in the database".into())),
+        Err(e) => Err(corrupt(format!("the moved core does not read back: {e}"))),
     }
-    Ok(())
 }
 
 /// Where block `index` starts in the data file: the sizes of the full roots left of it.
