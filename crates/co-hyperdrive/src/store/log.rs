@@ -729,6 +729,7 @@ impl Log {
         next.add(s.length..next.length);
         next.note_signed(next.length);
         self.write_state(&mut b, &next, true);
+        b.own_blocks();
         self.kv.commit(b)?;
         self.checked
             .lock()
