@@ -332,10 +332,11 @@ impl Disk {
         // forgets them has committed.
         let mut freed = Vec::new();
         let mut written = BTreeSet::new();
-        // Block keys this batch put in a file / in the database (a later op on the same key
-        // must undo the earlier one, which the database cannot show yet).
-        let (mut to_file, mut inline) = (BTreeSet::new(), BTreeSet::new());
-        for (s, k, v) in batch.ops {
+        // The database gives every item of a batch the same sequence number, so two items for
+        // one key would be ambiguous: the last op on each key is the one applied.
+        let ops: BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>> =
+            batch.ops.into_iter().map(|(s, k, v)| ((s, k), v)).collect();
+        for ((s, k), v) in ops {
             match v {
                 Some(v) if s == Space::Blocks && v.len() >= FILE_MIN => {
                     let core = core_of(&k)?;
@@ -346,18 +347,14 @@ impl Disk {
                     at.extend_from_slice(&(v.len() as u32).to_le_bytes());
                     // A copy stored before in the database (a store from before the data
                     // files, or another fork's block) goes.
-                    if inline.remove(&k) || self.space(s).contains_key(&k)? {
+                    if self.space(s).contains_key(&k)? {
                         b.remove(self.space(s), k.clone());
                     }
-                    to_file.insert(k.clone());
                     b.insert(&self.located, k, at);
                 }
                 Some(v) => {
-                    if s == Space::Blocks {
-                        if to_file.remove(&k) || self.located.contains_key(&k)? {
-                            b.remove(&self.located, k.clone());
-                        }
-                        inline.insert(k.clone());
+                    if s == Space::Blocks && self.located.contains_key(&k)? {
+                        b.remove(&self.located, k.clone());
                     }
                     b.insert(self.space(s), k, v)
                 }
@@ -365,10 +362,8 @@ impl Disk {
                     if s == Space::Blocks {
                         if let Some(at) = self.located.get(&k)? {
                             freed.push((core_of(&k)?, location(&k, &at)?));
+                            b.remove(&self.located, k.clone());
                         }
-                        to_file.remove(&k);
-                        inline.remove(&k);
-                        b.remove(&self.located, k.clone());
                     }
                     b.remove(self.space(s), k)
                 }
