@@ -81,6 +81,8 @@ struct ClaimSet {
     /// The highest contiguous prefix a channel reported: blocks below it are here, whatever
     /// older view of the core another channel still scans from.
     floor: u64,
+    /// The fork the claims and the floor are of.
+    fork: u64,
 }
 
 /// How long a claim keeps other channels from asking for its block.
@@ -98,6 +100,17 @@ impl Claims {
             s.floor = contiguous;
             let rest = s.by_block.split_off(&contiguous);
             s.by_block = rest;
+        }
+    }
+
+    /// The core moved to a newer fork (it followed its owner's truncation): the blocks past
+    /// what the trees share are gone, whatever any channel reported before.
+    fn new_fork(&self, fork: u64, contiguous: u64) {
+        let mut s = self.set();
+        if fork > s.fork {
+            s.fork = fork;
+            s.floor = contiguous;
+            s.by_block.clear();
         }
     }
 
@@ -145,6 +158,8 @@ pub(crate) struct Peer {
     length: u64,
     remote_length: u64,
     can_upgrade: bool,
+    /// The remote had no proof of its newer fork when asked (asked again after its next Sync).
+    fork_refused: bool,
     /// Blocks the remote announced (`Range` from 0).
     has_contiguous: u64,
     download_all: bool,
@@ -160,6 +175,8 @@ pub(crate) struct Peer {
     /// Last extension name the remote sent (JS sends "" for "same as last time").
     last_ext: String,
     announced_length: u64,
+    /// The fork we last told the remote we are on (a peer's truncation we follow changes it).
+    announced_fork: u64,
     /// Contiguous blocks we last told the remote we hold.
     announced_contiguous: u64,
 }
@@ -245,6 +262,7 @@ impl Peer {
                 self.length = length;
                 self.remote_length = remote_length;
                 self.can_upgrade = flags & SYNC_CAN_UPGRADE != 0;
+                self.fork_refused = false;
                 if first || remote_length != local.length {
                     out.push(Action::Send(vec![self.sync(local)]));
                 }
@@ -318,6 +336,7 @@ impl Peer {
                             self.has_contiguous = i;
                         }
                     }
+                    Some(Inflight::Upgrade) if self.fork != local.fork => self.fork_refused = true,
                     Some(Inflight::Upgrade) => self.can_upgrade = false,
                     None => {}
                 }
@@ -359,7 +378,17 @@ impl Peer {
         self.claimed.retain(|i| requested.contains(i));
         self.claims.forget_below(local.contiguous);
         let mut out = Vec::new();
-        if local.length != self.announced_length {
+        if local.fork != self.announced_fork {
+            // We followed the owner's truncation: say so, with what we hold of the new tree.
+            self.claims.new_fork(local.fork, local.contiguous);
+            self.claimed.clear();
+            self.announced_fork = local.fork;
+            self.announced_length = local.length;
+            self.announced_contiguous = local.contiguous;
+            let mut msgs = vec![self.sync(local)];
+            msgs.extend(Self::range(local));
+            out.push(Action::Send(msgs));
+        } else if local.length != self.announced_length {
             self.announced_length = local.length;
             out.push(Action::Send(vec![self.sync(local)]));
         }
@@ -380,12 +409,17 @@ impl Peer {
 
     /// After our core changed locally (an append, or data from another peer).
     pub(crate) fn on_local_change(&mut self, local: &Local) -> Vec<Action> {
-        if local.length == self.announced_length {
+        if local.length == self.announced_length && local.fork == self.announced_fork {
             let mut out: Vec<Action> = self.range_update(local).into_iter().collect();
             out.extend(self.requests(local));
             return out;
         }
+        if local.fork != self.announced_fork {
+            self.claims.new_fork(local.fork, local.contiguous);
+            self.claimed.clear();
+        }
         self.announced_length = local.length;
+        self.announced_fork = local.fork;
         self.announced_contiguous = local.contiguous;
         let mut msgs = vec![self.sync(local)];
         msgs.extend(Self::range(local));
@@ -435,6 +469,7 @@ impl Peer {
     pub(crate) fn caught_up(&self, local: &Local) -> bool {
         self.synced
             && self.inflight.is_empty()
+            && (local.writable || self.fork <= local.fork)
             && (local.writable || !self.can_upgrade || self.length <= local.length)
             && (!self.download_all || local.contiguous >= self.length.min(self.has_contiguous))
     }
@@ -443,6 +478,35 @@ impl Peer {
     fn requests(&mut self, local: &Local) -> Vec<Action> {
         let mut msgs = Vec::new();
         let upgrading = self.inflight.values().any(|k| *k == Inflight::Upgrade);
+        if !local.writable
+            && !upgrading
+            && self.synced
+            && !self.fork_refused
+            && self.fork > local.fork
+            && self.length > 0
+        {
+            // The owner truncated its log: ask for its new tree whole, from block 0, on its
+            // fork (the core follows it, keeping what the trees share).
+            let id = self.id();
+            self.inflight.insert(id, Inflight::Upgrade);
+            return vec![Action::Send(vec![Message::Request {
+                id,
+                fork: self.fork,
+                block: None,
+                hash: None,
+                seek: None,
+                upgrade: Some(RequestUpgrade {
+                    start: 0,
+                    length: self.length,
+                }),
+                manifest: local.needs_manifest,
+                priority: 0,
+            }])];
+        }
+        if self.fork != local.fork {
+            // Its blocks are of another tree than ours: nothing to ask for until one follows.
+            return Vec::new();
+        }
         if !local.writable
             && !upgrading
             && self.synced

@@ -904,12 +904,178 @@ impl Log {
         Ok(Some(p))
     }
 
+    /// Our own log, cut back to `length` blocks: the next fork, the shorter tree signed again.
+    /// Peers follow it ([`follow_fork`](Self::follow_fork)). Not offered above the store:
+    /// a Hyperdrive never truncates, and the ledger would take it for lost blocks.
+    #[cfg(test)]
+    pub(crate) fn truncate(&self, length: u64) -> Result<(), LogError> {
+        let secret = self.secret.as_ref().ok_or(LogError::NotWritable)?;
+        let mut s = self.state();
+        if length > s.length {
+            return Err(LogError::Invalid(format!(
+                "cannot truncate {} blocks to {length}",
+                s.length
+            )));
+        }
+        let roots = merkle::full_roots(length)
+            .into_iter()
+            .map(|i| {
+                self.node(i)?.ok_or_else(|| {
+                    LogError::Corrupted(format!("node {i} of our own tree is missing"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let fork = s.fork + 1;
+        let signature = self
+            .verifier()
+            .map_err(LogError::Corrupted)?
+            .sign(secret, &merkle::tree_hash(&roots), length, fork)
+            .map_err(|e| LogError::Corrupted(format!("cannot sign: {e}")))?;
+        self.reorg(&mut s, length, roots, fork, signature, None)
+    }
+
+    /// Moves to a peer's newer fork, proven by an upgrade from block 0: the new roots are
+    /// checked against the owner's signature, and what the two trees share is kept. Shared is
+    /// counted by whole roots of the new tree that equal our nodes (a root that differs drops
+    /// every block under it, to be fetched again with proofs of the new tree): simpler than
+    /// JavaScript's search for the exact point with hash requests, and as safe.
+    fn follow_fork(&self, s: &mut MutexGuard<'_, State>, p: &Proof) -> Result<(), LogError> {
+        let u = p
+            .upgrade
+            .as_ref()
+            .ok_or_else(|| LogError::Invalid("no upgrade".into()))?;
+        let received = Received {
+            block: None,
+            hash: None,
+            seek: None,
+            upgrade: Some(ReceivedUpgrade {
+                start: 0,
+                length: u.length,
+                nodes: u.nodes.clone(),
+                additional: u.additional.clone(),
+            }),
+        };
+        let invalid = |e: ProofError| LogError::Invalid(format!("invalid fork proof: {e}"));
+        let verified = proof::verify(&[], 0, &received).map_err(invalid)?;
+        let (roots, length) = verified
+            .upgraded
+            .ok_or_else(|| LogError::Invalid("a fork proof without its upgrade".into()))?;
+        let mut new_manifest = None;
+        if let (Some(bytes), None) = (&p.manifest, self.manifest()) {
+            let m = Manifest::decode(bytes)
+                .map_err(|e| LogError::Invalid(format!("its manifest: {e}")))?;
+            new_manifest = Some(
+                manifest::Verifier::new(self.key.0, m)
+                    .map_err(|e| LogError::Invalid(format!("its manifest: {e}")))?,
+            );
+        }
+        let verifier = match &new_manifest {
+            Some(v) => v.clone(),
+            None => self.verifier().map_err(LogError::Invalid)?,
+        };
+        let sig = u.signature.as_deref().unwrap_or_default();
+        self.check_with(&verifier, &roots, length, p.fork, sig)
+            .map_err(LogError::Invalid)?;
+        let mut shared = 0;
+        for r in &roots {
+            let (_, end) = merkle::span(r.index);
+            if end > s.length || self.node(r.index)? != Some(*r) {
+                break;
+            }
+            shared = end;
+        }
+        tracing::info!(core = %self.key, fork = p.fork, length, shared, "the owner truncated its log: following its new fork");
+        self.reorg(s, shared, roots, p.fork, sig.to_vec(), new_manifest)
+    }
+
+    /// One batch: drops the blocks and tree nodes past `shared` blocks, stores the new roots
+    /// and the header of the new fork.
+    fn reorg(
+        &self,
+        s: &mut MutexGuard<'_, State>,
+        shared: u64,
+        roots: Vec<Node>,
+        fork: u64,
+        signature: Vec<u8>,
+        new_manifest: Option<manifest::Verifier>,
+    ) -> Result<(), LogError> {
+        let old = s.length;
+        let mut next = (**s).clone();
+        let mut b = Batch::default();
+        let new_roots: BTreeSet<u64> = roots.iter().map(|r| r.index).collect();
+        for i in shared..old {
+            if next.has(i) {
+                b.delete(Space::Blocks, record_key(&self.key, &i.to_be_bytes()));
+                next.remove(i);
+            }
+        }
+        // Every node whose leaves reach past `shared` belonged to the old tree only.
+        if old > shared {
+            for d in 0..64u32 {
+                let (first, last) = (shared >> d, (old - 1) >> d);
+                for o in first..=last {
+                    let i = merkle::index(d, o);
+                    if !new_roots.contains(&i) {
+                        b.delete(Space::Nodes, record_key(&self.key, &i.to_be_bytes()));
+                    }
+                }
+                if last == 0 && (1u64 << d) >= old {
+                    break;
+                }
+            }
+        }
+        for r in &roots {
+            b.put(
+                Space::Nodes,
+                record_key(&self.key, &r.index.to_be_bytes()),
+                encode_node(r),
+            );
+        }
+        next.length = roots
+            .iter()
+            .map(|r| merkle::span(r.index).1)
+            .max()
+            .unwrap_or(0);
+        next.byte_length = roots.iter().map(|r| r.size).sum();
+        next.roots = roots;
+        next.fork = fork;
+        next.signature = signature;
+        next.signed.retain(|l| *l <= shared);
+        next.note_signed(next.length);
+        self.write_state(&mut b, &next, true);
+        if let Some(v) = &new_manifest {
+            b.put(
+                Space::Meta,
+                record_key(&self.key, b"m"),
+                v.manifest().encode(),
+            );
+        }
+        self.kv.commit(b)?;
+        if old > shared {
+            let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+            for i in shared..old {
+                checked.remove(i);
+            }
+        }
+        **s = next;
+        if let Some(v) = new_manifest {
+            *self.verifier.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+        }
+        Ok(())
+    }
+
     /// Verifies a peer's proof and stores what it proves. `Ok(false)`: it is for another fork.
     /// An upgrade that starts below our length (we grew meanwhile, from another peer) is
     /// dropped, and the rest applied if it still fits.
     pub(crate) fn apply_proof(&self, mut p: Proof) -> Result<bool, LogError> {
         let mut s = self.state();
         if p.fork != s.fork {
+            // The owner truncated its log (a new fork): a whole new tree, from its first block.
+            let from_start = p.upgrade.as_ref().is_some_and(|u| u.start == 0);
+            if p.fork > s.fork && from_start && !self.writable() {
+                self.follow_fork(&mut s, &p)?;
+                return Ok(true);
+            }
             return Ok(false);
         }
         if let Some(u) = &p.upgrade {
@@ -1052,6 +1218,114 @@ mod tests {
             upgrade: upgrade.map(|(start, length)| RequestUpgrade { start, length }),
             ..ProofRequest::default()
         }
+    }
+
+    /// Replicates `w` into `r`: an upgrade (from 0 when `w` is on a newer fork), then each
+    /// missing block with the nodes `r` lacks.
+    fn replicate(w: &Log, r: &Log) {
+        let (len, _, _, fork) = w.lengths();
+        let (rlen, _, _, rfork) = r.lengths();
+        if rfork < fork || rlen < len {
+            let start = if rfork < fork { 0 } else { rlen };
+            let p = w
+                .create_proof(&ProofRequest {
+                    fork,
+                    ..req(None, Some((start, len - start)))
+                })
+                .unwrap()
+                .unwrap();
+            assert!(r.apply_proof(p).unwrap());
+        }
+        for i in 0..len {
+            if r.has(i) {
+                continue;
+            }
+            let p = w
+                .create_proof(&ProofRequest {
+                    fork,
+                    ..req(Some((i, r.missing_nodes(i))), None)
+                })
+                .unwrap()
+                .unwrap();
+            assert!(r.apply_proof(p).unwrap(), "block {i}");
+        }
+    }
+
+    #[test]
+    fn a_truncated_writer_is_followed_keeping_what_the_trees_share() {
+        for (n, keep, add) in [(13, 8, 3), (16, 8, 0), (16, 12, 9), (5, 0, 4), (9, 9, 1)] {
+            let wkv = Arc::new(Kv::memory());
+            let w = writer(&wkv, n);
+            let rkv = Arc::new(Kv::memory());
+            let r = Log::open(rkv.clone(), w.key(), None, None, true)
+                .unwrap()
+                .unwrap();
+            replicate(&w, &r);
+            assert_eq!(r.state().length, n);
+            w.truncate(keep).unwrap();
+            for i in keep..keep + add {
+                w.append(&[format!("new {i}").into_bytes()]).unwrap();
+            }
+            // A proof of the old fork no longer fits the writer; the writer's new one is
+            // followed.
+            let p = w
+                .create_proof(&ProofRequest {
+                    fork: 1,
+                    ..req(None, Some((0, keep + add)))
+                })
+                .unwrap()
+                .unwrap();
+            assert!(r.apply_proof(p).unwrap());
+            let s = r.state();
+            assert_eq!((s.fork, s.length), (1, keep + add));
+            // Whole roots of the new tree that equal ours are kept, the rest is gone.
+            let shared = s.contiguous();
+            assert!(shared <= keep, "{n} {keep} {add}: kept {shared}");
+            drop(s);
+            replicate(&w, &r);
+            for i in 0..keep + add {
+                let want = if i < keep {
+                    format!("block {i}")
+                } else {
+                    format!("new {i}")
+                };
+                assert_eq!(
+                    r.get(i).unwrap().unwrap(),
+                    want.as_bytes(),
+                    "{n} {keep} {add}: {i}"
+                );
+            }
+            assert_eq!(r.get(keep + add).unwrap(), None);
+            // What the reader holds reopens, signature and all.
+            let again = Log::open(rkv, w.key(), None, None, true).unwrap().unwrap();
+            assert_eq!(again.lengths(), (keep + add, w.lengths().1, keep + add, 1));
+        }
+    }
+
+    #[test]
+    fn a_fork_proof_with_a_forged_signature_changes_nothing() {
+        let w = writer(&Arc::new(Kv::memory()), 10);
+        let rkv = Arc::new(Kv::memory());
+        let r = Log::open(rkv, w.key(), None, None, true).unwrap().unwrap();
+        replicate(&w, &r);
+        w.truncate(4).unwrap();
+        let mut p = w
+            .create_proof(&ProofRequest {
+                fork: 1,
+                ..req(None, Some((0, 4)))
+            })
+            .unwrap()
+            .unwrap();
+        if let Some(u) = &mut p.upgrade {
+            if let Some(sig) = &mut u.signature {
+                sig[0] ^= 1;
+            }
+        }
+        let before = r.lengths();
+        assert!(r.apply_proof(p).is_err());
+        assert_eq!(r.lengths(), before);
+        assert_eq!((before.0, before.2, before.3), (10, 10, 0));
+        assert_eq!(r.get(9).unwrap().unwrap(), b"block 9");
     }
 
     #[test]
