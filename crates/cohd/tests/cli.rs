@@ -641,8 +641,23 @@ fn info_log_diff() {
         ]
     );
     assert!(d.ok(&["diff", &v.to_string()]).stdout.is_empty());
-    let e = d.err(&["diff", &(v + 5).to_string()]);
-    assert!(e.contains("past"), "{e}");
+    // A version the drive does not have yet, either way round: said in words, not silently.
+    let future = (v + 5).to_string();
+    for args in [
+        vec!["diff", future.as_str()],
+        vec!["diff", future.as_str(), "2"],
+        vec!["diff", "2", future.as_str()],
+    ] {
+        let e = d.err(&args);
+        assert_eq!(
+            e,
+            format!(
+                "error: version {future} of this store's drive does not exist: it is at \
+                 version {v} (`cohd log` shows the version each write made)"
+            ),
+            "{args:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1800,7 +1815,9 @@ fn non_writer_is_told_how_to_become_one() {
         vec!["authorize", &other],
     ] {
         let e = d.err(&on(&other, &args));
-        assert_eq!(e, format!("error: {hint}"), "{args:?}");
+        assert!(e.starts_with(&format!("error: {hint}")), "{args:?}: {e}");
+        // Authorized elsewhere but not synced yet is the other reason: what to do then.
+        assert!(e.contains("run `cohd sync --peer ADDR`"), "{args:?}: {e}");
     }
     // From stdin too.
     let e = clean_error(&d.run_stdin(&on(&other, &["put", "/x"]), b"piped"));
@@ -2539,6 +2556,51 @@ fn a_word_where_one_is_due() {
         .err(&["ls", "/nothing"])
         .contains("no such file or folder"));
     assert_eq!(ls_paths(&d, &["ls", "/docs"]), ["/docs/a.txt"]);
+}
+
+#[test]
+fn help_is_short_and_usage_errors_exit_2() {
+    let d = Dir::empty();
+    // A subcommand's help leads with its own options; the global ones take a line each.
+    for cmd in ["init", "demo", "cat", "serve"] {
+        let h = d.ok(&[cmd, "--help"]).text();
+        let (own, global) = h
+            .split_once("Global options:")
+            .unwrap_or_else(|| panic!("{cmd} --help has no global options section:\n{h}"));
+        assert!(own.contains("--help"), "{cmd}: {h}");
+        assert!(
+            !own.contains("--drive") && global.contains("--drive <KEY>"),
+            "{cmd}: {h}"
+        );
+        assert!(
+            !h.contains("Writes always go to"),
+            "{cmd} repeats the long --drive help"
+        );
+        assert!(
+            global.contains(
+                "Work on co-drive KEY (its primary writer's drive key) instead of the store's own"
+            ),
+            "{cmd}: {h}"
+        );
+        // Five options, a few lines each at most (long help puts env and default on lines
+        // of their own).
+        assert!(global.lines().count() < 25, "{cmd}: {global}");
+    }
+    assert!(d.ok(&["init", "--help"]).text().contains("--compat"));
+    // The details, and the exit statuses, are in `cohd --help`.
+    let top = d.ok(&["--help"]).text();
+    assert!(
+        top.contains("Writes always go to this store's drive"),
+        "{top}"
+    );
+    assert!(top.contains("2 on a usage error"), "{top}");
+    // Usage errors exit 2 (clap's message), errors 1.
+    for args in [&["bogus"][..], &["cat"], &["ls", "--nope"], &["diff", "x"]] {
+        let out = d.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.starts_with("error:"), "{args:?}: {}", out.stderr);
+    }
+    assert_eq!(d.run(&["ls"]).status.code(), Some(1));
 }
 
 #[test]

@@ -30,7 +30,12 @@ async fn snapshot_at<'a>(co: &'a CoDrive, at: Option<&str>) -> Result<Snapshot<'
             }
             v
         }
-        None => at.parse()?,
+        None => at.parse().with_context(|| {
+            format!(
+                "--at {at}: neither a UTC time (2026-12-06T10:00:00Z, or a date for its end) \
+                 nor a version (`frontier` in `cohd info --json`)"
+            )
+        })?,
     };
     let snap = co.checkout(&version).await?;
     if snap.missing().contains(&co.key()) {

@@ -85,6 +85,8 @@ pub(crate) enum Row {
         name: String,
         writer: Key,
         seq: u64,
+        /// When its writer wrote it (ms since the Unix epoch, by its writer's clock).
+        time: Option<u64>,
         /// (Boxed: an entry is large, a folder row small.)
         entry: Option<Box<Entry>>,
         /// Every concurrent version (the winner included) when conflicted, else empty.
@@ -136,6 +138,7 @@ impl Listing {
                     name,
                     writer,
                     seq,
+                    time,
                     entry,
                     conflicts,
                 } => {
@@ -153,6 +156,7 @@ impl Listing {
                         "linkname": entry.as_ref().and_then(|e| e.linkname.clone()),
                         "writer": writer.to_hex(),
                         "seq": seq,
+                        "time": time,
                         "conflicts": versions_json(conflicts, (*writer, *seq)),
                     })
                 }
@@ -192,13 +196,13 @@ impl Listing {
             h.push_str("<p class=\"note\">A past version (read-only).</p>\n");
         }
         h.push_str(
-            "<table><thead><tr><th>Name</th><th>Size</th><th>Writer</th><th>Version</th>\
-             <th>Conflict</th></tr></thead><tbody>\n",
+            "<table><thead><tr><th>Name</th><th>Size</th><th>Written (UTC)</th><th>Writer</th>\
+             <th>Version</th><th>Conflict</th></tr></thead><tbody>\n",
         );
         if self.folder != "/" {
             let _ = writeln!(
                 h,
-                "<tr class=\"folder\"><td><a href=\"../{}\">../</a></td><td></td><td></td>\
+                "<tr class=\"folder\"><td><a href=\"../{}\">../</a></td><td></td><td></td><td></td>\
                  <td></td><td></td></tr>",
                 escape(&self.keep(true))
             );
@@ -209,7 +213,7 @@ impl Listing {
                     let _ = writeln!(
                         h,
                         "<tr class=\"folder\"><td><a href=\"{}/{}\">{}/</a></td><td>-</td>\
-                         <td></td><td></td><td></td></tr>",
+                         <td></td><td></td><td></td><td></td></tr>",
                         escape(&percent_encode(name)),
                         escape(&self.keep(true)),
                         escape(name)
@@ -219,6 +223,7 @@ impl Listing {
                     name,
                     writer,
                     seq,
+                    time,
                     entry,
                     conflicts,
                 } => {
@@ -249,7 +254,8 @@ impl Listing {
                     let _ = write!(
                         h,
                         "<tr class=\"{class}\"><td>{name_cell}</td><td>{size}</td>\
-                         <td title=\"{}\">{w8}</td><td>{w8}@{seq}</td><td>",
+                         <td>{}</td><td title=\"{}\">{w8}</td><td>{w8}@{seq}</td><td>",
+                        when(*time),
                         writer.to_hex()
                     );
                     if !conflicts.is_empty() {
@@ -262,7 +268,18 @@ impl Listing {
                             .iter()
                             .map(|v| {
                                 let vw = v.writer.to_hex();
-                                let label = format!("{}@{}", &vw[..8], v.seq);
+                                // Who, how big and when: enough to tell the versions apart.
+                                let size = v
+                                    .entry
+                                    .as_ref()
+                                    .map(|e| format!(", {} B", e.size()))
+                                    .unwrap_or_default();
+                                let label = format!(
+                                    "{}@{} ({}{size})",
+                                    &vw[..8],
+                                    v.seq,
+                                    when(v.time)
+                                );
                                 let note = if (v.writer, v.seq) == (*writer, *seq) {
                                     " (shown)"
                                 } else {
@@ -288,6 +305,12 @@ impl Listing {
         h.push_str("</tbody></table>\n</body></html>\n");
         h
     }
+}
+
+/// A version's write time as listings show it (`-` when it was recorded without one).
+fn when(time: Option<u64>) -> String {
+    time.map(crate::output::utc)
+        .unwrap_or_else(|| "-".to_string())
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em}\
@@ -323,6 +346,7 @@ mod tests {
                     name: "a\"b'&.txt".into(),
                     writer: Key([7; 32]),
                     seq: 3,
+                    time: Some(0),
                     entry: Some(Box::default()),
                     conflicts: vec![],
                 },
@@ -334,5 +358,6 @@ mod tests {
         assert!(h.contains("a&quot;b&#39;&amp;.txt"));
         assert!(h.contains("href=\"a%22b%27%26.txt?at=v%22%3C\""));
         assert!(h.contains("value=\"v&quot;&lt;\""));
+        assert!(h.contains("<td>1970-01-01T00:00:00Z</td>"), "{h}");
     }
 }
