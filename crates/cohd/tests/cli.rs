@@ -2611,8 +2611,46 @@ fn emptying_the_whole_drive_needs_a_yes() {
     // No terminal to ask on: refused, nothing removed.
     assert!(d.err(&["rm", "-r", "/"]).contains("--yes"));
     assert_eq!(ls_paths(&d, &["ls", "-r"]), ["/a.txt", "/docs/b.txt"]);
-    // A folder is removed without asking; the whole drive with --yes.
+    // On a terminal it asks (`script`, from util-linux, gives it one): "n" keeps everything.
+    let on_terminal = |answer: &[u8]| -> (bool, String) {
+        let cmd = format!(
+            "'{}' --dir '{}' rm -r /",
+            env!("CARGO_BIN_EXE_cohd"),
+            d.path().display()
+        );
+        let mut child = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("COHD_NO_DHT", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("`script` (util-linux) runs a command on a terminal; install util-linux");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(answer)
+            .expect("answer");
+        let out = wait_output(child, "rm -r / on a terminal");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (removed, shown) = on_terminal(b"n\n");
+    assert!(
+        !removed && shown.contains("remove all 2 files of co-drive"),
+        "{shown}"
+    );
+    assert!(shown.contains("[y/N]"), "{shown}");
+    assert_eq!(ls_paths(&d, &["ls", "-r"]), ["/a.txt", "/docs/b.txt"]);
+    // A folder is removed without asking; the whole drive with --yes, or a "y" on a terminal.
     d.ok(&["rm", "-r", "/docs"]);
+    let (removed, shown) = on_terminal(b"y\n");
+    assert!(removed, "{shown}");
+    assert!(ls_paths(&d, &["ls", "-r"]).is_empty());
+    d.put("/c.txt", b"c");
     d.ok(&["rm", "-r", "/", "--yes"]);
     assert!(ls_paths(&d, &["ls", "-r"]).is_empty());
 }

@@ -120,7 +120,12 @@ fn wrong_peers_fail_in_seconds_with_the_reason() {
     // A follower of the drive, for the commands that need one (sync, reads, request-auth).
     let s0 = serve(&d[0], &[]);
     let follower = &d[1];
-    ok(follower, &["--peer", &s0.addr, "clone", &key]);
+    // (A host name works as well as an address.)
+    let port = s0.addr.rsplit(':').next().expect("port");
+    ok(
+        follower,
+        &["--peer", &format!("localhost:{port}"), "clone", &key],
+    );
     drop(s0);
     let fresh = |n: &str| d[1].with_file_name(format!("fresh-{n}"));
 

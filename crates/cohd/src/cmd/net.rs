@@ -151,11 +151,25 @@ async fn follow(
     };
     let mut conns = Vec::new();
     for peer in peers {
-        let addr = resolve(peer).await?;
-        let conn = repl
-            .connect(addr)
-            .await
-            .with_context(|| format!("cannot connect to {peer}"))?;
+        resolve(peer).await?;
+        // Every address a name has, in turn (`localhost` may be ::1 first, with the peer on
+        // 127.0.0.1); the last one's error if none connects.
+        let mut conn = None;
+        let mut last = None;
+        for addr in tokio::net::lookup_host(peer.as_str()).await? {
+            match repl.connect(addr).await {
+                Ok(c) => {
+                    conn = Some(c);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let conn = match (conn, last) {
+            (Some(c), _) => c,
+            (None, Some(e)) => return Err(e).with_context(|| format!("cannot connect to {peer}")),
+            (None, None) => bail!("{peer} resolves to no address"),
+        };
         conns.push((peer.clone(), conn));
     }
     // A progress bar on a terminal while blocks arrive (hidden otherwise).
