@@ -117,7 +117,8 @@ enum Command {
     /// Print a file's bytes (the winning version in the merged view) to stdout.
     ///
     /// A conflicted path has one version per writer that wrote it concurrently (`cohd
-    /// conflicts` lists them as WRITER@SEQ); `--writer` prints the one that writer wrote.
+    /// conflicts` lists them by WRITER8, the first 8 hex digits of the writer's key);
+    /// `--writer` prints the one that writer wrote.
     Cat {
         /// Path in the drive.
         path: String,
@@ -138,8 +139,8 @@ enum Command {
         /// Recurse into subfolders.
         #[arg(short, long)]
         recursive: bool,
-        /// Long format: flags, size and path; a conflicted path ends in `[conflict: N versions:
-        /// WRITER@SEQ, ...]`.
+        /// Long format: flags, size, write time and path; a conflicted path ends in
+        /// `[conflict: N versions: by WRITER8 (SIZE, TIME), ...]`.
         #[arg(short, long)]
         long: bool,
         /// Print JSON.
@@ -323,8 +324,9 @@ enum Command {
     },
     /// List paths with concurrent versions.
     ///
-    /// Each version shows as WRITER8@SEQ (the writer key's first 8 hex digits and the seq of its
-    /// record); `cohd cat PATH --writer WRITER8` prints one, `cohd export` writes them all.
+    /// Each version shows who wrote it (WRITER8: the writer key's first 8 hex digits), its size
+    /// and when it was written; `cohd cat PATH --writer WRITER8` prints one, `cohd export`
+    /// writes them all.
     Conflicts {
         /// Only under this folder.
         path: Option<String>,

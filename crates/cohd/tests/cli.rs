@@ -1932,8 +1932,32 @@ fn two_writers_through_copied_cores() {
         assert_eq!(v["size"], 5, "{v}");
         assert!(v["time"].as_u64().is_some(), "{v}");
     }
-    let text = a.ok(&["conflicts"]).text();
-    assert!(text.contains(" 5 B") && text.contains('Z'), "{text}");
+    // In words: who, how big, when, and which one is shown; then how to act on them.
+    let out = a.ok(&["conflicts"]);
+    let text = out.text();
+    let winner8 = &versions
+        .iter()
+        .find(|v| v["winner"] == true)
+        .expect("a winner")["writer"]
+        .as_str()
+        .expect("writer")[..8];
+    for k in [&ka, &kb] {
+        let shown = if &k[..8] == winner8 { ", shown" } else { "" };
+        let by = text
+            .split(&format!("by {} (5 B, ", &k[..8]))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no version by {k} in {text}"));
+        let (when, rest) = by.split_at(20);
+        assert!(when.ends_with('Z') && when.starts_with("20"), "{text}");
+        assert!(rest.starts_with(&format!("{shown})")), "{text}");
+    }
+    assert!(text.starts_with("/c: 2 versions: by "), "{text}");
+    assert!(!text.contains('@'), "{text}");
+    assert!(
+        out.stderr.contains("cohd cat PATH --writer WRITER8"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(
         b.ok(&on(&ka, &["conflicts", "--json"])).json_lines(),
         conflicts

@@ -441,7 +441,8 @@ fn conflict_tools_on_the_command_line() {
     let (ka, kb) = conflicted(a, b);
     let c = ok(a, &["conflicts"]);
     assert!(
-        c.contains("/docs/gone.txt") && c.contains("(deleted)"),
+        c.contains("/docs/gone.txt: 2 versions: by ")
+            && c.contains(&format!("by {} (deleted, ", &kb[..8])),
         "{c}"
     );
     let winner = ok(a, &["cat", "/docs/c.txt"]);

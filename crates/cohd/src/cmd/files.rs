@@ -179,12 +179,12 @@ pub(crate) async fn cat(
                 Pick::None => bail!(
                     "{} has no version by writer {w}; its versions: {}",
                     path::resolve(path),
-                    versions_text(&versions)
+                    versions_text(&versions, None)
                 ),
                 Pick::Ambiguous => bail!(
                     "writer {w} is ambiguous for {}: give more of the key ({})",
                     path::resolve(path),
-                    versions_text(&versions)
+                    versions_text(&versions, None)
                 ),
                 Pick::Invalid => bail!("--writer {w:?} is not a writer key or a hex prefix of one"),
             };
@@ -330,7 +330,7 @@ fn conflict_mark(e: &CoEntry) -> String {
     format!(
         "  [conflict: {} versions: {}]",
         e.conflicts.len(),
-        versions_text(&e.conflicts)
+        versions_text(&e.conflicts, Some((e.writer, e.seq)))
     )
 }
 
@@ -450,21 +450,25 @@ fn confirm(out: &Out, question: &str) -> Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
-/// `writer@seq` of each version, as `cohd conflicts` shows them.
-pub(crate) fn versions_text(versions: &[PathVersion]) -> String {
+/// Each version as `cohd conflicts` and `ls -l` show them: who wrote it (the first 8 hex
+/// digits of the writer's key, what `cat --writer` takes), how big it is and when it was
+/// written; `winner` (writer, seq), if given, is marked as the one shown.
+pub(crate) fn versions_text(versions: &[PathVersion], winner: Option<(Key, u64)>) -> String {
     versions
         .iter()
         .map(|c| {
+            let what = match &c.entry {
+                None => "deleted".to_string(),
+                Some(e) => format!("{} B", e.size()),
+            };
             format!(
-                "{}@{}{}{}",
+                "by {} ({what}, {}{})",
                 &c.writer.to_hex()[..8],
-                c.seq,
-                c.time
-                    .map(|t| format!(" {}", crate::output::utc(t)))
-                    .unwrap_or_default(),
-                match &c.entry {
-                    None => " (deleted)".to_string(),
-                    Some(e) => format!(" {} B", e.size()),
+                when(c.time),
+                if Some((c.writer, c.seq)) == winner {
+                    ", shown"
+                } else {
+                    ""
                 }
             )
         })
@@ -544,7 +548,11 @@ pub(crate) async fn stat(
         writeln!(out, "writer:     {}", e.writer)?;
         writeln!(out, "written:    {}", when(e.time))?;
         if !e.conflicts.is_empty() {
-            writeln!(out, "conflicts:  {}", versions_text(&e.conflicts))?;
+            writeln!(
+                out,
+                "conflicts:  {}",
+                versions_text(&e.conflicts, Some((e.writer, e.seq)))
+            )?;
         }
     }
     Ok(())
