@@ -1726,9 +1726,19 @@ fn versions_carry_their_write_time() {
     assert!(d
         .err(&["cat", "/t.txt", "--at", "1970-01-02"])
         .contains("no version at or before 1970-01-02"));
-    assert!(d
-        .err(&["cat", "/t.txt", "--at", "2000-13-01"])
-        .contains("not a version"));
+    let e = d.err(&["cat", "/t.txt", "--at", "2000-13-01"]);
+    assert!(
+        e.contains("neither a UTC time") && e.contains("nor a version"),
+        "{e}"
+    );
+    // A version this store does not have yet: said so, with what to do.
+    let key = d.ok(&["whoami"]).text().trim().to_string();
+    let e = d.err(&["cat", "/t.txt", "--at", &format!("{key}:999")]);
+    assert!(
+        e.contains("this store does not have that version yet")
+            && e.contains("sync with a peer that has it first"),
+        "{e}"
+    );
 }
 
 #[test]

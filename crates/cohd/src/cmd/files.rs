@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use co_hyperdrive::format::{path, Key};
 use co_hyperdrive::PutOptions;
-use co_hyperdrive::{CoDrive, CoEntry, Frontier, PathVersion, Snapshot};
+use co_hyperdrive::{CoDrive, CoDriveError, CoEntry, Frontier, PathVersion, Snapshot};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{read_snapshot, Io};
@@ -37,7 +37,17 @@ async fn snapshot_at<'a>(co: &'a CoDrive, at: Option<&str>) -> Result<Snapshot<'
             )
         })?,
     };
-    let snap = co.checkout(&version).await?;
+    let snap = match co.checkout(&version).await {
+        Err(CoDriveError::BeyondStore {
+            writer,
+            wanted,
+            held,
+        }) => bail!(
+            "--at {at}: this store does not have that version yet (it names {wanted} records of \
+             writer {writer}, this store has {held}): sync with a peer that has it first"
+        ),
+        r => r?,
+    };
     if snap.missing().contains(&co.key()) {
         bail!(
             "--at names no length for the co-drive's primary {}: not a version of this co-drive",

@@ -186,8 +186,9 @@ impl Listing {
         );
         let _ = writeln!(
             h,
-            "<form class=\"version\" method=\"get\" action=\"\"><label>Version \
-             <input name=\"at\" value=\"{}\" size=\"40\" spellcheck=\"false\"></label> \
+            "<form class=\"version\" method=\"get\" action=\"\"><label>Version, or a UTC time \
+             such as 2026-12-06T10:00:00Z <input name=\"at\" value=\"{}\" size=\"40\" \
+             spellcheck=\"false\"></label> \
              <button>Show</button> <a href=\"{}\">latest</a></form>",
             escape(&self.version),
             escape(&encode_path(&shown)),
