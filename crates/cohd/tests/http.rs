@@ -669,16 +669,17 @@ fn browser_sees_listings_files_ranges_and_conflicts() {
     // Each version with its writer, size and time; every row with its write time.
     assert!(dom.contains("Written (UTC)"), "{dom}");
     let label = dom
-        .split(&format!("c.txt?writer={kb}\">{}@", &kb[..8]))
+        .split(&format!("c.txt?writer={kb}\">by {} (", &kb[..8]))
         .nth(1)
         .and_then(|rest| rest.split_once(')'))
         .map(|(l, _)| l.to_string())
         .expect("B's version labelled");
-    // `SEQ (YYYY-MM-DDTHH:MM:SSZ, 11 B`
-    let (_, rest) = label.split_once(" (").expect("seq and details");
-    let (when, size) = rest.split_once(", ").expect("time and size");
-    assert!(when.len() == 20 && when.ends_with('Z'), "{label}");
+    // `11 B, YYYY-MM-DDTHH:MM:SSZ` (and `, shown` if it won)
+    let (size, rest) = label.split_once(", ").expect("size and time");
     assert_eq!(size, "11 B", "{label}");
+    let when = &rest[..20.min(rest.len())];
+    assert!(when.len() == 20 && when.ends_with('Z'), "{label}");
+    assert!(!dom.contains(&format!("{}@", &kb[..8])), "{dom}");
     assert!(!dom.contains("class=\"file conflict\"><td><a href=\"a.txt\""));
 
     // A file opened directly: Chromium shows text/plain as text.

@@ -198,13 +198,13 @@ impl Listing {
         }
         h.push_str(
             "<table><thead><tr><th>Name</th><th>Size</th><th>Written (UTC)</th><th>Writer</th>\
-             <th>Version</th><th>Conflict</th></tr></thead><tbody>\n",
+             <th>Conflict</th></tr></thead><tbody>\n",
         );
         if self.folder != "/" {
             let _ = writeln!(
                 h,
                 "<tr class=\"folder\"><td><a href=\"../{}\">../</a></td><td></td><td></td><td></td>\
-                 <td></td><td></td></tr>",
+                 <td></td></tr>",
                 escape(&self.keep(true))
             );
         }
@@ -214,7 +214,7 @@ impl Listing {
                     let _ = writeln!(
                         h,
                         "<tr class=\"folder\"><td><a href=\"{}/{}\">{}/</a></td><td>-</td>\
-                         <td></td><td></td><td></td><td></td></tr>",
+                         <td></td><td></td><td></td></tr>",
                         escape(&percent_encode(name)),
                         escape(&self.keep(true)),
                         escape(name)
@@ -255,7 +255,7 @@ impl Listing {
                     let _ = write!(
                         h,
                         "<tr class=\"{class}\"><td>{name_cell}</td><td>{size}</td>\
-                         <td>{}</td><td title=\"{}\">{w8}</td><td>{w8}@{seq}</td><td>",
+                         <td>{}</td><td title=\"{}\">{w8}</td><td>",
                         when(*time),
                         writer.to_hex()
                     );
@@ -269,28 +269,23 @@ impl Listing {
                             .iter()
                             .map(|v| {
                                 let vw = v.writer.to_hex();
-                                // Who, how big and when: enough to tell the versions apart.
-                                let size = v
-                                    .entry
-                                    .as_ref()
-                                    .map(|e| format!(", {} B", e.size()))
-                                    .unwrap_or_default();
-                                let label = format!(
-                                    "{}@{} ({}{size})",
-                                    &vw[..8],
-                                    v.seq,
-                                    when(v.time)
-                                );
-                                let note = if (v.writer, v.seq) == (*writer, *seq) {
-                                    " (shown)"
+                                // Who, how big and when, as `cohd conflicts` says it.
+                                let what = match &v.entry {
+                                    None => "deleted".to_string(),
+                                    Some(e) => format!("{} B", e.size()),
+                                };
+                                let shown = if (v.writer, v.seq) == (*writer, *seq) {
+                                    ", shown"
                                 } else {
                                     ""
                                 };
+                                let label =
+                                    format!("by {} ({what}, {}{shown})", &vw[..8], when(v.time));
                                 if v.entry.is_none() {
-                                    format!("{label} (deleted){note}")
+                                    label
                                 } else {
                                     format!(
-                                        "<a class=\"version\" href=\"{}?writer={vw}{}\">{label}</a>{note}",
+                                        "<a class=\"version\" href=\"{}?writer={vw}{}\">{label}</a>",
                                         escape(&href),
                                         escape(&self.keep(false))
                                     )
