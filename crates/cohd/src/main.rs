@@ -17,32 +17,51 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "cohd",
     version,
-    about = "A multi-writer Hyperdrive (co-hyperdrive) command-line tool"
+    about = "A multi-writer Hyperdrive (co-hyperdrive) command-line tool",
+    after_long_help = "A co-drive is named by its primary writer's drive key; the store's own \
+        co-drive is the one whose primary is this store's drive. Writes always go to this \
+        store's drive, as the local writer, which must be one of the co-drive's writers (`cohd \
+        whoami` prints its key, a writer runs `cohd authorize KEY`). Without --peer, clone, \
+        sync and request-auth find peers on the HyperDHT by the co-drive's topic, and `serve` \
+        announces it there.\n\nExit status: 0 on success, 1 on an error (one line on stderr), \
+        2 on a usage error."
 )]
 struct Cli {
+    // The options every command takes get one line of help each, under a heading of their
+    // own, so a subcommand's help leads with what is its own (the details: `cohd --help`).
     /// Store directory.
-    #[arg(long, global = true, default_value = ".cohd", env = "COHD_DIR")]
+    #[arg(
+        long,
+        global = true,
+        default_value = ".cohd",
+        env = "COHD_DIR",
+        help_heading = "Global options"
+    )]
     dir: PathBuf,
-    /// Work on the co-drive with this key (64 hex or z-base-32) instead of the store's own.
-    ///
-    /// A co-drive's key is its primary writer's drive key; the store's own co-drive is the one
-    /// whose primary is this store's drive. Writes always go to this store's drive, as the local
-    /// writer, which must be one of the co-drive's writers.
-    #[arg(long, global = true)]
+    /// Work on co-drive KEY (its primary writer's drive key) instead of the store's own.
+    #[arg(
+        long,
+        global = true,
+        value_name = "KEY",
+        help_heading = "Global options"
+    )]
     drive: Option<String>,
-    /// Replicate with the peer at HOST:PORT (repeatable): clone, sync and reads on demand
-    /// connect to it first; `serve` keeps it connected and remembers it.
-    #[arg(long, global = true, value_name = "HOST:PORT")]
+    /// Replicate with the peer at HOST:PORT first (repeatable; `serve` keeps it connected).
+    #[arg(
+        long,
+        global = true,
+        value_name = "HOST:PORT",
+        help_heading = "Global options"
+    )]
     peer: Vec<String>,
-    /// HyperDHT bootstrap nodes (comma-separated HOST:PORT) for finding peers by the co-drive's
-    /// topic: `serve` announces and looks it up, clone, sync and request-auth without --peer
-    /// look it up. Default: the public HyperDHT's nodes.
+    /// HyperDHT bootstrap nodes to find peers with (default: the public HyperDHT's).
     #[arg(
         long,
         global = true,
         value_name = "HOST:PORT,...",
         value_delimiter = ',',
-        env = "COHD_BOOTSTRAP"
+        env = "COHD_BOOTSTRAP",
+        help_heading = "Global options"
     )]
     bootstrap: Vec<String>,
     /// Do not use the HyperDHT: peers only from --peer (and those `serve` remembers).
@@ -50,7 +69,8 @@ struct Cli {
         long,
         global = true,
         env = "COHD_NO_DHT",
-        value_parser = clap::builder::FalseyValueParser::new()
+        value_parser = clap::builder::FalseyValueParser::new(),
+        help_heading = "Global options"
     )]
     no_dht: bool,
     #[command(subcommand)]
@@ -97,7 +117,8 @@ enum Command {
     /// Print a file's bytes (the winning version in the merged view) to stdout.
     ///
     /// A conflicted path has one version per writer that wrote it concurrently (`cohd
-    /// conflicts` lists them as WRITER@SEQ); `--writer` prints the one that writer wrote.
+    /// conflicts` lists them by WRITER8, the first 8 hex digits of the writer's key);
+    /// `--writer` prints the one that writer wrote.
     Cat {
         /// Path in the drive.
         path: String,
@@ -118,8 +139,8 @@ enum Command {
         /// Recurse into subfolders.
         #[arg(short, long)]
         recursive: bool,
-        /// Long format: flags, size and path; a conflicted path ends in `[conflict: N versions:
-        /// WRITER@SEQ, ...]`.
+        /// Long format: flags, size, write time and path; a conflicted path ends in
+        /// `[conflict: N versions: by WRITER8 (SIZE, TIME), ...]`.
         #[arg(short, long)]
         long: bool,
         /// Print JSON.
@@ -303,8 +324,9 @@ enum Command {
     },
     /// List paths with concurrent versions.
     ///
-    /// Each version shows as WRITER8@SEQ (the writer key's first 8 hex digits and the seq of its
-    /// record); `cohd cat PATH --writer WRITER8` prints one, `cohd export` writes them all.
+    /// Each version shows who wrote it (WRITER8: the writer key's first 8 hex digits), its size
+    /// and when it was written; `cohd cat PATH --writer WRITER8` prints one, `cohd export`
+    /// writes them all.
     Conflicts {
         /// Only under this folder.
         path: Option<String>,

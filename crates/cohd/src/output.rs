@@ -180,17 +180,30 @@ pub(crate) fn one_line(e: &anyhow::Error) -> String {
             parts.push(s);
         }
     }
-    let line = parts.join(": ").replace('\n', " ");
-    // Say what the user can do about content that is not here (the library's errors name the
-    // block, which is not actionable on its own).
-    if line.contains("is not available locally") {
-        return format!(
-            "{line} (content not downloaded yet: connect a peer that has it with --peer \
-             HOST:PORT or a running `cohd serve`, or fetch it for offline use with `cohd \
-             download PATH` while connected)"
-        );
+    // Say what the user can do about content that is not here: the library's errors name a
+    // block, which means nothing to a user.
+    for p in &mut parts {
+        for (tail, plain) in [
+            (
+                "is not available locally",
+                "content not downloaded yet: connect a peer that has it with --peer HOST:PORT \
+                 (or keep a `cohd serve` connected), or fetch it for offline use with `cohd \
+                 download PATH` while connected",
+            ),
+            (
+                "is not available from any connected peer",
+                "content not downloaded yet, and no connected peer has it: connect one that \
+                 does with --peer HOST:PORT (or keep a `cohd serve` connected)",
+            ),
+        ] {
+            if let (Some(a), Some(b)) = (p.find("blob block "), p.find(tail)) {
+                if a < b {
+                    p.replace_range(a..b + tail.len(), plain);
+                }
+            }
+        }
     }
-    line
+    parts.join(": ").replace('\n', " ")
 }
 
 /// `cohd cat big | head` must not report an error when `head` exits. Only our own stdout's

@@ -641,8 +641,23 @@ fn info_log_diff() {
         ]
     );
     assert!(d.ok(&["diff", &v.to_string()]).stdout.is_empty());
-    let e = d.err(&["diff", &(v + 5).to_string()]);
-    assert!(e.contains("past"), "{e}");
+    // A version the drive does not have yet, either way round: said in words, not silently.
+    let future = (v + 5).to_string();
+    for args in [
+        vec!["diff", future.as_str()],
+        vec!["diff", future.as_str(), "2"],
+        vec!["diff", "2", future.as_str()],
+    ] {
+        let e = d.err(&args);
+        assert_eq!(
+            e,
+            format!(
+                "error: version {future} of this store's drive does not exist: it is at \
+                 version {v} (`cohd log` shows the version each write made)"
+            ),
+            "{args:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1711,9 +1726,19 @@ fn versions_carry_their_write_time() {
     assert!(d
         .err(&["cat", "/t.txt", "--at", "1970-01-02"])
         .contains("no version at or before 1970-01-02"));
-    assert!(d
-        .err(&["cat", "/t.txt", "--at", "2000-13-01"])
-        .contains("not a version"));
+    let e = d.err(&["cat", "/t.txt", "--at", "2000-13-01"]);
+    assert!(
+        e.contains("neither a UTC time") && e.contains("nor a version"),
+        "{e}"
+    );
+    // A version this store does not have yet: said so, with what to do.
+    let key = d.ok(&["whoami"]).text().trim().to_string();
+    let e = d.err(&["cat", "/t.txt", "--at", &format!("{key}:999")]);
+    assert!(
+        e.contains("this store does not have that version yet")
+            && e.contains("sync with a peer that has it first"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -1800,7 +1825,9 @@ fn non_writer_is_told_how_to_become_one() {
         vec!["authorize", &other],
     ] {
         let e = d.err(&on(&other, &args));
-        assert_eq!(e, format!("error: {hint}"), "{args:?}");
+        assert!(e.starts_with(&format!("error: {hint}")), "{args:?}: {e}");
+        // Authorized elsewhere but not synced yet is the other reason: what to do then.
+        assert!(e.contains("run `cohd sync --peer ADDR`"), "{args:?}: {e}");
     }
     // From stdin too.
     let e = clean_error(&d.run_stdin(&on(&other, &["put", "/x"]), b"piped"));
@@ -1915,8 +1942,32 @@ fn two_writers_through_copied_cores() {
         assert_eq!(v["size"], 5, "{v}");
         assert!(v["time"].as_u64().is_some(), "{v}");
     }
-    let text = a.ok(&["conflicts"]).text();
-    assert!(text.contains(" 5 B") && text.contains('Z'), "{text}");
+    // In words: who, how big, when, and which one is shown; then how to act on them.
+    let out = a.ok(&["conflicts"]);
+    let text = out.text();
+    let winner8 = &versions
+        .iter()
+        .find(|v| v["winner"] == true)
+        .expect("a winner")["writer"]
+        .as_str()
+        .expect("writer")[..8];
+    for k in [&ka, &kb] {
+        let shown = if &k[..8] == winner8 { ", shown" } else { "" };
+        let by = text
+            .split(&format!("by {} (5 B, ", &k[..8]))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no version by {k} in {text}"));
+        let (when, rest) = by.split_at(20);
+        assert!(when.ends_with('Z') && when.starts_with("20"), "{text}");
+        assert!(rest.starts_with(&format!("{shown})")), "{text}");
+    }
+    assert!(text.starts_with("/c: 2 versions: by "), "{text}");
+    assert!(!text.contains('@'), "{text}");
+    assert!(
+        out.stderr.contains("cohd cat PATH --writer WRITER8"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(
         b.ok(&on(&ka, &["conflicts", "--json"])).json_lines(),
         conflicts
@@ -2542,6 +2593,51 @@ fn a_word_where_one_is_due() {
 }
 
 #[test]
+fn help_is_short_and_usage_errors_exit_2() {
+    let d = Dir::empty();
+    // A subcommand's help leads with its own options; the global ones take a line each.
+    for cmd in ["init", "demo", "cat", "serve"] {
+        let h = d.ok(&[cmd, "--help"]).text();
+        let (own, global) = h
+            .split_once("Global options:")
+            .unwrap_or_else(|| panic!("{cmd} --help has no global options section:\n{h}"));
+        assert!(own.contains("--help"), "{cmd}: {h}");
+        assert!(
+            !own.contains("--drive") && global.contains("--drive <KEY>"),
+            "{cmd}: {h}"
+        );
+        assert!(
+            !h.contains("Writes always go to"),
+            "{cmd} repeats the long --drive help"
+        );
+        assert!(
+            global.contains(
+                "Work on co-drive KEY (its primary writer's drive key) instead of the store's own"
+            ),
+            "{cmd}: {h}"
+        );
+        // Five options, a few lines each at most (long help puts env and default on lines
+        // of their own).
+        assert!(global.lines().count() < 25, "{cmd}: {global}");
+    }
+    assert!(d.ok(&["init", "--help"]).text().contains("--compat"));
+    // The details, and the exit statuses, are in `cohd --help`.
+    let top = d.ok(&["--help"]).text();
+    assert!(
+        top.contains("Writes always go to this store's drive"),
+        "{top}"
+    );
+    assert!(top.contains("2 on a usage error"), "{top}");
+    // Usage errors exit 2 (clap's message), errors 1.
+    for args in [&["bogus"][..], &["cat"], &["ls", "--nope"], &["diff", "x"]] {
+        let out = d.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.starts_with("error:"), "{args:?}: {}", out.stderr);
+    }
+    assert_eq!(d.run(&["ls"]).status.code(), Some(1));
+}
+
+#[test]
 fn emptying_the_whole_drive_needs_a_yes() {
     let (d, _) = Dir::init();
     d.put("/a.txt", b"a");
@@ -2549,8 +2645,46 @@ fn emptying_the_whole_drive_needs_a_yes() {
     // No terminal to ask on: refused, nothing removed.
     assert!(d.err(&["rm", "-r", "/"]).contains("--yes"));
     assert_eq!(ls_paths(&d, &["ls", "-r"]), ["/a.txt", "/docs/b.txt"]);
-    // A folder is removed without asking; the whole drive with --yes.
+    // On a terminal it asks (`script`, from util-linux, gives it one): "n" keeps everything.
+    let on_terminal = |answer: &[u8]| -> (bool, String) {
+        let cmd = format!(
+            "'{}' --dir '{}' rm -r /",
+            env!("CARGO_BIN_EXE_cohd"),
+            d.path().display()
+        );
+        let mut child = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("COHD_NO_DHT", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("`script` (util-linux) runs a command on a terminal; install util-linux");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(answer)
+            .expect("answer");
+        let out = wait_output(child, "rm -r / on a terminal");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (removed, shown) = on_terminal(b"n\n");
+    assert!(
+        !removed && shown.contains("remove all 2 files of co-drive"),
+        "{shown}"
+    );
+    assert!(shown.contains("[y/N]"), "{shown}");
+    assert_eq!(ls_paths(&d, &["ls", "-r"]), ["/a.txt", "/docs/b.txt"]);
+    // A folder is removed without asking; the whole drive with --yes, or a "y" on a terminal.
     d.ok(&["rm", "-r", "/docs"]);
+    let (removed, shown) = on_terminal(b"y\n");
+    assert!(removed, "{shown}");
+    assert!(ls_paths(&d, &["ls", "-r"]).is_empty());
+    d.put("/c.txt", b"c");
     d.ok(&["rm", "-r", "/", "--yes"]);
     assert!(ls_paths(&d, &["ls", "-r"]).is_empty());
 }

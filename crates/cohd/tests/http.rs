@@ -283,6 +283,124 @@ fn http_listings_files_ranges_versions_and_bad_requests() {
     assert_eq!(get(&h, "/docs/a.txt", &[]).status, 200, "still serving");
 }
 
+/// `ms` since the Unix epoch, as the CLI prints times (`YYYY-MM-DDTHH:MM:SSZ`, whole seconds).
+fn utc(ms: u64) -> String {
+    let out = Command::new("date")
+        .args([
+            "-u",
+            "-d",
+            &format!("@{}", ms / 1000),
+            "+%Y-%m-%dT%H:%M:%SZ",
+        ])
+        .output()
+        .expect("date");
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}
+
+fn write_time(dir: &Path, path: &str) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(dir, &["stat", path, "--json"])).expect("json");
+    v["time"].as_u64().expect("a write time")
+}
+
+#[test]
+fn listings_have_etags_times_and_take_a_time_for_at() {
+    let (_t, d) = dirs(1);
+    let a = &d[0];
+    ok(a, &["init"]);
+    put(a, "/docs/a.txt", b"first");
+    let t = write_time(a, "/docs/a.txt");
+    // The next write is in a later second, so a time between the two exists.
+    std::thread::sleep(Duration::from_millis(1100));
+    put(a, "/docs/b.txt", b"second");
+    let (_s, h) = serve_http(a, &[]);
+
+    // Times: a column in HTML, ms in JSON, as `stat` has them.
+    let html = get(&h, "/docs/", &[]);
+    assert!(html.text().contains("Written (UTC)"), "{}", html.text());
+    assert!(
+        html.text().contains(&format!("<td>{}</td>", utc(t))),
+        "{}",
+        html.text()
+    );
+    let json = get(&h, "/docs/", &["Accept: application/json"]);
+    let j: serde_json::Value = serde_json::from_slice(&json.body).expect("json");
+    assert_eq!(j["entries"][0]["time"], t);
+
+    // ETags: one per representation, 304 when unchanged (GET and HEAD), a new one on a change.
+    let tag_html = html.header("etag").expect("listing etag").to_string();
+    let tag_json = json.header("etag").expect("json etag").to_string();
+    assert_ne!(tag_html, tag_json);
+    let r = get(&h, "/docs/", &[&format!("If-None-Match: {tag_html}")]);
+    assert_eq!((r.status, r.body.len()), (304, 0));
+    assert_eq!(r.header("etag"), Some(tag_html.as_str()));
+    let r = raw(
+        &h,
+        &format!("HEAD /docs/ HTTP/1.1\r\nIf-None-Match: {tag_html}"),
+    );
+    assert_eq!(r.status, 304);
+    let r = get(
+        &h,
+        "/docs/",
+        &[
+            "Accept: application/json",
+            &format!("If-None-Match: {tag_json}"),
+        ],
+    );
+    assert_eq!(r.status, 304);
+    // The HTML's tag does not stand for the JSON.
+    let r = get(
+        &h,
+        "/docs/",
+        &[
+            "Accept: application/json",
+            &format!("If-None-Match: {tag_html}"),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        get(&h, "/docs/", &[]).header("etag"),
+        Some(tag_html.as_str())
+    );
+    put(a, "/docs/c.txt", b"third");
+    let r = get(&h, "/docs/", &[&format!("If-None-Match: {tag_html}")]);
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("c.txt"), "{}", r.text());
+    assert_ne!(r.header("etag"), Some(tag_html.as_str()));
+
+    // ?at=TIME: the co-drive as it stood then (the second after a.txt was written; b.txt was
+    // written over a second later).
+    let then = utc(t - t % 1000 + 1000);
+    let r = get(
+        &h,
+        &format!("/docs/?at={then}"),
+        &["Accept: application/json"],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    let names: Vec<&str> = j["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["a.txt"]);
+    assert_eq!(
+        get(&h, &format!("/docs/a.txt?at={then}"), &[]).body,
+        b"first"
+    );
+    assert_eq!(get(&h, &format!("/docs/b.txt?at={then}"), &[]).status, 404);
+    let r = get(&h, "/docs/?at=1970-01-02", &[]);
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("no version"), "{}", r.text());
+    let r = get(&h, "/docs/?at=2000-13-01", &[]);
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("not a time"), "{}", r.text());
+}
+
 /// Gives `to`'s store `from`'s own drive (its db and blobs cores, all content), through a
 /// `cohd serve` of `from` and a `sync --all` of `to` (both stores idle otherwise).
 fn copy_own_drive(from: &Path, to: &Path) {
@@ -323,7 +441,8 @@ fn conflict_tools_on_the_command_line() {
     let (ka, kb) = conflicted(a, b);
     let c = ok(a, &["conflicts"]);
     assert!(
-        c.contains("/docs/gone.txt") && c.contains("(deleted)"),
+        c.contains("/docs/gone.txt: 2 versions: by ")
+            && c.contains(&format!("by {} (deleted, ", &kb[..8])),
         "{c}"
     );
     let winner = ok(a, &["cat", "/docs/c.txt"]);
@@ -547,6 +666,20 @@ fn browser_sees_listings_files_ranges_and_conflicts() {
     assert!(dom.contains("<tr class=\"file conflict\">"), "{dom}");
     assert!(dom.contains("conflict: 2 versions"), "{dom}");
     assert!(dom.contains(&format!("c.txt?writer={kb}")), "{dom}");
+    // Each version with its writer, size and time; every row with its write time.
+    assert!(dom.contains("Written (UTC)"), "{dom}");
+    let label = dom
+        .split(&format!("c.txt?writer={kb}\">by {} (", &kb[..8]))
+        .nth(1)
+        .and_then(|rest| rest.split_once(')'))
+        .map(|(l, _)| l.to_string())
+        .expect("B's version labelled");
+    // `11 B, YYYY-MM-DDTHH:MM:SSZ` (and `, shown` if it won)
+    let (size, rest) = label.split_once(", ").expect("size and time");
+    assert_eq!(size, "11 B", "{label}");
+    let when = &rest[..20.min(rest.len())];
+    assert!(when.len() == 20 && when.ends_with('Z'), "{label}");
+    assert!(!dom.contains(&format!("{}@", &kb[..8])), "{dom}");
     assert!(!dom.contains("class=\"file conflict\"><td><a href=\"a.txt\""));
 
     // A file opened directly: Chromium shows text/plain as text.

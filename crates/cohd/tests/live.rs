@@ -75,7 +75,7 @@ fn serving_writers_stay_live_across_restarts_and_relays() {
     stop(se, "TERM");
     let err = fails(e, &["cat", "/sparse.bin"]);
     assert!(
-        err.contains("not available"),
+        err.contains("content not downloaded yet"),
         "a sparse clone fetched content: {err}"
     );
 
@@ -99,31 +99,86 @@ fn status_and_connect_without_a_serve() {
     assert!(err.contains("resolve"), "{err}");
 }
 
+/// Runs `cohd ARGS` expecting a failure that names `why`, well before the 60 s a catch-up may
+/// take (the bound is loose: it tells "fails fast" from "waits for the catch-up limit").
+fn fails_soon(dir: &Path, args: &[&str], why: &str) {
+    let start = Instant::now();
+    let err = fails(dir, args);
+    assert!(err.contains(why), "`cohd {}`: {err}", args.join(" "));
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "`cohd {}` took {:?}",
+        args.join(" "),
+        start.elapsed()
+    );
+}
+
 #[test]
 fn wrong_peers_fail_in_seconds_with_the_reason() {
     let (_t, d) = dirs(3);
     let key = ok(&d[0], &["init"]).trim().to_string();
+    // A follower of the drive, for the commands that need one (sync, reads, request-auth).
+    let s0 = serve(&d[0], &[]);
+    let follower = &d[1];
+    // (A host name works as well as an address.)
+    let port = s0.addr.rsplit(':').next().expect("port");
+    ok(
+        follower,
+        &["--peer", &format!("localhost:{port}"), "clone", &key],
+    );
+    drop(s0);
+    let fresh = |n: &str| d[1].with_file_name(format!("fresh-{n}"));
+
     // A port that accepts and never answers (a silent or foreign server).
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = silent.local_addr().expect("addr").to_string();
-    let start = Instant::now();
-    let err = fails(&d[1], &["--peer", &addr, "clone", &key]);
-    assert!(err.contains("no Hypercore handshake"), "{err}");
-    assert!(
-        start.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        start.elapsed()
+    let no_hello = "no Hypercore handshake";
+    fails_soon(&fresh("a"), &["--peer", &addr, "clone", &key], no_hello);
+    fails_soon(follower, &["--peer", &addr, "sync"], no_hello);
+    fails_soon(
+        follower,
+        &["--peer", &addr, "request-auth", "--timeout", "2"],
+        no_hello,
     );
-    // A Hypercore peer that does not have the drive.
+
+    // A Hypercore peer that does not have the drive, which also serves HTTP.
     ok(&d[2], &["init"]);
-    let other = serve(&d[2], &[]);
-    let start = Instant::now();
-    let err = fails(&d[1], &["--peer", &other.addr, "clone", &key]);
-    assert!(err.contains("does not have co-drive"), "{err}");
-    assert!(
-        start.elapsed() < Duration::from_secs(25),
-        "{:?}",
-        start.elapsed()
+    let other = serve(&d[2], &["--http", "127.0.0.1:0"]);
+    let no_drive = format!("does not have co-drive {key}");
+    fails_soon(
+        &fresh("b"),
+        &["--peer", &other.addr, "clone", &key],
+        &no_drive,
     );
+    fails_soon(follower, &["--peer", &other.addr, "sync"], &no_drive);
+    fails_soon(follower, &["--peer", &other.addr, "cat", "/x"], &no_drive);
+
+    // Its HTTP port: not a Hypercore peer at all, said at once for every command.
+    let http = other
+        .lines
+        .recv_timeout(WAIT)
+        .expect("http line")
+        .trim_start_matches("http on http://")
+        .trim_end_matches('/')
+        .to_string();
+    let is_http = "is not a Hypercore peer: it answered as an HTTP server";
+    fails_soon(&fresh("c"), &["--peer", &http, "clone", &key], is_http);
+    for args in [
+        &["sync"][..],
+        &["cat", "/x"],
+        &["ls"],
+        &["request-auth", "--timeout", "2"],
+    ] {
+        let mut a = vec!["--peer", http.as_str()];
+        a.extend_from_slice(args);
+        fails_soon(follower, &a, is_http);
+    }
+
+    // Nothing listening: refused at once.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    fails_soon(follower, &["--peer", &closed, "sync"], "refused");
     drop(silent);
 }

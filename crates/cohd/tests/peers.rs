@@ -55,7 +55,24 @@ fn request_auth_write_relay_deauthorize_and_conflicts() {
     });
     ok(a, &["deauthorize", &b_key]);
     ok_in(b, &["put", "/late.txt", "-"], b"too late");
-    ok(b, &["--peer", &sa.addr, "sync", "--all"]);
+    // B learns of its removal with the sync, and is told its write is ignored.
+    let synced = run(b, &["--peer", &sa.addr, "sync", "--all"], b"");
+    assert!(synced.status.success());
+    let warned = String::from_utf8_lossy(&synced.stderr).into_owned();
+    assert!(
+        warned.contains(&format!("warning: this store's writer {b_key} was removed"))
+            && warned.contains("is ignored by every peer"),
+        "{warned}"
+    );
+    // From then on its writes are refused, saying why.
+    let refused = run(b, &["put", "/later.txt", "-"], b"refused");
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(
+        err.contains("was removed from co-drive")
+            && err.contains(&format!("cohd authorize {b_key}")),
+        "{err}"
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(ok(a, &["cat", "/b.txt"]), "from b", "seen writes stay");
     assert!(
@@ -69,14 +86,38 @@ fn request_auth_write_relay_deauthorize_and_conflicts() {
 #[test]
 fn request_auth_denied_by_default() {
     let (_t, d) = dirs(2);
-    ok(&d[0], &["init"]);
-    let s = serve(&d[0], &[]);
-    ok(&d[1], &["--peer", &s.addr, "clone", &s.key]);
-    let err = fails(
-        &d[1],
-        &["--peer", &s.addr, "request-auth", "--timeout", "10"],
-    );
+    let (a, b) = (&d[0], &d[1]);
+    ok(a, &["init"]);
+    let log = a.with_file_name("serve.log");
+    let s = serve_logged(a, &[], &log);
+    ok(b, &["--peer", &s.addr, "clone", &s.key]);
+    let b_key = ok(b, &["whoami"]).trim().to_string();
+    let err = fails(b, &["--peer", &s.addr, "request-auth", "--timeout", "10"]);
     assert!(err.contains("denied"), "{err}");
+    // The serve says whom it denied and how to approve the key after all.
+    let approve = format!("denied; to approve it, run `cohd authorize {b_key}`");
+    eventually("serve to log the denial", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains(&approve))
+    });
+    // B is not a writer: told how to become one, and what to do once a writer approved it.
+    let refused = run(b, &["put", "/b.txt", "-"], b"b");
+    assert!(!refused.status.success());
+    let hint = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(
+        hint.contains(&format!("ask a writer to run `cohd authorize {b_key}`"))
+            && hint.contains("run `cohd sync --peer ADDR`"),
+        "{hint}"
+    );
+    // A approves it as the log said (the command runs inside A's serve), and says so.
+    let said = ok(a, &["authorize", &b_key]);
+    assert!(said.contains(&format!("authorized {b_key}")), "{said}");
+    // Once B has synced, it writes.
+    ok(b, &["--peer", &s.addr, "sync"]);
+    ok_in(b, &["put", "/b.txt", "-"], b"b");
+    ok(b, &["--peer", &s.addr, "sync"]);
+    eventually("A to see B's file", || {
+        run(a, &["cat", "/b.txt"], b"").stdout == b"b"
+    });
 }
 
 /// `clear` frees the local copies of other writers' content (they come again from a peer), and
@@ -109,10 +150,34 @@ fn clear_frees_content_that_peers_hold() {
     // Cleared: not readable offline, the other file still is; again from the peer.
     let err = fails(&d[1], &["cat", "/docs/big.bin"]);
     assert!(
-        err.contains("not downloaded") || err.contains("not available"),
+        err.contains("content not downloaded yet: connect a peer that has it with --peer")
+            && err.contains("cohd download PATH")
+            && !err.contains("block"),
         "{err}"
     );
     assert_eq!(ok(&d[1], &["cat", "/docs/note.txt"]), "a note");
+    // An export checks first: without the content and a peer it writes nothing at all.
+    let to = t.path().join("export");
+    let err = fails(&d[1], &["export", "/docs", to.to_str().expect("utf-8")]);
+    assert!(
+        err.contains("nothing was exported: content not downloaded yet"),
+        "{err}"
+    );
+    assert!(!to.exists(), "a failed export left {}", to.display());
+    // With the peer it fetches what it lacks, then writes the whole tree.
+    ok(
+        &d[1],
+        &[
+            "--peer",
+            &s.addr,
+            "export",
+            "/docs",
+            to.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(std::fs::read(to.join("big.bin")).expect("read"), bytes);
+    assert_eq!(std::fs::read(to.join("note.txt")).expect("read"), b"a note");
+    ok(&d[1], &["clear", "/docs/big.bin"]);
     let out = run(&d[1], &["--peer", &s.addr, "cat", "/docs/big.bin"], b"");
     assert!(out.status.success() && out.stdout == bytes);
     // Clearing what is not here clears nothing.
@@ -161,17 +226,22 @@ fn download_a_folder_then_read_it_offline() {
     assert_eq!(std::fs::read(&copy).expect("read"), bytes);
     assert_eq!(ok(&d[1], &["cat", "/docs/note.txt"]), "a note");
     let err = fails(&d[1], &["cat", "/media/other.bin"]);
-    assert!(err.contains("not available"), "{err}");
+    assert!(err.contains("content not downloaded yet"), "{err}");
     let err = fails(&d[1], &["download", "/media"]);
     assert!(
-        err.contains("not available from any connected peer"),
+        err.contains("content not downloaded yet, and no connected peer has it"),
         "{err}"
     );
+    // Exporting everything needs /docs too, which d[2] never fetched: nothing is written.
+    let all = t.path().join("all");
+    let err = fails(&d[2], &["export", "/", all.to_str().expect("utf-8")]);
+    assert!(err.contains("nothing was exported"), "{err}");
+    assert!(!all.exists(), "a failed export left {}", all.display());
     // The sparse download survived the process too.
     let copy = t.path().join("media.bin");
     ok(&d[2], &["export", "/media", copy.to_str().expect("utf-8")]);
     assert_eq!(std::fs::read(copy.join("other.bin")).expect("read"), bytes);
-    assert!(fails(&d[2], &["cat", "/docs/note.txt"]).contains("not available"));
+    assert!(fails(&d[2], &["cat", "/docs/note.txt"]).contains("content not downloaded yet"));
 }
 
 /// Two writers remove each other while apart; once every record reached everyone, the three

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use co_hyperdrive::format::{path, Key};
 use co_hyperdrive::PutOptions;
-use co_hyperdrive::{CoDrive, CoEntry, Frontier, PathVersion, Snapshot};
+use co_hyperdrive::{CoDrive, CoDriveError, CoEntry, Frontier, PathVersion, Snapshot};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{read_snapshot, Io};
@@ -30,9 +30,24 @@ async fn snapshot_at<'a>(co: &'a CoDrive, at: Option<&str>) -> Result<Snapshot<'
             }
             v
         }
-        None => at.parse()?,
+        None => at.parse().with_context(|| {
+            format!(
+                "--at {at}: neither a UTC time (2026-12-06T10:00:00Z, or a date for its end) \
+                 nor a version (`frontier` in `cohd info --json`)"
+            )
+        })?,
     };
-    let snap = co.checkout(&version).await?;
+    let snap = match co.checkout(&version).await {
+        Err(CoDriveError::BeyondStore {
+            writer,
+            wanted,
+            held,
+        }) => bail!(
+            "--at {at}: this store does not have that version yet (it names {wanted} records of \
+             writer {writer}, this store has {held}): sync with a peer that has it first"
+        ),
+        r => r?,
+    };
     if snap.missing().contains(&co.key()) {
         bail!(
             "--at names no length for the co-drive's primary {}: not a version of this co-drive",
@@ -174,12 +189,12 @@ pub(crate) async fn cat(
                 Pick::None => bail!(
                     "{} has no version by writer {w}; its versions: {}",
                     path::resolve(path),
-                    versions_text(&versions)
+                    versions_text(&versions, None)
                 ),
                 Pick::Ambiguous => bail!(
                     "writer {w} is ambiguous for {}: give more of the key ({})",
                     path::resolve(path),
-                    versions_text(&versions)
+                    versions_text(&versions, None)
                 ),
                 Pick::Invalid => bail!("--writer {w:?} is not a writer key or a hex prefix of one"),
             };
@@ -325,7 +340,7 @@ fn conflict_mark(e: &CoEntry) -> String {
     format!(
         "  [conflict: {} versions: {}]",
         e.conflicts.len(),
-        versions_text(&e.conflicts)
+        versions_text(&e.conflicts, Some((e.writer, e.seq)))
     )
 }
 
@@ -445,21 +460,25 @@ fn confirm(out: &Out, question: &str) -> Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
-/// `writer@seq` of each version, as `cohd conflicts` shows them.
-pub(crate) fn versions_text(versions: &[PathVersion]) -> String {
+/// Each version as `cohd conflicts` and `ls -l` show them: who wrote it (the first 8 hex
+/// digits of the writer's key, what `cat --writer` takes), how big it is and when it was
+/// written; `winner` (writer, seq), if given, is marked as the one shown.
+pub(crate) fn versions_text(versions: &[PathVersion], winner: Option<(Key, u64)>) -> String {
     versions
         .iter()
         .map(|c| {
+            let what = match &c.entry {
+                None => "deleted".to_string(),
+                Some(e) => format!("{} B", e.size()),
+            };
             format!(
-                "{}@{}{}{}",
+                "by {} ({what}, {}{})",
                 &c.writer.to_hex()[..8],
-                c.seq,
-                c.time
-                    .map(|t| format!(" {}", crate::output::utc(t)))
-                    .unwrap_or_default(),
-                match &c.entry {
-                    None => " (deleted)".to_string(),
-                    Some(e) => format!(" {} B", e.size()),
+                when(c.time),
+                if Some((c.writer, c.seq)) == winner {
+                    ", shown"
+                } else {
+                    ""
                 }
             )
         })
@@ -539,7 +558,11 @@ pub(crate) async fn stat(
         writeln!(out, "writer:     {}", e.writer)?;
         writeln!(out, "written:    {}", when(e.time))?;
         if !e.conflicts.is_empty() {
-            writeln!(out, "conflicts:  {}", versions_text(&e.conflicts))?;
+            writeln!(
+                out,
+                "conflicts:  {}",
+                versions_text(&e.conflicts, Some((e.writer, e.seq)))
+            )?;
         }
     }
     Ok(())

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use co_hyperdrive::format::{sub, Entry};
 use co_hyperdrive::records;
 use co_hyperdrive::Drive;
@@ -102,7 +102,16 @@ pub(crate) async fn diff(
     folder: &str,
     json: bool,
 ) -> Result<()> {
-    let to = to.unwrap_or(drive.version());
+    let now = drive.version();
+    let to = to.unwrap_or(now);
+    for v in [from, to] {
+        if v > now {
+            bail!(
+                "version {v} of this store's drive does not exist: it is at version {now} \
+                 (`cohd log` shows the version each write made)"
+            );
+        }
+    }
     for c in drive.diff(from, to, folder).await? {
         let kind = match (&c.before, &c.after) {
             (None, _) => "added",

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use co_hyperdrive::format::Key;
-use co_hyperdrive::{CoDrive, Snapshot};
+use co_hyperdrive::{CoDrive, CoDriveError, Snapshot};
 use co_hyperdrive::{CoreFormat, Drive, Store};
 use tokio::io::AsyncRead;
 
@@ -143,8 +143,47 @@ async fn run_here(cli: &Cli) -> Result<()> {
 }
 
 /// Runs a command that works on an open co-drive (every command but init, demo, clone, serve
-/// and sync), here or for a forwarding client.
+/// and sync), here or for a forwarding client. A refused write says why this store is not a
+/// writer, as far as it knows, and what to do.
 async fn dispatch(command: &Command, co: &CoDrive, io: &mut Io) -> Result<()> {
+    match dispatch_here(command, co, io).await {
+        Err(e)
+            if e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<CoDriveError>(),
+                    Some(CoDriveError::NotAWriter(_))
+                )
+            }) =>
+        {
+            Err(not_a_writer(co).await)
+        }
+        r => r,
+    }
+}
+
+/// Why this store's writes to `co` are refused: removed by a writer, or not (yet) authorized.
+pub(crate) async fn not_a_writer(co: &CoDrive) -> anyhow::Error {
+    let me = co.local_key();
+    let removed = co
+        .snapshot()
+        .await
+        .is_ok_and(|s| s.view().removed.contains_key(&me));
+    if removed {
+        anyhow::anyhow!(
+            "this store's writer {me} was removed from co-drive {} by one of its writers: its \
+             writes are refused (ask a writer to run `cohd authorize {me}` again)",
+            co.key()
+        )
+    } else {
+        anyhow::anyhow!(
+            "not a writer of this co-drive: ask a writer to run `cohd authorize {me}` (if one \
+             already did, this store has not received it yet: run `cohd sync --peer ADDR`, or \
+             keep a `cohd serve` connected)"
+        )
+    }
+}
+
+async fn dispatch_here(command: &Command, co: &CoDrive, io: &mut Io) -> Result<()> {
     let out = &mut io.out;
     match command {
         Command::Info { json } => files::info(co, out, *json).await,

@@ -151,11 +151,25 @@ async fn follow(
     };
     let mut conns = Vec::new();
     for peer in peers {
-        let addr = resolve(peer).await?;
-        let conn = repl
-            .connect(addr)
-            .await
-            .with_context(|| format!("cannot connect to {peer}"))?;
+        resolve(peer).await?;
+        // Every address a name has, in turn (`localhost` may be ::1 first, with the peer on
+        // 127.0.0.1); the last one's error if none connects.
+        let mut conn = None;
+        let mut last = None;
+        for addr in tokio::net::lookup_host(peer.as_str()).await? {
+            match repl.connect(addr).await {
+                Ok(c) => {
+                    conn = Some(c);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let conn = match (conn, last) {
+            (Some(c), _) => c,
+            (None, Some(e)) => return Err(e).with_context(|| format!("cannot connect to {peer}")),
+            (None, None) => bail!("{peer} resolves to no address"),
+        };
         conns.push((peer.clone(), conn));
     }
     // A progress bar on a terminal while blocks arrive (hidden otherwise).
@@ -183,7 +197,7 @@ async fn follow(
         let mut why = None;
         for (peer, conn) in &mut conns {
             let reason = match conn.await {
-                Ok(Err(e)) => format!("connection to {peer} failed: {e}"),
+                Ok(Err(e)) => connection_failed(peer, &e.to_string()),
                 _ => format!("connection to {peer} closed before catching up"),
             };
             why.get_or_insert(reason);
@@ -217,6 +231,30 @@ async fn follow(
         repl,
         dht: discovery,
     })
+}
+
+/// Why a connection to `peer` ended, for people: a peer whose first bytes are no Hypercore
+/// frame (an HTTP server, most often the `--http` address of a `serve`) is named as such.
+fn connection_failed(peer: &str, error: &str) -> String {
+    // The transport reads a 3-byte little-endian length first; "HTTP/1.1 400…" gives "HTT".
+    let first = error
+        .strip_prefix("frame of ")
+        .and_then(|r| r.strip_suffix(" bytes is larger than allowed"))
+        .and_then(|n| n.parse::<u32>().ok())
+        .map(|n| n.to_le_bytes());
+    match first {
+        Some([b'H', b'T', b'T', 0]) => format!(
+            "{peer} is not a Hypercore peer: it answered as an HTTP server (give the address \
+             `cohd serve` prints as `listening on`, not its --http one)"
+        ),
+        Some(_) => format!(
+            "{peer} is not a Hypercore peer: what it sent is not the Hypercore protocol ({error})"
+        ),
+        None if error.starts_with("handshake failed") => {
+            format!("{peer} is not a Hypercore peer: {error}")
+        }
+        None => format!("connection to {peer} failed: {error}"),
+    }
 }
 
 /// Clears a progress bar and stops its updater when dropped.
@@ -298,7 +336,28 @@ pub(crate) async fn sync(
     };
     let r = deliver_own(&f.repl, co, &to).await;
     f.close().await;
+    warn_if_removed(co).await;
     r
+}
+
+/// Says so when this store's writer was removed from the co-drive and wrote past what counts:
+/// those writes are ignored by every peer, and nothing else would tell the user.
+pub(crate) async fn warn_if_removed(co: &CoDrive) {
+    let me = co.local_key();
+    let Ok(snap) = co.snapshot().await else {
+        return;
+    };
+    if let Some(&counted) = snap.view().removed.get(&me) {
+        let length = co.own().db().core().info().length;
+        if length > counted {
+            eprintln!(
+                "warning: this store's writer {me} was removed from co-drive {} by one of its \
+                 writers: what it wrote after the removal is ignored by every peer (ask a \
+                 writer to run `cohd authorize {me}` again)",
+                co.key(),
+            );
+        }
+    }
 }
 
 /// Waits until a connected peer holds every block of our own drive (what `sync` promises).
@@ -346,16 +405,34 @@ pub(crate) async fn with_peer(
     command.await
 }
 
-/// The authorization policy of `serve`: `--allow-all`, `--allow KEY...`, default deny.
+/// The authorization policy of `serve`: `--allow-all`, `--allow KEY...`, default deny. Each
+/// decision is logged on stderr; a denial says how to approve the key after all.
 pub(crate) fn policy(allow_all: bool, allow: &[String]) -> Result<AuthPolicy> {
-    if allow_all {
-        return Ok(auth::allow_all());
-    }
-    let keys = allow
-        .iter()
-        .map(|k| k.parse::<Key>())
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(auth::allow_keys(keys))
+    let decide = if allow_all {
+        auth::allow_all()
+    } else {
+        let keys = allow
+            .iter()
+            .map(|k| k.parse::<Key>())
+            .collect::<Result<Vec<_>, _>>()?;
+        auth::allow_keys(keys)
+    };
+    Ok(Arc::new(move |key, remote| {
+        let decided = decide(key, remote);
+        Box::pin(async move {
+            let allowed = decided.await;
+            let from = &hex::encode(remote)[..8];
+            if allowed {
+                eprintln!("write access requested for {key} (peer {from}): granted");
+            } else {
+                eprintln!(
+                    "write access requested for {key} (peer {from}): denied; to approve it, \
+                     run `cohd authorize {key}` on this store (or serve with --allow {key})"
+                );
+            }
+            allowed
+        })
+    }))
 }
 
 /// `cohd request-auth [--peer ADDR] [--timeout SECS]`.

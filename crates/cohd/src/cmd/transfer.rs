@@ -519,6 +519,17 @@ pub(crate) async fn export(co: &CoDrive, out: &mut Out, folder: &str, local: &Pa
         .iter()
         .partition(|e| e.entry.blob.is_none() && e.entry.linkname.is_some());
     let total: u64 = files.iter().map(|e| e.entry.size()).sum();
+    // Every byte it will write is made local before the first file is: a sparse clone fetches
+    // what it lacks from connected peers now, or fails here, leaving no half-exported tree.
+    let bar = output::progress_blocks("download");
+    let fetched = snap
+        .download_with(folder, &mut |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .await;
+    bar.finish_and_clear();
+    fetched.context("nothing was exported")?;
     std::fs::create_dir_all(local).with_context(|| format!("creating {}", local.display()))?;
     let mut known = HashSet::new();
     let mut skipped = 0usize;

@@ -74,7 +74,9 @@ pub(crate) async fn run(command: &Command, co: &CoDrive, out: &mut Out) -> Resul
             let snap = read_snapshot(co).await?;
             let v = snap.view();
             let f = path::folder(folder.as_deref().unwrap_or("/"));
+            let mut listed = false;
             for (p, r) in v.conflicts().filter(|(p, _)| path::is_under(p, &f)) {
+                listed = true;
                 if *json {
                     let versions = versions_json(&r.conflicts, (r.winner.writer, r.winner.seq));
                     writeln!(
@@ -83,8 +85,20 @@ pub(crate) async fn run(command: &Command, co: &CoDrive, out: &mut Out) -> Resul
                         serde_json::json!({ "path": p, "versions": versions })
                     )?;
                 } else {
-                    writeln!(out, "{p}: {}", versions_text(&r.conflicts))?;
+                    let winner = (r.winner.writer, r.winner.seq);
+                    writeln!(
+                        out,
+                        "{p}: {} versions: {}",
+                        r.conflicts.len(),
+                        versions_text(&r.conflicts, Some(winner))
+                    )?;
                 }
+            }
+            if listed && !*json {
+                out.note(
+                    "read a version with `cohd cat PATH --writer WRITER8`; `cohd export` writes \
+                     every version (NAME.conflict-WRITER8.EXT); writing PATH again settles it",
+                );
             }
             for p in v.clashes().iter().filter(|p| path::is_under(p, &f)) {
                 writeln!(out, "{p}: file/folder clash between writers")?;

@@ -3,7 +3,8 @@
 //! `GET /folder/` lists a folder (HTML, or JSON with `Accept: application/json`) with sizes,
 //! writers and conflict marks; `GET /path` sends a file with a content type from its extension,
 //! honouring `Range` (206/416) and `If-None-Match` (304; the ETag is the version's writer and
-//! seq, which name its content forever). `?at=FRONTIER` shows a past version, as `--at` does;
+//! seq, which name its content forever; a listing's is a digest of it). `?at=TIME` or
+//! `?at=FRONTIER` shows a past version, as `--at` does;
 //! `?writer=KEY` picks one writer's version of a conflicted path, as `cat --writer` does.
 //! Content this store lacks is fetched from connected peers as it is read.
 //!
@@ -304,9 +305,26 @@ async fn snapshot<'c>(co: &'c CoDrive, at: Option<&str>) -> Result<Snapshot<'c>,
     let snap = match at {
         None => co.snapshot().await?,
         Some(at) => {
-            let version: Frontier = at.parse().map_err(|e: co_hyperdrive::FrontierError| {
-                Failure::new(StatusCode::BAD_REQUEST, format!("at: {e}"))
-            })?;
+            // A time (`2026-12-06T10:00:00Z`, or a date for its end) or a version, as `--at`.
+            let version: Frontier = match crate::output::parse_utc(at) {
+                Some(ms) => {
+                    let v = co.version_at_time(ms).await?;
+                    if v.get(&co.key()) == 0 {
+                        return Err(Failure::not_found(&format!(
+                            "no version of the co-drive at or before {at}"
+                        )));
+                    }
+                    v
+                }
+                None => at.parse().map_err(|e: co_hyperdrive::FrontierError| {
+                    Failure::new(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "at: not a time (YYYY-MM-DDTHH:MM:SSZ, YYYY-MM-DD) or a version: {e}"
+                        ),
+                    )
+                })?,
+            };
             co.checkout(&version).await?
         }
     };
@@ -351,6 +369,7 @@ fn listing(
                     name: rest.to_string(),
                     writer: r.winner.writer,
                     seq: r.winner.seq,
+                    time: r.winner.time,
                     entry: r.winner.entry.clone().map(Box::new),
                     conflicts: r.conflicts.clone(),
                 });
@@ -368,8 +387,11 @@ fn listing(
     } else {
         (l.html(), "text/html; charset=utf-8")
     };
-    let mut r = Response::new(full(body));
-    set(&mut r, header::CONTENT_TYPE, ctype);
+    // The listing names the co-drive version it shows, so a digest of it changes exactly when
+    // the version (or the folder's rows, or the representation) does: a strong validator.
+    let etag = listing_etag(body.as_bytes());
+    let mut r = Response::new(empty());
+    set(&mut r, header::ETAG, &etag);
     set(&mut r, header::VARY, "Accept");
     set(&mut r, header::CACHE_CONTROL, "no-cache");
     // Listings run no script: drive names cannot turn into code even if escaping failed.
@@ -378,7 +400,20 @@ fn listing(
         header::CONTENT_SECURITY_POLICY,
         "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
     );
+    if request::none_match(header_of(req, header::IF_NONE_MATCH), &etag) {
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        return r;
+    }
+    set(&mut r, header::CONTENT_TYPE, ctype);
+    *r.body_mut() = full(body);
     r
+}
+
+/// A listing's ETag: 128 bits of BLAKE2b over its bytes (quoted; a `l` tells it from a file's).
+fn listing_etag(body: &[u8]) -> String {
+    use blake2::digest::consts::U16;
+    use blake2::{Blake2b, Digest};
+    format!("\"l-{}\"", hex::encode(Blake2b::<U16>::digest(body)))
 }
 
 /// Sends one version of a file: whole, a range of it, or "not modified".

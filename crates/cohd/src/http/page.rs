@@ -85,6 +85,8 @@ pub(crate) enum Row {
         name: String,
         writer: Key,
         seq: u64,
+        /// When its writer wrote it (ms since the Unix epoch, by its writer's clock).
+        time: Option<u64>,
         /// (Boxed: an entry is large, a folder row small.)
         entry: Option<Box<Entry>>,
         /// Every concurrent version (the winner included) when conflicted, else empty.
@@ -136,6 +138,7 @@ impl Listing {
                     name,
                     writer,
                     seq,
+                    time,
                     entry,
                     conflicts,
                 } => {
@@ -153,6 +156,7 @@ impl Listing {
                         "linkname": entry.as_ref().and_then(|e| e.linkname.clone()),
                         "writer": writer.to_hex(),
                         "seq": seq,
+                        "time": time,
                         "conflicts": versions_json(conflicts, (*writer, *seq)),
                     })
                 }
@@ -182,8 +186,9 @@ impl Listing {
         );
         let _ = writeln!(
             h,
-            "<form class=\"version\" method=\"get\" action=\"\"><label>Version \
-             <input name=\"at\" value=\"{}\" size=\"40\" spellcheck=\"false\"></label> \
+            "<form class=\"version\" method=\"get\" action=\"\"><label>Version, or a UTC time \
+             such as 2026-12-06T10:00:00Z <input name=\"at\" value=\"{}\" size=\"40\" \
+             spellcheck=\"false\"></label> \
              <button>Show</button> <a href=\"{}\">latest</a></form>",
             escape(&self.version),
             escape(&encode_path(&shown)),
@@ -192,14 +197,14 @@ impl Listing {
             h.push_str("<p class=\"note\">A past version (read-only).</p>\n");
         }
         h.push_str(
-            "<table><thead><tr><th>Name</th><th>Size</th><th>Writer</th><th>Version</th>\
+            "<table><thead><tr><th>Name</th><th>Size</th><th>Written (UTC)</th><th>Writer</th>\
              <th>Conflict</th></tr></thead><tbody>\n",
         );
         if self.folder != "/" {
             let _ = writeln!(
                 h,
-                "<tr class=\"folder\"><td><a href=\"../{}\">../</a></td><td></td><td></td>\
-                 <td></td><td></td></tr>",
+                "<tr class=\"folder\"><td><a href=\"../{}\">../</a></td><td></td><td></td><td></td>\
+                 <td></td></tr>",
                 escape(&self.keep(true))
             );
         }
@@ -219,6 +224,7 @@ impl Listing {
                     name,
                     writer,
                     seq,
+                    time,
                     entry,
                     conflicts,
                 } => {
@@ -249,7 +255,8 @@ impl Listing {
                     let _ = write!(
                         h,
                         "<tr class=\"{class}\"><td>{name_cell}</td><td>{size}</td>\
-                         <td title=\"{}\">{w8}</td><td>{w8}@{seq}</td><td>",
+                         <td>{}</td><td title=\"{}\">{w8}</td><td>",
+                        when(*time),
                         writer.to_hex()
                     );
                     if !conflicts.is_empty() {
@@ -262,17 +269,23 @@ impl Listing {
                             .iter()
                             .map(|v| {
                                 let vw = v.writer.to_hex();
-                                let label = format!("{}@{}", &vw[..8], v.seq);
-                                let note = if (v.writer, v.seq) == (*writer, *seq) {
-                                    " (shown)"
+                                // Who, how big and when, as `cohd conflicts` says it.
+                                let what = match &v.entry {
+                                    None => "deleted".to_string(),
+                                    Some(e) => format!("{} B", e.size()),
+                                };
+                                let shown = if (v.writer, v.seq) == (*writer, *seq) {
+                                    ", shown"
                                 } else {
                                     ""
                                 };
+                                let label =
+                                    format!("by {} ({what}, {}{shown})", &vw[..8], when(v.time));
                                 if v.entry.is_none() {
-                                    format!("{label} (deleted){note}")
+                                    label
                                 } else {
                                     format!(
-                                        "<a class=\"version\" href=\"{}?writer={vw}{}\">{label}</a>{note}",
+                                        "<a class=\"version\" href=\"{}?writer={vw}{}\">{label}</a>",
                                         escape(&href),
                                         escape(&self.keep(false))
                                     )
@@ -288,6 +301,12 @@ impl Listing {
         h.push_str("</tbody></table>\n</body></html>\n");
         h
     }
+}
+
+/// A version's write time as listings show it (`-` when it was recorded without one).
+fn when(time: Option<u64>) -> String {
+    time.map(crate::output::utc)
+        .unwrap_or_else(|| "-".to_string())
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em}\
@@ -323,6 +342,7 @@ mod tests {
                     name: "a\"b'&.txt".into(),
                     writer: Key([7; 32]),
                     seq: 3,
+                    time: Some(0),
                     entry: Some(Box::default()),
                     conflicts: vec![],
                 },
@@ -334,5 +354,6 @@ mod tests {
         assert!(h.contains("a&quot;b&#39;&amp;.txt"));
         assert!(h.contains("href=\"a%22b%27%26.txt?at=v%22%3C\""));
         assert!(h.contains("value=\"v&quot;&lt;\""));
+        assert!(h.contains("<td>1970-01-01T00:00:00Z</td>"), "{h}");
     }
 }

@@ -102,11 +102,21 @@ impl Drop for Serve {
 }
 
 pub fn serve(dir: &Path, extra: &[&str]) -> Serve {
+    serve_to(dir, extra, Stdio::null())
+}
+
+/// `serve` with its stderr (where it logs) written to the file `log`.
+pub fn serve_logged(dir: &Path, extra: &[&str], log: &Path) -> Serve {
+    let f = std::fs::File::create(log).expect("create the log file");
+    serve_to(dir, extra, Stdio::from(f))
+}
+
+fn serve_to(dir: &Path, extra: &[&str], stderr: Stdio) -> Serve {
     let mut args = vec!["serve"];
     args.extend_from_slice(extra);
     let mut child = cohd(dir, &args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("spawn serve");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
