@@ -79,13 +79,9 @@ pub(crate) fn dht_options(cli: &Cli, _store: &Store) -> Option<DhtOptions> {
 
 /// Looks up the co-drive's topic on the DHT as a client and waits (bounded) for a first
 /// connection to someone who announced it.
-async fn find_on_dht(repl: &Replicator, key: Key, mut opts: DhtOptions) -> Result<Discovery> {
-    // A client only dials out, so it says it is firewalled whatever the network: to a JS
-    // server that answers "firewall unknown", an open client is one the server dials back,
-    // which peeroxide 1.7.3 does not wait for (it holepunches, and the server aborts); a
-    // firewalled client on the server's host takes the same-host shortcut and dials it.
-    // Servers that announce as open are dialled directly either way (docs/dht-notes.md).
-    opts.reachable = Some(false);
+async fn find_on_dht(repl: &Replicator, key: Key, opts: DhtOptions) -> Result<Discovery> {
+    // A client only: no server swarm starts, and our dialling node always counts as
+    // firewalled, which is what reaches JS servers (see `co_hyperdrive::dht`).
     let d = Discovery::start(repl, opts)
         .await
         .context("cannot start the DHT")?;
