@@ -93,7 +93,7 @@ async function main () {
       if (got && got.equals(data)) break
       if (now() - t > 10000) throw new Error(`${p} did not arrive within 10 s`)
       await new Promise((resolve) => {
-        const done = () => { clearTimeout(timer); resolve() }
+        const done = () => { clearTimeout(timer); b.db.core.off('append', done); resolve() }
         const timer = setTimeout(done, 20)
         b.db.core.once('append', done)
       })
