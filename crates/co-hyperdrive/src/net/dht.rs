@@ -865,4 +865,17 @@ mod tests {
             assert!(check_bootstrap(&v(&[bad])).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn redials_back_off_to_a_bound() {
+        let most = REDIAL_MAX + REDIAL_MAX / 4;
+        for failures in [0, 1, 2, 5, 10, 16, 17, u32::MAX] {
+            let d = redial_after(failures);
+            let base = REDIAL.saturating_mul(1 << failures.min(16)).min(REDIAL_MAX);
+            assert!(d >= base && d <= base + base / 4, "{failures}: {d:?}");
+            assert!(d <= most, "{failures}: {d:?}");
+        }
+        assert!(redial_after(0) < Duration::from_secs(1));
+        assert!(redial_after(30) >= REDIAL_MAX);
+    }
 }
