@@ -242,6 +242,17 @@ fn serving_writers_find_each_other_on_the_dht() {
     arrives(a, b, "/from-a.txt", b"a1");
     arrives(b, a, "/from-b.txt", b"b1");
     arrives(a, b, "/from-a-again.txt", b"a2");
+    // `status` tells what discovery does: both hold a live DHT connection, and B, which looked
+    // the topic up after A announced it, knows A's key.
+    for (dir, found) in [(a, 0), (b, 1)] {
+        let v: serde_json::Value =
+            serde_json::from_str(&ok(dir, &["status", "--json"])).expect("status --json");
+        let dht = &v["dht"];
+        assert_eq!(dht["reachable"], true, "{v}");
+        let n = |f: &str| dht[f].as_u64().unwrap_or_else(|| panic!("{f} in {v}"));
+        assert!(n("accepted") + n("dialled") >= 1, "{v}");
+        assert!(n("known") >= found, "{v}");
+    }
 
     // Nobody has this co-drive: a clear error, in bounded time.
     let t = std::time::Instant::now();

@@ -82,6 +82,24 @@ const FORGET: Duration = Duration::from_secs(300);
 /// ours is [`MAX_CONNECTIONS`].
 const SWARM_MAX_PEERS: usize = 1 << 20;
 
+/// What discovery is doing, for `cohd status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DhtStatus {
+    /// The key we announce under.
+    pub public_key: [u8; 32],
+    /// Whether we announce as reachable.
+    pub reachable: bool,
+    /// Live connections we accepted.
+    pub accepted: usize,
+    /// Live connections we dialled.
+    pub dialled: usize,
+    /// Announced keys our lookups found (live peers, and records of peers gone).
+    pub known: usize,
+    /// Dials under way.
+    pub dialling: usize,
+}
+
 /// Why discovery could not start or do what it was asked.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -427,6 +445,23 @@ impl Discovery {
         Ok(())
     }
 
+    /// What discovery is doing now.
+    pub fn status(&self) -> DhtStatus {
+        let live = lock(&self.inner.live);
+        let dialled = live.get(&DIALLED_SLOT).copied().unwrap_or(0);
+        let accepted = live.values().sum::<usize>() - dialled;
+        drop(live);
+        let dials = lock(&self.inner.dials);
+        DhtStatus {
+            public_key: self.public_key(),
+            reachable: self.reachable(),
+            accepted,
+            dialled,
+            known: dials.known.len(),
+            dialling: dials.known.values().filter(|k| k.dialing).count(),
+        }
+    }
+
     /// Connections made or accepted so far, watched.
     pub fn connections_made(&self) -> watch::Receiver<u64> {
         self.inner.made.subscribe()
@@ -535,13 +570,15 @@ fn live_total(inner: &Inner) -> usize {
     lock(&inner.live).values().sum()
 }
 
+/// Where dialled connections are counted among the generations' (none has this id).
+const DIALLED_SLOT: u64 = u64::MAX;
+
 /// Replicates on a connection in its own task, and accounts for its end.
 fn run_connection(inner: &Arc<Inner>, stream: MessageStream, remote: String, origin: Origin) {
     inner.made.send_modify(|n| *n += 1);
     let slot = match origin {
         Origin::Accepted(id) => id,
-        // Dialled connections count under a slot no generation has.
-        Origin::Dialed(_) => u64::MAX,
+        Origin::Dialed(_) => DIALLED_SLOT,
     };
     *lock(&inner.live).entry(slot).or_default() += 1;
     let repl = inner.repl.clone();

@@ -404,6 +404,8 @@ pub(crate) struct Served {
     pub(crate) repl: Replicator,
     pub(crate) peers: Peers,
     pub(crate) addr: SocketAddr,
+    /// Discovery on the DHT, once it started.
+    pub(crate) dht: Arc<std::sync::OnceLock<Discovery>>,
 }
 
 /// The file that remembers where the store served last (its port stays the same).
@@ -490,6 +492,7 @@ pub(crate) async fn serve(
         repl: repl.clone(),
         peers: kept.clone(),
         addr,
+        dht: Arc::default(),
     };
     // Other `cohd` commands on this store run in this process, sent over a local socket (see
     // `forward`); it is ready before the key is printed.
@@ -568,7 +571,7 @@ pub(crate) async fn serve(
         r = remembering => r,
         r = super::forward::run_server(local, store, co, &served) => r,
         r = web => r,
-        () = on_dht(&repl, co.key(), dht) => Ok(()),
+        () = on_dht(&repl, co.key(), dht, &served.dht) => Ok(()),
         // The caller flushes the store on the way out (any stop is safe; this one is clean).
         () = stop_requested() => Ok(()),
     }
@@ -577,7 +580,12 @@ pub(crate) async fn serve(
 /// `serve` on the DHT: announces the co-drive's topic and looks it up, replicating with
 /// whoever it finds, for as long as it is polled. Without the DHT, or when it cannot start,
 /// `serve` goes on with its other peers.
-async fn on_dht(repl: &Replicator, key: Key, opts: Option<DhtOptions>) {
+async fn on_dht(
+    repl: &Replicator,
+    key: Key,
+    opts: Option<DhtOptions>,
+    started: &std::sync::OnceLock<Discovery>,
+) {
     if let Some(opts) = opts {
         let joined = async {
             let d = Discovery::start(repl, opts).await?;
@@ -591,6 +599,7 @@ async fn on_dht(repl: &Replicator, key: Key, opts: Option<DhtOptions>) {
                     hex::encode(d.public_key()),
                     if d.reachable() { " (reachable)" } else { "" }
                 );
+                let _ = started.set(d.clone());
                 // Kept until `serve` stops.
                 std::future::pending::<()>().await;
                 drop(d);
@@ -714,6 +723,7 @@ pub(crate) async fn status(
     let writers = writer_lengths(store, co, Some(&served.repl)).await?;
     let (sent, received) = served.repl.blocks_transferred();
     let connections = *served.repl.connections().borrow();
+    let dht = served.dht.get().map(Discovery::status);
     if json {
         let w: Vec<_> = writers
             .iter()
@@ -729,12 +739,33 @@ pub(crate) async fn status(
             "writers": w,
             "blocks_sent": sent,
             "blocks_received": received,
+            "dht": dht.as_ref().map(|d| serde_json::json!({
+                "public_key": hex::encode(d.public_key),
+                "reachable": d.reachable,
+                "accepted": d.accepted,
+                "dialled": d.dialled,
+                "known": d.known,
+                "dialling": d.dialling,
+            })),
         });
         writeln!(out, "{v}")?;
         return Ok(());
     }
     writeln!(out, "serving {} on {}", co.key(), served.addr)?;
     writeln!(out, "connections: {connections}")?;
+    if let Some(d) = &dht {
+        writeln!(
+            out,
+            "dht: announcing as {}{}; {} accepted, {} dialled, {} announced keys known, {} dials \
+             under way",
+            hex::encode(d.public_key),
+            if d.reachable { " (reachable)" } else { "" },
+            d.accepted,
+            d.dialled,
+            d.known,
+            d.dialling
+        )?;
+    }
     for p in &peers {
         let state = if p.connected {
             let secs = p
