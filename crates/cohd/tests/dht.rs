@@ -223,8 +223,8 @@ fn three_serving_writers_converge_across_a_restart_mid_stream() {
 fn serving_writers_find_each_other_on_the_dht() {
     let _serial = serial();
     use_dht();
-    let (_t, d) = dirs(3);
-    let (a, b, c) = (&d[0], &d[1], &d[2]);
+    let (_t, d) = dirs(4);
+    let (a, b, c, e) = (&d[0], &d[1], &d[2], &d[3]);
     ok(a, &["init"]);
     ok_in(a, &["put", "/first.txt", "-"], b"before b");
     let sa = serve(a, &["--allow-all"]);
@@ -253,6 +253,16 @@ fn serving_writers_find_each_other_on_the_dht() {
         assert!(n("accepted") + n("dialled") >= 1, "{v}");
         assert!(n("known") >= found, "{v}");
     }
+
+    // `sync` with no --peer finds the serving writers too.
+    ok(e, &["clone", &sa.key]);
+    ok_in(b, &["put", "/for-sync.txt", "-"], b"synced");
+    eventually("A to have B's write", || {
+        run(a, &["cat", "/for-sync.txt"], b"").stdout == b"synced"
+    });
+    ok(e, &["sync"]);
+    // A sparse clone: the entry is there, its content fetched on a read while connected.
+    assert!(ok(e, &["ls", "/"]).contains("for-sync.txt"));
 
     // Nobody has this co-drive: a clear error, in bounded time.
     let t = std::time::Instant::now();
