@@ -246,6 +246,9 @@ struct Known {
 
 #[derive(Debug, Default)]
 struct Dials {
+    /// The topics we look up (kept here, not in [`State`], so that a lookup never waits for a
+    /// swarm replacement).
+    topics: Vec<[u8; 32]>,
     known: HashMap<[u8; 32], Known>,
     /// Lookup rounds started; a round looks up the client topics joined when it starts.
     started: u64,
@@ -276,6 +279,8 @@ struct Inner {
     state: tokio::sync::Mutex<State>,
     client: Mutex<Option<ClientNode>>,
     dials: Mutex<Dials>,
+    /// Set by [`Discovery::close`]: a dial that succeeds later is dropped.
+    closed: AtomicBool,
     /// Wakes the dial loop: a topic joined, a dial or a connection ended.
     wake: Arc<Notify>,
     /// Set with `wake` when the next lookup should come soon.
@@ -362,6 +367,7 @@ impl Discovery {
                 }),
                 client: Mutex::new(Some(client)),
                 dials: Mutex::default(),
+                closed: AtomicBool::new(false),
                 wake: Arc::new(Notify::new()),
                 lookup_soon: Arc::new(AtomicBool::new(false)),
                 rounds: watch::channel(0).0,
@@ -421,6 +427,9 @@ impl Discovery {
         drop(state);
         if client {
             let mut dials = lock(&self.inner.dials);
+            if !dials.topics.contains(&topic) {
+                dials.topics.push(topic);
+            }
             dials.flush_target = dials.started + 1;
             drop(dials);
             self.inner.lookup_soon.store(true, Ordering::SeqCst);
@@ -469,6 +478,7 @@ impl Discovery {
 
     /// Ends every connection (telling the peers), then leaves the DHT (unannounces).
     pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
         for t in lock(&self.inner.tasks).drain(..) {
             t.abort();
         }
@@ -677,20 +687,11 @@ async fn dial_loop(weak: Weak<Inner>) {
 
 /// One lookup of every client topic; records whoever announced them.
 async fn lookup_round(inner: &Arc<Inner>, dht: &HyperDhtHandle) {
-    let round = {
+    let (round, topics) = {
         let mut dials = lock(&inner.dials);
         dials.started += 1;
-        dials.started
+        (dials.started, dials.topics.clone())
     };
-    let topics: Vec<[u8; 32]> = inner
-        .state
-        .lock()
-        .await
-        .joined
-        .iter()
-        .filter(|j| j.client)
-        .map(|j| j.topic)
-        .collect();
     for topic in topics {
         let found = match tokio::time::timeout(LOOKUP_TIMEOUT, dht.lookup(topic)).await {
             Ok(Ok(found)) => found,
@@ -798,6 +799,9 @@ async fn dial(weak: Weak<Inner>, dht: HyperDhtHandle, pk: [u8; 32], relays: Vec<
                 k.failures = k.failures.saturating_add(1);
             }
         }
+    }
+    if inner.closed.load(Ordering::SeqCst) {
+        return; // the connection, if any, drops here
     }
     if let Ok(Ok(conn)) = r {
         let stream = transport::peer_connection(conn, inner.key_pair.public_key, &inner.transport);
