@@ -1,7 +1,7 @@
 //! cohd-bench: runs the workloads of `js/bench.js` on our Rust [`Drive`], on disk, then runs
 //! `js/bench.js` itself, and compares the two.
 //!
-//! Usage: `cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication] [--live]`
+//! Usage: `cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication] [--live] [--live-dht]`
 //!
 //! - `--runs N`: run both sides N times (default 1) and report the median of each workload.
 //! - `--json`: print only the final JSON line on stdout.
@@ -9,6 +9,7 @@
 //! - `--codrive`: instead, the co-drive benchmark (merged reads with 1, 4, 16 writers).
 //! - `--replication`: instead, replication of ~100 MiB over loopback, ours and JavaScript.
 //! - `--live`: instead, how long a write takes to be readable on a connected peer.
+//! - `--live-dht`: the same between peers that found each other on a local HyperDHT.
 //!
 //! Progress goes to stderr; the table and one JSON line with every number go to stdout.
 
@@ -68,10 +69,11 @@ struct Options {
     codrive: bool,
     replication: bool,
     live: bool,
+    live_dht: bool,
 }
 
 fn usage() -> &'static str {
-    "usage: cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication] [--live]"
+    "usage: cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication] [--live] [--live-dht]"
 }
 
 fn parse_args() -> Result<Options> {
@@ -82,6 +84,7 @@ fn parse_args() -> Result<Options> {
         codrive: false,
         replication: false,
         live: false,
+        live_dht: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -99,6 +102,7 @@ fn parse_args() -> Result<Options> {
             "--codrive" => opts.codrive = true,
             "--replication" => opts.replication = true,
             "--live" => opts.live = true,
+            "--live-dht" => opts.live_dht = true,
             "-h" | "--help" => {
                 println!("{}", usage());
                 std::process::exit(0);
@@ -431,7 +435,9 @@ async fn main() -> ExitCode {
         Ok(opts) if opts.replication => {
             replication::run(&repo_root(), opts.js, opts.json, opts.runs).await
         }
-        Ok(opts) if opts.live => live::run(&repo_root(), opts.js, opts.json, opts.runs).await,
+        Ok(opts) if opts.live || opts.live_dht => {
+            live::run(&repo_root(), opts.js, opts.json, opts.runs, opts.live_dht).await
+        }
         Ok(opts) => run(&opts).await,
         Err(e) => Err(e),
     };

@@ -79,13 +79,9 @@ pub(crate) fn dht_options(cli: &Cli, _store: &Store) -> Option<DhtOptions> {
 
 /// Looks up the co-drive's topic on the DHT as a client and waits (bounded) for a first
 /// connection to someone who announced it.
-async fn find_on_dht(repl: &Replicator, key: Key, mut opts: DhtOptions) -> Result<Discovery> {
-    // A client only dials out, so it says it is firewalled whatever the network: to a JS
-    // server that answers "firewall unknown", an open client is one the server dials back,
-    // which peeroxide 1.7.3 does not wait for (it holepunches, and the server aborts); a
-    // firewalled client on the server's host takes the same-host shortcut and dials it.
-    // Servers that announce as open are dialled directly either way (docs/dht-notes.md).
-    opts.reachable = Some(false);
+async fn find_on_dht(repl: &Replicator, key: Key, opts: DhtOptions) -> Result<Discovery> {
+    // A client only: no server swarm starts, and our dialling node always counts as
+    // firewalled, which is what reaches JS servers (see `co_hyperdrive::dht`).
     let d = Discovery::start(repl, opts)
         .await
         .context("cannot start the DHT")?;
@@ -485,6 +481,8 @@ pub(crate) struct Served {
     pub(crate) repl: Replicator,
     pub(crate) peers: Peers,
     pub(crate) addr: SocketAddr,
+    /// Discovery on the DHT, once it started.
+    pub(crate) dht: Arc<std::sync::OnceLock<Discovery>>,
 }
 
 /// The file that remembers where the store served last (its port stays the same).
@@ -571,6 +569,7 @@ pub(crate) async fn serve(
         repl: repl.clone(),
         peers: kept.clone(),
         addr,
+        dht: Arc::default(),
     };
     // Other `cohd` commands on this store run in this process, sent over a local socket (see
     // `forward`); it is ready before the key is printed.
@@ -649,7 +648,7 @@ pub(crate) async fn serve(
         r = remembering => r,
         r = super::forward::run_server(local, store, co, &served) => r,
         r = web => r,
-        () = on_dht(&repl, co.key(), dht) => Ok(()),
+        () = on_dht(&repl, co.key(), dht, &served.dht) => Ok(()),
         // The caller flushes the store on the way out (any stop is safe; this one is clean).
         () = stop_requested() => Ok(()),
     }
@@ -658,7 +657,12 @@ pub(crate) async fn serve(
 /// `serve` on the DHT: announces the co-drive's topic and looks it up, replicating with
 /// whoever it finds, for as long as it is polled. Without the DHT, or when it cannot start,
 /// `serve` goes on with its other peers.
-async fn on_dht(repl: &Replicator, key: Key, opts: Option<DhtOptions>) {
+async fn on_dht(
+    repl: &Replicator,
+    key: Key,
+    opts: Option<DhtOptions>,
+    started: &std::sync::OnceLock<Discovery>,
+) {
     if let Some(opts) = opts {
         let joined = async {
             let d = Discovery::start(repl, opts).await?;
@@ -672,6 +676,7 @@ async fn on_dht(repl: &Replicator, key: Key, opts: Option<DhtOptions>) {
                     hex::encode(d.public_key()),
                     if d.reachable() { " (reachable)" } else { "" }
                 );
+                let _ = started.set(d.clone());
                 // Kept until `serve` stops.
                 std::future::pending::<()>().await;
                 drop(d);
@@ -795,6 +800,7 @@ pub(crate) async fn status(
     let writers = writer_lengths(store, co, Some(&served.repl)).await?;
     let (sent, received) = served.repl.blocks_transferred();
     let connections = *served.repl.connections().borrow();
+    let dht = served.dht.get().map(Discovery::status);
     if json {
         let w: Vec<_> = writers
             .iter()
@@ -810,12 +816,33 @@ pub(crate) async fn status(
             "writers": w,
             "blocks_sent": sent,
             "blocks_received": received,
+            "dht": dht.as_ref().map(|d| serde_json::json!({
+                "public_key": hex::encode(d.public_key),
+                "reachable": d.reachable,
+                "accepted": d.accepted,
+                "dialled": d.dialled,
+                "known": d.known,
+                "dialling": d.dialling,
+            })),
         });
         writeln!(out, "{v}")?;
         return Ok(());
     }
     writeln!(out, "serving {} on {}", co.key(), served.addr)?;
     writeln!(out, "connections: {connections}")?;
+    if let Some(d) = &dht {
+        writeln!(
+            out,
+            "dht: announcing as {}{}; {} accepted, {} dialled, {} announced keys known, {} dials \
+             under way",
+            hex::encode(d.public_key),
+            if d.reachable { " (reachable)" } else { "" },
+            d.accepted,
+            d.dialled,
+            d.known,
+            d.dialling
+        )?;
+    }
     for p in &peers {
         let state = if p.connected {
             let secs = p

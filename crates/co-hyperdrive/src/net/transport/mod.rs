@@ -41,7 +41,7 @@ pub use backlog::Backlog;
 pub use framing::{write_frame, FrameReader, MAX_WIRE_FRAME};
 pub use mux::{Channel, Mux, MuxEvent, MAX_CHANNEL_QUEUE, MAX_INBOUND_BYTES};
 pub use noise::{handshake, SecretCipher, SECRETSTREAM_OVERHEAD};
-pub use secret::swarm_connection;
+pub use secret::{peer_connection, swarm_connection};
 
 /// Default keepalive interval (JS hypercore: `setKeepAlive(5000)`).
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(5);

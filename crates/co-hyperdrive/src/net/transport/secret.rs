@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use peeroxide_dht::hyperdht::PeerConnection;
 use peeroxide_dht::secret_stream::{
     SecretStreamError, SecretStreamReadHalf, SecretStreamWriteHalf,
 };
@@ -24,17 +25,27 @@ use super::{
 /// How long a closing connection tries to tell the peer.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Runs a HyperDHT connection as a [`MessageStream`]. The connection's socket and runtime,
-/// which the stream needs but does not own, live as long as the stream's task.
+/// Runs a connection a swarm made or accepted as a [`MessageStream`] (see
+/// [`peer_connection`]; the rest of a `SwarmConnection`, its UDX runtime, is an empty handle).
 pub fn swarm_connection(
     conn: peeroxide::SwarmConnection,
     local_public_key: [u8; 32],
     opts: &TransportOptions,
 ) -> MessageStream {
+    peer_connection(conn.peer, local_public_key, opts)
+}
+
+/// Runs a HyperDHT connection as a [`MessageStream`]. The connection's socket, which the
+/// stream needs but does not own, lives as long as the stream's task.
+pub fn peer_connection(
+    peer: PeerConnection,
+    local_public_key: [u8; 32],
+    opts: &TransportOptions,
+) -> MessageStream {
     let info = StreamInfo {
-        initiator: conn.peer.stream.is_initiator(),
-        handshake_hash: *conn.peer.stream.handshake_hash(),
-        remote_public_key: *conn.peer.stream.remote_public_key(),
+        initiator: peer.stream.is_initiator(),
+        handshake_hash: *peer.stream.handshake_hash(),
+        remote_public_key: *peer.stream.remote_public_key(),
         local_public_key,
     };
     let max_message = opts
@@ -50,8 +61,8 @@ pub fn swarm_connection(
         let backlog = backlog.clone();
         let opts = opts.clone();
         async move {
-            // The stream moves out; the rest of `conn` (socket, runtime) stays until the end.
-            let (rd, mut wr) = conn.peer.stream.into_split();
+            // The stream moves out; the rest of `peer` (its socket) stays until the end.
+            let (rd, mut wr) = peer.stream.into_split();
             let e = tokio::select! {
                 e = read_loop(rd, &in_tx, max_message) => e,
                 e = write_loop(&mut wr, out_rx, &backlog, &opts) => e,
