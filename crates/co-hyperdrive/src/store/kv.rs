@@ -172,7 +172,8 @@ impl Faults {
 pub(crate) struct Disk {
     db: fjall::Database,
     spaces: Vec<fjall::Keyspace>,
-    /// Where each file block is: `Space::Blocks` key → offset (u64 LE) ‖ length (u32 LE).
+    /// Where each file block is: `Space::Blocks` key → offset (u64 LE) ‖ length (u32 LE) ‖
+    /// xxh3-64 of its bytes (u64 LE).
     located: fjall::Keyspace,
     files: DataFiles,
     /// Commits since the last durable persist (so that an idle flush costs nothing).
@@ -261,6 +262,17 @@ impl Kv {
         }
     }
 
+    /// A block (`Space::Blocks` key), and whether its bytes were checked against a checksum
+    /// recorded when they were written (blocks in data files; the caller need not hash them).
+    pub(crate) fn get_block(&self, key: &[u8]) -> Result<Option<(Vec<u8>, bool)>, KvError> {
+        if let Kv::Disk(d) = self {
+            if let Some(at) = d.located.get(key)? {
+                return d.read_located(key, &at).map(|v| Some((v, true)));
+            }
+        }
+        Ok(self.get(Space::Blocks, key)?.map(|v| (v, false)))
+    }
+
     /// Applies `batch` atomically (durable after the next [`persist`](Self::persist); a
     /// killed process keeps it, a power loss may lose a suffix of whole batches).
     pub(crate) fn commit(&self, batch: Batch) -> Result<(), KvError> {
@@ -342,9 +354,10 @@ impl Disk {
                     let core = core_of(&k)?;
                     let offset = self.files.append(core, &v)?;
                     written.insert(core);
-                    let mut at = Vec::with_capacity(12);
+                    let mut at = Vec::with_capacity(20);
                     at.extend_from_slice(&offset.to_le_bytes());
                     at.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                    at.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&v).to_le_bytes());
                     // A copy stored before in the database (a store from before the data
                     // files, or another fork's block) goes.
                     if self.space(s).contains_key(&k)? {
@@ -361,7 +374,8 @@ impl Disk {
                 None => {
                     if s == Space::Blocks {
                         if let Some(at) = self.located.get(&k)? {
-                            freed.push((core_of(&k)?, location(&k, &at)?));
+                            let l = location(&k, &at)?;
+                            freed.push((core_of(&k)?, (l.offset, l.len)));
                             b.remove(&self.located, k.clone());
                         }
                     }
@@ -382,9 +396,18 @@ impl Disk {
         Ok(())
     }
 
+    /// A file block's bytes, checked against the checksum written with them: bytes that
+    /// never reached the disk (a power loss) or changed there read as damaged.
     fn read_located(&self, key: &[u8], at: &[u8]) -> Result<Vec<u8>, KvError> {
-        let (offset, len) = location(key, at)?;
-        self.files.read(&core_of(key)?, offset, len)
+        let l = location(key, at)?;
+        let v = self.files.read(&core_of(key)?, l.offset, l.len)?;
+        if xxhash_rust::xxh3::xxh3_64(&v) != l.sum {
+            return Err(KvError::corrupt(format!(
+                "block {} does not match its checksum in its data file",
+                hex::encode(key)
+            )));
+        }
+        Ok(v)
     }
 }
 
@@ -395,15 +418,31 @@ fn core_of(key: &[u8]) -> Result<[u8; 32], KvError> {
         .ok_or_else(|| KvError::corrupt(format!("a block key of {} bytes", key.len())))
 }
 
-/// (offset, length) of a file block from its location record.
-fn location(key: &[u8], at: &[u8]) -> Result<(u64, usize), KvError> {
-    match at {
-        [o @ .., l0, l1, l2, l3] if o.len() == 8 => Ok((
-            u64::from_le_bytes(o.try_into().unwrap_or_default()),
-            u32::from_le_bytes([*l0, *l1, *l2, *l3]) as usize,
-        )),
+/// Where a file block is, and the checksum of its bytes.
+struct Location {
+    offset: u64,
+    len: usize,
+    sum: u64,
+}
+
+fn location(key: &[u8], at: &[u8]) -> Result<Location, KvError> {
+    let u64_at = |i: usize| {
+        at.get(i..i + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    let len = at
+        .get(8..12)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes);
+    match (at.len(), u64_at(0), len, u64_at(12)) {
+        (20, Some(offset), Some(len), Some(sum)) => Ok(Location {
+            offset,
+            len: len as usize,
+            sum,
+        }),
         _ => Err(KvError::corrupt(format!(
-            "the location of block {} is {} bytes, not 12",
+            "the location of block {} is {} bytes, not 20",
             hex::encode(key),
             at.len()
         ))),
@@ -640,6 +679,24 @@ mod tests {
             std::fs::metadata(&file).unwrap().len(),
             2 * FILE_MIN as u64 + 10
         );
+    }
+
+    #[test]
+    fn a_changed_byte_in_a_data_file_reads_as_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = Kv::open(dir.path()).unwrap();
+        let mut b = Batch::default();
+        b.put(Space::Blocks, block_key(1, 0), pattern(FILE_MIN, 1));
+        b.put(Space::Blocks, block_key(1, 1), pattern(FILE_MIN, 2));
+        kv.commit(b).unwrap();
+        let (v, summed) = kv.get_block(&block_key(1, 1)).unwrap().unwrap();
+        assert!(summed && v == pattern(FILE_MIN, 2));
+        let file = dir.path().join(DATA_DIR).join(hex::encode([1u8; 32]));
+        let f = File::options().write(true).open(&file).unwrap();
+        f.write_all_at(&[0xff], FILE_MIN as u64 + 77).unwrap();
+        let e = kv.get_block(&block_key(1, 1)).unwrap_err();
+        assert!(e.corrupt, "{e}");
+        assert!(kv.get_block(&block_key(1, 0)).unwrap().unwrap().1);
     }
 
     #[test]
