@@ -913,6 +913,19 @@ impl Log {
         Ok(Some(p))
     }
 
+    /// The manifest a proof brings when we did not know ours yet: it must be the one the key
+    /// commits to.
+    fn manifest_of(&self, p: &Proof) -> Result<Option<manifest::Verifier>, LogError> {
+        let (Some(bytes), None) = (&p.manifest, self.manifest()) else {
+            return Ok(None);
+        };
+        let invalid = |e: String| LogError::Invalid(format!("its manifest: {e}"));
+        let m = Manifest::decode(bytes).map_err(|e| invalid(e.to_string()))?;
+        manifest::Verifier::new(self.key.0, m)
+            .map(Some)
+            .map_err(|e| invalid(e.to_string()))
+    }
+
     /// Our own log, cut back to `length` blocks: the next fork, the shorter tree signed again.
     /// Peers follow it ([`follow_fork`](Self::follow_fork)). Not offered above the store:
     /// a Hyperdrive never truncates, and the ledger would take it for lost blocks.
@@ -969,15 +982,7 @@ impl Log {
         let (roots, length) = verified
             .upgraded
             .ok_or_else(|| LogError::Invalid("a fork proof without its upgrade".into()))?;
-        let mut new_manifest = None;
-        if let (Some(bytes), None) = (&p.manifest, self.manifest()) {
-            let m = Manifest::decode(bytes)
-                .map_err(|e| LogError::Invalid(format!("its manifest: {e}")))?;
-            new_manifest = Some(
-                manifest::Verifier::new(self.key.0, m)
-                    .map_err(|e| LogError::Invalid(format!("its manifest: {e}")))?,
-            );
-        }
+        let new_manifest = self.manifest_of(p)?;
         let verifier = match &new_manifest {
             Some(v) => v.clone(),
             None => self.verifier().map_err(LogError::Invalid)?,
@@ -1109,15 +1114,7 @@ impl Log {
         let invalid = |e: ProofError| LogError::Invalid(format!("invalid proof: {e}"));
         let verified = proof::verify(&s.roots, s.length, &received).map_err(invalid)?;
         let mut next = s.clone();
-        // A manifest we did not know yet: it must be the one the key commits to.
-        let mut new_manifest = None;
-        if let (Some(bytes), None) = (&p.manifest, self.manifest()) {
-            let m = Manifest::decode(bytes)
-                .map_err(|e| LogError::Invalid(format!("its manifest: {e}")))?;
-            let v = manifest::Verifier::new(self.key.0, m)
-                .map_err(|e| LogError::Invalid(format!("its manifest: {e}")))?;
-            new_manifest = Some(v);
-        }
+        let new_manifest = self.manifest_of(&p)?;
         if let Some((roots, length)) = &verified.upgraded {
             let u = p
                 .upgrade
