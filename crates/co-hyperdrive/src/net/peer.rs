@@ -380,14 +380,7 @@ impl Peer {
         let mut out = Vec::new();
         if local.fork != self.announced_fork {
             // We followed the owner's truncation: say so, with what we hold of the new tree.
-            self.claims.new_fork(local.fork, local.contiguous);
-            self.claimed.clear();
-            self.announced_fork = local.fork;
-            self.announced_length = local.length;
-            self.announced_contiguous = local.contiguous;
-            let mut msgs = vec![self.sync(local)];
-            msgs.extend(Self::range(local));
-            out.push(Action::Send(msgs));
+            out.push(Action::Send(self.announce(local)));
         } else if local.length != self.announced_length {
             self.announced_length = local.length;
             out.push(Action::Send(vec![self.sync(local)]));
@@ -395,6 +388,21 @@ impl Peer {
         out.extend(self.range_update(local));
         out.extend(self.requests(local));
         out
+    }
+
+    /// Our Sync and Range, remembered as said; on a new fork (a truncation we followed) the
+    /// blocks claimed on the old one are forgotten.
+    fn announce(&mut self, local: &Local) -> Vec<Message> {
+        if local.fork != self.announced_fork {
+            self.claims.new_fork(local.fork, local.contiguous);
+            self.claimed.clear();
+        }
+        self.announced_length = local.length;
+        self.announced_fork = local.fork;
+        self.announced_contiguous = local.contiguous;
+        let mut msgs = vec![self.sync(local)];
+        msgs.extend(Self::range(local));
+        msgs
     }
 
     /// A `Range` when our contiguous prefix grew enough (or became complete) since we said.
@@ -414,16 +422,7 @@ impl Peer {
             out.extend(self.requests(local));
             return out;
         }
-        if local.fork != self.announced_fork {
-            self.claims.new_fork(local.fork, local.contiguous);
-            self.claimed.clear();
-        }
-        self.announced_length = local.length;
-        self.announced_fork = local.fork;
-        self.announced_contiguous = local.contiguous;
-        let mut msgs = vec![self.sync(local)];
-        msgs.extend(Self::range(local));
-        let mut out = vec![Action::Send(msgs)];
+        let mut out = vec![Action::Send(self.announce(local))];
         out.extend(self.requests(local));
         out
     }

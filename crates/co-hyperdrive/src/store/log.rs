@@ -926,6 +926,16 @@ impl Log {
             .map_err(|e| invalid(e.to_string()))
     }
 
+    fn put_manifest(&self, b: &mut Batch, v: Option<&manifest::Verifier>) {
+        if let Some(v) = v {
+            b.put(
+                Space::Meta,
+                record_key(&self.key, b"m"),
+                v.manifest().encode(),
+            );
+        }
+    }
+
     /// Our own log, cut back to `length` blocks: the next fork, the shorter tree signed again.
     /// Peers follow it ([`follow_fork`](Self::follow_fork)). Not offered above the store:
     /// a Hyperdrive never truncates, and the ledger would take it for lost blocks.
@@ -1057,13 +1067,7 @@ impl Log {
         next.signed.retain(|l| *l <= shared);
         next.note_signed(next.length);
         self.write_state(&mut b, &next, true);
-        if let Some(v) = &new_manifest {
-            b.put(
-                Space::Meta,
-                record_key(&self.key, b"m"),
-                v.manifest().encode(),
-            );
-        }
+        self.put_manifest(&mut b, new_manifest.as_ref());
         self.kv.commit(b)?;
         if old > shared {
             let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
@@ -1183,13 +1187,7 @@ impl Log {
             );
         }
         self.write_state(&mut b, &next, present);
-        if let Some(v) = &new_manifest {
-            b.put(
-                Space::Meta,
-                record_key(&self.key, b"m"),
-                v.manifest().encode(),
-            );
-        }
+        self.put_manifest(&mut b, new_manifest.as_ref());
         self.kv.commit(b)?;
         if let Some(i) = block_index {
             self.checked
