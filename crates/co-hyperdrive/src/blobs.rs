@@ -135,6 +135,11 @@ impl Blobs {
         id
     }
 
+    /// What is staged, taken out to be appended by the caller (with the entries naming it).
+    pub fn take_staged(staged: &mut StagedBlobs) -> Vec<Vec<u8>> {
+        std::mem::take(staged).blocks
+    }
+
     /// Appends what is staged, in one signed append.
     pub async fn append_staged(&self, staged: &mut StagedBlobs) -> Result<(), BlobError> {
         if staged.blocks.is_empty() {
@@ -311,18 +316,33 @@ impl BlobWriter<'_> {
     }
 
     /// Appends what is buffered and returns the blob's id.
-    pub async fn finish(mut self) -> Result<BlobId, BlobError> {
+    pub async fn finish(self) -> Result<BlobId, BlobError> {
+        let blobs = self.blobs;
+        let (id, pending) = self.finish_pending();
+        if !pending.is_empty() {
+            blobs.core.append_batch(&pending).await.map_err(core_err)?;
+        }
+        Ok(id)
+    }
+
+    /// The blob's id, and its last blocks, not appended yet: the caller appends them, with
+    /// the entry that names the blob ([`Core::append_together`]), so that a small file and its
+    /// entry commit at once.
+    pub fn finish_pending(mut self) -> (BlobId, Vec<Vec<u8>>) {
         if !self.buf.is_empty() {
             self.full.push(std::mem::take(&mut self.buf));
         }
-        self.append_full().await?;
-        Ok(BlobId {
+        let pending = std::mem::take(&mut self.full);
+        self.blocks += pending.len() as u64;
+        self.bytes += pending.iter().map(|b| b.len() as u64).sum::<u64>();
+        let id = BlobId {
             block_offset: self.start_block,
             byte_offset: self.start_byte,
             block_length: self.blocks,
             byte_length: self.bytes,
             block_map: false,
-        })
+        };
+        (id, pending)
     }
 }
 

@@ -211,6 +211,21 @@ impl Bee {
         Ok(seq)
     }
 
+    /// Puts one key, committed together with `other_blocks` appended to `other` (another core
+    /// of the store: a file's last blob blocks).
+    pub async fn put_together(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        other: &Core,
+        other_blocks: &[Vec<u8>],
+    ) -> Result<u64, BeeError> {
+        let mut b = self.batch().await?;
+        let seq = b.put(key, value).await?;
+        b.flush_together(other, other_blocks).await?;
+        Ok(seq)
+    }
+
     /// Deletes one key; `false` (and nothing appended) if it was absent.
     pub async fn del(&self, key: &[u8]) -> Result<bool, BeeError> {
         let mut b = self.batch().await?;

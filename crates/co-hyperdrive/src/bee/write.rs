@@ -12,7 +12,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::read::{Blocks, MAX_DEPTH};
 use super::{BeeError, Shared};
-use crate::store::CoreError;
+use crate::store::{Core, CoreError};
 
 /// Keys per node at which a node splits (at rest a node holds at most 8).
 const MAX_KEYS: usize = 9;
@@ -632,6 +632,31 @@ impl Batch {
             .shared
             .core
             .append_batch(&blocks)
+            .await
+            .map_err(core_err)?;
+        Ok(out.length)
+    }
+}
+
+impl Batch {
+    /// [`flush`](Self::flush), committed together with `other_blocks` appended to `other`
+    /// (another core of the store): after any stop both appends are there, or neither.
+    pub async fn flush_together(
+        mut self,
+        other: &Core,
+        other_blocks: &[Vec<u8>],
+    ) -> Result<u64, BeeError> {
+        if self.entries.is_empty() {
+            if !other_blocks.is_empty() {
+                other.append_batch(other_blocks).await.map_err(core_err)?;
+            }
+            return Ok(self.shared.core.info().length);
+        }
+        let blocks = self.encode_all();
+        let (out, _) = self
+            .shared
+            .core
+            .append_together(&blocks, other, other_blocks)
             .await
             .map_err(core_err)?;
         Ok(out.length)

@@ -1,12 +1,12 @@
 //! Atomic drive batches: many entries, one db append (and one fsync). Small files' blobs are
-//! staged and appended together (one signature for many files), before the entries.
+//! staged and committed with the entries in one store commit (one signature for many files).
 
 use cohd_format::{path, Entry};
 use tokio::sync::OwnedMutexGuard;
 
 use super::{files_key, Drive, DriveEntry, DriveError, PutOptions};
 use crate::bee::Batch;
-use crate::blobs::StagedBlobs;
+use crate::blobs::{Blobs, StagedBlobs};
 
 /// Files up to this size are staged in a batch rather than appended one by one.
 const STAGE_MAX: usize = 1 << 20;
@@ -99,9 +99,13 @@ impl<'a> DriveBatch<'a> {
 
     /// Appends the batch and fsyncs; returns the new version.
     pub async fn flush(mut self) -> Result<u64, DriveError> {
-        // Blobs first: an entry never points at blocks that are not there.
-        self.drive.blobs.append_staged(&mut self.staged).await?;
-        let v = self.bee.flush().await?;
+        // The staged blobs and the entries commit together (blobs staged past the batch's
+        // limit went before, named by nothing until now).
+        let staged = Blobs::take_staged(&mut self.staged);
+        let v = self
+            .bee
+            .flush_together(self.drive.blobs.core(), &staged)
+            .await?;
         self.drive.sync()?;
         self.drive.notify();
         Ok(v)

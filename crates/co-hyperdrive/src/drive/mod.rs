@@ -624,12 +624,19 @@ impl FileWriter<'_> {
 
     /// Finishes the blob and writes the entry.
     pub async fn finish(self) -> Result<DriveEntry, DriveError> {
-        let blob = self.blob.finish().await?;
+        // The blob's last blocks and the entry commit together: a small file is there whole
+        // or not at all. Earlier blocks of a large file went before, named by nothing yet.
+        let (blob, pending) = self.blob.finish_pending();
         let entry = Entry::file(blob, self.opts.executable, self.opts.metadata);
         let seq = self
             .drive
             .db
-            .put(&files_key(&self.path), &entry.encode())
+            .put_together(
+                &files_key(&self.path),
+                &entry.encode(),
+                self.drive.blobs.core(),
+                &pending,
+            )
             .await?;
         self.drive.notify();
         Ok(DriveEntry {

@@ -454,6 +454,42 @@ impl Core {
         })
     }
 
+    /// Appends `blocks` here and `other_blocks` to `other` (a core of the same store) in one
+    /// commit: after any stop, both appends are there or neither (a file's blob blocks and
+    /// the entry naming them).
+    pub async fn append_together<A: AsRef<[u8]>, B: AsRef<[u8]>>(
+        &self,
+        blocks: &[A],
+        other: &Core,
+        other_blocks: &[B],
+    ) -> Result<(Appended, Appended), CoreError> {
+        if Arc::ptr_eq(&self.live, &other.live) {
+            return Err(CoreError::Corrupted(
+                "appends together need two different cores".into(),
+            ));
+        }
+        // Both cores' writes are held, always in key order.
+        let (wa, wb) = if self.key().0 < other.key().0 {
+            let wa = self.live.writes.lock().await;
+            (wa, other.live.writes.lock().await)
+        } else {
+            let wb = other.live.writes.lock().await;
+            (self.live.writes.lock().await, wb)
+        };
+        if *wa || *wb {
+            return Err(CoreError::Closed);
+        }
+        let (a, b) = self.log.append_together(blocks, &other.log, other_blocks)?;
+        drop((wa, wb));
+        self.poke();
+        other.poke();
+        let appended = |(length, byte_length)| Appended {
+            length,
+            byte_length,
+        };
+        Ok((appended(a), appended(b)))
+    }
+
     /// Block `index`. When it is not stored locally but a replication session is attached, asks
     /// the connected peers for it and waits (bounded); `None` when nobody delivers it.
     pub async fn get(&self, index: u64) -> Result<Option<Vec<u8>>, CoreError> {

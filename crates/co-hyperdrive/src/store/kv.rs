@@ -128,6 +128,12 @@ impl Batch {
     pub(crate) fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+
+    /// Adds `other`'s writes (committed together with these).
+    pub(crate) fn extend(&mut self, other: Batch) {
+        self.ops.extend(other.ops);
+        self.own |= other.own;
+    }
 }
 
 /// The store's bytes.

@@ -53,6 +53,15 @@ pub(crate) enum LogError {
     Invalid(String),
 }
 
+/// (length, byte length) after an append.
+type Lengths = (u64, u64);
+
+/// An append built but not committed yet.
+struct Prepared {
+    batch: Batch,
+    next: State,
+}
+
 /// Most signed lengths remembered per core (the newest are the ones that matter).
 const SIGNED_KEPT: usize = 64;
 
@@ -681,11 +690,70 @@ impl Log {
 
     /// Appends `blocks` in one signed batch; returns (length, byte length).
     pub(crate) fn append<A: AsRef<[u8]>>(&self, blocks: &[A]) -> Result<(u64, u64), LogError> {
-        let secret = self.secret.as_ref().ok_or(LogError::NotWritable)?;
+        let prepared = self.prepare_append(blocks)?;
         let mut s = self.state();
-        if blocks.is_empty() {
+        let Some(p) = prepared else {
             return Ok((s.length, s.byte_length));
+        };
+        self.kv.commit(p.batch)?;
+        self.install(&mut s, p.next);
+        Ok((s.length, s.byte_length))
+    }
+
+    /// Appends to two logs of one store in one batch: both or neither, whatever the moment
+    /// the process stops (a file's blob blocks and the entry naming them). Returns each
+    /// log's (length, byte length).
+    pub(crate) fn append_together<A: AsRef<[u8]>, B: AsRef<[u8]>>(
+        &self,
+        blocks: &[A],
+        other: &Log,
+        other_blocks: &[B],
+    ) -> Result<(Lengths, Lengths), LogError> {
+        if !Arc::ptr_eq(&self.kv, &other.kv) || self.key == other.key {
+            return Err(LogError::Corrupted(
+                "appends together need two logs of one store".into(),
+            ));
         }
+        let (a, b) = (
+            self.prepare_append(blocks)?,
+            other.prepare_append(other_blocks)?,
+        );
+        // Both states are held over the commit, always in key order.
+        let (mut sa, mut sb) = if self.key.0 < other.key.0 {
+            let sa = self.state();
+            (sa, other.state())
+        } else {
+            let sb = other.state();
+            (self.state(), sb)
+        };
+        let mut batch = Batch::default();
+        let a = a.map(|p| {
+            batch.extend(p.batch);
+            p.next
+        });
+        let b = b.map(|p| {
+            batch.extend(p.batch);
+            p.next
+        });
+        self.kv.commit(batch)?;
+        if let Some(next) = a {
+            self.install(&mut sa, next);
+        }
+        if let Some(next) = b {
+            other.install(&mut sb, next);
+        }
+        Ok(((sa.length, sa.byte_length), (sb.length, sb.byte_length)))
+    }
+
+    /// The batch of a signed append of `blocks`, and the state it leaves; `None` for no blocks.
+    /// Our writes are serialized above (one writer per core), so the state read here is still
+    /// the state when the batch commits.
+    fn prepare_append<A: AsRef<[u8]>>(&self, blocks: &[A]) -> Result<Option<Prepared>, LogError> {
+        let secret = self.secret.as_ref().ok_or(LogError::NotWritable)?;
+        if blocks.is_empty() {
+            return Ok(None);
+        }
+        let s = self.state().clone();
         let mut next = s.clone();
         let mut b = Batch::default();
         for block in blocks {
@@ -739,13 +807,16 @@ impl Log {
         next.note_signed(next.length);
         self.write_state(&mut b, &next, true);
         b.own_blocks();
-        self.kv.commit(b)?;
+        Ok(Some(Prepared { batch: b, next }))
+    }
+
+    /// Makes a committed append's state the log's.
+    fn install(&self, s: &mut MutexGuard<'_, State>, next: State) {
         self.checked
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .add(s.length..next.length);
-        *s = next;
-        Ok((s.length, s.byte_length))
+        **s = next;
     }
 
     fn write_state(&self, b: &mut Batch, s: &State, present: bool) {
@@ -1334,6 +1405,59 @@ mod tests {
         assert_eq!(r.lengths(), before);
         assert_eq!((before.0, before.2, before.3), (10, 10, 0));
         assert_eq!(r.get(9).unwrap().unwrap(), b"block 9");
+    }
+
+    #[test]
+    fn appends_together_commit_both_or_neither() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let kv = Arc::new(Kv::Faulty(
+            Box::new(Kv::memory()),
+            super::super::kv::Faults {
+                state: AtomicU64::new(1),
+                every: 1,
+                off: AtomicBool::new(true),
+            },
+        ));
+        let open = |seed: u8| {
+            let sk = SigningKey::from_bytes(&[seed; 32]);
+            let key = Key(sk.verifying_key().to_bytes());
+            Log::open(kv.clone(), key, Some(sk), None, true)
+                .unwrap()
+                .unwrap()
+        };
+        let (blobs, db) = (open(1), open(2));
+        let (a, b) = blobs
+            .append_together(&[b"blob 0", b"blob 1"], &db, &[b"entry 0"])
+            .unwrap();
+        assert_eq!((a.0, b.0), (2, 1));
+        // A commit that fails leaves both logs as they were, in memory and in the store.
+        let Kv::Faulty(_, f) = &*kv else {
+            unreachable!()
+        };
+        f.off.store(false, Ordering::Relaxed);
+        assert!(blobs
+            .append_together(&[b"blob 2"], &db, &[b"entry 1"])
+            .is_err());
+        f.off.store(true, Ordering::Relaxed);
+        assert_eq!((blobs.lengths().0, db.lengths().0), (2, 1));
+        for (log, n) in [(&blobs, 2), (&db, 1)] {
+            let again = Log::open(kv.clone(), log.key(), None, None, false)
+                .unwrap()
+                .unwrap();
+            assert_eq!(again.lengths().0, n);
+            assert!(again.get(n).unwrap().is_none());
+        }
+        // Then both go on from there.
+        let (a, b) = blobs
+            .append_together(&[b"blob 2"], &db, &[b"entry 1"])
+            .unwrap();
+        assert_eq!((a.0, b.0), (3, 2));
+        assert_eq!(db.get(1).unwrap().unwrap(), b"entry 1");
+        assert_eq!(blobs.get(2).unwrap().unwrap(), b"blob 2");
+        // Two handles of one log, or logs of two stores, are refused.
+        assert!(blobs.append_together(&[b"x"], &blobs, &[b"y"]).is_err());
+        let elsewhere = writer(&Arc::new(Kv::memory()), 0);
+        assert!(blobs.append_together(&[b"x"], &elsewhere, &[b"y"]).is_err());
     }
 
     #[test]
