@@ -54,7 +54,7 @@ struct Cli {
         help_heading = "Global options"
     )]
     peer: Vec<String>,
-    /// HyperDHT bootstrap nodes to find peers with (default: the public HyperDHT's).
+    /// HyperDHT bootstrap nodes to find peers with (a private DHT; see --public-dht).
     #[arg(
         long,
         global = true,
@@ -73,6 +73,17 @@ struct Cli {
         help_heading = "Global options"
     )]
     no_dht: bool,
+    // Opt-in: peeroxide 1.7.3 does not yet bound what a hostile DHT node's reply makes it
+    // allocate (docs/dht-notes.md, defect 2).
+    /// Find peers on the public HyperDHT (opt-in; see the README)
+    #[arg(
+        long,
+        global = true,
+        env = "COHD_PUBLIC_DHT",
+        value_parser = clap::builder::FalseyValueParser::new(),
+        help_heading = "Global options"
+    )]
+    public_dht: bool,
     #[command(subcommand)]
     command: Command,
 }

@@ -2616,9 +2616,9 @@ fn help_is_short_and_usage_errors_exit_2() {
             ),
             "{cmd}: {h}"
         );
-        // Five options, a few lines each at most (long help puts env and default on lines
+        // Six options, a few lines each at most (long help puts env and default on lines
         // of their own).
-        assert!(global.lines().count() < 25, "{cmd}: {global}");
+        assert!(global.lines().count() < 31, "{cmd}: {global}");
     }
     assert!(d.ok(&["init", "--help"]).text().contains("--compat"));
     // The details, and the exit statuses, are in `cohd --help`.
@@ -2698,4 +2698,35 @@ fn import_delete_from_an_empty_folder_is_refused() {
     let e = d.err(&["import", empty.to_str().expect("utf8"), "/", "--delete"]);
     assert!(e.contains("empty folder"), "{e}");
     assert_eq!(ls_paths(&d, &["ls", "-r"]), ["/keep.txt"]);
+}
+
+/// With no `--bootstrap` (and no `--public-dht`), no DHT is joined: the public HyperDHT is
+/// opt-in while the DHT crate does not bound what a hostile node's reply makes it allocate.
+/// Nothing here reaches a network.
+#[test]
+fn the_public_dht_is_opt_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cohd"))
+        .arg("--dir")
+        .arg(dir.path().join("copy"))
+        .args(["clone", &"ab".repeat(32)])
+        .env_remove("COHD_NO_DHT")
+        .env_remove("COHD_BOOTSTRAP")
+        .env_remove("COHD_PUBLIC_DHT")
+        .env_remove("COHD_DIR")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--bootstrap") && err.contains("--public-dht"),
+        "{err}"
+    );
+    // `--public-dht` is what turns it on (its help says why it is off by default).
+    let help = Command::new(env!("CARGO_BIN_EXE_cohd"))
+        .args(["clone", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--public-dht"), "{help}");
 }

@@ -104,7 +104,7 @@ async fn run_here(cli: &Cli) -> Result<()> {
             // Shared: `serve --http` answers browsers from tasks of their own.
             let co = Arc::new(co);
             let peers = &cli.peer;
-            let dht = net::dht_options(cli, &store);
+            let dht = net::dht_options(cli);
             let r = match &cli.command {
                 Command::Serve {
                     listen,

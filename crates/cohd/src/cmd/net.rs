@@ -67,15 +67,21 @@ pub(crate) async fn resolve(addr: &str) -> Result<SocketAddr> {
         .with_context(|| format!("{addr} resolves to no address"))
 }
 
-/// The DHT settings of `cli` for `store` (`None` with --no-dht).
+/// The DHT settings of `cli` for `store`: the private DHT of `--bootstrap`, the public one with
+/// `--public-dht`, else (and with --no-dht) none.
 ///
 /// Every run gets a fresh DHT key pair, `serve` too: peeroxide 1.7.3 silently refuses a key it
 /// still counts as connected, and a peer killed without closing stays counted until its
 /// connection times out, so a restarted peer with its old key would wait for that (and for our
 /// swarm's replacement) before anyone accepted it again. Nothing of ours depends on the DHT key.
-pub(crate) fn dht_options(cli: &Cli, _store: &Store) -> Option<DhtOptions> {
-    (!cli.no_dht).then(|| DhtOptions::new(cli.bootstrap.clone(), None))
+pub(crate) fn dht_options(cli: &Cli) -> Option<DhtOptions> {
+    let wanted = !cli.bootstrap.is_empty() || cli.public_dht;
+    (!cli.no_dht && wanted).then(|| DhtOptions::new(cli.bootstrap.clone(), None))
 }
+
+/// Why there is no DHT, and how to have one.
+pub(crate) const NO_DHT_HINT: &str = "--bootstrap HOST:PORT,... for a private HyperDHT, or \
+     --public-dht for the public one";
 
 /// Looks up the co-drive's topic on the DHT as a client and waits (bounded) for a first
 /// connection to someone who announced it.
@@ -143,7 +149,9 @@ async fn follow(
             Some(find_on_dht(&repl, co.key(), opts).await?),
             "the peers found on the DHT".to_string(),
         ),
-        (true, None) => bail!("no peer to replicate with: add --peer HOST:PORT (or drop --no-dht)"),
+        (true, None) => {
+            bail!("no peer to replicate with: add --peer HOST:PORT, or a DHT: {NO_DHT_HINT}")
+        }
     };
     let mut conns = Vec::new();
     for peer in peers {
@@ -268,8 +276,8 @@ impl Drop for BarGuard {
 /// `cohd clone KEY [--peer ADDR] [--all]`.
 pub(crate) async fn clone(cli: &Cli, key: &str, all: bool) -> Result<()> {
     let key: Key = key.parse()?;
-    if cli.peer.is_empty() && cli.no_dht {
-        bail!("clone needs --peer HOST:PORT (or drop --no-dht to find peers on the DHT)");
+    if cli.peer.is_empty() && dht_options(cli).is_none() {
+        bail!("clone needs --peer HOST:PORT, or a DHT to find peers on: {NO_DHT_HINT}");
     }
     if let Some(k) = followed(&cli.dir)? {
         if k != key {
@@ -288,7 +296,7 @@ pub(crate) async fn clone(cli: &Cli, key: &str, all: bool) -> Result<()> {
     if all {
         make_mirror(&store)?;
     }
-    let r = follow(&store, &co, &cli.peer, dht_options(cli, &store), all).await;
+    let r = follow(&store, &co, &cli.peer, dht_options(cli), all).await;
     let files = match &r {
         Ok(f) => {
             f.close().await;
@@ -683,6 +691,8 @@ async fn on_dht(
             }
             Err(e) => eprintln!("warning: no discovery on the DHT: {e:#}"),
         }
+    } else {
+        eprintln!("not on a HyperDHT ({NO_DHT_HINT}): peers from --peer and `cohd connect`");
     }
     std::future::pending().await
 }
