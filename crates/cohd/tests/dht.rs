@@ -21,6 +21,13 @@ use std::time::Duration;
 
 use common::*;
 
+/// `node`, its temporary files kept under `target/` (see [`js_tmp`]).
+fn node() -> Command {
+    let mut c = Command::new("node");
+    c.env("TMPDIR", js_tmp("dht"));
+    c
+}
+
 fn js_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../js")
 }
@@ -49,7 +56,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 fn use_dht() -> &'static str {
     TESTNET.get_or_init(|| {
         let script = js_dir().join("interop/dht-testnet.js");
-        let mut child = Command::new("node")
+        let mut child = node()
             .arg(&script)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -287,7 +294,7 @@ fn javascript_hyperswarm_reader_finds_a_cohd_serve() {
         b"hello from rust over the dht\n",
     );
     let s = serve(&d[0], &[]);
-    let mut js = Command::new("node");
+    let mut js = node();
     js.arg(js_dir().join("interop/read-drive.js"))
         .args([
             "--bootstrap",
@@ -329,7 +336,7 @@ fn cohd_clone_finds_a_javascript_seeder() {
     let _serial = serial();
     let bootstrap = use_dht();
     let (_t, d) = dirs(1);
-    let mut js = Command::new("node");
+    let mut js = node();
     js.arg(js_dir().join("interop/serve-drive.js"))
         .args(["--line", "v13-default", "--bootstrap", bootstrap])
         .stdout(Stdio::piped())
@@ -355,7 +362,7 @@ struct JsPeer {
 }
 
 fn js_peer(bootstrap: &str, args: &[&str]) -> JsPeer {
-    let mut child = Command::new("node")
+    let mut child = node()
         .arg(js_dir().join("interop/swarm-peer.js"))
         .args(["--bootstrap", bootstrap])
         .args(args)

@@ -388,6 +388,15 @@ fn require_js() -> PathBuf {
 fn node_cmd(script: &str, args: &[String]) -> Command {
     let js = js_dir();
     let mut c = Command::new("node");
+    // Killed peers never delete their temporary corestores: kept under target/, emptied on
+    // the next run.
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("js-interop");
+    static EMPTIED: std::sync::Once = std::sync::Once::new();
+    EMPTIED.call_once(|| {
+        let _ = std::fs::remove_dir_all(&tmp);
+        let _ = std::fs::create_dir_all(&tmp);
+    });
+    c.env("TMPDIR", &tmp);
     c.current_dir(&js)
         .arg(js.join("interop").join(script))
         .args(args);

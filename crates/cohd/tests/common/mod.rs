@@ -170,3 +170,19 @@ pub fn signal(child: &Child, sig: &str) {
         .expect("kill");
     assert!(status.success(), "kill -{sig}");
 }
+
+/// A temporary folder for the JavaScript peers of test binary `binary` (their `TMPDIR`): the
+/// tests kill them, so the corestores they make in it are never deleted by them. Emptied when a
+/// run of the binary first asks for it, so that killed peers leave at most one run's folders,
+/// under `target/`.
+pub fn js_tmp(binary: &str) -> PathBuf {
+    static DIRS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("js-{binary}"));
+    let mut done = DIRS.lock().unwrap_or_else(|e| e.into_inner());
+    if !done.iter().any(|b| b == binary) {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a folder for the JavaScript peers");
+        done.push(binary.to_string());
+    }
+    dir
+}
