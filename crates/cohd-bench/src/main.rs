@@ -1,7 +1,8 @@
 //! cohd-bench: runs the workloads of `js/bench.js` on our Rust [`Drive`], on disk, then runs
 //! `js/bench.js` itself, and compares the two.
 //!
-//! Usage: `cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication] [--live]`
+//! Usage: `cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication] [--live]
+//! [--scale [--huge]]`
 //!
 //! - `--runs N`: run both sides N times (default 1) and report the median of each workload.
 //! - `--json`: print only the final JSON line on stdout.
@@ -9,12 +10,16 @@
 //! - `--codrive`: instead, the co-drive benchmark (merged reads with 1, 4, 16 writers).
 //! - `--replication`: instead, replication of ~100 MiB over loopback, ours and JavaScript.
 //! - `--live`: instead, how long a write takes to be readable on a connected peer.
+//! - `--scale`: instead, whole-process `cohd` reads on co-drives of 10^4 and 10^5 files (10^6
+//!   with `--huge`), 1 and 16 writers, beside JavaScript Hyperdrive 13 (needs a release `cohd`
+//!   beside `cohd-bench`).
 //!
 //! Progress goes to stderr; the table and one JSON line with every number go to stdout.
 
 mod codrive;
 mod live;
 mod replication;
+mod scale;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -68,10 +73,13 @@ struct Options {
     codrive: bool,
     replication: bool,
     live: bool,
+    scale: bool,
+    huge: bool,
 }
 
 fn usage() -> &'static str {
-    "usage: cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication] [--live]"
+    "usage: cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication] [--live] \
+     [--scale [--huge]]"
 }
 
 fn parse_args() -> Result<Options> {
@@ -82,6 +90,8 @@ fn parse_args() -> Result<Options> {
         codrive: false,
         replication: false,
         live: false,
+        scale: false,
+        huge: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -99,6 +109,8 @@ fn parse_args() -> Result<Options> {
             "--codrive" => opts.codrive = true,
             "--replication" => opts.replication = true,
             "--live" => opts.live = true,
+            "--scale" => opts.scale = true,
+            "--huge" => opts.huge = true,
             "-h" | "--help" => {
                 println!("{}", usage());
                 std::process::exit(0);
@@ -427,6 +439,7 @@ async fn main() -> ExitCode {
             .init();
     }
     let result = match parse_args() {
+        Ok(opts) if opts.scale => scale::run(&repo_root(), opts.js, opts.json, opts.huge).await,
         Ok(opts) if opts.codrive => codrive::run(opts.json).await,
         Ok(opts) if opts.replication => {
             replication::run(&repo_root(), opts.js, opts.json, opts.runs).await
