@@ -187,6 +187,16 @@ async fn rust_rows(cohd: &Path, n: usize, writers: usize) -> Result<Vec<Row>> {
         ms,
         peak_mib: peak,
     });
+    // The floor every command pays: start, open the store and the co-drive, no read.
+    let (_, ms, peak) = median(|| cmd(&["whoami".to_string()]))?;
+    rows.push(Row {
+        side: "rust",
+        files: n,
+        writers,
+        op: "open only (whoami)".into(),
+        ms,
+        peak_mib: peak,
+    });
     for (op, args, expect) in reads(n) {
         eprintln!("  cohd {}", args.join(" "));
         let (out, ms, peak) = median(|| cmd(&args))?;
@@ -285,12 +295,12 @@ pub(crate) async fn run(root: &Path, js: bool, json: bool, huge: bool) -> Result
     }
     if !json {
         println!(
-            "{:<5} {:>9} {:>7}  {:<16} {:>10} {:>9}",
+            "{:<5} {:>9} {:>7}  {:<20} {:>10} {:>9}",
             "side", "files", "writers", "op", "ms", "peak MiB"
         );
         for r in &rows {
             println!(
-                "{:<5} {:>9} {:>7}  {:<16} {:>10.1} {:>9.1}",
+                "{:<5} {:>9} {:>7}  {:<20} {:>10.1} {:>9.1}",
                 r.side, r.files, r.writers, r.op, r.ms, r.peak_mib
             );
         }

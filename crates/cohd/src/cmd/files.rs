@@ -116,9 +116,10 @@ async fn snapshot_at<'a>(co: &'a CoDrive, at: Option<&str>) -> Result<Reader<'a>
 pub(crate) async fn info(co: &CoDrive, out: &mut Out, json: bool) -> Result<()> {
     // The co-drive's version needs every writer's data; a writer that cannot be read does not
     // stop `info` from describing this store's own drive.
-    let frontier = co.version().await.map(|f| f.to_string());
+    let idx = co.indexed().await;
+    let frontier = idx.as_ref().map(|i| i.version().to_string());
     // Whether writes count: the local writer must be in the co-drive's writer set.
-    let writer = co.snapshot().await.is_ok_and(|s| s.is_writer());
+    let writer = idx.as_ref().is_ok_and(|i| i.is_writer());
     let drive = co.own();
     let db = drive.db().core().info();
     let blobs = drive.blobs().core().info();
