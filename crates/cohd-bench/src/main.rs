@@ -2,7 +2,7 @@
 //! `js/bench.js` itself, and compares the two.
 //!
 //! Usage: `cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication] [--live]
-//! [--scale [--huge]]`
+//! [--scale [--huge] [--files N]... [--writers N]...]`
 //!
 //! - `--runs N`: run both sides N times (default 1) and report the median of each workload.
 //! - `--json`: print only the final JSON line on stdout.
@@ -75,11 +75,15 @@ struct Options {
     live: bool,
     scale: bool,
     huge: bool,
+    /// `--files N` (repeatable): the scale bench's sizes instead of the default ones.
+    files: Vec<usize>,
+    /// `--writers N` (repeatable): the scale bench's writer counts instead of 1 and 16.
+    writers: Vec<usize>,
 }
 
 fn usage() -> &'static str {
     "usage: cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication] [--live] \
-     [--scale [--huge]]"
+     [--scale [--huge] [--files N]... [--writers N]...]"
 }
 
 fn parse_args() -> Result<Options> {
@@ -92,6 +96,8 @@ fn parse_args() -> Result<Options> {
         live: false,
         scale: false,
         huge: false,
+        files: Vec::new(),
+        writers: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -111,6 +117,21 @@ fn parse_args() -> Result<Options> {
             "--live" => opts.live = true,
             "--scale" => opts.scale = true,
             "--huge" => opts.huge = true,
+            "--files" | "--writers" => {
+                let n = args
+                    .next()
+                    .with_context(|| format!("{arg} needs a number"))?;
+                let n: usize = n
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .with_context(|| format!("{arg}: {n:?} is not a positive number"))?;
+                if arg == "--files" {
+                    opts.files.push(n);
+                } else {
+                    opts.writers.push(n);
+                }
+            }
             "-h" | "--help" => {
                 println!("{}", usage());
                 std::process::exit(0);
@@ -439,7 +460,14 @@ async fn main() -> ExitCode {
             .init();
     }
     let result = match parse_args() {
-        Ok(opts) if opts.scale => scale::run(&repo_root(), opts.js, opts.json, opts.huge).await,
+        Ok(opts) if opts.scale => {
+            let sizes = scale::Sizes {
+                huge: opts.huge,
+                files: opts.files.clone(),
+                writers: opts.writers.clone(),
+            };
+            scale::run(&repo_root(), opts.js, opts.json, &sizes).await
+        }
         Ok(opts) if opts.codrive => codrive::run(opts.json).await,
         Ok(opts) if opts.replication => {
             replication::run(&repo_root(), opts.js, opts.json, opts.runs).await

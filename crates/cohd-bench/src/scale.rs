@@ -278,15 +278,33 @@ async fn js_rows(root: &Path, n: usize) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-pub(crate) async fn run(root: &Path, js: bool, json: bool, huge: bool) -> Result<()> {
+/// Which drives to build.
+pub(crate) struct Sizes {
+    /// Add 10^6 files to the default sizes.
+    pub(crate) huge: bool,
+    /// These sizes instead (if any).
+    pub(crate) files: Vec<usize>,
+    /// These writer counts instead of 1 and 16 (if any).
+    pub(crate) writers: Vec<usize>,
+}
+
+pub(crate) async fn run(root: &Path, js: bool, json: bool, sizes: &Sizes) -> Result<()> {
     let cohd = cohd_bin()?;
-    let mut sizes = vec![10_000, 100_000];
-    if huge {
-        sizes.push(1_000_000);
+    let mut files = vec![10_000, 100_000];
+    if sizes.huge {
+        files.push(1_000_000);
     }
+    if !sizes.files.is_empty() {
+        files = sizes.files.clone();
+    }
+    let writer_counts = if sizes.writers.is_empty() {
+        vec![1, 16]
+    } else {
+        sizes.writers.clone()
+    };
     let mut rows = Vec::new();
-    for &n in &sizes {
-        for writers in [1, 16] {
+    for &n in &files {
+        for &writers in &writer_counts {
             rows.extend(rust_rows(&cohd, n, writers).await?);
         }
         if js {

@@ -40,6 +40,10 @@ enum Act {
     },
     /// The index is refreshed and compared with the full merge.
     Check,
+    /// Writer `w`'s rows are marked untrustworthy (a rebuild stopped midway).
+    Distrust {
+        w: usize,
+    },
 }
 
 fn act() -> impl Strategy<Value = Act> {
@@ -52,6 +56,7 @@ fn act() -> impl Strategy<Value = Act> {
         1 => (w.clone(), 0..WRITERS).prop_map(|(w, target)| Act::Deauth { w, target }),
         2 => (0u64..6).prop_map(|after| Act::Crash { after }),
         2 => Just(Act::Check),
+        1 => w.prop_map(|w| Act::Distrust { w }),
     ]
 }
 
@@ -135,6 +140,7 @@ async fn run(acts: Vec<Act>, auth_all: bool) -> Result<(), CoDriveError> {
                 }
             }
             Act::Check => check(&cos[0]).await?,
+            Act::Distrust { w } => cos[0].index_mark_rebuilding(cos[w].local_key())?,
         }
     }
     check(&cos[0]).await?;
