@@ -568,7 +568,7 @@ impl Store {
         self.record_lengths()
     }
 
-    /// Raises the ledger's lengths to what our open cores hold (call after an fsync).
+    /// A database failure, as the store reports it.
     fn db_error(&self, e: kv::KvError) -> StoreError {
         StoreError::Database {
             path: self.inner.dir.clone().unwrap_or_default().join(DB),
@@ -605,6 +605,7 @@ impl Store {
         self.inner.kv.commit(b).map_err(|e| self.db_error(e))
     }
 
+    /// Raises the ledger's lengths to what our open cores hold (call after an fsync).
     fn record_lengths(&self) -> Result<(), StoreError> {
         let Some(dir) = &self.inner.dir else {
             return Ok(());
