@@ -22,6 +22,13 @@ enum Act {
         path: usize,
         delete: bool,
     },
+    /// Writer `w` writes (or deletes, or deletes a folder) on the current view, through a
+    /// batch that reads the index.
+    WriteNow {
+        w: usize,
+        path: usize,
+        how: u8,
+    },
     /// Writer `w` looks at the co-drive again.
     Look {
         w: usize,
@@ -51,6 +58,8 @@ fn act() -> impl Strategy<Value = Act> {
     prop_oneof![
         8 => (w.clone(), 0..PATHS.len(), prop::bool::weighted(0.25))
             .prop_map(|(w, path, delete)| Act::Write { w, path, delete }),
+        4 => (w.clone(), 0..PATHS.len(), 0u8..6)
+            .prop_map(|(w, path, how)| Act::WriteNow { w, path, how }),
         3 => w.clone().prop_map(|w| Act::Look { w }),
         2 => (w.clone(), 0..WRITERS).prop_map(|(w, target)| Act::Auth { w, target }),
         1 => (w.clone(), 0..WRITERS).prop_map(|(w, target)| Act::Deauth { w, target }),
@@ -76,6 +85,27 @@ async fn check(co: &CoDrive) -> Result<(), CoDriveError> {
         assert_eq!(idx.readdir(f)?, full.readdir(f), "readdir {f}");
         assert_eq!(idx.list(f)?, full.list(f), "list {f}");
     }
+    Ok(())
+}
+
+/// Writes `p` through a batch on the index, and checks that the version's clock is what a batch
+/// on the full merge would have given it: it supersedes exactly the versions the view shows.
+async fn put_now(co: &CoDrive, p: &str, n: usize) -> Result<(), CoDriveError> {
+    let full = co.view().await?;
+    let mut b = co.batch().await?;
+    let v = b
+        .put(p, format!("now {n}").as_bytes(), PutOptions::default())
+        .await?;
+    b.flush().await?;
+    let seen = match full.paths.get(p) {
+        Some(r) if r.conflicts.is_empty() => vec![r.winner.clone()],
+        Some(r) => r.conflicts.clone(),
+        None => Vec::new(),
+    };
+    assert_eq!(
+        v.clock,
+        super::view::next_clock(co.local_key(), v.seq, seen.iter())
+    );
     Ok(())
 }
 
@@ -112,6 +142,18 @@ async fn run(acts: Vec<Act>, auth_all: bool) -> Result<(), CoDriveError> {
                         .await?;
                 }
                 b.flush().await?;
+            }
+            Act::WriteNow { w, path, how } => {
+                let p = PATHS[path];
+                let r = match how {
+                    0 => cos[w].del(p).await.map(|_| ()),
+                    1 => cos[w].del_folder("/a").await.map(|_| ()),
+                    _ => put_now(&cos[w], p, n).await,
+                };
+                match r {
+                    Ok(()) | Err(CoDriveError::NotAWriter(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
             Act::Look { w } => {
                 looked[w] = None;

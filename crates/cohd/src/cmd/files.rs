@@ -202,8 +202,8 @@ pub(crate) async fn put(
         _ => (&mut **stdin, "stdin".to_string()),
     };
     let from_stdin = !matches!(local, Some(p) if p != Path::new("-"));
-    let mut snap = co.snapshot().await?;
-    let mut batch = snap.batch().await?;
+    // The batch looks paths up in the index on disk: no full merge.
+    let mut batch = co.batch().await?;
     let mut w = batch.writer(path, opts).await?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -473,10 +473,16 @@ pub(crate) async fn rm(
     recursive: bool,
     yes: bool,
 ) -> Result<()> {
-    let mut snap = co.snapshot().await?;
     let everything = recursive && target.trim_matches('/').is_empty();
-    let n = if everything { snap.list("/").len() } else { 0 };
-    let mut batch = snap.batch().await?;
+    let mut n = 0;
+    if everything {
+        co.indexed().await?.for_each_entry("/", |_| {
+            n += 1;
+            Ok::<_, anyhow::Error>(())
+        })?;
+    }
+    // The batch looks paths up in the index on disk: no full merge.
+    let mut batch = co.batch().await?;
     // Emptying the whole shared drive takes every writer's files with it: asked first.
     if everything
         && !yes
@@ -493,7 +499,7 @@ pub(crate) async fn rm(
         }
     } else if !batch.del(target).await? {
         drop(batch);
-        if !snap.list(target).is_empty() {
+        if !co.indexed().await?.readdir(target)?.is_empty() {
             bail!("{target} is a folder (use rm -r)");
         }
         bail!("no such file: {target}");
