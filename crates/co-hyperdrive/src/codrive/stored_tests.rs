@@ -63,7 +63,7 @@ fn act() -> impl Strategy<Value = Act> {
         3 => w.clone().prop_map(|w| Act::Look { w }),
         2 => (w.clone(), 0..WRITERS).prop_map(|(w, target)| Act::Auth { w, target }),
         1 => (w.clone(), 0..WRITERS).prop_map(|(w, target)| Act::Deauth { w, target }),
-        2 => (0u64..6).prop_map(|after| Act::Crash { after }),
+        2 => (0u64..16).prop_map(|after| Act::Crash { after }),
         2 => Just(Act::Check),
         1 => w.prop_map(|w| Act::Distrust { w }),
     ]
