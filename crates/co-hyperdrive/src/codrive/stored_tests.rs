@@ -201,3 +201,79 @@ proptest! {
         rt.block_on(run(acts, auth_all)).unwrap();
     }
 }
+
+/// Appends a membership record to `co`'s own log as a peer that had seen only `frontier` would
+/// have written it.
+async fn raw_member(
+    co: &CoDrive,
+    op: super::view::MemberOp,
+    frontier: &super::view::Clock,
+) -> Result<(), CoDriveError> {
+    use super::records;
+    let n = co
+        .own()
+        .db()
+        .range(&records::members())
+        .await
+        .map_err(crate::drive::DriveError::from)?
+        .len() as u64;
+    let mut b = co.own().batch().await?;
+    b.put_raw(
+        &records::member_key(n),
+        &records::encode_member(op, frontier),
+    )
+    .await?;
+    b.flush().await?;
+    Ok(())
+}
+
+/// A removal by a writer that had seen less moves a writer's limit back below what the index
+/// reflects; the refresh re-applying those blocks stops midway; the writer is authorized again
+/// (its limit lifted) before the next refresh. The blocks the stopped refresh had rewritten must
+/// be applied again: they are outside the range between the old and the new length.
+async fn limit_moved_back_then_lifted(after: u64) -> Result<(), CoDriveError> {
+    use super::view::MemberOp;
+    let store = Store::memory();
+    let a = CoDrive::create(&store, "a").await?;
+    let b = CoDrive::open(&store, a.key(), "b").await?;
+    a.authorize(b.local_key()).await?;
+    for i in 0..12 {
+        b.put(&format!("/f{i}"), b"x").await?;
+    }
+    check(&a).await?;
+    // A removal that saw only b's first file (its header, a put and its record).
+    let seen = [(a.key(), a.own().version()), (b.local_key(), 3)]
+        .into_iter()
+        .collect();
+    raw_member(&a, MemberOp::Deauthorize(b.local_key()), &seen).await?;
+    match a
+        .refresh_index(Some(Crash {
+            after_commits: after,
+        }))
+        .await
+    {
+        Ok(_) | Err(CoDriveError::IndexDamaged(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let now = [
+        (a.key(), a.own().version()),
+        (b.local_key(), b.own().version()),
+    ]
+    .into_iter()
+    .collect();
+    raw_member(&a, MemberOp::Authorize(b.local_key()), &now).await?;
+    check(&a).await?;
+    assert_eq!(a.indexed().await?.list("/")?.len(), 12);
+    Ok(())
+}
+
+/// A removal by a writer that had seen less moves a writer's limit back below what the index
+/// reflects; the refresh re-applying those blocks stops midway; the writer is authorized again
+/// (its limit lifted) before the next refresh. The rows the stopped refresh had rewritten must be
+/// applied again, though they lie outside the range between the old and the new length.
+#[tokio::test]
+async fn a_refresh_stopped_while_a_limit_moved_back_is_taken_up_again() {
+    for after in 0..12 {
+        limit_moved_back_then_lifted(after).await.unwrap();
+    }
+}
