@@ -49,7 +49,7 @@ pub use bee::{Bee, BeeEntry, BeeError, Range};
 pub use blobs::{BlobError, BlobWriter, Blobs};
 pub use codrive::{
     records, view, Cleared, CoBatch, CoDrive, CoDriveError, CoEntry, CoFileWriter, Frontier,
-    FrontierError, PathVersion, Snapshot, View, Watch,
+    FrontierError, Indexed, PathVersion, Snapshot, View, Watch,
 };
 pub use drive::{
     Change, Downloaded, Drive, DriveBatch, DriveEntry, DriveError, FileWriter, PutOptions,

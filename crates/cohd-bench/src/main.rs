@@ -1,7 +1,8 @@
 //! cohd-bench: runs the workloads of `js/bench.js` on our Rust [`Drive`], on disk, then runs
 //! `js/bench.js` itself, and compares the two.
 //!
-//! Usage: `cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication] [--live] [--live-dht]`
+//! Usage: `cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication] [--live]
+//! [--live-dht] [--scale [--huge] [--files N]... [--writers N]...]`
 //!
 //! - `--runs N`: run both sides N times (default 1) and report the median of each workload.
 //! - `--json`: print only the final JSON line on stdout.
@@ -10,12 +11,16 @@
 //! - `--replication`: instead, replication of ~100 MiB over loopback, ours and JavaScript.
 //! - `--live`: instead, how long a write takes to be readable on a connected peer.
 //! - `--live-dht`: the same between peers that found each other on a local HyperDHT.
+//! - `--scale`: instead, whole-process `cohd` reads on co-drives of 10^4 and 10^5 files (10^6
+//!   with `--huge`), 1 and 16 writers, beside JavaScript Hyperdrive 13 (needs a release `cohd`
+//!   beside `cohd-bench`).
 //!
 //! Progress goes to stderr; the table and one JSON line with every number go to stdout.
 
 mod codrive;
 mod live;
 mod replication;
+mod scale;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -70,10 +75,17 @@ struct Options {
     replication: bool,
     live: bool,
     live_dht: bool,
+    scale: bool,
+    huge: bool,
+    /// `--files N` (repeatable): the scale bench's sizes instead of the default ones.
+    files: Vec<usize>,
+    /// `--writers N` (repeatable): the scale bench's writer counts instead of 1 and 16.
+    writers: Vec<usize>,
 }
 
 fn usage() -> &'static str {
-    "usage: cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication] [--live] [--live-dht]"
+    "usage: cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication] [--live] \
+     [--live-dht] [--scale [--huge] [--files N]... [--writers N]...]"
 }
 
 fn parse_args() -> Result<Options> {
@@ -85,6 +97,10 @@ fn parse_args() -> Result<Options> {
         replication: false,
         live: false,
         live_dht: false,
+        scale: false,
+        huge: false,
+        files: Vec::new(),
+        writers: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -103,6 +119,23 @@ fn parse_args() -> Result<Options> {
             "--replication" => opts.replication = true,
             "--live" => opts.live = true,
             "--live-dht" => opts.live_dht = true,
+            "--scale" => opts.scale = true,
+            "--huge" => opts.huge = true,
+            "--files" | "--writers" => {
+                let n = args
+                    .next()
+                    .with_context(|| format!("{arg} needs a number"))?;
+                let n: usize = n
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .with_context(|| format!("{arg}: {n:?} is not a positive number"))?;
+                if arg == "--files" {
+                    opts.files.push(n);
+                } else {
+                    opts.writers.push(n);
+                }
+            }
             "-h" | "--help" => {
                 println!("{}", usage());
                 std::process::exit(0);
@@ -431,6 +464,14 @@ async fn main() -> ExitCode {
             .init();
     }
     let result = match parse_args() {
+        Ok(opts) if opts.scale => {
+            let sizes = scale::Sizes {
+                huge: opts.huge,
+                files: opts.files.clone(),
+                writers: opts.writers.clone(),
+            };
+            scale::run(&repo_root(), opts.js, opts.json, &sizes).await
+        }
         Ok(opts) if opts.codrive => codrive::run(opts.json).await,
         Ok(opts) if opts.replication => {
             replication::run(&repo_root(), opts.js, opts.json, opts.runs).await

@@ -9,16 +9,18 @@ use cohd_format::{path, Entry};
 use super::frontier::Frontier;
 use super::open::{CoDrive, CoDriveError};
 use super::records;
+use super::stored::Indexed;
 use super::view::{self, PathVersion, Resolved, View};
 use crate::blobs::BlobWriter;
 use crate::drive::{DriveBatch, DriveError, PutOptions};
 
 impl CoDrive {
-    /// Starts an atomic batch of writes on a freshly computed view; fails with
-    /// [`CoDriveError::NotAWriter`] unless the local writer is a writer.
+    /// Starts an atomic batch of writes on the current view (read from the index on disk,
+    /// path by path: no full merge); fails with [`CoDriveError::NotAWriter`] unless the local
+    /// writer is a writer.
     pub async fn batch(&self) -> Result<CoBatch<'_>, CoDriveError> {
-        let view = self.compute().await?.view;
-        CoBatch::new(self, ViewSlot::Owned(view)).await
+        let idx = self.indexed().await?;
+        CoBatch::new(self, ViewSlot::Index(idx)).await
     }
 
     /// Starts a streaming write of one file; [`CoFileWriter::finish`] writes its entry and
@@ -80,27 +82,56 @@ impl CoDrive {
     }
 }
 
-/// The view a batch writes on: its own, or the snapshot's it came from (which it updates).
+/// The view a batch writes on: the snapshot's it came from (which it updates), or the index on
+/// disk.
 #[derive(Debug)]
 pub(super) enum ViewSlot<'a> {
-    Owned(Arc<View>),
     /// A snapshot's view and version.
     Lent(&'a mut Arc<View>, &'a mut Frontier),
+    /// The index on disk, looked up path by path.
+    Index(Indexed<'a>),
 }
 
 impl ViewSlot<'_> {
-    fn get(&self) -> &View {
+    fn is_writer(&self, k: &cohd_format::Key) -> bool {
         match self {
-            Self::Owned(v) => v,
-            Self::Lent(v, _) => v,
+            Self::Lent(v, _) => v.writers.contains_key(k),
+            Self::Index(i) => i.writers().contains_key(k),
         }
     }
 
-    /// Copy-on-write: the cached view shared with other snapshots is not changed.
-    fn get_mut(&mut self) -> &mut View {
+    /// The resolution of normalized path `p`.
+    fn resolved(&self, p: &str) -> Result<Option<Resolved>, CoDriveError> {
         match self {
-            Self::Owned(v) => Arc::make_mut(v),
-            Self::Lent(v, _) => Arc::make_mut(v),
+            Self::Lent(v, _) => Ok(v.paths.get(p).cloned()),
+            Self::Index(i) => i.resolved(p),
+        }
+    }
+
+    /// Every path `f` (a normalized folder, `""` for the root) or under it that has a
+    /// resolution, in path order.
+    fn paths_under(&self, f: &str) -> Result<Vec<String>, CoDriveError> {
+        let under = |p: &&String| path::is_under(p, f);
+        match self {
+            Self::Lent(v, _) => Ok(v
+                .paths
+                .range(f.to_string()..)
+                .map(|(p, _)| p)
+                .take_while(|p| p.starts_with(f))
+                .filter(under)
+                .cloned()
+                .collect()),
+            Self::Index(i) => {
+                let mut out = Vec::new();
+                if !f.is_empty() && i.resolved(f)?.is_some() {
+                    out.push(f.to_string());
+                }
+                i.for_each_resolved(if f.is_empty() { "/" } else { f }, |p, _| {
+                    out.push(p.to_string());
+                    Ok::<_, CoDriveError>(())
+                })?;
+                Ok(out)
+            }
         }
     }
 }
@@ -120,7 +151,7 @@ pub struct CoBatch<'a> {
 
 impl<'a> CoBatch<'a> {
     pub(super) async fn new(co: &'a CoDrive, view: ViewSlot<'a>) -> Result<Self, CoDriveError> {
-        if !view.get().writers.contains_key(&co.own.key()) {
+        if !view.is_writer(&co.own.key()) {
             return Err(CoDriveError::NotAWriter(co.own.key()));
         }
         Ok(Self {
@@ -132,22 +163,23 @@ impl<'a> CoBatch<'a> {
     }
 
     /// The version of `p` this batch supersedes: its own latest, else the view's winner.
-    fn current(&self, p: &str) -> Option<&PathVersion> {
-        self.written
-            .get(p)
-            .or_else(|| self.view.get().paths.get(p).map(|r| &r.winner))
+    fn current(&self, p: &str) -> Result<Option<PathVersion>, CoDriveError> {
+        if let Some(v) = self.written.get(p) {
+            return Ok(Some(v.clone()));
+        }
+        Ok(self.view.resolved(p)?.map(|r| r.winner))
     }
 
     /// Every version of `p` a new version must supersede (all concurrent ones).
-    fn seen(&self, p: &str) -> Vec<PathVersion> {
+    fn seen(&self, p: &str) -> Result<Vec<PathVersion>, CoDriveError> {
         if let Some(v) = self.written.get(p) {
-            return vec![v.clone()];
+            return Ok(vec![v.clone()]);
         }
-        match self.view.get().paths.get(p) {
-            Some(r) if r.conflicts.is_empty() => vec![r.winner.clone()],
-            Some(r) => r.conflicts.clone(),
+        Ok(match self.view.resolved(p)? {
+            Some(r) if r.conflicts.is_empty() => vec![r.winner],
+            Some(r) => r.conflicts,
             None => Vec::new(),
-        }
+        })
     }
 
     /// Walks the index to both keys a write of `p` touches before any content is written: on a
@@ -174,7 +206,7 @@ impl<'a> CoBatch<'a> {
             }
         }
         let seq = self.batch.version();
-        let clock = view::next_clock(self.co.own.key(), seq, self.seen(&p).iter());
+        let clock = view::next_clock(self.co.own.key(), seq, self.seen(&p)?.iter());
         // Our clock, for people: a clock set before 1970 records none.
         let time = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -236,7 +268,7 @@ impl<'a> CoBatch<'a> {
     /// Deletes `name` (hiding every version of it we can see); `false` if nothing was visible.
     pub async fn del(&mut self, name: &str) -> Result<bool, CoDriveError> {
         let p = path::normalize(name).map_err(DriveError::from)?;
-        if self.current(&p).is_none_or(|v| v.entry.is_none()) {
+        if self.current(&p)?.is_none_or(|v| v.entry.is_none()) {
             return Ok(false);
         }
         self.add(p, None).await?;
@@ -248,20 +280,11 @@ impl<'a> CoBatch<'a> {
     pub async fn del_folder(&mut self, folder: &str) -> Result<usize, CoDriveError> {
         let f = path::folder(folder);
         let under = |p: &&String| path::is_under(p, &f);
-        let candidates: BTreeSet<String> = self
-            .view
-            .get()
-            .paths
-            .range(f.clone()..)
-            .map(|(p, _)| p)
-            .take_while(|p| p.starts_with(f.as_str()))
-            .filter(under)
-            .chain(self.written.keys().filter(under))
-            .cloned()
-            .collect();
+        let mut candidates: BTreeSet<String> = self.view.paths_under(&f)?.into_iter().collect();
+        candidates.extend(self.written.keys().filter(under).cloned());
         let mut n = 0;
         for p in candidates {
-            if self.current(&p).is_some_and(|v| v.entry.is_some()) {
+            if self.current(&p)?.is_some_and(|v| v.entry.is_some()) {
                 self.add(p, None).await?;
                 n += 1;
             }
@@ -282,13 +305,15 @@ impl<'a> CoBatch<'a> {
     /// Appends the batch and fsyncs; returns the local writer's new version.
     pub async fn flush(self) -> Result<u64, CoDriveError> {
         let version = self.batch.flush().await?;
-        let mut view = self.view;
-        if let ViewSlot::Lent(_, frontier) = &mut view {
-            // The view now is the one at the local writer's new length: the batch added only
-            // versions that supersede everything of their paths the view had.
-            frontier.0.insert(self.co.own.key(), version);
-        }
-        let paths = &mut view.get_mut().paths;
+        // The index is brought forward from the appended blocks by its next read.
+        let ViewSlot::Lent(view, frontier) = self.view else {
+            return Ok(version);
+        };
+        // The view now is the one at the local writer's new length: the batch added only
+        // versions that supersede everything of their paths the view had.
+        frontier.0.insert(self.co.own.key(), version);
+        // Copy-on-write: the cached view shared with other snapshots is not changed.
+        let paths = &mut Arc::make_mut(view).paths;
         for (p, v) in self.written {
             // The new version saw every candidate of its path, so it supersedes them all.
             paths.insert(

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use cohd_format::{path, Key};
+use cohd_format::{path, Entry, Key};
 
 use super::frontier::Frontier;
 use super::open::{CoDrive, CoDriveError};
@@ -84,7 +84,7 @@ impl CoDrive {
 
     /// Reads one writer's records and files from `d` (a checkout, so that every read sees the
     /// same length).
-    async fn load(&self, d: &Drive) -> Result<WriterData, CoDriveError> {
+    pub(super) async fn load(&self, d: &Drive) -> Result<WriterData, CoDriveError> {
         let writer = d.key();
         let mut data = WriterData::default();
         for e in d
@@ -103,7 +103,7 @@ impl CoDrive {
             }
         }
         data.members.sort_by_key(|m| m.seq);
-        let mut clocks: BTreeMap<String, (u64, Clock, bool, Option<u64>)> = BTreeMap::new();
+        let mut clocks: BTreeMap<String, Record> = BTreeMap::new();
         for e in d
             .db()
             .range(&records::versions())
@@ -114,58 +114,27 @@ impl CoDrive {
             else {
                 continue;
             };
-            // Only normalized paths: a record for `/a/../b` would show a path no file can have.
-            if p != path::resolve(p) {
-                continue;
-            }
-            if let Ok((clock, deleted, time)) = records::decode_version(&e.value) {
-                clocks.insert(p.to_string(), (e.seq, clock, deleted, time));
+            if let Some(r) = record_of(p, e.seq, &e.value) {
+                clocks.insert(p.to_string(), r);
             }
         }
         // Another writer's malformed entries are ignored, as every peer ignores them.
-        let files: BTreeMap<String, _> = d
+        let mut files: BTreeMap<String, (u64, Entry)> = d
             .list_valid("/")
             .await?
             .0
             .into_iter()
-            .map(|e| (e.path.clone(), e))
+            .map(|e| (e.path, (e.seq, e.entry)))
             .collect();
-        for (p, (seq, clock, deleted, time)) in &clocks {
-            let file = files.get(p);
-            if file.is_some_and(|f| f.seq > *seq) {
-                continue; // rewritten by a plain drive write after the record: handled below
+        for (p, r) in clocks {
+            let file = files.remove(&p);
+            if let Some(v) = writer_version(writer, Some(r), file) {
+                data.versions.insert(p, vec![v]);
             }
-            let entry = match (deleted, file) {
-                (true, _) => None,
-                (false, Some(f)) => Some(f.entry.clone()),
-                (false, None) => continue, // a record without its file: malformed, ignored
-            };
-            data.versions
-                .entry(p.clone())
-                .or_default()
-                .push(PathVersion {
-                    writer,
-                    seq: *seq,
-                    clock: clock.clone(),
-                    entry,
-                    time: *time,
-                });
         }
-        // Files written without a record (plain Hyperdrive writes, or JavaScript peers): a version
-        // that has seen nothing but its own writer's log.
         for (p, f) in files {
-            if clocks.get(&p).is_none_or(|(seq, _, _, _)| f.seq > *seq) {
-                let clock: Clock = [(writer, f.seq)].into_iter().collect();
-                data.versions.insert(
-                    p,
-                    vec![PathVersion {
-                        writer,
-                        seq: f.seq,
-                        clock,
-                        entry: Some(f.entry),
-                        time: None,
-                    }],
-                );
+            if let Some(v) = writer_version(writer, None, Some(f)) {
+                data.versions.insert(p, vec![v]);
             }
         }
         Ok(data)
@@ -341,10 +310,66 @@ impl CoDrive {
     }
 }
 
+/// A writer's version record of a path: (seq, clock, deleted, time).
+pub(super) type Record = (u64, Clock, bool, Option<u64>);
+
+/// The version record of `p` stored at `seq` with `value`, if it counts: only normalized paths
+/// (a record for `/a/../b` would show a path no file can have), and a malformed record is
+/// ignored (not trusted, not fatal), as every peer ignores it.
+pub(super) fn record_of(p: &str, seq: u64, value: &[u8]) -> Option<Record> {
+    if p.len() < 2 || !p.starts_with('/') || p != path::resolve(p) {
+        return None;
+    }
+    let (clock, deleted, time) = records::decode_version(value).ok()?;
+    Some((seq, clock, deleted, time))
+}
+
+/// One writer's version of a path, from its record and its file entry (seq, entry) as its log
+/// holds them at one length; `None` if the writer shows no version of it.
+pub(super) fn writer_version(
+    writer: Key,
+    record: Option<Record>,
+    file: Option<(u64, Entry)>,
+) -> Option<PathVersion> {
+    match (record, file) {
+        // A file written without a record (plain Hyperdrive writes, or JavaScript peers), or
+        // rewritten by one after the record: a version that has seen nothing but its own
+        // writer's log.
+        (None, Some((seq, entry))) => Some(plain(writer, seq, entry)),
+        (Some((rseq, ..)), Some((seq, entry))) if seq > rseq => Some(plain(writer, seq, entry)),
+        (Some((seq, clock, deleted, time)), file) => {
+            let entry = match (deleted, file) {
+                (true, _) => None,
+                (false, Some((_, e))) => Some(e),
+                // A record without its file: malformed, ignored.
+                (false, None) => return None,
+            };
+            Some(PathVersion {
+                writer,
+                seq,
+                clock,
+                entry,
+                time,
+            })
+        }
+        (None, None) => None,
+    }
+}
+
+fn plain(writer: Key, seq: u64, entry: Entry) -> PathVersion {
+    PathVersion {
+        writer,
+        seq,
+        clock: [(writer, seq)].into_iter().collect(),
+        entry: Some(entry),
+        time: None,
+    }
+}
+
 /// How much of a writer's log the view reads: the longest signed version held locally. A log
 /// whose newest blocks have not all arrived (a peer's upgrade came first, or the transfer
 /// stopped) is read at the last whole version before them instead of failing on a missing
 /// block (never mid-batch: that would show a broken tree).
-fn readable(d: &Drive) -> u64 {
+pub(super) fn readable(d: &Drive) -> u64 {
     d.version().min(d.db().core().consistent_length())
 }

@@ -15,6 +15,9 @@ mod index;
 mod open;
 pub mod records;
 mod snapshot;
+mod stored;
+#[cfg(test)]
+mod stored_tests;
 pub mod view;
 mod watch;
 
@@ -22,5 +25,6 @@ pub use batch::{CoBatch, CoFileWriter};
 pub use frontier::{Frontier, FrontierError};
 pub use open::{CoDrive, CoDriveError};
 pub use snapshot::{Cleared, CoEntry, Snapshot};
+pub use stored::Indexed;
 pub use view::{PathVersion, View};
 pub use watch::Watch;

@@ -47,6 +47,10 @@ pub enum CoDriveError {
     /// A drive operation failed.
     #[error(transparent)]
     Drive(#[from] DriveError),
+    /// The co-drive's index on disk does not read back (it is rebuilt from the logs when a
+    /// writer's rows cannot be trusted; this is a row or key that does not decode).
+    #[error("the co-drive index is damaged: {0}")]
+    IndexDamaged(String),
     /// A record could not be encoded or decoded.
     #[error(transparent)]
     Record(#[from] RecordError),

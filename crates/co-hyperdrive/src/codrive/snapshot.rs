@@ -85,6 +85,31 @@ pub struct Cleared {
     pub kept_own: usize,
 }
 
+/// The visible entry at `name` with symlinks followed, `entry` looking paths up (up to 16
+/// hops; a relative target resolves against the link's path, as Hyperdrive does).
+pub(super) fn follow_links(
+    name: &str,
+    entry: impl Fn(&str) -> Result<Option<CoEntry>, CoDriveError>,
+) -> Result<Option<CoEntry>, CoDriveError> {
+    let mut cur = path::normalize(name).map_err(DriveError::from)?;
+    for _ in 0..MAX_LINK_HOPS {
+        let Some(e) = entry(&cur)? else {
+            return Ok(None);
+        };
+        if !e.is_symlink() {
+            return Ok(Some(e));
+        }
+        let link = e.entry.linkname.unwrap_or_default();
+        let target = if link.starts_with('/') {
+            link
+        } else {
+            format!("{cur}/{link}")
+        };
+        cur = path::normalize(&target).map_err(DriveError::from)?;
+    }
+    Err(DriveError::Symlink(format!("too many levels of symbolic links: {name}")).into())
+}
+
 /// A visible file (or symlink) of the merged view: the winning version of its path.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CoEntry {
@@ -104,7 +129,7 @@ pub struct CoEntry {
 }
 
 impl CoEntry {
-    fn from_resolved(path: &str, r: &Resolved) -> Option<Self> {
+    pub(super) fn from_resolved(path: &str, r: &Resolved) -> Option<Self> {
         Some(Self {
             path: path.to_string(),
             writer: r.winner.writer,
@@ -175,23 +200,7 @@ impl<'a> Snapshot<'a> {
     /// The visible entry at `name` with symlinks followed through the merged view (up to 16
     /// hops; a relative target resolves against the link's path, as Hyperdrive does).
     pub fn stat(&self, name: &str) -> Result<Option<CoEntry>, CoDriveError> {
-        let mut cur = path::normalize(name).map_err(DriveError::from)?;
-        for _ in 0..MAX_LINK_HOPS {
-            let Some(e) = self.entry(&cur)? else {
-                return Ok(None);
-            };
-            if !e.is_symlink() {
-                return Ok(Some(e));
-            }
-            let link = e.entry.linkname.unwrap_or_default();
-            let target = if link.starts_with('/') {
-                link
-            } else {
-                format!("{cur}/{link}")
-            };
-            cur = path::normalize(&target).map_err(DriveError::from)?;
-        }
-        Err(DriveError::Symlink(format!("too many levels of symbolic links: {name}")).into())
+        follow_links(name, |p| self.entry(p))
     }
 
     /// Every visible entry under `folder`, recursively, sorted by path.

@@ -230,7 +230,7 @@ fn candidate(versions: &[PathVersion], limit: u64) -> Option<&PathVersion> {
 }
 
 /// Resolves one path from its candidates (at least one).
-fn resolve(cands: &[&PathVersion]) -> Resolved {
+pub(super) fn resolve(cands: &[&PathVersion]) -> Resolved {
     let mut live: Vec<&PathVersion> = cands
         .iter()
         .copied()

@@ -39,9 +39,12 @@ pub(crate) enum Space {
     Nodes,
     /// Per-core headers and presence.
     Meta,
+    /// The co-drive's persisted merged index (`codrive/stored.rs`): derived from the cores,
+    /// so it may lag them and is brought forward from their blocks.
+    Index,
 }
 
-const SPACES: [Space; 3] = [Space::Blocks, Space::Nodes, Space::Meta];
+const SPACES: [Space; 4] = [Space::Blocks, Space::Nodes, Space::Meta, Space::Index];
 
 impl Space {
     fn name(self) -> &'static str {
@@ -49,6 +52,7 @@ impl Space {
             Space::Blocks => "blocks",
             Space::Nodes => "nodes",
             Space::Meta => "meta",
+            Space::Index => "codrive-index",
         }
     }
 }
@@ -101,6 +105,9 @@ impl From<fjall::Error> for KvError {
         }
     }
 }
+
+/// Key-value pairs, in key order.
+pub(crate) type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Writes that commit together.
 #[derive(Debug, Default)]
@@ -277,6 +284,43 @@ impl Kv {
             }
         }
         Ok(self.get(Space::Blocks, key)?.map(|v| (v, false)))
+    }
+
+    /// At most `limit` entries with keys in `start..end`, in key order.
+    pub(crate) fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Pairs, KvError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        match self {
+            Kv::Memory(m) => Ok(m
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .range((space, start.to_vec())..(space, end.to_vec()))
+                .take(limit)
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .collect()),
+            Kv::Disk(d) => {
+                let mut out = Vec::new();
+                for g in d.space(space).range(start..end).take(limit) {
+                    let (k, v) = g.into_inner()?;
+                    out.push((k.to_vec(), v.to_vec()));
+                }
+                Ok(out)
+            }
+            #[cfg(test)]
+            Kv::Faulty(inner, f) => {
+                if f.fail() {
+                    return Err(KvError::io("injected read fault"));
+                }
+                inner.scan(space, start, end, limit)
+            }
+        }
     }
 
     /// Applies `batch` atomically (durable after the next [`persist`](Self::persist); a
@@ -615,6 +659,22 @@ mod tests {
         b.put(Space::Blocks, block_key(3, 1), pattern(FILE_MIN * 2, 7));
         b.put(Space::Blocks, block_key(3, 1), pattern(20, 8));
         kv.commit(b).unwrap();
+        let mut b = Batch::default();
+        for k in [b"i1", b"i3", b"i2", b"j0"] {
+            b.put(Space::Index, k.to_vec(), k.to_vec());
+        }
+        kv.commit(b).unwrap();
+        let keys = |v: Vec<(Vec<u8>, Vec<u8>)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(
+            keys(kv.scan(Space::Index, b"i", b"j", 10).unwrap()),
+            vec![b"i1".to_vec(), b"i2".to_vec(), b"i3".to_vec()]
+        );
+        assert_eq!(
+            keys(kv.scan(Space::Index, b"i2", b"z", 2).unwrap()).len(),
+            2
+        );
+        // Other spaces are not seen.
+        assert!(kv.scan(Space::Meta, b"i", b"j", 10).unwrap().is_empty());
         kv.persist().unwrap();
         check_blocks(kv);
     }

@@ -568,6 +568,43 @@ impl Store {
         self.record_lengths()
     }
 
+    /// A database failure, as the store reports it.
+    fn db_error(&self, e: kv::KvError) -> StoreError {
+        StoreError::Database {
+            path: self.inner.dir.clone().unwrap_or_default().join(DB),
+            reason: e.to_string(),
+        }
+    }
+
+    /// At most `limit` entries of the co-drive index with keys in `start..end`, in key order.
+    pub(crate) fn index_scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<kv::Pairs, StoreError> {
+        self.inner
+            .kv
+            .scan(kv::Space::Index, start, end, limit)
+            .map_err(|e| self.db_error(e))
+    }
+
+    /// Writes to the co-drive index, atomically (`None` deletes). Not made durable here: the
+    /// index is derived from the cores, and one that lost writes is brought forward again.
+    pub(crate) fn index_commit(
+        &self,
+        ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), StoreError> {
+        let mut b = kv::Batch::default();
+        for (k, v) in ops {
+            match v {
+                Some(v) => b.put(kv::Space::Index, k, v),
+                None => b.delete(kv::Space::Index, k),
+            }
+        }
+        self.inner.kv.commit(b).map_err(|e| self.db_error(e))
+    }
+
     /// Raises the ledger's lengths to what our open cores hold (call after an fsync).
     fn record_lengths(&self) -> Result<(), StoreError> {
         let Some(dir) = &self.inner.dir else {

@@ -5,21 +5,90 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use co_hyperdrive::format::{path, Key};
+use co_hyperdrive::view::Resolved;
 use co_hyperdrive::PutOptions;
-use co_hyperdrive::{CoDrive, CoDriveError, CoEntry, Frontier, PathVersion, Snapshot};
+use co_hyperdrive::{CoDrive, CoDriveError, CoEntry, Frontier, Indexed, PathVersion, Snapshot};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::{read_snapshot, Io};
+use super::Io;
 use crate::output::{self, Out};
 
 /// `cat` reads a file in pieces of this size, so a forwarding client gets it as it goes.
 const CAT_PIECE: u64 = 4 << 20;
 
+/// What a read reads: the index on disk (the current view, O(log n) a lookup), or with `--at`
+/// a checkout of a past version, merged from the logs.
+pub(crate) enum Reader<'a> {
+    Now(Indexed<'a>),
+    At(Snapshot<'a>),
+}
+
+impl Reader<'_> {
+    fn entry(&self, name: &str) -> Result<Option<CoEntry>> {
+        Ok(match self {
+            Reader::Now(i) => i.entry(name)?,
+            Reader::At(s) => s.entry(name)?,
+        })
+    }
+
+    fn stat(&self, name: &str) -> Result<Option<CoEntry>> {
+        Ok(match self {
+            Reader::Now(i) => i.stat(name)?,
+            Reader::At(s) => s.stat(name)?,
+        })
+    }
+
+    fn readdir(&self, folder: &str) -> Result<Vec<String>> {
+        Ok(match self {
+            Reader::Now(i) => i.readdir(folder)?,
+            Reader::At(s) => s.readdir(folder),
+        })
+    }
+
+    /// Every visible entry under `folder`, recursively, in path order, one at a time.
+    fn each_entry(&self, folder: &str, f: impl FnMut(CoEntry) -> Result<()>) -> Result<()> {
+        match self {
+            Reader::Now(i) => i.for_each_entry(folder, f),
+            Reader::At(s) => s.list(folder).into_iter().try_for_each(f),
+        }
+    }
+
+    fn resolved(&self, p: &str) -> Result<Option<Resolved>> {
+        Ok(match self {
+            Reader::Now(i) => i.resolved(p)?,
+            Reader::At(s) => s.view().paths.get(p).cloned(),
+        })
+    }
+
+    async fn read_range(
+        &self,
+        name: &str,
+        start: u64,
+        len: u64,
+        sink: impl FnMut(&[u8]) -> Result<(), co_hyperdrive::BlobError>,
+    ) -> Result<u64> {
+        Ok(match self {
+            Reader::Now(i) => i.read_range(name, start, len, sink).await?,
+            Reader::At(s) => s.read_range(name, start, len, sink).await?,
+        })
+    }
+}
+
+/// The current view from the index; reading a co-drive whose primary drive the store does not
+/// hold is an error (there would be nothing to show).
+pub(crate) async fn read_indexed(co: &CoDrive) -> Result<Indexed<'_>> {
+    let idx = co.indexed().await?;
+    if idx.missing().contains(&co.key()) {
+        bail!("drive {} is not in this store", co.key());
+    }
+    Ok(idx)
+}
+
 /// The merged view a read shows: the current one, or with `--at` the read-only checkout at that
 /// version.
-async fn snapshot_at<'a>(co: &'a CoDrive, at: Option<&str>) -> Result<Snapshot<'a>> {
+async fn snapshot_at<'a>(co: &'a CoDrive, at: Option<&str>) -> Result<Reader<'a>> {
     let Some(at) = at else {
-        return read_snapshot(co).await;
+        return Ok(Reader::Now(read_indexed(co).await?));
     };
     // A time (`2026-12-06T10:00:00Z`, or a date for the end of that day) or a version.
     let version: Frontier = match crate::output::parse_utc(at) {
@@ -54,7 +123,7 @@ async fn snapshot_at<'a>(co: &'a CoDrive, at: Option<&str>) -> Result<Snapshot<'
             co.key()
         );
     }
-    Ok(snap)
+    Ok(Reader::At(snap))
 }
 
 /// `info` describes this store's own drive (the local writer's), plus which co-drive it is in
@@ -62,9 +131,10 @@ async fn snapshot_at<'a>(co: &'a CoDrive, at: Option<&str>) -> Result<Snapshot<'
 pub(crate) async fn info(co: &CoDrive, out: &mut Out, json: bool) -> Result<()> {
     // The co-drive's version needs every writer's data; a writer that cannot be read does not
     // stop `info` from describing this store's own drive.
-    let frontier = co.version().await.map(|f| f.to_string());
+    let idx = co.indexed().await;
+    let frontier = idx.as_ref().map(|i| i.version().to_string());
     // Whether writes count: the local writer must be in the co-drive's writer set.
-    let writer = co.snapshot().await.is_ok_and(|s| s.is_writer());
+    let writer = idx.as_ref().is_ok_and(|i| i.is_writer());
     let drive = co.own();
     let db = drive.db().core().info();
     let blobs = drive.blobs().core().info();
@@ -147,8 +217,8 @@ pub(crate) async fn put(
         _ => (&mut **stdin, "stdin".to_string()),
     };
     let from_stdin = !matches!(local, Some(p) if p != Path::new("-"));
-    let mut snap = co.snapshot().await?;
-    let mut batch = snap.batch().await?;
+    // The batch looks paths up in the index on disk: no full merge.
+    let mut batch = co.batch().await?;
     let mut w = batch.writer(path, opts).await?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -240,9 +310,9 @@ pub(crate) async fn cat(
 
 /// The versions of `name` to choose from: every concurrent version when it is conflicted,
 /// else the one shown (a delete included). Fails if the view never had the path.
-pub(crate) fn path_versions(snap: &Snapshot<'_>, name: &str) -> Result<Vec<PathVersion>> {
+fn path_versions(snap: &Reader<'_>, name: &str) -> Result<Vec<PathVersion>> {
     let p = path::normalize(name)?;
-    let Some(r) = snap.view().paths.get(&p) else {
+    let Some(r) = snap.resolved(&p)? else {
         bail!("no such file: {p}");
     };
     Ok(if r.conflicts.is_empty() {
@@ -357,49 +427,49 @@ pub(crate) async fn ls(
     // The root always exists; anything else must be a file or hold one.
     if !folder.trim_matches('/').is_empty() {
         let norm = path::normalize(folder)?;
-        if snap.stat(&norm)?.is_none() && snap.readdir(&norm).is_empty() {
+        if snap.stat(&norm)?.is_none() && snap.readdir(&norm)?.is_empty() {
             bail!("no such file or folder: {norm}");
         }
     }
-    if recursive || long || json {
-        let mut entries = snap.list(folder);
-        if !recursive {
-            // Only the entries directly in the folder.
-            let f = path::folder(folder);
-            entries.retain(|e| !e.path[f.len() + 1..].contains('/'));
-        }
-        if json {
-            let v: Vec<_> = entries.iter().map(entry_json).collect();
-            writeln!(out, "{}", serde_json::Value::Array(v))?;
-        } else {
-            for e in &entries {
-                if long {
-                    writeln!(out, "{}", long_line(e))?;
-                } else {
-                    writeln!(out, "{}", e.path)?;
-                }
+    if json {
+        let f = path::folder(folder);
+        let mut v = Vec::new();
+        snap.each_entry(folder, |e| {
+            if recursive || !e.path[f.len() + 1..].contains('/') {
+                v.push(entry_json(&e));
             }
-        }
-        if !recursive && !json {
-            // Subfolders, which the entries leave out, shown as `path/`.
-            for name in snap.readdir(folder) {
-                let p = join(folder, &name);
-                if !entries.iter().any(|e| e.path == p) {
-                    writeln!(
-                        out,
-                        "{}{p}/",
-                        if long {
-                            format!("d- {:>12} {:<20} ", "-", "-")
-                        } else {
-                            String::new()
-                        }
-                    )?;
-                }
+            Ok(())
+        })?;
+        writeln!(out, "{}", serde_json::Value::Array(v))?;
+    } else if recursive {
+        // Streamed: memory stays bounded whatever the drive's size.
+        snap.each_entry(folder, |e| {
+            if long {
+                writeln!(out, "{}", long_line(&e))?;
+            } else {
+                writeln!(out, "{}", e.path)?;
             }
-        }
+            Ok(())
+        })?;
     } else {
-        for name in snap.readdir(folder) {
-            writeln!(out, "{}", join(folder, &name))?;
+        // The folder's own entries, then its subfolders as `path/`.
+        let names = snap.readdir(folder)?;
+        if !long {
+            for name in names {
+                writeln!(out, "{}", join(folder, &name))?;
+            }
+            return Ok(());
+        }
+        let mut folders = Vec::new();
+        for name in names {
+            let p = join(folder, &name);
+            match snap.entry(&p)? {
+                Some(e) => writeln!(out, "{}", long_line(&e))?,
+                None => folders.push(p),
+            }
+        }
+        for p in folders {
+            writeln!(out, "d- {:>12} {:<20} {p}/", "-", "-")?;
         }
     }
     Ok(())
@@ -418,10 +488,16 @@ pub(crate) async fn rm(
     recursive: bool,
     yes: bool,
 ) -> Result<()> {
-    let mut snap = co.snapshot().await?;
     let everything = recursive && target.trim_matches('/').is_empty();
-    let n = if everything { snap.list("/").len() } else { 0 };
-    let mut batch = snap.batch().await?;
+    let mut n = 0;
+    if everything {
+        co.indexed().await?.for_each_entry("/", |_| {
+            n += 1;
+            Ok::<_, anyhow::Error>(())
+        })?;
+    }
+    // The batch looks paths up in the index on disk: no full merge.
+    let mut batch = co.batch().await?;
     // Emptying the whole shared drive takes every writer's files with it: asked first.
     if everything
         && !yes
@@ -438,7 +514,7 @@ pub(crate) async fn rm(
         }
     } else if !batch.del(target).await? {
         drop(batch);
-        if !snap.list(target).is_empty() {
+        if !co.indexed().await?.readdir(target)?.is_empty() {
             bail!("{target} is a folder (use rm -r)");
         }
         bail!("no such file: {target}");
@@ -512,7 +588,7 @@ pub(crate) async fn stat(
 ) -> Result<()> {
     let snap = snapshot_at(co, at).await?;
     let Some(e) = snap.entry(target)? else {
-        if !snap.list(target).is_empty() {
+        if !snap.readdir(target)?.is_empty() {
             if json {
                 writeln!(
                     out,
