@@ -756,12 +756,13 @@ impl Log {
         let s = self.state().clone();
         let mut next = s.clone();
         let mut b = Batch::default();
-        for block in blocks {
+        let hashes = merkle::leaf_hashes(blocks);
+        for (block, hash) in blocks.iter().zip(hashes) {
             let block = block.as_ref();
             let leaf = Node {
                 index: 2 * next.length,
                 size: block.len() as u64,
-                hash: merkle::leaf_hash(block),
+                hash,
             };
             b.put(
                 Space::Blocks,
