@@ -86,23 +86,10 @@ impl CoDrive {
     /// same length).
     pub(super) async fn load(&self, d: &Drive) -> Result<WriterData, CoDriveError> {
         let writer = d.key();
-        let mut data = WriterData::default();
-        for e in d
-            .db()
-            .range(&records::members())
-            .await
-            .map_err(DriveError::from)?
-        {
-            // A malformed record is ignored (not trusted, not fatal): other peers do the same.
-            if let Ok((op, frontier)) = records::decode_member(&e.value) {
-                data.members.push(MemberRecord {
-                    seq: e.seq,
-                    op,
-                    frontier,
-                });
-            }
-        }
-        data.members.sort_by_key(|m| m.seq);
+        let mut data = WriterData {
+            members: members_of(d).await?,
+            ..WriterData::default()
+        };
         let mut clocks: BTreeMap<String, Record> = BTreeMap::new();
         for e in d
             .db()
@@ -372,4 +359,26 @@ fn plain(writer: Key, seq: u64, entry: Entry) -> PathVersion {
 /// block (never mid-batch: that would show a broken tree).
 pub(super) fn readable(d: &Drive) -> u64 {
     d.version().min(d.db().core().consistent_length())
+}
+
+/// A writer's membership records in `d` (a checkout), in write order. A malformed record is
+/// ignored (not trusted, not fatal): other peers do the same.
+pub(super) async fn members_of(d: &Drive) -> Result<Vec<MemberRecord>, CoDriveError> {
+    let mut out = Vec::new();
+    for e in d
+        .db()
+        .range(&records::members())
+        .await
+        .map_err(DriveError::from)?
+    {
+        if let Ok((op, frontier)) = records::decode_member(&e.value) {
+            out.push(MemberRecord {
+                seq: e.seq,
+                op,
+                frontier,
+            });
+        }
+    }
+    out.sort_by_key(|m| m.seq);
+    Ok(out)
 }

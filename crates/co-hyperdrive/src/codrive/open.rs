@@ -232,6 +232,23 @@ impl CoDrive {
         self.member(MemberOp::Authorize(key)).await
     }
 
+    /// Streams bytes `start..start+len` of the file `e` names (a resolved entry: its winning
+    /// writer's blob) to `sink`; returns the bytes sent. A symlink whose target is not a file
+    /// is an error.
+    pub(crate) async fn read_entry(
+        &self,
+        e: &super::CoEntry,
+        start: u64,
+        len: u64,
+        sink: impl FnMut(&[u8]) -> Result<(), BlobError>,
+    ) -> Result<u64, CoDriveError> {
+        let blob = e
+            .entry
+            .blob
+            .ok_or_else(|| DriveError::Symlink(format!("{} is a dangling symlink", e.path)))?;
+        self.read_content(e.writer, &blob, start, len, sink).await
+    }
+
     /// Removes writer `key`; its writes we have seen stay, later ones are ignored everywhere.
     pub async fn deauthorize(&self, key: Key) -> Result<(), CoDriveError> {
         self.member(MemberOp::Deauthorize(key)).await

@@ -244,19 +244,7 @@ impl<'a> Snapshot<'a> {
         let e = self
             .stat(name)?
             .ok_or_else(|| DriveError::NotFound(name.to_string()))?;
-        let blob = e
-            .entry
-            .blob
-            .ok_or_else(|| DriveError::Symlink(format!("{} is a dangling symlink", e.path)))?;
-        let d = self
-            .co
-            .drive(e.writer)
-            .await?
-            .ok_or(DriveError::Store(StoreError::UnknownCore(e.writer)))?;
-        Ok(d.blobs()
-            .read_range(&blob, start, len, sink)
-            .await
-            .map_err(DriveError::from)?)
+        self.co.read_entry(&e, start, len, sink).await
     }
 
     /// Whether every block of the file at `name` (symlinks followed) is stored locally, so that

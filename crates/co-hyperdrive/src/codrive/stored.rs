@@ -31,7 +31,7 @@ use cohd_format::{path, sub, Entry, Key};
 use serde::{Deserialize, Serialize};
 
 use super::frontier::Frontier;
-use super::index::{readable, record_of, writer_version};
+use super::index::{members_of, readable, record_of, writer_version};
 use super::open::{CoDrive, CoDriveError};
 use super::records;
 use super::snapshot::CoEntry;
@@ -364,7 +364,7 @@ impl CoDrive {
                 Some(m) if m.format == FORMAT && m.fork == fork && m.length == len => {
                     decode_members(&m.members)
                 }
-                _ => self.load_members(&d.checkout(len)?).await?,
+                _ => members_of(&d.checkout(len)?).await?,
             };
             frontier.insert(k, len);
             data.insert(
@@ -611,28 +611,6 @@ impl CoDrive {
             Commits { co: self, left: 1 }.meta(&k, &m)?;
         }
         Ok(())
-    }
-
-    /// A writer's membership records at `d`'s length.
-    async fn load_members(&self, d: &Drive) -> Result<Vec<MemberRecord>, CoDriveError> {
-        let mut out = Vec::new();
-        for e in d
-            .db()
-            .range(&records::members())
-            .await
-            .map_err(DriveError::from)?
-        {
-            // A malformed record is ignored, as in the full merge.
-            if let Ok((op, frontier)) = records::decode_member(&e.value) {
-                out.push(MemberRecord {
-                    seq: e.seq,
-                    op,
-                    frontier,
-                });
-            }
-        }
-        out.sort_by_key(|m| m.seq);
-        Ok(out)
     }
 }
 
@@ -899,13 +877,7 @@ impl Indexed<'_> {
         let e = self
             .stat(name)?
             .ok_or_else(|| DriveError::NotFound(name.to_string()))?;
-        let blob = e
-            .entry
-            .blob
-            .ok_or_else(|| DriveError::Symlink(format!("{} is a dangling symlink", e.path)))?;
-        self.co
-            .read_content(e.writer, &blob, start, len, sink)
-            .await
+        self.co.read_entry(&e, start, len, sink).await
     }
 
     /// The whole content of the file at `name` (symlinks followed); `None` if absent.
