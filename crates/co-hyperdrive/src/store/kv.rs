@@ -402,11 +402,17 @@ impl Disk {
             match v {
                 Some(v) if s == Space::Blocks && v.len() >= FILE_MIN => {
                     let core = core_of(&k)?;
+                    let Ok(len) = u32::try_from(v.len()) else {
+                        return Err(KvError {
+                            message: format!("storage: a block of {} bytes is too large", v.len()),
+                            corrupt: false,
+                        });
+                    };
                     let offset = self.files.append(core, &v)?;
                     written.insert(core);
                     let mut at = Vec::with_capacity(20);
                     at.extend_from_slice(&offset.to_le_bytes());
-                    at.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                    at.extend_from_slice(&len.to_le_bytes());
                     at.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&v).to_le_bytes());
                     // A copy stored before in the database (a store from before the data
                     // files, or another fork's block) goes.
@@ -557,6 +563,20 @@ impl DataFiles {
 
     fn read(&self, core: &[u8; 32], offset: u64, len: usize) -> Result<Vec<u8>, KvError> {
         let f = self.get(core)?;
+        // A damaged location must not make us allocate what the file does not hold.
+        if len > FILE_MIN * 1024 {
+            let size = f
+                .file
+                .metadata()
+                .map_err(|e| KvError::file(&f.path, "reading the size of", &e))?
+                .len();
+            if offset.saturating_add(len as u64) > size {
+                return Err(KvError::corrupt(format!(
+                    "{} ends before its block at {offset}",
+                    f.path.display()
+                )));
+            }
+        }
         let mut v = vec![0; len];
         match f.file.read_exact_at(&mut v, offset) {
             Ok(()) => Ok(v),

@@ -133,6 +133,19 @@ impl State {
         self.present.iter().map(|(&s, &e)| s..e).collect()
     }
 
+    /// Forgets every index from `from` on; returns the ranges forgotten.
+    fn cut(&mut self, from: u64) -> Vec<Range<u64>> {
+        let mut gone = Vec::new();
+        if let Some((&s, &e)) = self.present.range(..from).next_back() {
+            if e > from {
+                self.present.insert(s, from);
+                gone.push(from..e);
+            }
+        }
+        gone.extend(self.present.split_off(&from).into_iter().map(|(s, e)| s..e));
+        gone
+    }
+
     fn note_signed(&mut self, length: u64) {
         if length > 0 {
             self.signed.insert(length);
@@ -1095,29 +1108,45 @@ impl Log {
         signature: Vec<u8>,
         new_manifest: Option<manifest::Verifier>,
     ) -> Result<(), LogError> {
-        let old = s.length;
         let mut next = (**s).clone();
         let mut b = Batch::default();
         let new_roots: BTreeSet<u64> = roots.iter().map(|r| r.index).collect();
-        for i in shared..old {
-            if next.has(i) {
+        // Only what is stored is visited (a signed length can be far beyond what we hold).
+        for r in next.cut(shared) {
+            for i in r {
                 b.delete(Space::Blocks, record_key(&self.key, &i.to_be_bytes()));
-                next.remove(i);
             }
         }
-        // Every node whose leaves reach past `shared` belonged to the old tree only.
-        if old > shared {
-            for d in 0..64u32 {
-                let (first, last) = (shared >> d, (old - 1) >> d);
-                for o in first..=last {
-                    let i = merkle::index(d, o);
-                    if !new_roots.contains(&i) {
-                        b.delete(Space::Nodes, record_key(&self.key, &i.to_be_bytes()));
-                    }
+        // Every node whose leaves reach past `shared` belonged to the old tree only: the
+        // ancestors of leaf `shared` that straddle it, and every stored node right of it.
+        let leaf = shared.saturating_mul(2);
+        let mut i = leaf;
+        for _ in 0..64 {
+            i = merkle::parent(i);
+            let (first, end) = merkle::span(i);
+            if first < shared && end > shared && !new_roots.contains(&i) {
+                b.delete(Space::Nodes, record_key(&self.key, &i.to_be_bytes()));
+            }
+        }
+        let end = record_key(&self.key, &[0xff; 9]);
+        let mut from = record_key(&self.key, &leaf.to_be_bytes());
+        loop {
+            let page = self.kv.scan(Space::Nodes, &from, &end, 1024)?;
+            let Some((last, _)) = page.last() else { break };
+            from = last.clone();
+            from.push(0);
+            let n = page.len();
+            for (k, _) in page {
+                let stored = k
+                    .get(32..)
+                    .and_then(|t| t.try_into().ok())
+                    .map(u64::from_be_bytes);
+                if stored.is_some_and(|i| !new_roots.contains(&i)) {
+                    b.delete(Space::Nodes, k);
                 }
-                if last == 0 && (1u64 << d) >= old {
-                    break;
-                }
+            }
+            if n < 1024 {
+                break;
             }
         }
         for r in &roots {
@@ -1141,12 +1170,10 @@ impl Log {
         self.write_state(&mut b, &next, true);
         self.put_manifest(&mut b, new_manifest.as_ref());
         self.kv.commit(b)?;
-        if old > shared {
-            let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
-            for i in shared..old {
-                checked.remove(i);
-            }
-        }
+        self.checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cut(shared);
         **s = next;
         if let Some(v) = new_manifest {
             *self.verifier.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
