@@ -30,6 +30,23 @@ pub(crate) struct Row {
     pub(crate) converge_ms: Option<f64>,
 }
 
+/// A new co-drive in `store` whose primary is the drive `primary`, and `writers - 1` more
+/// writers (drives `w01`, `w02`, ...) it authorized.
+pub(crate) async fn writers_of(
+    store: &Store,
+    primary: &str,
+    writers: usize,
+) -> Result<(CoDrive, Vec<CoDrive>)> {
+    let first = CoDrive::create(store, primary).await?;
+    let mut rest = vec![];
+    for w in 1..writers {
+        let co = CoDrive::open(store, first.key(), &format!("w{w:02}")).await?;
+        first.authorize(co.local_key()).await?;
+        rest.push(co);
+    }
+    Ok((first, rest))
+}
+
 fn path(w: usize, i: usize) -> String {
     format!("/w{w:02}/dir{:02}/f{i:04}.bin", i % 20)
 }
@@ -47,13 +64,7 @@ async fn co_row(writers: usize) -> Result<Row> {
     let data = vec![7u8; FILE_SIZE];
     let primary_key = {
         let store = Store::create(dir.path())?;
-        let primary = CoDrive::create(&store, "w00").await?;
-        let mut all = vec![];
-        for w in 1..writers {
-            let co = CoDrive::open(&store, primary.key(), &format!("w{w:02}")).await?;
-            primary.authorize(co.local_key()).await?;
-            all.push(co);
-        }
+        let (primary, all) = writers_of(&store, "w00", writers).await?;
         for (w, co) in std::iter::once(&primary).chain(all.iter()).enumerate() {
             let mut snap = co.snapshot().await?;
             let mut b = snap.batch().await?;

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use co_hyperdrive::{CoDrive, PutOptions, Store};
+use co_hyperdrive::{PutOptions, Store};
 use serde_json::json;
 
 const PER_FOLDER: usize = 100;
@@ -94,13 +94,7 @@ fn median(mut cmd: impl FnMut() -> Command) -> Result<(String, f64, f64)> {
 /// primary is the store's drive `db` (the one `cohd --dir` opens), the others `wNN`.
 async fn build(dir: &Path, n: usize, writers: usize) -> Result<()> {
     let store = Store::create(dir)?;
-    let primary = CoDrive::create(&store, "db").await?;
-    let mut all = vec![];
-    for w in 1..writers {
-        let co = CoDrive::open(&store, primary.key(), &format!("w{w:02}")).await?;
-        primary.authorize(co.local_key()).await?;
-        all.push(co);
-    }
+    let (primary, all) = crate::codrive::writers_of(&store, "db", writers).await?;
     for (w, co) in std::iter::once(&primary).chain(all.iter()).enumerate() {
         let mine: Vec<usize> = (w..n).step_by(writers).collect();
         for chunk in mine.chunks(BATCH) {
