@@ -236,3 +236,63 @@ async fn missing_writers_are_reported() {
     assert_eq!(s.missing().iter().collect::<Vec<_>>(), [&primary]);
     assert_eq!(s.view().writers.len(), 3);
 }
+
+/// Small files written through a batch wait for the batch: their blocks commit with their
+/// entries (one signed append for many files); a big file streamed between them goes after
+/// what is staged, and every file reads back whole.
+#[tokio::test]
+async fn small_files_in_a_batch_commit_with_their_entries() {
+    let store = Store::memory();
+    let a = CoDrive::create(&store, "db").await.unwrap();
+    let blobs = || a.own().blobs().core().info().length;
+    let before = blobs();
+    let big = bytes(1024 * 1024 + 70_000);
+    {
+        let mut b = a.batch().await.unwrap();
+        for i in 0..5 {
+            b.put(&format!("/s{i}"), &bytes(100 + i), PutOptions::default())
+                .await
+                .unwrap();
+        }
+        // Staged, not appended: a batch dropped now leaves no blocks behind.
+        assert_eq!(blobs(), before);
+        let mut w = b.writer("/big", PutOptions::default()).await.unwrap();
+        for chunk in big.chunks(300_000) {
+            w.write(chunk).await.unwrap();
+        }
+        w.finish().await.unwrap();
+        b.put("/after", b"tail", PutOptions::default())
+            .await
+            .unwrap();
+        b.flush().await.unwrap();
+    }
+    // Five small blocks, the big file's 18 blocks of 64 KiB (1 MiB + 70,000 bytes), one more.
+    assert_eq!(blobs(), before + 5 + 18 + 1);
+    let s = a.snapshot().await.unwrap();
+    for i in 0..5 {
+        assert_eq!(
+            s.get(&format!("/s{i}")).await.unwrap().unwrap(),
+            bytes(100 + i)
+        );
+    }
+    assert_eq!(s.get("/big").await.unwrap().unwrap(), big);
+    assert_eq!(s.get("/after").await.unwrap().unwrap(), b"tail");
+
+    // A batch dropped before its flush appends nothing for its small files.
+    let before = blobs();
+    {
+        let mut b = a.batch().await.unwrap();
+        b.put("/dropped", b"never", PutOptions::default())
+            .await
+            .unwrap();
+    }
+    assert_eq!(blobs(), before);
+    assert!(a
+        .snapshot()
+        .await
+        .unwrap()
+        .get("/dropped")
+        .await
+        .unwrap()
+        .is_none());
+}

@@ -12,7 +12,7 @@ use super::records;
 use super::stored::Indexed;
 use super::view::{self, PathVersion, Resolved, View};
 use crate::blobs::BlobWriter;
-use crate::drive::{DriveBatch, DriveError, PutOptions};
+use crate::drive::{DriveBatch, DriveError, PutOptions, STAGE_MAX};
 
 impl CoDrive {
     /// Starts an atomic batch of writes on the current view (read from the index on disk,
@@ -34,12 +34,11 @@ impl CoDrive {
         let path = path::normalize(name).map_err(DriveError::from)?;
         let batch = self.batch().await?;
         batch.prepare(&path).await?;
-        let blob = self.own.blobs().writer();
         Ok(CoFileWriter {
             batch: BatchSlot::Owned(Box::new(batch)),
             path,
             opts,
-            blob,
+            content: Content::Small(Vec::new()),
         })
     }
     /// Writes a file (its version supersedes every version of the path we can see).
@@ -250,12 +249,11 @@ impl<'a> CoBatch<'a> {
     ) -> Result<CoFileWriter<'_, 'a>, CoDriveError> {
         let path = path::normalize(name).map_err(DriveError::from)?;
         self.prepare(&path).await?;
-        let co: &'a CoDrive = self.co;
         Ok(CoFileWriter {
             batch: BatchSlot::Lent(self),
             path,
             opts,
-            blob: co.own.blobs().writer(),
+            content: Content::Small(Vec::new()),
         })
     }
 
@@ -334,26 +332,62 @@ enum BatchSlot<'b, 'a> {
     Lent(&'b mut CoBatch<'a>),
 }
 
+impl<'a> BatchSlot<'_, 'a> {
+    fn get(&mut self) -> &mut CoBatch<'a> {
+        match self {
+            Self::Owned(b) => b,
+            Self::Lent(b) => b,
+        }
+    }
+}
+
+/// A file's content as it is written: held until it outgrows what a batch stages (so a small
+/// file's blocks commit with its entry, one signature for the batch), then streamed.
+#[derive(Debug)]
+enum Content<'a> {
+    Small(Vec<u8>),
+    Streamed(BlobWriter<'a>),
+}
+
 /// A streaming file write to the co-drive, from [`CoBatch::writer`] or [`CoDrive::writer`].
 #[derive(Debug)]
 pub struct CoFileWriter<'b, 'a> {
     batch: BatchSlot<'b, 'a>,
     path: String,
     opts: PutOptions,
-    blob: BlobWriter<'a>,
+    content: Content<'a>,
 }
 
 impl CoFileWriter<'_, '_> {
     /// Appends bytes to the file's content.
     pub async fn write(&mut self, data: &[u8]) -> Result<(), CoDriveError> {
-        self.blob.write(data).await.map_err(DriveError::from)?;
+        if let Content::Small(buf) = &mut self.content {
+            if buf.len() + data.len() <= STAGE_MAX {
+                buf.extend_from_slice(data);
+                return Ok(());
+            }
+            // Too big to stage: what the batch staged takes its positions first, then this
+            // file's blocks stream into the blobs core.
+            let b = self.batch.get();
+            b.batch.append_staged().await?;
+            let co = b.co;
+            let mut w = co.own.blobs().writer();
+            w.write(buf).await.map_err(DriveError::from)?;
+            self.content = Content::Streamed(w);
+        }
+        if let Content::Streamed(w) = &mut self.content {
+            w.write(data).await.map_err(DriveError::from)?;
+        }
         Ok(())
     }
 
     /// Finishes the content and adds the entry and its version record to the batch. A writer
     /// from [`CoDrive::writer`] then flushes its own batch, so the file is written.
-    pub async fn finish(self) -> Result<PathVersion, CoDriveError> {
-        let blob = self.blob.finish().await.map_err(DriveError::from)?;
+    pub async fn finish(mut self) -> Result<PathVersion, CoDriveError> {
+        let blob = match self.content {
+            Content::Small(buf) => self.batch.get().batch.stage_blob(&buf).await?,
+            Content::Streamed(w) => w.finish().await.map_err(DriveError::from)?,
+        };
         let entry = Entry::file(blob, self.opts.executable, self.opts.metadata);
         match self.batch {
             BatchSlot::Lent(b) => b.add(self.path, Some(entry)).await,

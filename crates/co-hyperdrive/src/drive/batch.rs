@@ -1,7 +1,7 @@
 //! Atomic drive batches: many entries, one db append (and one fsync). Small files' blobs are
 //! staged and committed with the entries in one store commit (one signature for many files).
 
-use cohd_format::{path, Entry};
+use cohd_format::{path, BlobId, Entry};
 use tokio::sync::OwnedMutexGuard;
 
 use super::{files_key, Drive, DriveEntry, DriveError, PutOptions};
@@ -9,7 +9,7 @@ use crate::bee::Batch;
 use crate::blobs::{Blobs, StagedBlobs};
 
 /// Files up to this size are staged in a batch rather than appended one by one.
-const STAGE_MAX: usize = 1 << 20;
+pub(crate) const STAGE_MAX: usize = 1 << 20;
 /// Staged bytes appended at once.
 const STAGE_FLUSH: u64 = 8 << 20;
 
@@ -50,18 +50,29 @@ impl<'a> DriveBatch<'a> {
     ) -> Result<DriveEntry, DriveError> {
         let path = path::normalize(name)?;
         let blob = if data.len() <= STAGE_MAX {
-            let id = self.drive.blobs.stage(&mut self.staged, data);
-            if self.staged.bytes() >= STAGE_FLUSH {
-                self.drive.blobs.append_staged(&mut self.staged).await?;
-            }
-            id
+            self.stage_blob(data).await?
         } else {
             // Staged blobs hold the positions before this one's.
-            self.drive.blobs.append_staged(&mut self.staged).await?;
+            self.append_staged().await?;
             self.drive.blobs.put(data).await?
         };
         let entry = Entry::file(blob, opts.executable, opts.metadata);
         self.put_entry(path, entry).await
+    }
+
+    /// Stages a small file's content (at most [`STAGE_MAX`] bytes) to commit with the batch's
+    /// entries; returns its id.
+    pub(crate) async fn stage_blob(&mut self, data: &[u8]) -> Result<BlobId, DriveError> {
+        let id = self.drive.blobs.stage(&mut self.staged, data);
+        if self.staged.bytes() >= STAGE_FLUSH {
+            self.drive.blobs.append_staged(&mut self.staged).await?;
+        }
+        Ok(id)
+    }
+
+    /// Appends what is staged now: a blob streamed into the blobs core must come after it.
+    pub(crate) async fn append_staged(&mut self) -> Result<(), DriveError> {
+        Ok(self.drive.blobs.append_staged(&mut self.staged).await?)
     }
 
     /// Writes a raw entry (its blob must already be in the blobs core).

@@ -23,6 +23,7 @@ use crate::blobs::{BlobError, BlobWriter, Blobs};
 use crate::store::{CoreFormat, Store, StoreError};
 
 pub use batch::DriveBatch;
+pub(crate) use batch::STAGE_MAX;
 
 /// Errors of drive operations.
 #[derive(Debug, thiserror::Error)]
