@@ -249,6 +249,24 @@ impl CoDrive {
         self.read_content(e.writer, &blob, start, len, sink).await
     }
 
+    /// Whether every block of `e`'s content is stored locally (see [`Snapshot::is_local`]).
+    pub(crate) async fn entry_is_local(&self, e: &super::CoEntry) -> Result<bool, CoDriveError> {
+        let Some(blob) = e.entry.blob else {
+            return Ok(false);
+        };
+        let Some(d) = self.drive(e.writer).await? else {
+            return Ok(false);
+        };
+        let core = d.blobs().core();
+        // Stops at the first block not held, so a bogus huge blob id costs at most the core's
+        // length in checks.
+        Ok((0..blob.block_length).all(|i| {
+            blob.block_offset
+                .checked_add(i)
+                .is_some_and(|seq| core.has(seq))
+        }))
+    }
+
     /// Removes writer `key`; its writes we have seen stay, later ones are ignored everywhere.
     pub async fn deauthorize(&self, key: Key) -> Result<(), CoDriveError> {
         self.member(MemberOp::Deauthorize(key)).await

@@ -251,23 +251,10 @@ impl<'a> Snapshot<'a> {
     /// reading it needs no peer (a read of a missing block waits for connected peers). `false`
     /// if there is no such file, or its writer's drive is not held.
     pub async fn is_local(&self, name: &str) -> Result<bool, CoDriveError> {
-        let Some(e) = self.stat(name)? else {
-            return Ok(false);
-        };
-        let Some(blob) = e.entry.blob else {
-            return Ok(false);
-        };
-        let Some(d) = self.co.drive(e.writer).await? else {
-            return Ok(false);
-        };
-        let core = d.blobs().core();
-        // Stops at the first block not held, so a bogus huge blob id costs at most the core's
-        // length in checks.
-        Ok((0..blob.block_length).all(|i| {
-            blob.block_offset
-                .checked_add(i)
-                .is_some_and(|seq| core.has(seq))
-        }))
+        match self.stat(name)? {
+            Some(e) => self.co.entry_is_local(&e).await,
+            None => Ok(false),
+        }
     }
 
     /// The content of every visible file under `path` (a folder, recursively, or one file; `/`

@@ -880,6 +880,15 @@ impl Indexed<'_> {
         self.co.read_entry(&e, start, len, sink).await
     }
 
+    /// Whether every block of the file at `name` (symlinks followed) is stored locally (see
+    /// [`Snapshot::is_local`](super::Snapshot::is_local)).
+    pub async fn is_local(&self, name: &str) -> Result<bool, CoDriveError> {
+        match self.stat(name)? {
+            Some(e) => self.co.entry_is_local(&e).await,
+            None => Ok(false),
+        }
+    }
+
     /// The whole content of the file at `name` (symlinks followed); `None` if absent.
     pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, CoDriveError> {
         if self.stat(name)?.is_none() {

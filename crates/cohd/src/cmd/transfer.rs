@@ -6,9 +6,9 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use co_hyperdrive::format::{path, Key};
 use co_hyperdrive::BlobError;
-use co_hyperdrive::{CoDrive, CoDriveError, Snapshot};
+use co_hyperdrive::{CoDrive, CoDriveError, Indexed, Snapshot};
 use co_hyperdrive::{DriveError, PutOptions};
-use tokio::io::AsyncReadExt;
+use std::io::Read;
 
 use super::read_snapshot;
 use crate::output::{self, Out};
@@ -137,11 +137,18 @@ fn import_link_target(roots: &[PathBuf], link: &Path, target: &Path) -> Option<V
     Some(parts)
 }
 
+/// Opens a local file to import. Plain blocking reads, on purpose: a tokio file operation is a
+/// hop to the blocking thread pool each time, which cost more than the import's own work on
+/// folders of many small files; a read of a local file is short.
+fn local_file(p: &Path) -> Result<std::fs::File> {
+    std::fs::File::open(p).with_context(|| format!("cannot read {}", p.display()))
+}
+
 /// Whether the local file `p` holds exactly the content of drive file `dp` (`size` bytes
 /// long), read in chunks from both and stopping at the first difference. Content this store
 /// does not hold counts as different: reading it would wait for peers.
 async fn same_content(
-    snap: &Snapshot<'_>,
+    snap: &Indexed<'_>,
     dp: &str,
     p: &Path,
     size: u64,
@@ -151,9 +158,7 @@ async fn same_content(
     if !snap.is_local(dp).await? {
         return Ok(false);
     }
-    let mut f = tokio::fs::File::open(p)
-        .await
-        .with_context(|| format!("cannot read {}", p.display()))?;
+    let mut f = local_file(p)?;
     let mut pos = 0u64;
     loop {
         // Fill the chunk (a read may return less), so both sides compare the same range.
@@ -161,7 +166,6 @@ async fn same_content(
         while n < mine.len() {
             let r = f
                 .read(&mut mine[n..])
-                .await
                 .with_context(|| format!("reading {}", p.display()))?;
             if r == 0 {
                 break;
@@ -240,12 +244,12 @@ pub(crate) async fn import(
             roots.push(r);
         }
     }
-    // Comparisons read from `cur`, the view before this import; writes go through `snap`,
-    // which each batch borrows. (A batch holds the local writer's drive until flushed; an
-    // empty one appends nothing.)
-    let cur = co.snapshot().await?;
-    let mut snap = co.snapshot().await?;
-    let mut batch = snap.batch().await?;
+    // Comparisons read the index on disk path by path (no full merge: an import of a few
+    // files into a big drive costs what it writes). Each path is met once, so what earlier
+    // batches of this import wrote never changes a later comparison. A batch holds the local
+    // writer's drive until flushed; an empty one appends nothing.
+    let cur = co.indexed().await?;
+    let mut batch = co.batch().await?;
     let pb = output::progress(out, total, "import");
     let base = path::folder(folder);
     let mut buf = vec![0u8; 1 << 20];
@@ -306,9 +310,7 @@ pub(crate) async fn import(
                     pb.inc(size);
                     continue;
                 }
-                let mut f = tokio::fs::File::open(p)
-                    .await
-                    .with_context(|| format!("cannot read {}", p.display()))?;
+                let mut f = local_file(p)?;
                 let mut w = batch
                     .writer(
                         &dp,
@@ -321,7 +323,6 @@ pub(crate) async fn import(
                 loop {
                     let n = f
                         .read(&mut buf)
-                        .await
                         .with_context(|| format!("reading {}", p.display()))?;
                     if n == 0 {
                         break;
@@ -337,7 +338,7 @@ pub(crate) async fn import(
         }
         if batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES {
             batch.flush().await?;
-            batch = snap.batch().await?;
+            batch = co.batch().await?;
             batch_bytes = 0;
         }
     }
@@ -346,14 +347,15 @@ pub(crate) async fn import(
     let mut deleted = 0;
     if delete {
         // Deletes batched too: each batch holds its entries in memory until flushed.
-        let gone: Vec<String> = cur
-            .list(&base)
-            .into_iter()
-            .map(|e| e.path)
-            .filter(|p| !present.contains(p))
-            .collect();
+        let mut gone = Vec::new();
+        co.indexed().await?.for_each_entry(&base, |e| {
+            if !present.contains(&e.path) {
+                gone.push(e.path);
+            }
+            Ok::<_, CoDriveError>(())
+        })?;
         for chunk in gone.chunks(DELETE_BATCH) {
-            let mut b = snap.batch().await?;
+            let mut b = co.batch().await?;
             for p in chunk {
                 if b.del(p).await? {
                     deleted += 1;
