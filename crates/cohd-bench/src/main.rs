@@ -2,7 +2,7 @@
 //! `js/bench.js` itself, and compares the two.
 //!
 //! Usage: `cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication] [--live]
-//! [--live-dht] [--scale [--huge] [--files N]... [--writers N]...]`
+//! [--live-dht] [--scale [--huge] [--files N]... [--writers N]... [--keep DIR]]`
 //!
 //! - `--runs N`: run both sides N times (default 1) and report the median of each workload.
 //! - `--json`: print only the final JSON line on stdout.
@@ -81,11 +81,13 @@ struct Options {
     files: Vec<usize>,
     /// `--writers N` (repeatable): the scale bench's writer counts instead of 1 and 16.
     writers: Vec<usize>,
+    /// `--keep DIR`: the scale bench builds its drives under DIR and reuses them on later runs.
+    keep: Option<PathBuf>,
 }
 
 fn usage() -> &'static str {
     "usage: cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication] [--live] \
-     [--live-dht] [--scale [--huge] [--files N]... [--writers N]...]"
+     [--live-dht] [--scale [--huge] [--files N]... [--writers N]... [--keep DIR]]"
 }
 
 fn parse_args() -> Result<Options> {
@@ -101,6 +103,7 @@ fn parse_args() -> Result<Options> {
         huge: false,
         files: Vec::new(),
         writers: Vec::new(),
+        keep: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -136,6 +139,7 @@ fn parse_args() -> Result<Options> {
                     opts.writers.push(n);
                 }
             }
+            "--keep" => opts.keep = Some(args.next().context("--keep needs a folder")?.into()),
             "-h" | "--help" => {
                 println!("{}", usage());
                 std::process::exit(0);
@@ -469,6 +473,7 @@ async fn main() -> ExitCode {
                 huge: opts.huge,
                 files: opts.files.clone(),
                 writers: opts.writers.clone(),
+                keep: opts.keep.clone(),
             };
             scale::run(&repo_root(), opts.js, opts.json, &sizes).await
         }

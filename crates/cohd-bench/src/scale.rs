@@ -2,7 +2,9 @@
 //! with `--huge`; 1 and 16 writers), beside the same reads by JavaScript Hyperdrive 13 on one
 //! drive holding the same files (`js/bench/scale.js`), in the same run. Each read is its own
 //! process, timed from start to exit, with its peak memory (`/usr/bin/time`). Targets (issue 11):
-//! `stat` and `cat` of one file under 20 ms and 32 MiB at 10^6 files x 16 writers.
+//! `stat` and `cat` of one file under 20 ms and 32 MiB at 10^6 files x 16 writers; `import` of a
+//! local folder of 10^5 small files at least 3x faster than JavaScript's batched import (both
+//! sides import the same folder, up to 10^5 files; ours also a second time, every file unchanged).
 //!
 //! The drives are built through the library's batch API (one batch per 10,000 files), not
 //! imported. File `i` is `/dXXXXX/fIIIIIII.txt` (100 files a folder, so every folder holds files
@@ -117,6 +119,68 @@ async fn build(dir: &Path, n: usize, writers: usize) -> Result<()> {
     Ok(())
 }
 
+/// Imports of a local folder are measured up to this many files (issue 11: up to 10^5).
+const IMPORT_MAX: usize = 100_000;
+
+/// The local folder both sides import: `n` files laid out as the built drives are.
+fn local_folder(n: usize) -> Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("cohd-bench-import-")
+        .tempdir()
+        .context("temp dir")?;
+    for i in 0..n {
+        let p = dir.path().join(&file_path(i)[1..]);
+        if i % PER_FOLDER == 0 {
+            std::fs::create_dir_all(p.parent().context("a file path has a folder")?)?;
+        }
+        std::fs::write(&p, format!("file {i}\n"))?;
+    }
+    Ok(dir)
+}
+
+/// `cohd import` of `local` (`n` files) into a new store, then the same import again (every
+/// file unchanged); rows for both.
+fn import_rows(cohd: &Path, local: &Path, n: usize) -> Result<Vec<Row>> {
+    let dir = tempfile::Builder::new()
+        .prefix("cohd-bench-imported-")
+        .tempdir()
+        .context("temp dir")?;
+    let cmd = |args: &[&std::ffi::OsStr]| {
+        let mut c = Command::new(cohd);
+        c.arg("--dir").arg(dir.path()).args(args);
+        c.env_remove("COHD_DIR").env("RUST_LOG", "error");
+        c
+    };
+    measure(&mut cmd(&["init".as_ref()]))?;
+    let import = [std::ffi::OsStr::new("import"), local.as_os_str()];
+    let (_, ms, peak) = measure(&mut cmd(&import))?;
+    let (out, _, _) = measure(&mut cmd(&["ls".as_ref(), "-r".as_ref(), "/".as_ref()]))?;
+    ensure!(
+        out.lines().count() == n,
+        "import: the drive lists {} of {n} files",
+        out.lines().count()
+    );
+    let (_, again_ms, again_peak) = measure(&mut cmd(&import))?;
+    Ok(vec![
+        Row {
+            side: "rust",
+            files: n,
+            writers: 1,
+            op: "import".into(),
+            ms,
+            peak_mib: peak,
+        },
+        Row {
+            side: "rust",
+            files: n,
+            writers: 1,
+            op: "import unchanged".into(),
+            ms: again_ms,
+            peak_mib: again_peak,
+        },
+    ])
+}
+
 fn cohd_bin() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let bin = exe.with_file_name("cohd");
@@ -146,15 +210,38 @@ fn reads(n: usize) -> Vec<(&'static str, Vec<String>, String)> {
     ]
 }
 
-async fn rust_rows(cohd: &Path, n: usize, writers: usize) -> Result<Vec<Row>> {
-    let dir = tempfile::Builder::new()
-        .prefix("cohd-bench-scale-")
-        .tempdir()
-        .context("temp dir")?;
-    eprintln!("building {n} files, {writers} writer(s) ...");
-    let t = Instant::now();
-    build(dir.path(), n, writers).await?;
-    let build_ms = t.elapsed().as_secs_f64() * 1e3;
+async fn rust_rows(cohd: &Path, n: usize, writers: usize, keep: Option<&Path>) -> Result<Vec<Row>> {
+    let temp;
+    let (dir, reuse) = match keep {
+        Some(root) => {
+            let dir = root.join(format!("rust-{n}x{writers}"));
+            // A drive is reused only once its build finished (the marker is written last).
+            let done = dir.join("built");
+            if !done.exists() && dir.exists() {
+                std::fs::remove_dir_all(&dir)?;
+            }
+            (dir, done.exists())
+        }
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("cohd-bench-scale-")
+                .tempdir()
+                .context("temp dir")?;
+            (temp.path().to_path_buf(), false)
+        }
+    };
+    let build_ms = if reuse {
+        eprintln!("reusing {}", dir.display());
+        f64::NAN
+    } else {
+        eprintln!("building {n} files, {writers} writer(s) ...");
+        let t = Instant::now();
+        build(&dir, n, writers).await?;
+        if keep.is_some() {
+            std::fs::write(dir.join("built"), b"")?;
+        }
+        t.elapsed().as_secs_f64() * 1e3
+    };
     let mut rows = vec![Row {
         side: "rust",
         files: n,
@@ -165,7 +252,7 @@ async fn rust_rows(cohd: &Path, n: usize, writers: usize) -> Result<Vec<Row>> {
     }];
     let cmd = |args: &[String]| {
         let mut c = Command::new(cohd);
-        c.arg("--dir").arg(dir.path()).args(args);
+        c.arg("--dir").arg(&dir).args(args);
         // Keep the command offline and quiet.
         c.env_remove("COHD_DIR").env("RUST_LOG", "error");
         c
@@ -219,7 +306,7 @@ async fn rust_rows(cohd: &Path, n: usize, writers: usize) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-async fn js_rows(root: &Path, n: usize) -> Result<Vec<Row>> {
+async fn js_rows(root: &Path, n: usize, local: Option<&Path>) -> Result<Vec<Row>> {
     let dir = tempfile::Builder::new()
         .prefix("cohd-bench-scale-js-")
         .tempdir()
@@ -244,6 +331,29 @@ async fn js_rows(root: &Path, n: usize) -> Result<Vec<Row>> {
         ms: build_ms,
         peak_mib: build_peak,
     }];
+    if let Some(local) = local {
+        let into = tempfile::Builder::new()
+            .prefix("cohd-bench-imported-js-")
+            .tempdir()
+            .context("temp dir")?;
+        let mut c = Command::new("node");
+        c.arg(&script)
+            .arg("import")
+            .arg("--dir")
+            .arg(into.path())
+            .arg("--from")
+            .arg(local);
+        let (out, ms, peak) = measure(&mut c)?;
+        ensure!(out.trim() == n.to_string(), "js import: {out:?}");
+        rows.push(Row {
+            side: "js",
+            files: n,
+            writers: 1,
+            op: "import".into(),
+            ms,
+            peak_mib: peak,
+        });
+    }
     let i = n / 2 + 7;
     let p = file_path(i);
     let folder = format!("/d{:05}", i / PER_FOLDER);
@@ -280,6 +390,8 @@ pub(crate) struct Sizes {
     pub(crate) files: Vec<usize>,
     /// These writer counts instead of 1 and 16 (if any).
     pub(crate) writers: Vec<usize>,
+    /// Build the drives under this folder (one subfolder per size) and reuse them when there.
+    pub(crate) keep: Option<PathBuf>,
 }
 
 pub(crate) async fn run(root: &Path, js: bool, json: bool, sizes: &Sizes) -> Result<()> {
@@ -299,10 +411,18 @@ pub(crate) async fn run(root: &Path, js: bool, json: bool, sizes: &Sizes) -> Res
     let mut rows = Vec::new();
     for &n in &files {
         for &writers in &writer_counts {
-            rows.extend(rust_rows(&cohd, n, writers).await?);
+            rows.extend(rust_rows(&cohd, n, writers, sizes.keep.as_deref()).await?);
         }
+        let local = if n <= IMPORT_MAX {
+            eprintln!("writing a local folder of {n} files to import ...");
+            let local = local_folder(n)?;
+            rows.extend(import_rows(&cohd, local.path(), n)?);
+            Some(local)
+        } else {
+            None
+        };
         if js {
-            rows.extend(js_rows(root, n).await?);
+            rows.extend(js_rows(root, n, local.as_ref().map(|l| l.path())).await?);
         }
     }
     if !json {
