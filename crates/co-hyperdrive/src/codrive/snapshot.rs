@@ -55,7 +55,7 @@ impl CoDrive {
     /// Fetches the content of every visible file under `path` in the merged view (see
     /// [`Snapshot::download`]).
     pub async fn download(&self, path: &str) -> Result<Downloaded, CoDriveError> {
-        self.snapshot().await?.download(path).await
+        self.download_with(path, &mut |_, _| {}).await
     }
 
     /// [`download`](Self::download) with `progress(done, total)` in blocks, as they arrive.
@@ -64,13 +64,82 @@ impl CoDrive {
         path: &str,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<Downloaded, CoDriveError> {
-        self.snapshot().await?.download_with(path, progress).await
+        // From the index on disk: only the paths under `path` are read, not the whole view.
+        let plan = self.indexed().await?.content_under(path)?;
+        self.download_content(plan, progress).await
     }
 
     /// Drops the local copies of other writers' content under `path` (see
     /// [`Snapshot::clear`]).
     pub async fn clear(&self, path: &str) -> Result<Cleared, CoDriveError> {
-        self.snapshot().await?.clear(path).await
+        let plan = self.indexed().await?.content_under(path)?;
+        self.clear_content(plan).await
+    }
+
+    /// Fetches every block of `plan` that the store lacks.
+    async fn download_content(
+        &self,
+        plan: ContentPlan,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<Downloaded, CoDriveError> {
+        let mut drives = Vec::with_capacity(plan.by_writer.len());
+        for (w, ids) in plan.by_writer {
+            let d = self
+                .drive(w)
+                .await?
+                .ok_or(DriveError::Store(StoreError::UnknownCore(w)))?;
+            drives.push((d, crate::blobs::block_ranges(&ids)));
+        }
+        let ranges: Vec<_> = drives.iter().map(|(d, r)| (d.blobs(), r.clone())).collect();
+        let blocks = crate::blobs::download_plan(&ranges, progress)
+            .await
+            .map_err(DriveError::from)?;
+        Ok(Downloaded {
+            files: plan.files,
+            blocks,
+        })
+    }
+
+    /// Drops the local copies of `plan`'s content that other writers wrote.
+    async fn clear_content(&self, mut plan: ContentPlan) -> Result<Cleared, CoDriveError> {
+        let mut out = Cleared {
+            kept_own: plan
+                .by_writer
+                .remove(&self.local_key())
+                .map_or(0, |ids| ids.len()),
+            ..Cleared::default()
+        };
+        for (w, ids) in plan.by_writer {
+            let Some(d) = self.drive(w).await? else {
+                continue;
+            };
+            out.files += ids.len();
+            out.blocks += d.blobs().clear(&ids).await.map_err(DriveError::from)?;
+        }
+        Ok(out)
+    }
+}
+
+/// The content of visible files (a download's or a clear's), concurrent versions included,
+/// by writer.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct ContentPlan {
+    /// Visible files that have content.
+    files: usize,
+    by_writer: BTreeMap<Key, Vec<cohd_format::BlobId>>,
+}
+
+impl ContentPlan {
+    pub(super) fn add(&mut self, e: CoEntry) {
+        let winner = e.entry.blob.map(|b| (e.writer, b));
+        self.files += usize::from(winner.is_some());
+        let others = e
+            .conflicts
+            .into_iter()
+            .filter_map(|v| Some((v.writer, v.entry?.blob?)));
+        for (w, b) in winner.into_iter().chain(others) {
+            self.by_writer.entry(w).or_default().push(b);
+        }
     }
 }
 
@@ -258,31 +327,14 @@ impl<'a> Snapshot<'a> {
     }
 
     /// The content of every visible file under `path` (a folder, recursively, or one file; `/`
-    /// for everything), concurrent versions included, by writer; and how many visible files
-    /// have content.
-    #[allow(clippy::type_complexity)]
-    fn content_under(
-        &self,
-        path: &str,
-    ) -> Result<(usize, BTreeMap<Key, Vec<cohd_format::BlobId>>), CoDriveError> {
-        let mut by_writer: BTreeMap<Key, Vec<cohd_format::BlobId>> = BTreeMap::new();
-        let mut files = 0;
-        let mut add = |e: CoEntry| {
-            let winner = e.entry.blob.map(|b| (e.writer, b));
-            files += usize::from(winner.is_some());
-            let others = e
-                .conflicts
-                .into_iter()
-                .filter_map(|v| Some((v.writer, v.entry?.blob?)));
-            for (w, b) in winner.into_iter().chain(others) {
-                by_writer.entry(w).or_default().push(b);
-            }
-        };
-        self.list(path).into_iter().for_each(&mut add);
+    /// for everything), concurrent versions included.
+    pub(super) fn content_under(&self, path: &str) -> Result<ContentPlan, CoDriveError> {
+        let mut plan = ContentPlan::default();
+        self.list(path).into_iter().for_each(|e| plan.add(e));
         if let Some(p) = path::file_or_root(path).map_err(DriveError::from)? {
-            self.entry(&p)?.into_iter().for_each(&mut add);
+            self.entry(&p)?.into_iter().for_each(|e| plan.add(e));
         }
-        Ok((files, by_writer))
+        Ok(plan)
     }
 
     /// Fetches from connected peers the content of every visible file under `path` (a folder,
@@ -301,21 +353,8 @@ impl<'a> Snapshot<'a> {
         path: &str,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<Downloaded, CoDriveError> {
-        let (files, by_writer) = self.content_under(path)?;
-        let mut drives = Vec::with_capacity(by_writer.len());
-        for (w, ids) in by_writer {
-            let d = self
-                .co
-                .drive(w)
-                .await?
-                .ok_or(DriveError::Store(StoreError::UnknownCore(w)))?;
-            drives.push((d, crate::blobs::block_ranges(&ids)));
-        }
-        let plan: Vec<_> = drives.iter().map(|(d, r)| (d.blobs(), r.clone())).collect();
-        let blocks = crate::blobs::download_plan(&plan, progress)
-            .await
-            .map_err(DriveError::from)?;
-        Ok(Downloaded { files, blocks })
+        let plan = self.content_under(path)?;
+        self.co.download_content(plan, progress).await
     }
 
     /// Drops the local copies of the content of every visible file under `path` (as
@@ -323,21 +362,8 @@ impl<'a> Snapshot<'a> {
     /// writers wrote: it is fetched again when read with a peer connected. The local writer's
     /// own content is kept (no peer may hold it).
     pub async fn clear(&self, path: &str) -> Result<Cleared, CoDriveError> {
-        let (_, mut by_writer) = self.content_under(path)?;
-        let mut out = Cleared {
-            kept_own: by_writer
-                .remove(&self.co.local_key())
-                .map_or(0, |ids| ids.len()),
-            ..Cleared::default()
-        };
-        for (w, ids) in by_writer {
-            let Some(d) = self.co.drive(w).await? else {
-                continue;
-            };
-            out.files += ids.len();
-            out.blocks += d.blobs().clear(&ids).await.map_err(DriveError::from)?;
-        }
-        Ok(out)
+        let plan = self.content_under(path)?;
+        self.co.clear_content(plan).await
     }
 
     /// The whole content of the file at `name` (symlinks followed); `None` if absent.

@@ -34,7 +34,7 @@ use super::frontier::Frontier;
 use super::index::{members_of, readable, record_of, writer_version};
 use super::open::{CoDrive, CoDriveError};
 use super::records;
-use super::snapshot::CoEntry;
+use super::snapshot::{CoEntry, ContentPlan};
 use super::view::{self, MemberRecord, PathVersion, Resolved, View, WriterData};
 use crate::bee::Bee;
 use crate::blobs::BlobError;
@@ -878,6 +878,22 @@ impl Indexed<'_> {
             .stat(name)?
             .ok_or_else(|| DriveError::NotFound(name.to_string()))?;
         self.co.read_entry(&e, start, len, sink).await
+    }
+
+    /// The content of every visible file under `path` (a folder, recursively, or one file),
+    /// concurrent versions included, for [`CoDrive::download`] and [`CoDrive::clear`].
+    pub(super) fn content_under(&self, path: &str) -> Result<ContentPlan, CoDriveError> {
+        let mut plan = ContentPlan::default();
+        self.for_each_entry(path, |e| {
+            plan.add(e);
+            Ok::<_, CoDriveError>(())
+        })?;
+        if let Some(p) = path::file_or_root(path).map_err(DriveError::from)? {
+            if let Some(e) = self.entry(&p)? {
+                plan.add(e);
+            }
+        }
+        Ok(plan)
     }
 
     /// Whether every block of the file at `name` (symlinks followed) is stored locally (see

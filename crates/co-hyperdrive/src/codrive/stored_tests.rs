@@ -85,6 +85,10 @@ async fn check(co: &CoDrive) -> Result<(), CoDriveError> {
         assert_eq!(idx.readdir(f)?, full.readdir(f), "readdir {f}");
         assert_eq!(idx.list(f)?, full.list(f), "list {f}");
     }
+    // What download and clear act on (a folder, a file, nothing).
+    for p in ["/", "/a", PATHS[0], "/nothing"] {
+        assert_eq!(idx.content_under(p)?, full.content_under(p)?, "content {p}");
+    }
     Ok(())
 }
 
