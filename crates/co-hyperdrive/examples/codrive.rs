@@ -84,7 +84,7 @@ async fn main() -> Result<()> {
 
     let bob = Peer::new(Some(alice.co.key())).await?;
     let conn = bob.repl.connect(addr).await?;
-    if !catch_up(&bob.store, &bob.repl, alice.co.key(), "db", WAIT).await {
+    if !catch_up(&bob.store, &bob.repl, alice.co.key(), "db", WAIT).await? {
         return Err("bob did not catch up".into());
     }
     println!(

@@ -55,8 +55,8 @@ pub use drive::{
     Change, Downloaded, Drive, DriveBatch, DriveEntry, DriveError, FileWriter, PutOptions,
 };
 pub use net::{
-    add_known_cores, auth, catch_up, dht, spawn_follow, transport, ExtensionMessage, PeerError,
-    PeerStatus, Peers, ReplicateOptions, Replicator, SessionError,
+    add_known_cores, auth, catch_up, dht, spawn_follow, transport, ExtensionMessage, Follow,
+    PeerError, PeerStatus, Peers, ReplicateOptions, Replicator, SessionError,
 };
 pub use store::keys::discovery_key;
 pub use store::{

@@ -33,7 +33,9 @@ async fn writer_node(policy: Option<AuthPolicy>) -> (Node, SocketAddr) {
         "db".into(),
         Duration::from_millis(50),
     );
-    add_known_cores(&store, &repl, co.key(), "db").await;
+    add_known_cores(&store, &repl, co.key(), "db")
+        .await
+        .unwrap();
     let (addr, _) = repl.listen(LOCAL).await.unwrap();
     if let Some(p) = policy {
         let (r, c) = (repl.clone(), co.clone());
@@ -68,7 +70,11 @@ async fn follower(
         Duration::from_millis(50),
     );
     repl.connect(peer).await.unwrap();
-    assert!(catch_up(&store, &repl, primary, "db", Duration::from_secs(10)).await);
+    assert!(
+        catch_up(&store, &repl, primary, "db", Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
     Node {
         _store: store,
         co,

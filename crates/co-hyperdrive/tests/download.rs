@@ -32,7 +32,9 @@ async fn served() -> (Store, Key, SocketAddr, Replicator) {
         .unwrap(); // 3 blocks
     co.put("/a.txt", b"next to /a, not in it").await.unwrap();
     let repl = Replicator::new(ReplicateOptions::default());
-    add_known_cores(&store, &repl, co.key(), "db").await;
+    add_known_cores(&store, &repl, co.key(), "db")
+        .await
+        .unwrap();
     let (addr, _) = repl.listen(LOCAL).await.unwrap();
     (store, co.key(), addr, repl)
 }
@@ -48,9 +50,9 @@ async fn clone_of(
 ) {
     let store = Store::memory();
     let repl = Replicator::new(ReplicateOptions::default());
-    add_known_cores(&store, &repl, key, "db").await;
+    add_known_cores(&store, &repl, key, "db").await.unwrap();
     let conn = repl.connect(peer).await.unwrap();
-    assert!(catch_up(&store, &repl, key, "db", WAIT).await);
+    assert!(catch_up(&store, &repl, key, "db", WAIT).await.unwrap());
     (store, repl, conn)
 }
 
@@ -173,7 +175,7 @@ async fn full_node(store: Store, primary: Key) -> (Replicator, SocketAddr) {
         "db".into(),
         Duration::from_millis(50),
     );
-    add_known_cores(&store, &repl, primary, "db").await;
+    add_known_cores(&store, &repl, primary, "db").await.unwrap();
     let (addr, _) = repl.listen(LOCAL).await.unwrap();
     (repl, addr)
 }
@@ -189,7 +191,7 @@ async fn a_codrive_with_concurrent_versions() {
     a.authorize(b.local_key()).await.unwrap();
     let (rb, _) = full_node(sb.clone(), a.key()).await;
     let conn = rb.connect(addr_a).await.unwrap();
-    assert!(catch_up(&sb, &rb, a.key(), "db", WAIT).await);
+    assert!(catch_up(&sb, &rb, a.key(), "db", WAIT).await.unwrap());
     assert!(b.snapshot().await.unwrap().is_writer());
     conn.abort();
     a.put("/c.bin", &content(100 * 1024, 10)).await.unwrap();
@@ -246,9 +248,9 @@ async fn sparse_downloads_survive_a_reopen() {
     {
         let store = Store::create(dir.path()).unwrap();
         let repl = Replicator::new(ReplicateOptions::default());
-        add_known_cores(&store, &repl, key, "db").await;
+        add_known_cores(&store, &repl, key, "db").await.unwrap();
         let conn = repl.connect(addr).await.unwrap();
-        assert!(catch_up(&store, &repl, key, "db", WAIT).await);
+        assert!(catch_up(&store, &repl, key, "db", WAIT).await.unwrap());
         let d = Drive::open_key(&store, key).await.unwrap();
         // /b/three.bin's blocks follow /a's: not contiguous from the start.
         assert_eq!(d.download("/b").await.unwrap().blocks, 3);
@@ -300,4 +302,42 @@ async fn a_read_waits_for_the_channel_being_opened() {
     let t = std::time::Instant::now();
     assert_eq!(alone.get(0).await.unwrap(), None);
     assert!(t.elapsed() < Duration::from_millis(100));
+}
+
+/// A writer authorized while peers are connected is followed as the records arrive: both
+/// followers retry only after an hour, so nothing but arrivals can make them look again (the
+/// server's at its own append, the clone's when that append reaches it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_authorized_later_is_followed_as_its_record_arrives() {
+    const NEVER: Duration = Duration::from_secs(3600);
+    let sa = Store::memory();
+    let a = CoDrive::create(&sa, "db").await.unwrap();
+    a.put("/a.txt", b"from a").await.unwrap();
+    // B is a second drive of A's store: A's follower finds it through A's records alone.
+    let b = CoDrive::open(&sa, a.key(), "b").await.unwrap();
+    let ra = Replicator::new(ReplicateOptions::default());
+    let _fa = spawn_follow(sa.clone(), ra.clone(), a.key(), "db".into(), NEVER);
+    let (addr, _) = ra.listen(LOCAL).await.unwrap();
+    let sc = Store::memory();
+    let rc = Replicator::new(ReplicateOptions::default());
+    let _fc = spawn_follow(sc.clone(), rc.clone(), a.key(), "db".into(), NEVER);
+    let _conn = rc.connect(addr).await.unwrap();
+    let c = CoDrive::open(&sc, a.key(), "db").await.unwrap();
+    let shows = |path: &'static str| {
+        let c = &c;
+        async move {
+            loop {
+                if c.snapshot().await.unwrap().stat(path).unwrap().is_some() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, shows("/a.txt")).await.unwrap();
+    assert!(!rc.has_core(&b.local_key()), "B is no writer yet");
+    a.authorize(b.local_key()).await.unwrap();
+    b.put("/b.txt", b"from b").await.unwrap();
+    tokio::time::timeout(WAIT, shows("/b.txt")).await.unwrap();
+    assert_eq!(c.get("/b.txt").await.unwrap().unwrap(), b"from b");
 }

@@ -136,7 +136,7 @@ async fn converge(store: &Store, primary: co_hyperdrive::format::Key, n: usize) 
         download_all: true,
         ..ReplicateOptions::default()
     });
-    add_known_cores(store, &server, primary, "w00").await;
+    add_known_cores(store, &server, primary, "w00").await?;
     let (addr, task) = server
         .listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
         .await?;
@@ -148,7 +148,7 @@ async fn converge(store: &Store, primary: co_hyperdrive::format::Key, n: usize) 
     let t = Instant::now();
     let peer = CoDrive::open(&peer_store, primary, "db").await?;
     let repl = Replicator::new(ReplicateOptions::default());
-    add_known_cores(&peer_store, &repl, primary, "db").await;
+    add_known_cores(&peer_store, &repl, primary, "db").await?;
     let _conn = repl.connect(addr).await?;
     let caught = catch_up(
         &peer_store,
@@ -157,7 +157,7 @@ async fn converge(store: &Store, primary: co_hyperdrive::format::Key, n: usize) 
         "db",
         std::time::Duration::from_secs(20),
     )
-    .await;
+    .await?;
     if !caught {
         for k in repl.core_keys() {
             eprintln!("core {k}: remote length {:?}", repl.remote_length(&k));

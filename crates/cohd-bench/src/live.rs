@@ -45,7 +45,7 @@ async fn ours(bootstrap: Option<&str>) -> Result<Vec<f64>> {
     ra.add_core(a.blobs().core().clone());
     let sb = Store::create(db.path())?;
     let rb = serving();
-    add_known_cores(&sb, &rb, a.key(), "db").await;
+    add_known_cores(&sb, &rb, a.key(), "db").await?;
     // Kept for the whole run: the listener and connection, or the discoveries.
     let mut _tcp = None;
     let mut _found = Vec::new();
@@ -63,7 +63,7 @@ async fn ours(bootstrap: Option<&str>) -> Result<Vec<f64>> {
             }
         }
     }
-    if !catch_up(&sb, &rb, a.key(), "db", Duration::from_secs(30)).await {
+    if !catch_up(&sb, &rb, a.key(), "db", Duration::from_secs(30)).await? {
         bail!("the reader did not catch up");
     }
     let b = Drive::open_key(&sb, a.key()).await?;

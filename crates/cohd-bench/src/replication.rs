@@ -97,7 +97,7 @@ async fn rust_side(apart: bool) -> Result<(f64, f64)> {
         repl.add_core(store.open_key(key, true).await?);
         let _conn = repl.connect(addr).await?;
         ensure!(
-            catch_up(&store, &repl, key, "db", Duration::from_secs(30)).await,
+            catch_up(&store, &repl, key, "db", Duration::from_secs(30)).await?,
             "no catch-up"
         );
         let d = Drive::open_key(&store, key).await?;
@@ -119,7 +119,7 @@ async fn rust_side(apart: bool) -> Result<(f64, f64)> {
     repl.add_core(store.open_key(key, true).await?);
     let _conn = repl.connect(addr).await?;
     ensure!(
-        catch_up(&store, &repl, key, "db", Duration::from_secs(120)).await,
+        catch_up(&store, &repl, key, "db", Duration::from_secs(120)).await?,
         "no catch-up"
     );
     let ms = t.elapsed().as_secs_f64() * 1e3;

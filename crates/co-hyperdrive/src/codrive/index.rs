@@ -363,7 +363,7 @@ pub(super) fn readable(d: &Drive) -> u64 {
 
 /// A writer's membership records in `d` (a checkout), in write order. A malformed record is
 /// ignored (not trusted, not fatal): other peers do the same.
-pub(super) async fn members_of(d: &Drive) -> Result<Vec<MemberRecord>, CoDriveError> {
+pub(crate) async fn members_of(d: &Drive) -> Result<Vec<MemberRecord>, CoDriveError> {
     let mut out = Vec::new();
     for e in d
         .db()

@@ -11,7 +11,7 @@
 
 mod batch;
 mod frontier;
-mod index;
+pub(crate) mod index;
 mod open;
 pub mod records;
 mod snapshot;
@@ -19,7 +19,7 @@ mod stored;
 #[cfg(test)]
 mod stored_tests;
 pub mod view;
-mod watch;
+pub(crate) mod watch;
 
 pub use batch::{CoBatch, CoFileWriter};
 pub use frontier::{Frontier, FrontierError};

@@ -18,7 +18,7 @@ use super::frontier::Frontier;
 use super::index::Computed;
 use super::open::{CoDrive, CoDriveError};
 use crate::drive::DriveError;
-use crate::store::StoreError;
+use crate::store::{Core, StoreError};
 
 /// How often a watch looks again while the view names a writer the store does not hold.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -28,10 +28,59 @@ pub const POLL: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 pub struct Watch<'a> {
     co: &'a CoDrive,
-    subs: BTreeMap<Key, watch::Receiver<u64>>,
+    subs: Listeners,
     /// Whether some writer the view names has no core to listen to.
     poll: bool,
     last: Frontier,
+}
+
+/// The lengths of a set of cores, listened to: [`Listeners::changed`] waits until any changes
+/// (a local append or an applied proof). Shared by [`Watch`] and replication's follower.
+#[derive(Debug, Default)]
+pub(crate) struct Listeners {
+    subs: BTreeMap<Key, watch::Receiver<u64>>,
+}
+
+impl Listeners {
+    pub(crate) fn contains(&self, key: &Key) -> bool {
+        self.subs.contains_key(key)
+    }
+
+    /// Listens to `core` (under `key`) from now on.
+    pub(crate) fn listen(&mut self, key: Key, core: &Core) {
+        self.subs.insert(key, core.subscribe());
+    }
+
+    /// Waits until a listened core changes, or `poll` passes (with no core to listen to,
+    /// [`POLL`]). A core gone from the store is forgotten: the caller listens again to whatever
+    /// holds that key now.
+    pub(crate) async fn changed(&mut self, poll: Option<Duration>) {
+        if self.subs.is_empty() {
+            tokio::time::sleep(poll.unwrap_or(POLL)).await;
+            return;
+        }
+        let keys: Vec<Key> = self.subs.keys().copied().collect();
+        let any = futures::future::select_all(
+            self.subs
+                .values_mut()
+                .map(|rx| Box::pin(rx.changed()))
+                .collect::<Vec<_>>(),
+        );
+        let closed = match poll {
+            Some(p) => match tokio::time::timeout(p, any).await {
+                Ok((r, i, _)) => r.is_err().then_some(i),
+                Err(_) => None,
+            },
+            None => {
+                let (r, i, _) = any.await;
+                r.is_err().then_some(i)
+            }
+        };
+        if let Some(i) = closed {
+            self.subs.remove(&keys[i]);
+            tokio::time::sleep(POLL).await;
+        }
+    }
 }
 
 impl CoDrive {
@@ -40,7 +89,7 @@ impl CoDrive {
     pub async fn watch(&self) -> Result<Watch<'_>, CoDriveError> {
         let mut w = Watch {
             co: self,
-            subs: BTreeMap::new(),
+            subs: Listeners::default(),
             poll: false,
             last: Frontier::default(),
         };
@@ -107,7 +156,7 @@ impl<'a> Watch<'a> {
     ) -> Result<(bool, bool), CoDriveError> {
         let (mut added, mut unheld) = (false, false);
         for k in keys {
-            if self.subs.contains_key(&k) {
+            if self.subs.contains(&k) {
                 continue;
             }
             let core = match self.co.drive(k).await? {
@@ -124,7 +173,7 @@ impl<'a> Watch<'a> {
                     Err(e) => return Err(DriveError::from(e).into()),
                 },
             };
-            self.subs.insert(k, core.subscribe());
+            self.subs.listen(k, &core);
             added = true;
         }
         Ok((added, unheld))
@@ -132,30 +181,6 @@ impl<'a> Watch<'a> {
 
     /// Waits for any listened core to change (or for [`POLL`], when polling).
     async fn wait(&mut self) {
-        if self.subs.is_empty() {
-            tokio::time::sleep(POLL).await;
-            return;
-        }
-        let keys: Vec<Key> = self.subs.keys().copied().collect();
-        let any = futures::future::select_all(
-            self.subs
-                .values_mut()
-                .map(|rx| Box::pin(rx.changed()))
-                .collect::<Vec<_>>(),
-        );
-        let closed = if self.poll {
-            match tokio::time::timeout(POLL, any).await {
-                Ok((r, i, _)) => r.is_err().then_some(i),
-                Err(_) => None,
-            }
-        } else {
-            let (r, i, _) = any.await;
-            r.is_err().then_some(i)
-        };
-        if let Some(i) = closed {
-            // The core is gone from the store: listen again to whatever now holds the writer.
-            self.subs.remove(&keys[i]);
-            tokio::time::sleep(POLL).await;
-        }
+        self.subs.changed(self.poll.then_some(POLL)).await;
     }
 }

@@ -4,7 +4,8 @@
 //!   channels over any encrypted message stream (`cohd_format::wire` encodes the messages).
 //! - `peer`: one core with one remote as a state machine (no I/O; hostile input is unit tested).
 //! - [`Replicator`]: connections, channels, and the actions the state machines ask for.
-//! - [`catch_up`] / [`add_known_cores`]: which cores a co-drive needs, found as data arrives.
+//! - [`Follow`] ([`catch_up`], [`add_known_cores`], [`spawn_follow`]): which cores a co-drive
+//!   needs, found as data arrives.
 //! - [`Peers`]: addresses kept connected, dialled again with backoff.
 //! - [`dht::Discovery`]: peers found on HyperDHT by topic, as JavaScript Hyperswarm finds them.
 
@@ -16,7 +17,7 @@ mod peers;
 mod session;
 pub mod transport;
 
-pub use follow::{add_known_cores, catch_up, spawn_follow};
+pub use follow::{add_known_cores, catch_up, spawn_follow, Follow};
 pub use peer::PeerError;
 pub use peers::{PeerStatus, Peers};
 pub use session::{ExtensionMessage, ReplicateOptions, Replicator, SessionError};

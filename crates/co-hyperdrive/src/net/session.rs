@@ -94,6 +94,45 @@ struct ConnCtx {
 /// How often a channel waiting for a congested socket checks its queue for a flood.
 const FLOOD_CHECK: Duration = Duration::from_millis(50);
 
+/// What a channel sends while it handles the messages already queued is held and sent as one
+/// frame (a protomux batch) once the queue is empty, or at these sizes: one encrypted frame
+/// instead of one per message (a block and its request each cost a frame's sealing, opening
+/// and wakeups otherwise).
+const OUT_BATCH_MESSAGES: usize = 64;
+const OUT_BATCH_BYTES: usize = 256 << 10;
+
+/// Messages a channel holds to send as one frame (see [`OUT_BATCH_MESSAGES`]).
+#[derive(Debug, Default)]
+struct Outbox {
+    messages: Vec<Message>,
+    bytes: usize,
+}
+
+impl Outbox {
+    /// Holds `m`; sends what is held if that reaches a batch's size.
+    fn push(&mut self, ch: &Channel, m: Message) -> Result<(), Closed> {
+        self.bytes += match &m {
+            Message::Data { block: Some(b), .. } => b.value.len() + b.nodes.len() * 48 + 64,
+            _ => 64,
+        };
+        self.messages.push(m);
+        if self.messages.len() >= OUT_BATCH_MESSAGES || self.bytes >= OUT_BATCH_BYTES {
+            self.flush(ch)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, ch: &Channel) -> Result<(), Closed> {
+        self.bytes = 0;
+        if self.messages.is_empty() {
+            return Ok(());
+        }
+        let r = ch.send_batch(&self.messages).map_err(|_| Closed);
+        self.messages.clear();
+        r
+    }
+}
+
 /// The channel closed while we were sending.
 #[derive(Debug)]
 struct Closed;
@@ -591,6 +630,7 @@ impl Replicator {
         if ch.send_batch(&open).is_err() {
             return Ok(()); // closed meanwhile, or the connection ended
         }
+        let mut out = Outbox::default();
         loop {
             let actions = tokio::select! {
                 msg = ch.recv() => {
@@ -624,7 +664,10 @@ impl Replicator {
             if ch.is_closed() {
                 return Ok(());
             }
-            match self.execute(conn, &ch, &core, &mut peer, actions).await {
+            match self
+                .execute(conn, &ch, &core, &mut peer, &mut out, actions)
+                .await
+            {
                 Err(Closed) => return Ok(()),
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok(())) => {}
@@ -636,6 +679,9 @@ impl Replicator {
             // resumed download), and `wait_caught_up` returns before anything was requested.
             if !ch.is_empty() {
                 continue;
+            }
+            if out.flush(&ch).is_err() {
+                return Ok(());
             }
             let l = local(&core);
             self.set_status(
@@ -657,6 +703,7 @@ impl Replicator {
         ch: &Channel,
         core: &Core,
         peer: &mut Peer,
+        out: &mut Outbox,
         actions: Vec<Action>,
     ) -> Result<Result<(), SessionError>, Closed> {
         let key = core.key();
@@ -664,17 +711,21 @@ impl Replicator {
         let mut queue: std::collections::VecDeque<Action> = actions.into();
         while let Some(a) = queue.pop_front() {
             match a {
-                Action::Send(mut msgs) => {
-                    for m in &mut msgs {
-                        if let Message::Request { block: Some(b), .. } = m {
+                Action::Send(msgs) => {
+                    for mut m in msgs {
+                        if let Message::Request { block: Some(b), .. } = &mut m {
                             b.nodes = core.missing_nodes(b.index).await;
                         }
+                        out.push(ch, m)?;
                     }
-                    ch.send_batch(&msgs).map_err(|_| Closed)?;
                 }
                 Action::Serve(id, req) => {
                     // A peer that does not read gets no more answers. Its requests wait in the
                     // channel meanwhile, and a flood of them still ends the connection.
+                    if !out.messages.is_empty() && conn.backlog.congested() {
+                        // Held answers go before waiting: the peer may wait for them.
+                        out.flush(ch)?;
+                    }
                     let mut check = tokio::time::interval(FLOOD_CHECK);
                     loop {
                         if ch.len() > MAX_QUEUED {
@@ -704,7 +755,7 @@ impl Replicator {
                             no_data
                         }
                     };
-                    ch.send(&reply).map_err(|_| Closed)?;
+                    out.push(ch, reply)?;
                 }
                 Action::Apply(proof) => {
                     let block = proof.block.is_some();

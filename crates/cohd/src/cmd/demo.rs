@@ -116,7 +116,7 @@ async fn two_writers(dir: &std::path::Path, out: &mut Out) -> Result<()> {
             "db",
             Duration::from_secs(10)
         )
-        .await,
+        .await?,
         "bob did not catch up"
     );
     writeln!(

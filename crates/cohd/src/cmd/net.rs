@@ -142,7 +142,7 @@ async fn follow(
         download_all: all,
         ..ReplicateOptions::default()
     });
-    add_known_cores(store, &repl, co.key(), "db").await;
+    add_known_cores(store, &repl, co.key(), "db").await?;
     let (discovery, from) = match (peers.is_empty(), dht) {
         (false, _) => (None, peers.join(", ")),
         (true, Some(opts)) => (
@@ -218,7 +218,7 @@ async fn follow(
         }
     };
     let caught_up = tokio::select! {
-        c = catch_up(store, &repl, co.key(), "db", CATCH_UP) => c,
+        c = catch_up(store, &repl, co.key(), "db", CATCH_UP) => c?,
         why = ended => bail!("{why}"),
         () = absent => bail!(
             "{from} does not have co-drive {key} (no channel for it within {}s)",
@@ -555,7 +555,7 @@ pub(crate) async fn serve(
         download_all: is_mirror(dir)?,
         ..ReplicateOptions::default()
     });
-    add_known_cores(store, &repl, co.key(), "db").await;
+    add_known_cores(store, &repl, co.key(), "db").await?;
     // Our own drive too, once it is a writer (or to let others see it while it asks to be one).
     repl.add_core(co.own().db().core().clone());
     repl.add_core(co.own().blobs().core().clone());
@@ -760,7 +760,7 @@ pub(crate) async fn sync_served(
     if *served.repl.connections().borrow() == 0 {
         bail!("`cohd serve` is not connected to any peer: add --peer HOST:PORT");
     }
-    if !catch_up(store, &served.repl, co.key(), "db", CATCH_UP).await {
+    if !catch_up(store, &served.repl, co.key(), "db", CATCH_UP).await? {
         bail!(
             "the connected peers did not bring the co-drive up to date within {}s",
             CATCH_UP.as_secs()
