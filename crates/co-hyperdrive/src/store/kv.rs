@@ -351,6 +351,29 @@ impl Kv {
         }
     }
 
+    /// Before a clean exit: lets the database finish writing out the memtables it has sealed,
+    /// for at most `limit`. A sealed memtable lives only in its journal until written out, and
+    /// the database drops unfinished work when it closes, so a process that exits first leaves
+    /// it to the next open to read back in, and so on: after an import of 100,000 files every
+    /// command took 1.7 s replaying three journals (138 MB) until one process stayed long
+    /// enough. Waiting once here ends that.
+    pub(crate) fn settle(&self, limit: std::time::Duration) {
+        let Kv::Disk(d) = self else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + limit;
+        let busy = || {
+            d.db.outstanding_flushes() > 0
+                || d.spaces
+                    .iter()
+                    .chain([&d.located])
+                    .any(|k| k.sealed_memtable_count() > 0)
+        };
+        while busy() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// Makes every committed batch durable.
     pub(crate) fn persist(&self) -> Result<(), KvError> {
         match self {
@@ -635,6 +658,43 @@ impl DataFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A clean close waits for sealed memtables to be written out: the next open finds them in
+    /// tables instead of reading them back from the journal (and sealing them again, and
+    /// dropping the work again when it exits early).
+    #[test]
+    fn settle_writes_out_sealed_memtables() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let kv = Kv::open(dir.path()).unwrap();
+            // 20 MiB in a space whose memtables hold 16 MiB: one is sealed.
+            for i in 0u32..20 {
+                let mut b = Batch::default();
+                for j in 0u32..256 {
+                    let key = [i.to_be_bytes(), j.to_be_bytes()].concat();
+                    b.put(Space::Index, key, vec![(i + j) as u8; 4096]);
+                }
+                kv.commit(b).unwrap();
+            }
+            kv.persist().unwrap();
+            kv.settle(std::time::Duration::from_secs(30));
+            let Kv::Disk(d) = &kv else { unreachable!() };
+            assert_eq!(d.space(Space::Index).sealed_memtable_count(), 0);
+        }
+        let kv = Kv::open(dir.path()).unwrap();
+        let Kv::Disk(d) = &kv else { unreachable!() };
+        // Only what came after the sealed memtable is read back into memory.
+        assert!(
+            d.db.write_buffer_size() < 8 << 20,
+            "{} bytes read back from the journal",
+            d.db.write_buffer_size()
+        );
+        let key = [7u32.to_be_bytes(), 9u32.to_be_bytes()].concat();
+        assert_eq!(
+            kv.get(Space::Index, &key).unwrap().unwrap(),
+            vec![16u8; 4096]
+        );
+    }
 
     fn exercise(kv: &Kv) {
         let mut b = Batch::default();
