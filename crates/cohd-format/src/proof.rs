@@ -616,8 +616,13 @@ impl Queue<'_> {
     }
 }
 
-/// The block or hash path, hashed up to where it ends.
-fn verify_path(proof: &Received<'_>, out: &mut Vec<Node>) -> Result<Option<Node>, ProofError> {
+/// The block or hash path, hashed up to where it ends; `leaf`: the block's leaf hash if the
+/// caller has it.
+fn verify_path(
+    proof: &Received<'_>,
+    leaf: Option<[u8; 32]>,
+    out: &mut Vec<Node>,
+) -> Result<Option<Node>, ProofError> {
     // A seek path first: its top stands in for a node of the block's path.
     let mut seek_root = None;
     if let Some(seek) = proof.seek.as_deref().filter(|s| !s.is_empty()) {
@@ -650,7 +655,7 @@ fn verify_path(proof: &Received<'_>, out: &mut Vec<Node>) -> Result<Option<Node>
             let leaf = Node {
                 index,
                 size: value.len() as u64,
-                hash: merkle::leaf_hash(value),
+                hash: leaf.unwrap_or_else(|| merkle::leaf_hash(value)),
             };
             (index, Some(leaf), nodes)
         }
@@ -714,8 +719,24 @@ impl Batch {
 
 /// Checks a received proof against a trusted tree of `length` blocks with these `roots`.
 pub fn verify(roots: &[Node], length: u64, proof: &Received<'_>) -> Result<Verified, ProofError> {
+    verify_hashed(roots, length, proof, None)
+}
+
+/// [`verify`], given the block's leaf hash: [`merkle::leaf_hashes`] hashes the blocks of
+/// several proofs at once (a receiver's bulk cost), and each proof is then checked alone.
+/// `leaf` must be [`merkle::leaf_hash`] of the proof's block (`None`: hashed here).
+pub fn verify_hashed(
+    roots: &[Node],
+    length: u64,
+    proof: &Received<'_>,
+    leaf: Option<[u8; 32]>,
+) -> Result<Verified, ProofError> {
+    debug_assert!(
+        leaf.is_none() || proof.block.as_ref().map(|b| merkle::leaf_hash(b.1)) == leaf,
+        "a leaf hash that is not the block's"
+    );
     let mut nodes = Vec::new();
-    let mut unverified = verify_path(proof, &mut nodes)?;
+    let mut unverified = verify_path(proof, leaf, &mut nodes)?;
     let mut upgraded = None;
     if let Some(u) = &proof.upgrade {
         let end = u

@@ -157,7 +157,11 @@ fn decode_item<'a>(
 
 /// Encodes one item as a frame of its own.
 pub fn encode_item(item: &Item<'_>) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = match item {
+        // Two uints in front of the payload, allocated once.
+        Item::Message { payload, .. } => Vec::with_capacity(18 + payload.len()),
+        _ => Vec::new(),
+    };
     match item {
         Item::Message {
             channel,
@@ -651,7 +655,7 @@ impl Message {
 
     /// Encodes the payload (see [`kind`](Self::kind) for its type).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(self.size_hint());
         let o = &mut out;
         match self {
             Message::Sync {
@@ -775,6 +779,42 @@ impl Message {
             }
         }
         out
+    }
+}
+
+impl Message {
+    /// At least the encoded size of a Data message (whose block is most of it), so its buffer
+    /// is allocated once: growing it past the block would copy the block again.
+    fn size_hint(&self) -> usize {
+        // A node: two uints of at most 9 bytes and its hash; a count: at most 9.
+        let nodes = |n: &[Node]| 9 + n.len() * 50;
+        match self {
+            Message::Data {
+                block,
+                hash,
+                seek,
+                upgrade,
+                manifest,
+                ..
+            } => {
+                let block = block
+                    .as_ref()
+                    .map_or(0, |b| 18 + b.value.len() + nodes(&b.nodes));
+                let paths: usize = [hash, seek]
+                    .into_iter()
+                    .flatten()
+                    .map(|h| 9 + nodes(&h.nodes))
+                    .sum();
+                let upgrade = upgrade.as_ref().map_or(0, |u| {
+                    18 + nodes(&u.nodes)
+                        + nodes(&u.additional)
+                        + 9
+                        + u.signature.as_ref().map_or(0, Vec::len)
+                });
+                27 + block + paths + upgrade + manifest.as_ref().map_or(0, Vec::len)
+            }
+            _ => 0,
+        }
     }
 }
 
@@ -904,6 +944,9 @@ mod tests {
         #[test]
         fn messages_round_trip(m in message()) {
             let bytes = m.encode();
+            // A Data message's buffer was allocated once, at its full size.
+            let data = matches!(m, Message::Data { .. });
+            prop_assert!(!data || bytes.len() <= m.size_hint(), "size hint too small");
             prop_assert_eq!(Message::decode(m.kind(), &bytes), Ok(m));
         }
 

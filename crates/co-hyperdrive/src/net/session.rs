@@ -91,6 +91,9 @@ struct ConnCtx {
     backlog: Backlog,
 }
 
+/// Most Data messages taken from a channel's queue at once, their proofs applied together.
+const APPLY_BATCH: usize = 32;
+
 /// How often a channel waiting for a congested socket checks its queue for a flood.
 const FLOOD_CHECK: Duration = Duration::from_millis(50);
 
@@ -632,13 +635,34 @@ impl Replicator {
         }
         let mut out = Outbox::default();
         loop {
+            // A peer error found while taking queued Data: raised once the proofs before it
+            // are applied, as if they had been taken one at a time.
+            let mut deferred = None;
             let actions = tokio::select! {
                 msg = ch.recv() => {
                     let Some(msg) = msg else { return Ok(()) };
                     if ch.len() > MAX_QUEUED {
                         return Err(fail(format!("flooded us with over {MAX_QUEUED} queued messages")));
                     }
-                    peer.on_message(msg, &local(&core)).map_err(|e: PeerError| fail(e.to_string()))?
+                    let data = matches!(msg, Message::Data { .. });
+                    let mut actions = peer.on_message(msg, &local(&core)).map_err(|e: PeerError| fail(e.to_string()))?;
+                    // Data already queued behind it are taken too: `execute` verifies their
+                    // proofs together (blocks hashed side by side, one commit).
+                    let mut taken = 1;
+                    while data && taken < APPLY_BATCH {
+                        let Some(next) = ch.try_recv_if(|m| matches!(m, Message::Data { .. })) else {
+                            break;
+                        };
+                        taken += 1;
+                        match peer.on_message(next, &local(&core)) {
+                            Ok(more) => actions.extend(more),
+                            Err(e) => {
+                                deferred = Some(fail(e.to_string()));
+                                break;
+                            }
+                        }
+                    }
+                    actions
                 }
                 r = length.changed() => {
                     if r.is_err() { return Ok(()) }
@@ -671,6 +695,9 @@ impl Replicator {
                 Err(Closed) => return Ok(()),
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok(())) => {}
+            }
+            if let Some(e) = deferred {
+                return Err(e);
             }
             // A batch is one announcement (JS and `Peer::on_open` send Sync then Range together):
             // publish the status only once the messages that already arrived are handled.
@@ -758,13 +785,24 @@ impl Replicator {
                     out.push(ch, reply)?;
                 }
                 Action::Apply(proof) => {
-                    let block = proof.block.is_some();
-                    match core.apply_proof(proof).await {
-                        Ok(true) => {
-                            if block {
-                                self.inner.received.fetch_add(1, Ordering::Relaxed);
-                            }
+                    // The proofs queued right behind it are applied with it.
+                    let mut proofs = vec![proof];
+                    while let Some(Action::Apply(_)) = queue.front() {
+                        if let Some(Action::Apply(p)) = queue.pop_front() {
+                            proofs.push(p);
                         }
+                    }
+                    let blocks: Vec<bool> = proofs.iter().map(|p| p.block.is_some()).collect();
+                    let (applied, outcome) = core.apply_proofs(proofs).await;
+                    let received = blocks[..applied.min(blocks.len())]
+                        .iter()
+                        .filter(|&&b| b)
+                        .count();
+                    self.inner
+                        .received
+                        .fetch_add(received as u64, Ordering::Relaxed);
+                    match outcome {
+                        Ok(true) => {}
                         Ok(false) => {
                             return Ok(Err(fail("sent a proof that does not fit our core".into())))
                         }

@@ -353,22 +353,40 @@ impl Core {
 
     /// Verifies a proof from a peer and applies it; `false` if it does not fit (another fork).
     pub async fn apply_proof(&self, proof: super::Proof) -> Result<bool, CoreError> {
+        self.apply_proofs(vec![proof]).await.1
+    }
+
+    /// Verifies proofs from a peer and applies them in order, in one commit (their blocks
+    /// hashed together): each is checked as [`apply_proof`](Self::apply_proof) checks it.
+    /// Stops at the first that does not fit (`Ok(false)`) or does not verify, keeping the ones
+    /// before it; returns how many were applied, and the last outcome.
+    pub async fn apply_proofs(
+        &self,
+        proofs: Vec<super::Proof>,
+    ) -> (usize, Result<bool, CoreError>) {
         let w = self.live.writes.lock().await;
         if *w {
-            return Err(CoreError::Closed);
+            return (0, Err(CoreError::Closed));
         }
-        let block = proof.block.as_ref().map(|b| b.index);
-        let ok = self.log.apply_proof(proof)?;
+        let blocks: Vec<u64> = proofs
+            .iter()
+            .filter_map(|p| p.block.as_ref().map(|b| b.index))
+            .collect();
+        let (applied, outcome) = self.log.apply_proofs(proofs);
         drop(w);
-        if ok {
-            if let Some(index) = block {
-                if self.log.has(index) {
-                    self.damaged().remove(&index);
+        if applied > 0 {
+            // Blocks of proofs that were not applied may be marked damaged still: only those
+            // held now are cleared.
+            if !self.damaged().is_empty() {
+                let held: Vec<u64> = blocks.into_iter().filter(|&i| self.log.has(i)).collect();
+                let mut damaged = self.damaged();
+                for i in held {
+                    damaged.remove(&i);
                 }
             }
             self.poke();
         }
-        Ok(ok)
+        (applied, outcome.map_err(CoreError::from))
     }
 
     /// The signed log (proofs are made from it, see `proofs.rs`).

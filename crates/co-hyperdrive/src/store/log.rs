@@ -1181,63 +1181,168 @@ impl Log {
         Ok(())
     }
 
-    /// Verifies a peer's proof and stores what it proves. `Ok(false)`: it is for another fork.
-    /// An upgrade that starts below our length (we grew meanwhile, from another peer) is
-    /// dropped, and the rest applied if it still fits.
-    pub(crate) fn apply_proof(&self, mut p: Proof) -> Result<bool, LogError> {
+    /// One proof: [`apply_proofs`](Self::apply_proofs) of it alone.
+    #[cfg(test)]
+    pub(crate) fn apply_proof(&self, p: Proof) -> Result<bool, LogError> {
+        self.apply_proofs(vec![p]).1
+    }
+
+    /// Verifies peers' proofs, in order, and stores what they prove, committed together: a
+    /// receiver's blocks are hashed several at a time (SIMD lanes), and one batch records what
+    /// several proofs prove (one header, one presence record). Each proof is still verified on
+    /// its own, against the tree the ones before it left. `Ok(false)`: a proof is for another
+    /// fork. An upgrade that starts below our length (we grew meanwhile, from another peer) is
+    /// dropped, and the rest applied if it still fits. Stops at the first proof that does not
+    /// fit (`Ok(false)`) or does not verify (`Err`), after committing the ones before it;
+    /// returns how many were applied, and the last outcome.
+    pub(crate) fn apply_proofs(&self, proofs: Vec<Proof>) -> (usize, Result<bool, LogError>) {
         let mut s = self.state();
+        let leaves = {
+            let values: Vec<&[u8]> = proofs
+                .iter()
+                .filter_map(|p| p.block.as_ref().map(|b| b.value.as_slice()))
+                .collect();
+            merkle::leaf_hashes(&values)
+        };
+        let mut leaves = leaves.into_iter();
+        let mut applied = 0;
+        let mut staged = Staged::new(&s);
+        for p in proofs {
+            let leaf = if p.block.is_some() {
+                leaves.next()
+            } else {
+                None
+            };
+            // Following a fork rewrites the tree, and a first manifest changes how signatures
+            // are checked: such a proof commits on its own, after what is staged.
+            let alone = p.fork != s.fork || (p.manifest.is_some() && !self.knows_manifest());
+            let outcome = if alone {
+                let before = std::mem::replace(&mut staged, Staged::new(&s));
+                if let Err(e) = self.commit_staged(&mut s, before) {
+                    return (applied, Err(e));
+                }
+                let r = self.apply_alone(&mut s, p);
+                staged = Staged::new(&s);
+                r
+            } else {
+                self.stage(&mut staged, p, leaf)
+            };
+            match outcome {
+                Ok(true) => applied += 1,
+                stop => {
+                    let n = applied - staged.count;
+                    return match self.commit_staged(&mut s, staged) {
+                        Ok(()) => (applied, stop),
+                        Err(e) => (n, Err(e)),
+                    };
+                }
+            }
+        }
+        let n = applied - staged.count;
+        match self.commit_staged(&mut s, staged) {
+            Ok(()) => (applied, Ok(true)),
+            Err(e) => (n, Err(e)),
+        }
+    }
+
+    /// A proof that changes the fork or brings the manifest, verified and committed alone.
+    fn apply_alone(&self, s: &mut MutexGuard<'_, State>, p: Proof) -> Result<bool, LogError> {
         if p.fork != s.fork {
             // The owner truncated its log (a new fork): a whole new tree, from its first block.
             let from_start = p.upgrade.as_ref().is_some_and(|u| u.start == 0);
             if p.fork > s.fork && from_start && !self.writable() {
-                self.follow_fork(&mut s, &p)?;
+                self.follow_fork(s, &p)?;
                 return Ok(true);
             }
             return Ok(false);
         }
+        let new_manifest = self.manifest_of(&p)?;
+        let mut staged = Staged::new(s);
+        if !self.stage_with(&mut staged, p, None, new_manifest.as_ref())? {
+            return Ok(false);
+        }
+        // A stale proof stores nothing, not even the manifest it brings.
+        if !staged.changed {
+            return Ok(true);
+        }
+        self.put_manifest(&mut staged.batch, new_manifest.as_ref());
+        self.commit_staged(s, staged)?;
+        if let Some(v) = new_manifest {
+            *self.verifier.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+        }
+        Ok(true)
+    }
+
+    fn stage(
+        &self,
+        staged: &mut Staged,
+        p: Proof,
+        leaf: Option<[u8; 32]>,
+    ) -> Result<bool, LogError> {
+        self.stage_with(staged, p, leaf, None)
+    }
+
+    /// Verifies `p` against the staged state and stages what it proves. `leaf`: the block's
+    /// leaf hash, when hashed beforehand; `manifest`: the one `p` brings, to check it with.
+    fn stage_with(
+        &self,
+        staged: &mut Staged,
+        mut p: Proof,
+        leaf: Option<[u8; 32]>,
+        manifest: Option<&manifest::Verifier>,
+    ) -> Result<bool, LogError> {
+        let next = &mut staged.next;
         if let Some(u) = &p.upgrade {
-            if u.start < s.length {
+            if u.start < next.length {
                 p.upgrade = None;
             }
         }
         let received = Received {
-            block: p
-                .block
-                .as_ref()
-                .map(|b| (b.index, b.value.as_slice(), b.nodes.clone())),
-            hash: p.hash.as_ref().map(|h| (h.index, h.nodes.clone())),
-            seek: p.seek.as_ref().map(|s| s.nodes.clone()),
-            upgrade: p.upgrade.as_ref().map(|u| ReceivedUpgrade {
+            block: p.block.as_mut().map(|b| {
+                let DataBlock {
+                    index,
+                    value,
+                    nodes,
+                } = b;
+                (*index, value.as_slice(), std::mem::take(nodes))
+            }),
+            hash: p
+                .hash
+                .as_mut()
+                .map(|h| (h.index, std::mem::take(&mut h.nodes))),
+            seek: p.seek.as_mut().map(|s| std::mem::take(&mut s.nodes)),
+            upgrade: p.upgrade.as_mut().map(|u| ReceivedUpgrade {
                 start: u.start,
                 length: u.length,
-                nodes: u.nodes.clone(),
-                additional: u.additional.clone(),
+                nodes: std::mem::take(&mut u.nodes),
+                additional: std::mem::take(&mut u.additional),
             }),
         };
         let invalid = |e: ProofError| LogError::Invalid(format!("invalid proof: {e}"));
-        let verified = proof::verify(&s.roots, s.length, &received).map_err(invalid)?;
-        let mut next = s.clone();
-        let new_manifest = self.manifest_of(&p)?;
-        if let Some((roots, length)) = &verified.upgraded {
+        let verified =
+            proof::verify_hashed(&next.roots, next.length, &received, leaf).map_err(invalid)?;
+        drop(received);
+        let mut upgraded = None;
+        if let Some((roots, length)) = verified.upgraded {
             let u = p
                 .upgrade
                 .as_ref()
                 .ok_or_else(|| LogError::Invalid("an upgrade without its signature".into()))?;
             let sig = u.signature.as_deref().unwrap_or_default();
-            let verifier = match &new_manifest {
+            let verifier = match manifest {
                 Some(v) => v.clone(),
                 None => self.verifier().map_err(LogError::Invalid)?,
             };
-            self.check_with(&verifier, roots, *length, p.fork, sig)
+            self.check_with(&verifier, &roots, length, p.fork, sig)
                 .map_err(LogError::Invalid)?;
-            next.roots = roots.clone();
-            next.length = *length;
-            next.byte_length = roots.iter().map(|r| r.size).sum();
-            next.signature = sig.to_vec();
-            next.note_signed(*length);
+            upgraded = Some((roots, length, sig.to_vec()));
         }
         if let Some(c) = verified.check {
-            match self.node(c.index)? {
+            let stored = match staged.nodes.get(&c.index) {
+                Some(n) => Some(*n),
+                None => self.node(c.index)?,
+            };
+            match stored {
                 Some(stored) if stored == c => {}
                 Some(_) => {
                     return Err(LogError::Invalid(format!(
@@ -1257,48 +1362,93 @@ impl Log {
                 }
             }
         }
-        let mut b = Batch::default();
+        let length = upgraded.as_ref().map_or(next.length, |u| u.1);
+        if let Some(block) = &p.block {
+            if block.index >= length {
+                return Err(LogError::Invalid(format!(
+                    "block {} lies past the signed length {}",
+                    block.index, length
+                )));
+            }
+        }
+        // Checked in full: only now does the staged state change.
+        if let Some((roots, length, sig)) = upgraded {
+            next.byte_length = roots.iter().map(|r| r.size).sum();
+            next.roots = roots;
+            next.length = length;
+            next.signature = sig;
+            next.note_signed(length);
+        }
         for n in &verified.nodes {
-            b.put(
+            staged.batch.put(
                 Space::Nodes,
                 record_key(&self.key, &n.index.to_be_bytes()),
                 encode_node(n),
             );
-        }
-        let mut present = false;
-        if let Some(block) = &p.block {
-            if block.index >= next.length {
-                return Err(LogError::Invalid(format!(
-                    "block {} lies past the signed length {}",
-                    block.index, next.length
-                )));
-            }
-            present = true;
+            staged.nodes.insert(n.index, *n);
         }
         // The block's bytes move into the batch (blocks are the bulk of what replication copies).
-        let block_index = p.block.as_ref().map(|b| b.index);
         if let Some(block) = p.block.take() {
             next.add(block.index..block.index + 1);
-            b.put(
+            staged.blocks.push(block.index);
+            staged.batch.put(
                 Space::Blocks,
                 record_key(&self.key, &block.index.to_be_bytes()),
                 block.value,
             );
         }
-        self.write_state(&mut b, &next, present);
-        self.put_manifest(&mut b, new_manifest.as_ref());
-        self.kv.commit(b)?;
-        if let Some(i) = block_index {
-            self.checked
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .add(i..i + 1);
-        }
-        *s = next;
-        if let Some(v) = new_manifest {
-            *self.verifier.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
-        }
+        staged.changed = true;
+        staged.count += 1;
         Ok(true)
+    }
+
+    /// Commits what `staged` holds (with its header and presence) and makes its state ours.
+    fn commit_staged(&self, s: &mut MutexGuard<'_, State>, staged: Staged) -> Result<(), LogError> {
+        if !staged.changed {
+            return Ok(());
+        }
+        let Staged {
+            next,
+            mut batch,
+            blocks,
+            ..
+        } = staged;
+        self.write_state(&mut batch, &next, !blocks.is_empty());
+        self.kv.commit(batch)?;
+        let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        for i in blocks {
+            checked.add(i..i + 1);
+        }
+        drop(checked);
+        **s = next;
+        Ok(())
+    }
+}
+
+/// Proofs verified and not committed yet: the state they lead to, and their writes.
+struct Staged {
+    next: State,
+    batch: Batch,
+    /// The nodes staged (a later proof of the batch may end at one of them).
+    nodes: BTreeMap<u64, Node>,
+    /// The blocks staged.
+    blocks: Vec<u64>,
+    /// Proofs staged (including stale ones that store nothing).
+    count: usize,
+    /// Whether there is anything to commit.
+    changed: bool,
+}
+
+impl Staged {
+    fn new(s: &State) -> Self {
+        Self {
+            next: s.clone(),
+            batch: Batch::default(),
+            nodes: BTreeMap::new(),
+            blocks: Vec::new(),
+            count: 0,
+            changed: false,
+        }
     }
 }
 
@@ -1568,6 +1718,81 @@ mod tests {
             .unwrap();
         p.fork = 1;
         assert!(!r.apply_proof(p).unwrap());
+    }
+
+    /// The proofs a reader applying them one at a time gets: an upgrade to `w`'s length, then
+    /// each block with the nodes the reader lacks at that moment (so a later proof may end at
+    /// a node an earlier one brought).
+    fn proofs_one_by_one(w: &Log) -> Vec<Proof> {
+        let len = w.lengths().0;
+        let r = Log::open(Arc::new(Kv::memory()), w.key(), None, None, true)
+            .unwrap()
+            .unwrap();
+        let mut out = vec![w.create_proof(&req(None, Some((0, len)))).unwrap().unwrap()];
+        assert!(r.apply_proof(out[0].clone()).unwrap());
+        for i in 0..len {
+            let p = w
+                .create_proof(&req(Some((i, r.missing_nodes(i))), None))
+                .unwrap()
+                .unwrap();
+            assert!(r.apply_proof(p.clone()).unwrap());
+            out.push(p);
+        }
+        out
+    }
+
+    #[test]
+    fn proofs_applied_together_are_each_checked() {
+        let w = writer(&Arc::new(Kv::memory()), 21);
+        let proofs = proofs_one_by_one(&w);
+        let len = w.lengths().0;
+        let reader = || {
+            let kv = Arc::new(Kv::memory());
+            let r = Log::open(kv.clone(), w.key(), None, None, true)
+                .unwrap()
+                .unwrap();
+            (kv, r)
+        };
+
+        // All in one batch: the same core as one by one.
+        let (kv, r) = reader();
+        let (n, outcome) = r.apply_proofs(proofs.clone());
+        assert_eq!((n, outcome.unwrap()), (proofs.len(), true));
+        assert_eq!(r.lengths(), w.lengths());
+        for i in 0..len {
+            assert_eq!(r.get(i).unwrap(), w.get(i).unwrap(), "block {i}");
+        }
+        let reopened = Log::open(kv, w.key(), None, None, false).unwrap().unwrap();
+        assert_eq!(reopened.lengths(), w.lengths());
+
+        // One forged block in the batch (first, amid, last): the proofs before it are kept,
+        // it and the ones after it are not, and fetching again completes the core.
+        for forged in [1, 9, proofs.len() - 1] {
+            let (kv, r) = reader();
+            let mut batch = proofs.clone();
+            batch[forged].block.as_mut().unwrap().value[0] ^= 1;
+            let (n, outcome) = r.apply_proofs(batch);
+            assert_eq!(n, forged);
+            assert!(matches!(outcome, Err(LogError::Invalid(_))), "{outcome:?}");
+            let bad = forged as u64 - 1;
+            for i in 0..len {
+                assert_eq!(r.has(i), i < bad, "block {i} with block {bad} forged");
+            }
+            let reopened = Log::open(kv, w.key(), None, None, false).unwrap().unwrap();
+            assert_eq!(reopened.lengths(), r.lengths());
+            replicate(&w, &r);
+            for i in 0..len {
+                assert_eq!(r.get(i).unwrap(), w.get(i).unwrap(), "block {i}");
+            }
+        }
+
+        // A proof for another fork amid a batch stops it there too.
+        let (_, r) = reader();
+        let mut batch = proofs.clone();
+        batch[4].fork = 1;
+        let (n, outcome) = r.apply_proofs(batch);
+        assert_eq!((n, outcome.unwrap()), (4, false));
+        assert!(r.has(2) && !r.has(3));
     }
 
     #[test]

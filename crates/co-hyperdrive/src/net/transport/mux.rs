@@ -629,6 +629,21 @@ impl Channel {
         }
     }
 
+    /// The next message if one waits and `take` wants it (else it stays first in line).
+    pub fn try_recv_if(&self, take: impl FnOnce(&Message) -> bool) -> Option<Message> {
+        let popped = {
+            let mut s = self.inbox.lock();
+            match s.messages.front() {
+                Some((m, _)) if take(m) => s.messages.pop_front(),
+                _ => None,
+            }
+        };
+        popped.map(|(m, cost)| {
+            self.inbox.budget.give(cost);
+            m
+        })
+    }
+
     /// Messages received and not read yet.
     pub fn len(&self) -> usize {
         self.inbox.lock().messages.len()
