@@ -182,6 +182,9 @@ impl Faults {
     }
 }
 
+/// Memtables holding this much in all are written out by a clean close ([`Kv::settle`]).
+const SETTLE_ACTIVE: u64 = 4 << 20;
+
 pub(crate) struct Disk {
     db: fjall::Database,
     spaces: Vec<fjall::Keyspace>,
@@ -362,6 +365,15 @@ impl Kv {
             return;
         };
         let deadline = std::time::Instant::now() + limit;
+        // Memtables still open are rebuilt by the next open from the journal, item by item
+        // (after the index of 100,000 files x 16 writers was built, every command spent 0.6 s
+        // on it): past a few MiB they are sealed too, to be written out below.
+        if d.db.write_buffer_size() >= SETTLE_ACTIVE {
+            for k in d.spaces.iter().chain([&d.located]) {
+                // An error leaves the memtable to the journal, as before.
+                let _ = k.rotate_memtable();
+            }
+        }
         let busy = || {
             d.db.outstanding_flushes() > 0
                 || d.spaces
@@ -659,9 +671,9 @@ impl DataFiles {
 mod tests {
     use super::*;
 
-    /// A clean close waits for sealed memtables to be written out: the next open finds them in
-    /// tables instead of reading them back from the journal (and sealing them again, and
-    /// dropping the work again when it exits early).
+    /// A clean close writes out the memtables (sealed ones, and open ones past a few MiB): the
+    /// next open finds them in tables instead of rebuilding them from the journal (and sealing
+    /// them again, and dropping the work again when it exits early).
     #[test]
     fn settle_writes_out_sealed_memtables() {
         let dir = tempfile::tempdir().unwrap();
@@ -683,9 +695,10 @@ mod tests {
         }
         let kv = Kv::open(dir.path()).unwrap();
         let Kv::Disk(d) = &kv else { unreachable!() };
-        // Only what came after the sealed memtable is read back into memory.
+        // Nothing is read back into memory: the memtable still open at close (4 MiB, past
+        // SETTLE_ACTIVE) was written out too.
         assert!(
-            d.db.write_buffer_size() < 8 << 20,
+            d.db.write_buffer_size() < 1 << 20,
             "{} bytes read back from the journal",
             d.db.write_buffer_size()
         );
