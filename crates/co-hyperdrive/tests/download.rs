@@ -341,3 +341,26 @@ async fn a_writer_authorized_later_is_followed_as_its_record_arrives() {
     tokio::time::timeout(WAIT, shows("/b.txt")).await.unwrap();
     assert_eq!(c.get("/b.txt").await.unwrap().unwrap(), b"from b");
 }
+
+/// A reader that adds the drive's db core itself, sparsely (fetching only what is read, as a
+/// plain Hyperdrive reader does), then catches up: the blobs core is found from the header,
+/// which is asked for rather than waited for, and catch-up ends only once it is known, so the
+/// first read fetches its content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sparse_db_core_added_by_the_caller_still_finds_its_blobs() {
+    let (_s, key, addr, _r) = served().await;
+    let store = Store::memory();
+    let repl = Replicator::new(ReplicateOptions::default());
+    repl.add_core(store.open_key(key, true).await.unwrap());
+    let _conn = repl.connect(addr).await.unwrap();
+    assert!(catch_up(&store, &repl, key, "db", WAIT).await.unwrap());
+    let d = Drive::open_key(&store, key).await.unwrap();
+    assert!(
+        repl.has_core(&d.blobs_key()),
+        "the blobs core was not followed"
+    );
+    assert_eq!(
+        d.get("/b/three.bin").await.unwrap().unwrap(),
+        content(150 * 1024, 3)
+    );
+}

@@ -133,7 +133,11 @@ impl Follow {
             added += 1;
         }
         // The header (block 0) names the blobs core; opening the drive before it is here would
-        // wait on peers.
+        // wait on peers. A db core replicated sparsely (added by the caller) fetches only what is
+        // read, so the header is asked for here, without waiting: it arrives as data does.
+        if t.blobs.is_none() && !t.db.has(0) && t.db.info().length > 0 {
+            t.db.want(0..1);
+        }
         if t.blobs.is_none() && t.db.has(0) {
             if let Some(d) = self.co.drive(k).await? {
                 let blobs = d.blobs().core().clone();
@@ -174,6 +178,14 @@ impl Follow {
         Ok(true)
     }
 
+    /// Whether a replicated writer's db core has blocks but not yet the header that names its
+    /// blobs core.
+    fn headers_pending(&self) -> bool {
+        self.tracked.iter().any(|(k, t)| {
+            t.blobs.is_none() && self.repl.has_core(k) && t.db.info().length > 0 && !t.db.has(0)
+        })
+    }
+
     /// Every core this follower replicates.
     fn cores(&self) -> Vec<Key> {
         self.tracked
@@ -195,6 +207,17 @@ impl Follow {
             if left.is_zero() {
                 return Ok(false);
             }
+            if self.headers_pending() {
+                // A writer's blobs core is not known until its header arrives (asked for by
+                // add_known): caught up before that is not caught up.
+                if tokio::time::timeout(left, self.arrivals.changed(None))
+                    .await
+                    .is_err()
+                {
+                    return Ok(false);
+                }
+                continue;
+            }
             // Whichever comes first: every core caught up, or data that may name new ones.
             tokio::select! {
                 caught = repl.wait_caught_up(&keys, left) => {
@@ -202,7 +225,7 @@ impl Follow {
                         return Ok(false);
                     }
                     // Caught up with what we knew; stop when that names no new core.
-                    if self.add_known().await? == 0 {
+                    if self.add_known().await? == 0 && !self.headers_pending() {
                         return Ok(true);
                     }
                 }

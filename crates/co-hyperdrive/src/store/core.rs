@@ -545,6 +545,13 @@ impl Core {
         }
     }
 
+    /// Asks the attached replication sessions for blocks `range` without waiting for them (as a
+    /// read would, see [`get`](Self::get)).
+    pub(crate) fn want(&self, range: Range<u64>) {
+        let want: Wanted = std::iter::once(range).collect();
+        let _ = self.live.wants.send(want);
+    }
+
     /// Block `index` if stored locally (checked against its signed leaf).
     pub async fn get_local(&self, index: u64) -> Result<Option<Vec<u8>>, CoreError> {
         if self.is_damaged(index) {
