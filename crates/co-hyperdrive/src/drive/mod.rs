@@ -214,6 +214,9 @@ impl Drive {
     }
 
     fn assemble(store: &Store, key: Key, db: Bee, blobs: Blobs) -> Self {
+        // Whoever replicates the db core adds the blobs core once it can name it: a read of
+        // content waits a moment for that instead of failing at once.
+        blobs.core().follows(db.core());
         let (tx, _) = watch::channel(db.version());
         Self {
             key,

@@ -103,6 +103,16 @@ struct Live {
     damaged: std::sync::Mutex<std::collections::BTreeSet<u64>>,
     /// Replicators holding this core: its channels may be opening on their connections.
     attached: std::sync::atomic::AtomicUsize,
+    /// The core whose replication brings this one (a drive's db core, for its blobs core): a
+    /// follower adds the blobs core once the db's header is here, so while the db core is held
+    /// a read here waits a moment for this core's channel too.
+    companion: std::sync::OnceLock<Arc<Live>>,
+}
+
+impl Live {
+    fn held(&self) -> bool {
+        self.attached.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
 }
 
 /// How long a sparse read waits for a connected peer to deliver a block, and how long a
@@ -137,6 +147,7 @@ impl Core {
             writes: Mutex::default(),
             damaged: std::sync::Mutex::default(),
             attached: std::sync::atomic::AtomicUsize::new(0),
+            companion: std::sync::OnceLock::new(),
         });
         Self {
             log: Arc::new(log),
@@ -175,18 +186,18 @@ impl Core {
         );
     }
 
+    /// This core is replicated along with `other` (see `Live::companion`); the first call wins.
+    pub(crate) fn follows(&self, other: &Core) {
+        let _ = self.live.companion.set(other.live.clone());
+    }
+
     /// Whether a replication session listens for wanted blocks; when a replicator holds the
-    /// core but none does yet, waits a moment for its channel to open.
+    /// core (or the core it follows) but none does yet, waits a moment for its channel to open.
     async fn session_attached(&self) -> bool {
         if self.live.wants.receiver_count() > 0 {
             return true;
         }
-        if self
-            .live
-            .attached
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 0
-        {
+        if !self.live.held() && !self.live.companion.get().is_some_and(|c| c.held()) {
             return false;
         }
         let deadline = tokio::time::Instant::now() + ATTACH_GRACE;
@@ -573,5 +584,40 @@ impl Core {
         tracing::info!(core = %self.key(), index, "a stored block is damaged");
         self.damaged().insert(index);
         self.log.forget(index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{CoreFormat, Store};
+
+    /// A read of a core nobody replicates fails at once; of a core that follows a replicated
+    /// one (a drive's blobs core, added by the follower a moment after its db core), it waits
+    /// for that core's session.
+    #[tokio::test]
+    async fn a_core_that_follows_a_held_one_waits_for_its_session() {
+        let store = Store::memory();
+        let db = store.open_own("db", CoreFormat::Manifest).await.unwrap();
+        let blobs = store.open_own("blobs", CoreFormat::Manifest).await.unwrap();
+        let session = |c: &Core| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let rx = c.wants();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                drop(rx);
+            })
+        };
+        // Nobody holds either: no wait, no session.
+        let late = session(&blobs);
+        assert!(!blobs.session_attached().await);
+        late.abort();
+
+        blobs.follows(&db);
+        db.attach();
+        let late = session(&blobs);
+        assert!(blobs.session_attached().await);
+        late.abort();
     }
 }
