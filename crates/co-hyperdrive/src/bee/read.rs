@@ -37,7 +37,8 @@ impl Blocks<'_> {
                     reason: "points past the end of the bee",
                 });
         }
-        if let Some(b) = self.cache.get(seq) {
+        let fork = self.core.fork();
+        if let Some(b) = self.cache.get(fork, seq) {
             return Ok(b);
         }
         let bytes = self
@@ -48,7 +49,7 @@ impl Blocks<'_> {
             .ok_or(BeeError::NotAvailable(seq))?;
         let block =
             Arc::new(Block::decode(&bytes).map_err(|source| BeeError::Decode { seq, source })?);
-        self.cache.insert(seq, block.clone());
+        self.cache.insert(fork, seq, block.clone());
         Ok(block)
     }
 }

@@ -13,11 +13,12 @@ use super::records;
 use super::view::{self, Clock, MemberRecord, PathVersion, View, WriterData};
 use crate::drive::{Drive, DriveError};
 
-/// Loaded writer logs by (writer, length), with when each was last used.
+/// Loaded writer logs by (writer, fork, length), with when each was last used: a writer that
+/// truncates and appends back to the same length has other blocks at that length.
 #[derive(Debug, Default)]
 pub(super) struct Loads {
     tick: u64,
-    by_length: BTreeMap<(Key, u64), (Arc<WriterData>, u64)>,
+    by_length: BTreeMap<(Key, u64, u64), (Arc<WriterData>, u64)>,
 }
 
 /// Every writer's data, as merged into a view.
@@ -35,6 +36,9 @@ pub(super) struct Cached {
     unheld: BTreeSet<Key>,
     /// The writers' data the view was merged from (to merge only what changed next time).
     data: Merged,
+    /// Each frontier writer's fork, read just after the view was computed (a fork that lands
+    /// while computing shows at the writer's next change of length).
+    forks: BTreeMap<Key, u64>,
 }
 
 /// A merged view and what it was computed from.
@@ -51,7 +55,7 @@ pub(super) struct Computed {
 impl CoDrive {
     /// [`load`](Self::load) through the cache of loaded lengths.
     async fn load_cached(&self, d: &Drive) -> Result<Arc<WriterData>, CoDriveError> {
-        let at = (d.key(), d.version());
+        let at = (d.key(), d.db().core().fork(), d.version());
         {
             let mut loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
             loads.tick += 1;
@@ -67,16 +71,16 @@ impl CoDrive {
         let tick = loads.tick;
         loads.by_length.insert(at, (data.clone(), tick));
         loop {
-            let mine: Vec<(u64, u64)> = loads
+            let mine: Vec<(u64, (u64, u64))> = loads
                 .by_length
-                .range((at.0, 0)..=(at.0, u64::MAX))
-                .map(|((_, l), (_, used))| (*used, *l))
+                .range((at.0, 0, 0)..=(at.0, u64::MAX, u64::MAX))
+                .map(|((_, f, l), (_, used))| (*used, (*f, *l)))
                 .collect();
             if mine.len() <= LOADS_PER_WRITER {
                 break;
             }
             if let Some((_, oldest)) = mine.into_iter().min() {
-                loads.by_length.remove(&(at.0, oldest));
+                loads.by_length.remove(&(at.0, oldest.0, oldest.1));
             }
         }
         Ok(data)
@@ -140,10 +144,17 @@ impl CoDrive {
             .take()
             .map(|c| (c.computed.view, c.data));
         let (computed, unheld, data) = self.compute_at(None, previous).await?;
+        let mut forks = BTreeMap::new();
+        for (k, _) in computed.frontier.iter() {
+            if let Some(d) = self.drive(*k).await? {
+                forks.insert(*k, d.db().core().fork());
+            }
+        }
         *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(Cached {
             computed: computed.clone(),
             unheld,
             data,
+            forks,
         });
         Ok(computed)
     }
@@ -262,16 +273,23 @@ impl CoDrive {
     /// The cached view, if no writer it was computed from has changed and no writer it lacked
     /// has appeared in the store.
     async fn cached(&self) -> Result<Option<Computed>, CoDriveError> {
-        let (frontier, unheld) = {
+        let (frontier, unheld, forks) = {
             let c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             match c.as_ref() {
                 None => return Ok(None),
-                Some(c) => (c.computed.frontier.clone(), c.unheld.clone()),
+                Some(c) => (
+                    c.computed.frontier.clone(),
+                    c.unheld.clone(),
+                    c.forks.clone(),
+                ),
             }
         };
         for (k, len) in frontier.iter() {
-            let now = self.drive(*k).await?.map_or(0, |d| readable(&d));
-            if now != *len {
+            let d = self.drive(*k).await?;
+            let now = d.as_ref().map_or(0, readable);
+            // A writer that truncated and appended back to the same length has other blocks.
+            let fork = d.map(|d| d.db().core().fork());
+            if now != *len || fork != forks.get(k).copied() {
                 return Ok(None);
             }
         }

@@ -422,6 +422,11 @@ impl Core {
         }
     }
 
+    /// The fork id (see [`Info::fork`]), cheaply.
+    pub fn fork(&self) -> u64 {
+        self.log.lengths().3
+    }
+
     /// The core key (the Ed25519 public key).
     pub fn key(&self) -> Key {
         self.log.key()
