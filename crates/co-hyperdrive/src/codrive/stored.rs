@@ -297,18 +297,35 @@ impl CoDrive {
         Ok(Indexed { co: self, state })
     }
 
+    /// Calls `f` with each page of the index's entries in `start..end`, in key order (memory
+    /// bounded by a page).
+    fn scan_pages(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        mut f: impl FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), CoDriveError>,
+    ) -> Result<(), CoDriveError> {
+        let mut from = start.to_vec();
+        loop {
+            let page = self.store.index_scan(&from, end, PAGE).map_err(store_err)?;
+            let n = page.len();
+            if let Some((k, _)) = page.last() {
+                from = k.clone();
+                from.push(0);
+            }
+            f(page)?;
+            if n < PAGE {
+                return Ok(());
+            }
+        }
+    }
+
     /// Every writer's metadata in the index.
     fn index_metas(&self) -> Result<BTreeMap<Key, WriterMeta>, CoDriveError> {
         let start = tagged(&self.primary, WRITERS);
         let end = tagged(&self.primary, WRITERS + 1);
         let mut out = BTreeMap::new();
-        let mut from = start.clone();
-        loop {
-            let page = self
-                .store
-                .index_scan(&from, &end, PAGE)
-                .map_err(store_err)?;
-            let n = page.len();
+        self.scan_pages(&start, &end, |page| {
             for (k, v) in page {
                 let w: [u8; 32] = k
                     .get(start.len()..)
@@ -318,13 +335,10 @@ impl CoDrive {
                 if let Ok(m) = serde_json::from_slice::<WriterMeta>(&v) {
                     out.insert(Key(w), m);
                 }
-                from = k;
-                from.push(0);
             }
-            if n < PAGE {
-                return Ok(out);
-            }
-        }
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// Brings the index up to every writer's readable length (`crash`: tests stop it after
@@ -549,29 +563,18 @@ impl CoDrive {
             },
         )?;
         if wipe {
-            let end = tagged(&self.primary, ROWS + 1);
-            let mut from = tagged(&self.primary, ROWS);
-            loop {
-                let page = self
-                    .store
-                    .index_scan(&from, &end, PAGE)
-                    .map_err(store_err)?;
-                let n = page.len();
-                let mut ops = Vec::new();
-                for (key, _) in page {
-                    if key.ends_with(&k.0) {
-                        ops.push((key.clone(), None));
-                    }
-                    from = key;
-                    from.push(0);
+            let (start, end) = (tagged(&self.primary, ROWS), tagged(&self.primary, ROWS + 1));
+            self.scan_pages(&start, &end, |page| {
+                let ops: Vec<_> = page
+                    .into_iter()
+                    .filter(|(key, _)| key.ends_with(&k.0))
+                    .map(|(key, _)| (key, None))
+                    .collect();
+                if ops.is_empty() {
+                    return Ok(());
                 }
-                if !ops.is_empty() {
-                    commits.commit(ops)?;
-                }
-                if n < PAGE {
-                    break;
-                }
-            }
+                commits.commit(ops)
+            })?;
         }
         let data = self.load(&d.checkout(target)?).await?;
         let mut ops = Vec::new();
