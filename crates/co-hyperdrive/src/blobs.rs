@@ -146,10 +146,9 @@ impl Blobs {
             return Ok(());
         }
         self.core
-            .append_batch(&staged.blocks)
+            .append_owned(std::mem::take(staged).blocks)
             .await
             .map_err(core_err)?;
-        *staged = StagedBlobs::default();
         Ok(())
     }
 
@@ -304,14 +303,14 @@ impl BlobWriter<'_> {
         if self.full.is_empty() {
             return Ok(());
         }
-        self.blobs
-            .core
-            .append_batch(&self.full)
-            .await
-            .map_err(core_err)?;
-        self.blocks += self.full.len() as u64;
-        self.bytes += self.full.iter().map(|b| b.len() as u64).sum::<u64>();
-        self.full.clear();
+        let full = std::mem::take(&mut self.full);
+        let (blocks, bytes) = (
+            full.len() as u64,
+            full.iter().map(|b| b.len() as u64).sum::<u64>(),
+        );
+        self.blobs.core.append_owned(full).await.map_err(core_err)?;
+        self.blocks += blocks;
+        self.bytes += bytes;
         Ok(())
     }
 
@@ -320,7 +319,7 @@ impl BlobWriter<'_> {
         let blobs = self.blobs;
         let (id, pending) = self.finish_pending();
         if !pending.is_empty() {
-            blobs.core.append_batch(&pending).await.map_err(core_err)?;
+            blobs.core.append_owned(pending).await.map_err(core_err)?;
         }
         Ok(id)
     }

@@ -218,7 +218,7 @@ impl Bee {
         key: &[u8],
         value: &[u8],
         other: &Core,
-        other_blocks: &[Vec<u8>],
+        other_blocks: Vec<Vec<u8>>,
     ) -> Result<u64, BeeError> {
         let mut b = self.batch().await?;
         let seq = b.put(key, value).await?;

@@ -631,7 +631,7 @@ impl Batch {
         let out = self
             .shared
             .core
-            .append_batch(&blocks)
+            .append_owned(blocks)
             .await
             .map_err(core_err)?;
         Ok(out.length)
@@ -644,11 +644,11 @@ impl Batch {
     pub async fn flush_together(
         mut self,
         other: &Core,
-        other_blocks: &[Vec<u8>],
+        other_blocks: Vec<Vec<u8>>,
     ) -> Result<u64, BeeError> {
         if self.entries.is_empty() {
             if !other_blocks.is_empty() {
-                other.append_batch(other_blocks).await.map_err(core_err)?;
+                other.append_owned(other_blocks).await.map_err(core_err)?;
             }
             return Ok(self.shared.core.info().length);
         }
@@ -656,7 +656,7 @@ impl Batch {
         let (out, _) = self
             .shared
             .core
-            .append_together(&blocks, other, other_blocks)
+            .append_together(blocks, other, other_blocks)
             .await
             .map_err(core_err)?;
         Ok(out.length)

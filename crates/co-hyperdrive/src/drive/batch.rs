@@ -115,7 +115,7 @@ impl<'a> DriveBatch<'a> {
         let staged = Blobs::take_staged(&mut self.staged);
         let v = self
             .bee
-            .flush_together(self.drive.blobs.core(), &staged)
+            .flush_together(self.drive.blobs.core(), staged)
             .await?;
         self.drive.sync()?;
         self.drive.notify();

@@ -639,7 +639,7 @@ impl FileWriter<'_> {
                 &files_key(&self.path),
                 &entry.encode(),
                 self.drive.blobs.core(),
-                &pending,
+                pending,
             )
             .await?;
         self.drive.notify();

@@ -470,16 +470,22 @@ impl Core {
         self.append_batch([data]).await
     }
 
-    /// Appends blocks in one signed append.
+    /// Appends blocks in one signed append (copied; [`Core::append_owned`] moves them).
     pub async fn append_batch<A: AsRef<[u8]>, B: AsRef<[A]>>(
         &self,
         batch: B,
     ) -> Result<Appended, CoreError> {
+        let blocks = batch.as_ref().iter().map(|b| b.as_ref().to_vec()).collect();
+        self.append_owned(blocks).await
+    }
+
+    /// Appends blocks in one signed append, moving them into the commit.
+    pub async fn append_owned(&self, blocks: Vec<Vec<u8>>) -> Result<Appended, CoreError> {
         let w = self.live.writes.lock().await;
         if *w {
             return Err(CoreError::Closed);
         }
-        let (length, byte_length) = self.log.append(batch.as_ref())?;
+        let (length, byte_length) = self.log.append(blocks)?;
         drop(w);
         self.poke();
         Ok(Appended {
@@ -491,11 +497,11 @@ impl Core {
     /// Appends `blocks` here and `other_blocks` to `other` (a core of the same store) in one
     /// commit: after any stop, both appends are there or neither (a file's blob blocks and
     /// the entry naming them).
-    pub async fn append_together<A: AsRef<[u8]>, B: AsRef<[u8]>>(
+    pub async fn append_together(
         &self,
-        blocks: &[A],
+        blocks: Vec<Vec<u8>>,
         other: &Core,
-        other_blocks: &[B],
+        other_blocks: Vec<Vec<u8>>,
     ) -> Result<(Appended, Appended), CoreError> {
         if Arc::ptr_eq(&self.live, &other.live) {
             return Err(CoreError::Corrupted(

@@ -31,7 +31,7 @@ pub(crate) const FILE_MIN: usize = 16 * 1024;
 const DATA_DIR: &str = "data";
 
 /// A key space.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Space {
     /// Block values, keyed by core and block index.
     Blocks,
@@ -421,6 +421,32 @@ impl Kv {
     }
 }
 
+/// The database gives every item of a batch the same sequence number, so two items for one key
+/// would be ambiguous: keeps only the last op on each key. Most batches have none twice (an
+/// append's keys are new and distinct), so a hash pass finds that without sorting them.
+fn last_op_per_key(
+    ops: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
+) -> Vec<(Space, Vec<u8>, Option<Vec<u8>>)> {
+    let keep = {
+        let mut last: HashMap<(Space, &[u8]), usize> = HashMap::with_capacity(ops.len());
+        for (i, (s, k, _)) in ops.iter().enumerate() {
+            last.insert((*s, k.as_slice()), i);
+        }
+        if last.len() == ops.len() {
+            return ops;
+        }
+        let mut keep = vec![false; ops.len()];
+        for &i in last.values() {
+            keep[i] = true;
+        }
+        keep
+    };
+    ops.into_iter()
+        .zip(keep)
+        .filter_map(|(op, k)| k.then_some(op))
+        .collect()
+}
+
 impl std::fmt::Debug for DataFiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DataFiles").field("dir", &self.dir).finish()
@@ -444,11 +470,7 @@ impl Disk {
         // forgets them has committed.
         let mut freed = Vec::new();
         let mut written = BTreeSet::new();
-        // The database gives every item of a batch the same sequence number, so two items for
-        // one key would be ambiguous: the last op on each key is the one applied.
-        let ops: BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>> =
-            batch.ops.into_iter().map(|(s, k, v)| ((s, k), v)).collect();
-        for ((s, k), v) in ops {
+        for (s, k, v) in last_op_per_key(batch.ops) {
             match v {
                 Some(v) if s == Space::Blocks && v.len() >= FILE_MIN => {
                     let core = core_of(&k)?;
@@ -722,6 +744,51 @@ mod tests {
             kv.get(Space::Index, &key).unwrap().unwrap(),
             vec![16u8; 4096]
         );
+    }
+
+    /// Two ops on one key in a batch: the last one is what the store holds, in memory, on disk
+    /// and after reopening (the database would apply them in an order of its own).
+    #[test]
+    fn the_last_op_on_a_key_in_a_batch_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |kv: &Kv| {
+            assert_eq!(kv.get(Space::Meta, b"k1").unwrap().unwrap(), b"second");
+            assert_eq!(kv.get(Space::Meta, b"k2").unwrap().unwrap(), b"back");
+            assert_eq!(kv.get(Space::Meta, b"k3").unwrap(), None);
+            // The same key in another space is another record.
+            assert_eq!(kv.get(Space::Nodes, b"k1").unwrap().unwrap(), b"node");
+            // A block kept in a data file, then replaced by a small one kept in the database.
+            let (block, _) = kv.get_block(&block_key(9, 5)).unwrap().unwrap();
+            assert!(
+                block == b"small",
+                "the block of {} bytes is held",
+                block.len()
+            );
+        };
+        let batch = || {
+            let mut b = Batch::default();
+            b.put(Space::Meta, b"k2".to_vec(), b"old".to_vec());
+            b.put(Space::Meta, b"k3".to_vec(), b"gone".to_vec());
+            b.put(Space::Nodes, b"k1".to_vec(), b"node".to_vec());
+            b.put(Space::Meta, b"k1".to_vec(), b"first".to_vec());
+            b.delete(Space::Meta, b"k2".to_vec());
+            b.put(Space::Meta, b"k1".to_vec(), b"second".to_vec());
+            b.put(Space::Meta, b"k2".to_vec(), b"back".to_vec());
+            b.delete(Space::Meta, b"k3".to_vec());
+            b.put(Space::Blocks, block_key(9, 5), vec![1; FILE_MIN * 2]);
+            b.put(Space::Blocks, block_key(9, 5), b"small".to_vec());
+            b
+        };
+        let memory = Kv::memory();
+        memory.commit(batch()).unwrap();
+        check(&memory);
+        {
+            let kv = Kv::open(dir.path()).unwrap();
+            kv.commit(batch()).unwrap();
+            check(&kv);
+            kv.persist().unwrap();
+        }
+        check(&Kv::open(dir.path()).unwrap());
     }
 
     fn exercise(kv: &Kv) {

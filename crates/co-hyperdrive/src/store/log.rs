@@ -701,8 +701,9 @@ impl Log {
             .remove(index);
     }
 
-    /// Appends `blocks` in one signed batch; returns (length, byte length).
-    pub(crate) fn append<A: AsRef<[u8]>>(&self, blocks: &[A]) -> Result<(u64, u64), LogError> {
+    /// Appends `blocks` in one signed batch; returns (length, byte length). The blocks are
+    /// moved into the commit, not copied.
+    pub(crate) fn append(&self, blocks: Vec<Vec<u8>>) -> Result<(u64, u64), LogError> {
         let prepared = self.prepare_append(blocks)?;
         let mut s = self.state();
         let Some(p) = prepared else {
@@ -716,11 +717,11 @@ impl Log {
     /// Appends to two logs of one store in one batch: both or neither, whatever the moment
     /// the process stops (a file's blob blocks and the entry naming them). Returns each
     /// log's (length, byte length).
-    pub(crate) fn append_together<A: AsRef<[u8]>, B: AsRef<[u8]>>(
+    pub(crate) fn append_together(
         &self,
-        blocks: &[A],
+        blocks: Vec<Vec<u8>>,
         other: &Log,
-        other_blocks: &[B],
+        other_blocks: Vec<Vec<u8>>,
     ) -> Result<(Lengths, Lengths), LogError> {
         if !Arc::ptr_eq(&self.kv, &other.kv) || self.key == other.key {
             return Err(LogError::Corrupted(
@@ -761,7 +762,7 @@ impl Log {
     /// The batch of a signed append of `blocks`, and the state it leaves; `None` for no blocks.
     /// Our writes are serialized above (one writer per core), so the state read here is still
     /// the state when the batch commits.
-    fn prepare_append<A: AsRef<[u8]>>(&self, blocks: &[A]) -> Result<Option<Prepared>, LogError> {
+    fn prepare_append(&self, blocks: Vec<Vec<u8>>) -> Result<Option<Prepared>, LogError> {
         let secret = self.secret.as_ref().ok_or(LogError::NotWritable)?;
         if blocks.is_empty() {
             return Ok(None);
@@ -769,18 +770,18 @@ impl Log {
         let s = self.state().clone();
         let mut next = s.clone();
         let mut b = Batch::default();
-        let hashes = merkle::leaf_hashes(blocks);
-        for (block, hash) in blocks.iter().zip(hashes) {
-            let block = block.as_ref();
+        let hashes = merkle::leaf_hashes(&blocks);
+        for (block, hash) in blocks.into_iter().zip(hashes) {
+            let size = block.len() as u64;
             let leaf = Node {
                 index: 2 * next.length,
-                size: block.len() as u64,
+                size,
                 hash,
             };
             b.put(
                 Space::Blocks,
                 record_key(&self.key, &next.length.to_be_bytes()),
-                block.to_vec(),
+                block,
             );
             b.put(
                 Space::Nodes,
@@ -805,7 +806,7 @@ impl Log {
                 next.roots.push(p);
             }
             next.length += 1;
-            next.byte_length += block.len() as u64;
+            next.byte_length += size;
         }
         next.signature = self
             .verifier()
@@ -1464,7 +1465,7 @@ mod tests {
             .unwrap()
             .unwrap();
         for i in 0..n {
-            log.append(&[format!("block {i}").into_bytes()]).unwrap();
+            log.append(vec![format!("block {i}").into_bytes()]).unwrap();
         }
         log
     }
@@ -1521,7 +1522,7 @@ mod tests {
             assert_eq!(r.state().length, n);
             w.truncate(keep).unwrap();
             for i in keep..keep + add {
-                w.append(&[format!("new {i}").into_bytes()]).unwrap();
+                w.append(vec![format!("new {i}").into_bytes()]).unwrap();
             }
             // A proof of the old fork no longer fits the writer; the writer's new one is
             // followed.
@@ -1605,7 +1606,11 @@ mod tests {
         };
         let (blobs, db) = (open(1), open(2));
         let (a, b) = blobs
-            .append_together(&[b"blob 0", b"blob 1"], &db, &[b"entry 0"])
+            .append_together(
+                vec![b"blob 0".to_vec(), b"blob 1".to_vec()],
+                &db,
+                vec![b"entry 0".to_vec()],
+            )
             .unwrap();
         assert_eq!((a.0, b.0), (2, 1));
         // A commit that fails leaves both logs as they were, in memory and in the store.
@@ -1614,7 +1619,7 @@ mod tests {
         };
         f.off.store(false, Ordering::Relaxed);
         assert!(blobs
-            .append_together(&[b"blob 2"], &db, &[b"entry 1"])
+            .append_together(vec![b"blob 2".to_vec()], &db, vec![b"entry 1".to_vec()])
             .is_err());
         f.off.store(true, Ordering::Relaxed);
         assert_eq!((blobs.lengths().0, db.lengths().0), (2, 1));
@@ -1627,22 +1632,26 @@ mod tests {
         }
         // Then both go on from there.
         let (a, b) = blobs
-            .append_together(&[b"blob 2"], &db, &[b"entry 1"])
+            .append_together(vec![b"blob 2".to_vec()], &db, vec![b"entry 1".to_vec()])
             .unwrap();
         assert_eq!((a.0, b.0), (3, 2));
         assert_eq!(db.get(1).unwrap().unwrap(), b"entry 1");
         assert_eq!(blobs.get(2).unwrap().unwrap(), b"blob 2");
         // Two handles of one log, or logs of two stores, are refused.
-        assert!(blobs.append_together(&[b"x"], &blobs, &[b"y"]).is_err());
+        assert!(blobs
+            .append_together(vec![b"x".to_vec()], &blobs, vec![b"y".to_vec()])
+            .is_err());
         let elsewhere = writer(&Arc::new(Kv::memory()), 0);
-        assert!(blobs.append_together(&[b"x"], &elsewhere, &[b"y"]).is_err());
+        assert!(blobs
+            .append_together(vec![b"x".to_vec()], &elsewhere, vec![b"y".to_vec()])
+            .is_err());
     }
 
     #[test]
     fn append_reopen_and_replicate() {
         let kv = Arc::new(Kv::memory());
         let w = writer(&kv, 13);
-        w.append(&[b"a".to_vec(), b"bb".to_vec(), b"ccc".to_vec()])
+        w.append(vec![b"a".to_vec(), b"bb".to_vec(), b"ccc".to_vec()])
             .unwrap();
         assert_eq!(w.lengths().0, 16);
         // The tree equals the plain model's.
@@ -1846,7 +1855,7 @@ mod tests {
             .unwrap()
             .unwrap();
         for i in 0..5u8 {
-            w.append(&[vec![i; 10]]).unwrap();
+            w.append(vec![vec![i; 10]]).unwrap();
         }
         // Its signature is a multisignature over the 112-byte signable, not compat.
         assert!(w.state().signature.len() > 64);
@@ -1855,7 +1864,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(again.manifest(), Some(m.clone()));
-        again.append(&[b"more".to_vec()]).unwrap();
+        again.append(vec![b"more".to_vec()]).unwrap();
 
         let rkv = Arc::new(Kv::memory());
         let r = Log::open(rkv.clone(), key, None, None, true)
@@ -1900,7 +1909,7 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        bw.append(&[b"blob".to_vec()]).unwrap();
+        bw.append(vec![b"blob".to_vec()]).unwrap();
         let br = Log::open(Arc::new(Kv::memory()), bkey, None, Some(blobs_m), true)
             .unwrap()
             .unwrap();
