@@ -130,6 +130,10 @@ async fn the_current_version_answers_from_the_index() {
     let (a, kb) = drive(&store).await;
     let ka = a.key();
     let n = |s: &str, t: &str| (s.to_string(), t.to_string());
+    // Read from the index on disk, not merged in memory; a past version from a checkout.
+    assert!(matches!(shown(&a, None).await, Ok(Shown::Now(_))));
+    let at = a.version().await.expect("version").to_string();
+    assert!(matches!(shown(&a, Some(&at)).await, Ok(Shown::At(_))));
 
     // A folder's listing: its files, a conflicted delete, each subfolder once; no plain delete.
     let g = get(&a, "/docs/", true).await;
