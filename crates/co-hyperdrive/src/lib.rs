@@ -48,7 +48,7 @@ pub use cohd_format as format;
 pub use bee::{Bee, BeeEntry, BeeError, Range};
 pub use blobs::{BlobError, BlobWriter, Blobs};
 pub use codrive::{
-    records, view, Cleared, CoBatch, CoDrive, CoDriveError, CoEntry, CoFileWriter, Frontier,
+    records, view, Child, Cleared, CoBatch, CoDrive, CoDriveError, CoEntry, CoFileWriter, Frontier,
     FrontierError, Indexed, PathVersion, Snapshot, View, Watch,
 };
 pub use drive::{

@@ -25,6 +25,6 @@ pub use batch::{CoBatch, CoFileWriter};
 pub use frontier::{Frontier, FrontierError};
 pub use open::{CoDrive, CoDriveError};
 pub use snapshot::{Cleared, CoEntry, Snapshot};
-pub use stored::Indexed;
+pub use stored::{Child, Indexed};
 pub use view::{PathVersion, View};
 pub use watch::Watch;

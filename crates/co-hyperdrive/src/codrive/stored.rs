@@ -711,6 +711,26 @@ impl<'c> Groups<'c> {
     }
 }
 
+/// What is directly in a folder, from [`Indexed::for_each_child`].
+// Handed to a callback one at a time, not kept in bulk: a box per file would cost more.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Child {
+    /// A path directly in the folder that a writer that counts has a version of; its winner may
+    /// be a delete (with concurrent versions, or not).
+    File {
+        /// The name in the folder.
+        name: String,
+        /// The path's winner and concurrent versions.
+        resolved: Resolved,
+    },
+    /// A subfolder that holds a visible file, at any depth.
+    Folder {
+        /// The name in the folder.
+        name: String,
+    },
+}
+
 /// The merged view as the index on disk holds it, from [`CoDrive::indexed`]: lookups read one
 /// path's rows, listings stream, and memory stays bounded whatever the drive's size.
 #[derive(Debug)]
@@ -821,37 +841,75 @@ impl Indexed<'_> {
         Ok(out)
     }
 
+    /// Calls `f` with what is directly in `folder`, in path order: each path in it that a writer
+    /// that counts has a version of (deletes included), and each subfolder that holds a visible
+    /// file, at the place of its first one. A subfolder's rows are read until its first visible
+    /// file only, so the cost follows the folder's own size, not its subfolders'.
+    pub fn for_each_child<E: From<CoDriveError>>(
+        &self,
+        folder: &str,
+        mut f: impl FnMut(Child) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let fo = path::folder(folder);
+        let mut g = Groups::new(self.co, folder_rows(&self.co.primary, &fo));
+        while let Some((p, vs)) = g.next()? {
+            let Some(r) = self.resolve(vs) else {
+                continue;
+            };
+            let rest = &p[fo.len() + 1..];
+            match rest.split_once('/') {
+                None => f(Child::File {
+                    name: rest.to_string(),
+                    resolved: r,
+                })?,
+                Some((name, _)) if r.winner.entry.is_some() => {
+                    let name = name.to_string();
+                    // Listed: skip the rest of the subfolder (`name/` < `name0`).
+                    g.seek(seek_key(&self.co.primary, &format!("{fo}/{name}0")));
+                    f(Child::Folder { name })?;
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Names directly in `folder`: its visible files and the subfolders that hold visible
     /// files, in path order (as [`Snapshot::readdir`]). A subfolder's rows are read until its
     /// first visible file only.
     ///
     /// [`Snapshot::readdir`]: super::Snapshot::readdir
     pub fn readdir(&self, folder: &str) -> Result<Vec<String>, CoDriveError> {
-        let f = path::folder(folder);
-        let mut g = Groups::new(self.co, folder_rows(&self.co.primary, &f));
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
-        while let Some((p, vs)) = g.next()? {
-            let rest = &p[f.len() + 1..];
-            let (name, sub) = match rest.split_once('/') {
-                Some((n, _)) => (n, true),
-                None => (rest, false),
+        self.for_each_child(folder, |c| {
+            let name = match c {
+                Child::File { name, resolved } if resolved.winner.entry.is_some() => name,
+                Child::Folder { name } => name,
+                Child::File { .. } => return Ok::<_, CoDriveError>(()),
             };
-            if sub && seen.contains(name) {
-                // Listed already: skip the rest of the subfolder (`name/` < `name0`).
-                g.seek(seek_key(&self.co.primary, &format!("{f}/{name}0")));
-                continue;
+            // A file and a subfolder may share a name (two writers): named once.
+            if seen.insert(name.clone()) {
+                out.push(name);
             }
-            if self.resolve(vs).is_some_and(|r| r.winner.entry.is_some())
-                && seen.insert(name.to_string())
-            {
-                out.push(name.to_string());
-                if sub {
-                    g.seek(seek_key(&self.co.primary, &format!("{f}/{name}0")));
-                }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Whether `folder` holds a visible file, at any depth (the root: whether the drive shows
+    /// any). Reads rows until the first visible file.
+    pub fn is_folder(&self, folder: &str) -> Result<bool, CoDriveError> {
+        let mut g = Groups::new(
+            self.co,
+            folder_rows(&self.co.primary, &path::folder(folder)),
+        );
+        while let Some((_, vs)) = g.next()? {
+            if self.resolve(vs).is_some_and(|r| r.winner.entry.is_some()) {
+                return Ok(true);
             }
         }
-        Ok(out)
+        Ok(false)
     }
 
     /// The whole view, materialized (O(files): for callers that need all of it at once).

@@ -7,7 +7,7 @@
 use proptest::prelude::*;
 
 use super::stored::Crash;
-use super::{CoDrive, CoDriveError, Snapshot};
+use super::{Child, CoDrive, CoDriveError, Snapshot, View};
 use crate::drive::PutOptions;
 use crate::store::Store;
 
@@ -81,15 +81,52 @@ async fn check(co: &CoDrive) -> Result<(), CoDriveError> {
         assert_eq!(idx.resolved(p)?.as_ref(), full.view().paths.get(p));
         assert_eq!(idx.stat(p)?, full.stat(p)?);
     }
-    for f in ["/", "/a", "/a/y", "/nothing"] {
+    for f in ["/", "/a", "/a/y", "/a/x", "/nothing"] {
         assert_eq!(idx.readdir(f)?, full.readdir(f), "readdir {f}");
         assert_eq!(idx.list(f)?, full.list(f), "list {f}");
+        assert_eq!(
+            idx.is_folder(f)?,
+            !full.readdir(f).is_empty(),
+            "is_folder {f}"
+        );
+        let mut children = Vec::new();
+        idx.for_each_child(f, |c| {
+            children.push(c);
+            Ok::<_, CoDriveError>(())
+        })?;
+        assert_eq!(children, children_of(full.view(), f), "children {f}");
     }
     // What download and clear act on (a folder, a file, nothing).
     for p in ["/", "/a", PATHS[0], "/nothing"] {
         assert_eq!(idx.content_under(p)?, full.content_under(p)?, "content {p}");
     }
     Ok(())
+}
+
+/// What is directly in `folder` by the full merge: every resolved path in it, and each subfolder
+/// that holds a visible file, at its first one.
+fn children_of(v: &View, folder: &str) -> Vec<Child> {
+    let f = crate::format::path::folder(folder);
+    let mut out = Vec::new();
+    let mut last: Option<String> = None;
+    for (p, r) in v.paths.range(format!("{f}/")..format!("{f}0")) {
+        let rest = &p[f.len() + 1..];
+        match rest.split_once('/') {
+            None => out.push(Child::File {
+                name: rest.to_string(),
+                resolved: r.clone(),
+            }),
+            Some((name, _)) => {
+                if r.winner.entry.is_some() && last.as_deref() != Some(name) {
+                    last = Some(name.to_string());
+                    out.push(Child::Folder {
+                        name: name.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Writes `p` through a batch on the index, and checks that the version's clock is what a batch

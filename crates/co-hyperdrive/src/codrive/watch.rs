@@ -2,8 +2,10 @@
 //!
 //! It listens to the length of the db core of every writer the view names (current and removed,
 //! and any other writer the records mention that the store holds), local appends and data from
-//! peers alike. After each change it recomputes the version, and starts listening to writers the
-//! new view names, so a writer authorized after the watch began is followed too. A writer the
+//! peers alike. After each change it brings the index on disk forward (from the blocks appended
+//! since, see [`stored`](super::stored): O(new blocks), not a merge of every file) and reads the
+//! version and the writer set from it; it starts listening to writers the index now names, so a
+//! writer authorized after the watch began is followed too. A writer the
 //! view names whose core the store does not hold yet has nothing to listen to: while there is
 //! one, the watch also looks again every [`POLL`].
 
@@ -15,8 +17,8 @@ use futures::Stream;
 use tokio::sync::watch;
 
 use super::frontier::Frontier;
-use super::index::Computed;
 use super::open::{CoDrive, CoDriveError};
+use super::stored::IndexState;
 use crate::drive::DriveError;
 use crate::store::{Core, StoreError};
 
@@ -93,9 +95,9 @@ impl CoDrive {
             poll: false,
             last: Frontier::default(),
         };
-        // Listen first, then compute: a change in between is then seen by `next`.
+        // Listen first, then read the version: a change in between is then seen by `next`.
         w.follow([self.key(), self.local_key()]).await?;
-        let c = self.compute().await?;
+        let c = self.refresh_index(None).await?;
         w.learn(&c).await?;
         w.last = c.frontier;
         Ok(w)
@@ -111,14 +113,14 @@ impl<'a> Watch<'a> {
     /// Waits until the version differs from the last one reported and returns it.
     pub async fn next(&mut self) -> Result<Frontier, CoDriveError> {
         loop {
-            let c = self.co.compute().await?;
+            let c = self.co.refresh_index(None).await?;
             let added = self.learn(&c).await?;
             if c.frontier != self.last {
                 self.last = c.frontier.clone();
                 return Ok(c.frontier);
             }
             if added {
-                // New writers' cores were not listened to while computing: look once more.
+                // New writers' cores were not listened to while refreshing: look once more.
                 continue;
             }
             self.wait().await;
@@ -135,13 +137,13 @@ impl<'a> Watch<'a> {
 
     /// Listens to every writer `c` names that is not listened to yet; returns whether any was
     /// added.
-    async fn learn(&mut self, c: &Computed) -> Result<bool, CoDriveError> {
+    async fn learn(&mut self, c: &IndexState) -> Result<bool, CoDriveError> {
         let keys: Vec<Key> = c
             .frontier
             .iter()
             .map(|(k, _)| *k)
-            .chain(c.view.writers.keys().copied())
-            .chain(c.view.removed.keys().copied())
+            .chain(c.writers.keys().copied())
+            .chain(c.removed.keys().copied())
             .collect();
         let (added, unheld) = self.follow(keys).await?;
         self.poll = unheld;
@@ -182,5 +184,53 @@ impl<'a> Watch<'a> {
     /// Waits for any listened core to change (or for [`POLL`], when polling).
     async fn wait(&mut self) {
         self.subs.changed(self.poll.then_some(POLL)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn merged(co: &CoDrive) -> bool {
+        co.cache.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// A watch reads versions from the index, which it brings forward from the new blocks: it
+    /// never merges every writer's files in memory (the full merge caches its view, so a watch
+    /// that computed one leaves it behind), and what it reports is the full merge's version.
+    #[tokio::test]
+    async fn a_watch_reports_versions_from_the_index_without_a_full_merge() {
+        let store = Store::memory();
+        let a = CoDrive::create(&store, "a").await.unwrap();
+        let b = CoDrive::open(&store, a.key(), "b").await.unwrap();
+        a.authorize(b.local_key()).await.unwrap();
+        a.put("/start", b"s").await.unwrap();
+        // Whatever the writes above computed is forgotten.
+        *a.cache.lock().unwrap_or_else(|e| e.into_inner()) = None;
+
+        let mut w = a.watch().await.unwrap();
+        let before = b.own().version();
+        let (f, ()) = tokio::join!(
+            async {
+                loop {
+                    let f = tokio::time::timeout(Duration::from_secs(10), w.next())
+                        .await
+                        .expect("the watch reported nothing")
+                        .unwrap();
+                    if f.get(&b.local_key()) > before {
+                        return f;
+                    }
+                }
+            },
+            async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                b.put("/b", b"b").await.unwrap();
+            }
+        );
+        assert!(!merged(&a), "the watch computed the full merge");
+        assert_eq!(f.get(&b.local_key()), b.own().version());
+        assert_eq!(f, a.version().await.unwrap());
+        assert!(merged(&a));
     }
 }

@@ -8,11 +8,15 @@
 //! `?writer=KEY` picks one writer's version of a conflicted path, as `cat --writer` does.
 //! Content this store lacks is fetched from connected peers as it is read.
 //!
-//! This is the top layer: hyper parses HTTP, [`request`] checks what it asks for, [`page`]
-//! renders listings; the library knows nothing of HTTP.
+//! This is the top layer: hyper parses HTTP, [`request`] checks what it asks for, [`shown`] reads
+//! the version asked for (the current one from the index on disk, so a request costs the same
+//! whatever the drive's size), [`page`] renders listings; the library knows nothing of HTTP.
 
 mod page;
 mod request;
+mod shown;
+#[cfg(test)]
+mod tests;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,7 +27,7 @@ use anyhow::{Context, Result};
 use co_hyperdrive::format::{path, BlobId, Entry, Key};
 use co_hyperdrive::BlobError;
 use co_hyperdrive::DriveError;
-use co_hyperdrive::{CoDrive, CoDriveError, Frontier, Snapshot};
+use co_hyperdrive::{Child, CoDrive, CoDriveError, Frontier};
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
@@ -37,6 +41,7 @@ use tokio::task::JoinSet;
 use crate::cmd::{pick_version, Pick};
 use page::{Listing, Row};
 use request::{BadRequest, Range};
+use shown::Shown;
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 256;
@@ -190,17 +195,16 @@ fn set(r: &mut Response<Body>, name: header::HeaderName, value: &str) {
     }
 }
 
-fn header_of(req: &Request<Incoming>, name: header::HeaderName) -> Option<&[u8]> {
+fn header_of<B>(req: &Request<B>, name: header::HeaderName) -> Option<&[u8]> {
     req.headers().get(name).map(HeaderValue::as_bytes)
 }
 
-async fn answer(co: &Arc<CoDrive>, req: &Request<Incoming>) -> Result<Response<Body>, Failure> {
+async fn answer<B>(co: &Arc<CoDrive>, req: &Request<B>) -> Result<Response<Body>, Failure> {
     let target = request::target(req.uri().path())?;
     let query = request::query(req.uri().query())?;
-    let snap = snapshot(co, query.at.as_deref()).await?;
+    let snap = shown(co, query.at.as_deref()).await?;
     let p = target.path.as_str();
-    let view = snap.view();
-    let is_folder = p == "/" || !snap.readdir(p).is_empty();
+    let is_folder = p == "/" || snap.is_folder(p)?;
     let redirect = |to: String| {
         let q = req
             .uri()
@@ -218,7 +222,7 @@ async fn answer(co: &Arc<CoDrive>, req: &Request<Incoming>) -> Result<Response<B
     };
     if let Some(w) = &query.writer {
         // One writer's version of a path, even one whose winner is a delete.
-        let Some(r) = view.paths.get(p) else {
+        let Some(r) = snap.resolved(p)? else {
             return Err(Failure::not_found(p));
         };
         let versions = if r.conflicts.is_empty() {
@@ -263,7 +267,7 @@ async fn answer(co: &Arc<CoDrive>, req: &Request<Incoming>) -> Result<Response<B
     }
     if target.slash {
         if is_folder {
-            return Ok(listing(req, &snap, p, query.at.is_some()));
+            return listing(req, &snap, p, query.at.is_some());
         }
         if snap.entry(p).map_err(Failure::from)?.is_some() {
             return redirect(p.to_string());
@@ -274,8 +278,12 @@ async fn answer(co: &Arc<CoDrive>, req: &Request<Incoming>) -> Result<Response<B
         // Typed by the file a link leads to: its name says what the content is.
         Ok(Some(e)) => return file(co, req, &e.path, e.writer, e.seq, &e.entry).await,
         Ok(None) => {}
-        // Too many links: the drive's content is at fault, not the request.
-        Err(e) => return Err(Failure::new(StatusCode::NOT_FOUND, e.to_string())),
+        // Too many links, or a link to no file: the drive's content is at fault, not the
+        // request.
+        Err(e @ CoDriveError::Drive(DriveError::Symlink(_) | DriveError::Path(_))) => {
+            return Err(Failure::new(StatusCode::NOT_FOUND, e.to_string()))
+        }
+        Err(e) => return Err(e.into()),
     }
     if is_folder {
         return redirect(format!("{p}/"));
@@ -288,7 +296,7 @@ async fn answer(co: &Arc<CoDrive>, req: &Request<Incoming>) -> Result<Response<B
             } else {
                 format!("{p}/{l}")
             });
-            if to == "/" || !snap.readdir(&to).is_empty() {
+            if to == "/" || snap.is_folder(&to)? {
                 let to = if to == "/" { to } else { format!("{to}/") };
                 let mut r = Response::new(empty());
                 *r.status_mut() = StatusCode::FOUND;
@@ -300,10 +308,10 @@ async fn answer(co: &Arc<CoDrive>, req: &Request<Incoming>) -> Result<Response<B
     Err(Failure::not_found(p))
 }
 
-/// The view asked for: `?at=` (a past version) or the current one.
-async fn snapshot<'c>(co: &'c CoDrive, at: Option<&str>) -> Result<Snapshot<'c>, Failure> {
+/// The view asked for: `?at=` (a past version) or the current one (from the index on disk).
+async fn shown<'c>(co: &'c CoDrive, at: Option<&str>) -> Result<Shown<'c>, Failure> {
     let snap = match at {
-        None => co.snapshot().await?,
+        None => Shown::Now(co.indexed().await?),
         Some(at) => {
             // A time (`2026-12-06T10:00:00Z`, or a date for its end) or a version, as `--at`.
             let version: Frontier = match crate::output::parse_utc(at) {
@@ -325,7 +333,7 @@ async fn snapshot<'c>(co: &'c CoDrive, at: Option<&str>) -> Result<Snapshot<'c>,
                     )
                 })?,
             };
-            co.checkout(&version).await?
+            Shown::At(co.checkout(&version).await?)
         }
     };
     if snap.missing().contains(&co.key()) {
@@ -339,43 +347,29 @@ async fn snapshot<'c>(co: &'c CoDrive, at: Option<&str>) -> Result<Snapshot<'c>,
     Ok(snap)
 }
 
-/// A folder's listing, from one pass over the paths below it.
-fn listing(
-    req: &Request<Incoming>,
-    snap: &Snapshot<'_>,
+/// A folder's listing, from one pass over what it holds (a subfolder's paths are read to its
+/// first visible file only).
+fn listing<B>(
+    req: &Request<B>,
+    snap: &Shown<'_>,
     folder: &str,
     pinned: bool,
-) -> Response<Body> {
+) -> Result<Response<Body>, Failure> {
     let f = path::folder(folder);
     let mut rows = Vec::new();
-    let mut last_folder: Option<&str> = None;
-    for (p, r) in snap.view().paths.range(format!("{f}/")..format!("{f}0")) {
-        let rest = &p[f.len() + 1..];
-        match rest.split_once('/') {
-            Some((name, _)) => {
-                // Paths are sorted, so a folder's paths are together; only visible files count.
-                if r.winner.entry.is_some() && last_folder != Some(name) {
-                    last_folder = Some(name);
-                    rows.push(Row::Folder {
-                        name: name.to_string(),
-                    });
-                }
-            }
-            None => {
-                if r.winner.entry.is_none() && r.conflicts.is_empty() {
-                    continue;
-                }
-                rows.push(Row::File {
-                    name: rest.to_string(),
-                    writer: r.winner.writer,
-                    seq: r.winner.seq,
-                    time: r.winner.time,
-                    entry: r.winner.entry.clone().map(Box::new),
-                    conflicts: r.conflicts.clone(),
-                });
-            }
-        }
-    }
+    snap.for_each_child(&f, |c| match c {
+        Child::Folder { name } => rows.push(Row::Folder { name }),
+        // A path deleted without conflict is not shown; a conflicted delete is.
+        Child::File { resolved: r, .. } if r.winner.entry.is_none() && r.conflicts.is_empty() => {}
+        Child::File { name, resolved: r } => rows.push(Row::File {
+            name,
+            writer: r.winner.writer,
+            seq: r.winner.seq,
+            time: r.winner.time,
+            entry: r.winner.entry.map(Box::new),
+            conflicts: r.conflicts,
+        }),
+    })?;
     let l = Listing {
         folder: if f.is_empty() { "/".into() } else { f },
         version: snap.version().to_string(),
@@ -402,11 +396,11 @@ fn listing(
     );
     if request::none_match(header_of(req, header::IF_NONE_MATCH), &etag) {
         *r.status_mut() = StatusCode::NOT_MODIFIED;
-        return r;
+        return Ok(r);
     }
     set(&mut r, header::CONTENT_TYPE, ctype);
     *r.body_mut() = full(body);
-    r
+    Ok(r)
 }
 
 /// A listing's ETag: 128 bits of BLAKE2b over its bytes (quoted; a `l` tells it from a file's).
@@ -417,9 +411,9 @@ fn listing_etag(body: &[u8]) -> String {
 }
 
 /// Sends one version of a file: whole, a range of it, or "not modified".
-async fn file(
+async fn file<B>(
     co: &Arc<CoDrive>,
-    req: &Request<Incoming>,
+    req: &Request<B>,
     shown: &str,
     writer: Key,
     seq: u64,
