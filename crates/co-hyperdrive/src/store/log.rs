@@ -163,7 +163,9 @@ pub(crate) struct Log {
     key: Key,
     secret: Option<SigningKey>,
     /// How signatures are checked and made: from the stored manifest, else compat.
-    verifier: Mutex<Option<manifest::Verifier>>,
+    verifier: Mutex<Option<Arc<manifest::Verifier>>>,
+    /// The compat verifier, built once (used while no manifest is known).
+    compat: std::sync::OnceLock<Arc<manifest::Verifier>>,
     state: Mutex<State>,
     /// Blocks whose stored copy was hashed since the store opened (appended, received with a
     /// proof, or read and checked): later reads rely on the database's own checksums.
@@ -448,7 +450,8 @@ impl Log {
             kv,
             key,
             secret,
-            verifier: Mutex::new(verifier),
+            verifier: Mutex::new(verifier.map(Arc::new)),
+            compat: std::sync::OnceLock::new(),
             state: Mutex::default(),
             checked: Mutex::default(),
         };
@@ -563,12 +566,12 @@ impl Log {
             verifier.manifest().encode(),
         );
         self.kv.commit(b)?;
-        *v = Some(verifier);
+        *v = Some(Arc::new(verifier));
         Ok(())
     }
 
     /// The verifier signatures are checked with: the manifest's, else compat.
-    fn verifier(&self) -> Result<manifest::Verifier, String> {
+    fn verifier(&self) -> Result<Arc<manifest::Verifier>, String> {
         if let Some(v) = self
             .verifier
             .lock()
@@ -577,8 +580,12 @@ impl Log {
         {
             return Ok(v.clone());
         }
-        manifest::Verifier::new(self.key.0, compat_manifest(&self.key))
-            .map_err(|e| format!("its manifest is not known: {e}"))
+        if let Some(v) = self.compat.get() {
+            return Ok(v.clone());
+        }
+        let v = manifest::Verifier::new(self.key.0, compat_manifest(&self.key))
+            .map_err(|e| format!("its manifest is not known: {e}"))?;
+        Ok(self.compat.get_or_init(|| Arc::new(v)).clone())
     }
 
     /// Whether `kv` holds core `key`.
@@ -620,7 +627,7 @@ impl Log {
         fork: u64,
         signature: &[u8],
     ) -> Result<(), String> {
-        self.check_with(&self.verifier()?, roots, length, fork, signature)
+        self.check_with(&*self.verifier()?, roots, length, fork, signature)
     }
 
     fn check_with(
@@ -767,8 +774,8 @@ impl Log {
         if blocks.is_empty() {
             return Ok(None);
         }
-        let s = self.state().clone();
-        let mut next = s.clone();
+        let mut next = self.state().clone();
+        let start = next.length;
         let mut b = Batch::default();
         let hashes = merkle::leaf_hashes(&blocks);
         for (block, hash) in blocks.into_iter().zip(hashes) {
@@ -818,7 +825,7 @@ impl Log {
                 next.fork,
             )
             .map_err(|e| LogError::Corrupted(format!("cannot sign: {e}")))?;
-        next.add(s.length..next.length);
+        next.add(start..next.length);
         next.note_signed(next.length);
         self.write_state(&mut b, &next, true);
         b.own_blocks();
@@ -1080,7 +1087,7 @@ impl Log {
             .ok_or_else(|| LogError::Invalid("a fork proof without its upgrade".into()))?;
         let new_manifest = self.manifest_of(p)?;
         let verifier = match &new_manifest {
-            Some(v) => v.clone(),
+            Some(v) => Arc::new(v.clone()),
             None => self.verifier().map_err(LogError::Invalid)?,
         };
         let sig = u.signature.as_deref().unwrap_or_default();
@@ -1177,7 +1184,7 @@ impl Log {
             .cut(shared);
         **s = next;
         if let Some(v) = new_manifest {
-            *self.verifier.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+            *self.verifier.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(v));
         }
         Ok(())
     }
@@ -1269,7 +1276,7 @@ impl Log {
         self.put_manifest(&mut staged.batch, new_manifest.as_ref());
         self.commit_staged(s, staged)?;
         if let Some(v) = new_manifest {
-            *self.verifier.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+            *self.verifier.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(v));
         }
         Ok(true)
     }
@@ -1331,7 +1338,7 @@ impl Log {
                 .ok_or_else(|| LogError::Invalid("an upgrade without its signature".into()))?;
             let sig = u.signature.as_deref().unwrap_or_default();
             let verifier = match manifest {
-                Some(v) => v.clone(),
+                Some(v) => Arc::new(v.clone()),
                 None => self.verifier().map_err(LogError::Invalid)?,
             };
             self.check_with(&verifier, &roots, length, p.fork, sig)
