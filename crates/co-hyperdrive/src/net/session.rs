@@ -740,8 +740,13 @@ impl Replicator {
             match a {
                 Action::Send(msgs) => {
                     for mut m in msgs {
-                        if let Message::Request { block: Some(b), .. } = &mut m {
-                            b.nodes = core.missing_nodes(b.index).await;
+                        if let Message::Request {
+                            id, block: Some(b), ..
+                        } = &mut m
+                        {
+                            // Nodes that answers in flight bring are not asked for again.
+                            b.nodes = core.missing_nodes_beside(b.index, |n| peer.coming(n));
+                            peer.expect(*id, b.index, b.nodes);
                         }
                         out.push(ch, m)?;
                     }
@@ -792,15 +797,21 @@ impl Replicator {
                             proofs.push(p);
                         }
                     }
-                    let blocks: Vec<bool> = proofs.iter().map(|p| p.block.is_some()).collect();
-                    let (applied, outcome) = core.apply_proofs(proofs).await;
-                    let received = blocks[..applied.min(blocks.len())]
+                    let blocks: Vec<Option<u64>> = proofs
                         .iter()
-                        .filter(|&&b| b)
-                        .count();
-                    self.inner
-                        .received
-                        .fetch_add(received as u64, Ordering::Relaxed);
+                        .map(|p| p.block.as_ref().map(|b| b.index))
+                        .collect();
+                    let (applied, outcome) = core.apply_proofs(proofs).await;
+                    let mut received = 0;
+                    for i in blocks[..applied.min(blocks.len())].iter().flatten() {
+                        if core.has(*i) {
+                            received += 1;
+                        } else {
+                            // A proof that stored nothing (see `Peer::expect`).
+                            peer.not_stored(*i);
+                        }
+                    }
+                    self.inner.received.fetch_add(received, Ordering::Relaxed);
                     match outcome {
                         Ok(true) => {}
                         Ok(false) => {

@@ -191,6 +191,14 @@ fn record_key(key: &Key, tail: &[u8]) -> Vec<u8> {
     k
 }
 
+/// A tree node's record key, on the stack (lookups need no allocation).
+fn node_key(key: &Key, index: u64) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..32].copy_from_slice(&key.0);
+    k[32..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
 fn encode_node(n: &Node) -> Vec<u8> {
     let mut v = Vec::with_capacity(40);
     v.extend_from_slice(&n.size.to_le_bytes());
@@ -640,7 +648,7 @@ impl Log {
 
     fn node(&self, index: u64) -> Result<Option<Node>, LogError> {
         self.kv
-            .get(Space::Nodes, &record_key(&self.key, &index.to_be_bytes()))?
+            .get(Space::Nodes, &node_key(&self.key, index))?
             .map(|v| decode_node(index, &v))
             .transpose()
     }
@@ -882,13 +890,20 @@ impl Log {
 
     /// How many nodes above block `index`'s leaf we lack.
     pub(crate) fn missing_nodes(&self, index: u64) -> u64 {
+        self.missing_nodes_beside(index, |_| false)
+    }
+
+    /// How many nodes above block `index`'s leaf we lack, short of those `coming` names.
+    pub(crate) fn missing_nodes_beside(&self, index: u64, coming: impl Fn(u64) -> bool) -> u64 {
         let length = self.state().length;
         proof::missing_nodes(index, length, |i| {
-            self.kv
-                .get(Space::Nodes, &record_key(&self.key, &i.to_be_bytes()))
-                .ok()
-                .flatten()
-                .is_some()
+            coming(i)
+                || self
+                    .kv
+                    .get(Space::Nodes, &node_key(&self.key, i))
+                    .ok()
+                    .flatten()
+                    .is_some()
         })
     }
 
