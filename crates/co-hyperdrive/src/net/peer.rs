@@ -182,8 +182,9 @@ pub(crate) struct Peer {
     /// Tree nodes the answers to our block requests in flight bring (flat index -> how many
     /// of them), and which each request brings: a block requested behind them asks only for
     /// the nodes above its leaf that neither we nor they hold (see [`Peer::expect`]).
-    coming: HashMap<u64, u32>,
-    coming_by_request: HashMap<u64, Vec<u64>>,
+    /// (Ordered maps: a few hundred small keys, cheaper than hashing them.)
+    coming: BTreeMap<u64, u32>,
+    coming_by_request: BTreeMap<u64, Vec<u64>>,
 }
 
 /// Announce a grown contiguous prefix at least every this many blocks (and when complete), so a
@@ -509,7 +510,7 @@ impl Peer {
 
     fn forget_coming(&mut self, brings: Vec<u64>) {
         for b in brings {
-            if let std::collections::hash_map::Entry::Occupied(mut e) = self.coming.entry(b) {
+            if let std::collections::btree_map::Entry::Occupied(mut e) = self.coming.entry(b) {
                 *e.get_mut() -= 1;
                 if *e.get() == 0 {
                     e.remove();

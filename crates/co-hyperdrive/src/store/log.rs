@@ -910,8 +910,14 @@ impl Log {
     /// The proof answering `req`, or `None` when we cannot give one (a block we do not hold,
     /// a node we lack, another fork, a request outside our tree).
     pub(crate) fn create_proof(&self, req: &ProofRequest) -> Result<Option<Proof>, LogError> {
-        let s = self.state().clone();
-        if req.fork != s.fork {
+        // Only what a proof needs of the state: a whole copy (its presence map, its signed
+        // lengths) per request showed in profiles of a peer serving many blocks.
+        let (fork, length, signature) = {
+            let s = self.state();
+            let sig = req.upgrade.is_some().then(|| s.signature.clone());
+            (s.fork, s.length, sig)
+        };
+        if req.fork != fork {
             return Ok(None);
         }
         let value = match &req.block {
@@ -947,7 +953,7 @@ impl Log {
             if req.manifest {
                 if let Some(m) = self.manifest() {
                     return Ok(Some(Proof {
-                        fork: s.fork,
+                        fork,
                         manifest: Some(m.encode()),
                         ..Proof::default()
                     }));
@@ -961,7 +967,7 @@ impl Log {
             pending: &pending,
             failed: Default::default(),
         };
-        let nodes = match proof::create(&tree, s.length, &preq) {
+        let nodes = match proof::create(&tree, length, &preq) {
             Ok(n) => n,
             Err(e) => {
                 if let Some(e) = tree.failed.take() {
@@ -972,7 +978,7 @@ impl Log {
             }
         };
         let mut p = Proof {
-            fork: s.fork,
+            fork,
             ..Proof::default()
         };
         if let (Some(b), Some(value)) = (req.block, value) {
@@ -1007,7 +1013,7 @@ impl Log {
                 length: u.length,
                 nodes: nodes.upgrade.unwrap_or_default(),
                 additional: nodes.additional,
-                signature: Some(s.signature.clone()),
+                signature: Some(signature.unwrap_or_default()),
             });
         }
         Ok(Some(p))
