@@ -31,6 +31,9 @@ pub(crate) struct Row {
     pub(crate) converge_ms: Option<f64>,
     /// The part of `converge_ms` until the peer had caught up (the rest is the listing).
     pub(crate) caught_up_ms: Option<f64>,
+    /// `converge_ms` with the serving peer on its own thread and runtime, as a `cohd serve` in
+    /// another process would be (the new peer's work no longer shares a thread with it).
+    pub(crate) converge_apart_ms: Option<f64>,
 }
 
 /// A new co-drive in `store` whose primary is the drive `primary`, and `writers - 1` more
@@ -119,9 +122,10 @@ async fn co_row(writers: usize, runs: usize) -> Result<Row> {
     }
     let update_ms = t.elapsed().as_secs_f64() * 1e3 / UPDATES as f64;
     // Each run a fresh peer; the median, as the load on the machine varies.
-    let mut times = Vec::new();
+    let (mut times, mut apart) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        times.push(converge(&store, primary_key, n + UPDATES).await?);
+        times.push(converge(&store, primary_key, n + UPDATES, false).await?);
+        apart.push(converge(&store, primary_key, n + UPDATES, true).await?.1);
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -129,6 +133,7 @@ async fn co_row(writers: usize, runs: usize) -> Result<Row> {
     };
     let converge_ms = Some(median(times.iter().map(|t| t.1).collect()));
     let caught_up_ms = Some(median(times.iter().map(|t| t.0).collect()));
+    let converge_apart_ms = Some(median(apart));
     Ok(Row {
         setup: format!("co-drive, {writers} writer(s)"),
         files: n,
@@ -139,26 +144,60 @@ async fn co_row(writers: usize, runs: usize) -> Result<Row> {
         update_ms,
         converge_ms,
         caught_up_ms,
+        converge_apart_ms,
     })
 }
 
-/// Serves `store`'s co-drive and times a fresh peer until it lists all `n` files: (caught up,
-/// listed) in ms.
+/// Serves `store`'s co-drive (`apart`: on a thread and runtime of its own) and times a fresh
+/// peer until it lists all `n` files: (caught up, listed) in ms.
 async fn converge(
     store: &Store,
     primary: co_hyperdrive::format::Key,
     n: usize,
+    apart: bool,
 ) -> Result<(f64, f64)> {
     use co_hyperdrive::{add_known_cores, catch_up, ReplicateOptions, Replicator};
     // As `cohd serve` does.
-    let server = Replicator::new(ReplicateOptions {
-        download_all: true,
-        ..ReplicateOptions::default()
-    });
-    add_known_cores(store, &server, primary, "w00").await?;
-    let (addr, task) = server
-        .listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await?;
+    let serve = move |store: Store| async move {
+        let server = Replicator::new(ReplicateOptions {
+            download_all: true,
+            ..ReplicateOptions::default()
+        });
+        add_known_cores(&store, &server, primary, "w00").await?;
+        let (addr, task) = server
+            .listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await?;
+        anyhow::Ok((server, addr, task))
+    };
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr, serving, thread) = if apart {
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let store = store.clone();
+        let thread = std::thread::Builder::new()
+            .name("serving-peer".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    match serve(store).await {
+                        Ok((_server, addr, task)) => {
+                            let _ = addr_tx.send(Ok(addr));
+                            let _ = stop_rx.await;
+                            task.abort();
+                        }
+                        Err(e) => {
+                            let _ = addr_tx.send(Err(e));
+                        }
+                    }
+                })
+            })?;
+        let addr = addr_rx.await.context("the serving peer ended")??;
+        (addr, None, Some(thread))
+    } else {
+        let (server, addr, task) = serve(store.clone()).await?;
+        (addr, Some((server, task)), None)
+    };
     let dir = tempfile::Builder::new()
         .prefix("cohd-bench-conv-")
         .tempdir()
@@ -188,7 +227,13 @@ async fn converge(
     // What `cohd ls -r` reads: the index on disk, brought up to date first.
     let listed = peer.indexed().await?.list("/")?.len();
     let ms = t.elapsed().as_secs_f64() * 1e3;
-    task.abort();
+    if let Some((_server, task)) = serving {
+        task.abort();
+    }
+    drop(stop);
+    if let Some(t) = thread {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
     anyhow::ensure!(listed == n, "the new peer lists {listed} of {n} files");
     Ok((caught_ms, ms))
 }
@@ -251,6 +296,7 @@ async fn drive_row(files: usize) -> Result<Row> {
         update_ms,
         converge_ms: None,
         caught_up_ms: None,
+        converge_apart_ms: None,
     })
 }
 
@@ -285,7 +331,7 @@ fn print_rows(json: bool, rows: &[Row], ratios: Option<serde_json::Value>) {
     if !json {
         println!("co-drive merged reads ({FILES_PER_WRITER} files per writer; ratio = 16 writers / plain drive of 16000 files)");
         println!(
-            "{:<26} {:>7} {:>10} {:>9} {:>9} {:>9} {:>10} {:>12}",
+            "{:<26} {:>7} {:>10} {:>9} {:>9} {:>9} {:>10} {:>16} {:>9}",
             "setup",
             "files",
             "open ms",
@@ -293,19 +339,34 @@ fn print_rows(json: bool, rows: &[Row], ratios: Option<serde_json::Value>) {
             "get us",
             "ls -r ms",
             "update ms",
-            "converge ms"
+            "converge ms",
+            "apart ms"
         );
         for r in rows {
             let conv = match (r.converge_ms, r.caught_up_ms) {
                 (Some(c), Some(u)) => format!("{c:.0} ({u:.0}+{:.0})", c - u),
                 _ => "-".to_string(),
             };
+            let apart = r
+                .converge_apart_ms
+                .map_or("-".to_string(), |c| format!("{c:.0}"));
             println!(
-                "{:<26} {:>7} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>12}",
-                r.setup, r.files, r.open_ms, r.stat_us, r.get_us, r.list_ms, r.update_ms, conv
+                "{:<26} {:>7} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>16} {:>9}",
+                r.setup,
+                r.files,
+                r.open_ms,
+                r.stat_us,
+                r.get_us,
+                r.list_ms,
+                r.update_ms,
+                conv,
+                apart
             );
         }
-        println!("converge: caught up + listed from the index, median of the runs");
+        println!(
+            "converge: caught up + listed from the index, median of the runs; apart: the same \
+             with the serving peer on a thread of its own"
+        );
         for (k, v) in ratios.iter().flat_map(|r| r.as_object()).flatten() {
             let v = v.as_f64().unwrap_or(f64::NAN);
             println!(
