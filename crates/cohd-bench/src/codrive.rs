@@ -25,9 +25,15 @@ pub(crate) struct Row {
     pub(crate) list_ms: f64,
     /// One writer puts a file, then the merged view shows it (ms, mean of [`UPDATES`]).
     pub(crate) update_ms: f64,
-    /// A new peer following the co-drive over loopback TCP until its merged view lists every
-    /// file (metadata only, as `cohd clone` without `--all`).
+    /// A new peer following the co-drive over loopback TCP until it lists every file from its
+    /// index, as `cohd ls -r` does (metadata only, as `cohd clone` without `--all`); the median
+    /// of the runs.
     pub(crate) converge_ms: Option<f64>,
+    /// The part of `converge_ms` until the peer had caught up (the rest is the listing).
+    pub(crate) caught_up_ms: Option<f64>,
+    /// `converge_ms` with the serving peer on its own thread and runtime, as a `cohd serve` in
+    /// another process would be (the new peer's work no longer shares a thread with it).
+    pub(crate) converge_apart_ms: Option<f64>,
 }
 
 /// A new co-drive in `store` whose primary is the drive `primary`, and `writers - 1` more
@@ -56,7 +62,7 @@ fn pick(n: usize, k: usize) -> impl Iterator<Item = usize> {
     (0..k).map(move |j| (j * 7919) % n)
 }
 
-async fn co_row(writers: usize) -> Result<Row> {
+async fn co_row(writers: usize, runs: usize) -> Result<Row> {
     let dir = tempfile::Builder::new()
         .prefix("cohd-bench-co-")
         .tempdir()
@@ -115,7 +121,19 @@ async fn co_row(writers: usize) -> Result<Row> {
             .context("the put is not in the view")?;
     }
     let update_ms = t.elapsed().as_secs_f64() * 1e3 / UPDATES as f64;
-    let converge_ms = Some(converge(&store, primary_key, n + UPDATES).await?);
+    // Each run a fresh peer; the median, as the load on the machine varies.
+    let (mut times, mut apart) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        times.push(converge(&store, primary_key, n + UPDATES, false).await?);
+        apart.push(converge(&store, primary_key, n + UPDATES, true).await?.1);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let converge_ms = Some(median(times.iter().map(|t| t.1).collect()));
+    let caught_up_ms = Some(median(times.iter().map(|t| t.0).collect()));
+    let converge_apart_ms = Some(median(apart));
     Ok(Row {
         setup: format!("co-drive, {writers} writer(s)"),
         files: n,
@@ -125,21 +143,61 @@ async fn co_row(writers: usize) -> Result<Row> {
         list_ms,
         update_ms,
         converge_ms,
+        caught_up_ms,
+        converge_apart_ms,
     })
 }
 
-/// Serves `store`'s co-drive and times a fresh peer until it lists all `n` files.
-async fn converge(store: &Store, primary: co_hyperdrive::format::Key, n: usize) -> Result<f64> {
+/// Serves `store`'s co-drive (`apart`: on a thread and runtime of its own) and times a fresh
+/// peer until it lists all `n` files: (caught up, listed) in ms.
+async fn converge(
+    store: &Store,
+    primary: co_hyperdrive::format::Key,
+    n: usize,
+    apart: bool,
+) -> Result<(f64, f64)> {
     use co_hyperdrive::{add_known_cores, catch_up, ReplicateOptions, Replicator};
     // As `cohd serve` does.
-    let server = Replicator::new(ReplicateOptions {
-        download_all: true,
-        ..ReplicateOptions::default()
-    });
-    add_known_cores(store, &server, primary, "w00").await?;
-    let (addr, task) = server
-        .listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await?;
+    let serve = move |store: Store| async move {
+        let server = Replicator::new(ReplicateOptions {
+            download_all: true,
+            ..ReplicateOptions::default()
+        });
+        add_known_cores(&store, &server, primary, "w00").await?;
+        let (addr, task) = server
+            .listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await?;
+        anyhow::Ok((server, addr, task))
+    };
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr, serving, thread) = if apart {
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let store = store.clone();
+        let thread = std::thread::Builder::new()
+            .name("serving-peer".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    match serve(store).await {
+                        Ok((_server, addr, task)) => {
+                            let _ = addr_tx.send(Ok(addr));
+                            let _ = stop_rx.await;
+                            task.abort();
+                        }
+                        Err(e) => {
+                            let _ = addr_tx.send(Err(e));
+                        }
+                    }
+                })
+            })?;
+        let addr = addr_rx.await.context("the serving peer ended")??;
+        (addr, None, Some(thread))
+    } else {
+        let (server, addr, task) = serve(store.clone()).await?;
+        (addr, Some((server, task)), None)
+    };
     let dir = tempfile::Builder::new()
         .prefix("cohd-bench-conv-")
         .tempdir()
@@ -165,11 +223,19 @@ async fn converge(store: &Store, primary: co_hyperdrive::format::Key, n: usize) 
         eprintln!("progress {:?}", repl.progress());
     }
     anyhow::ensure!(caught, "no catch-up");
-    let listed = peer.snapshot().await?.list("/").len();
+    let caught_ms = t.elapsed().as_secs_f64() * 1e3;
+    // What `cohd ls -r` reads: the index on disk, brought up to date first.
+    let listed = peer.indexed().await?.list("/")?.len();
     let ms = t.elapsed().as_secs_f64() * 1e3;
-    task.abort();
+    if let Some((_server, task)) = serving {
+        task.abort();
+    }
+    drop(stop);
+    if let Some(t) = thread {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
     anyhow::ensure!(listed == n, "the new peer lists {listed} of {n} files");
-    Ok(ms)
+    Ok((caught_ms, ms))
 }
 
 async fn drive_row(files: usize) -> Result<Row> {
@@ -229,15 +295,24 @@ async fn drive_row(files: usize) -> Result<Row> {
         list_ms,
         update_ms,
         converge_ms: None,
+        caught_up_ms: None,
+        converge_apart_ms: None,
     })
 }
 
-/// Runs every row and prints the table (and a JSON line).
-pub(crate) async fn run(json: bool) -> Result<()> {
+/// Runs every row and prints the table (and a JSON line). `writers`: only those rows (and no
+/// plain drive to compare with) instead of 1, 4 and 16; `runs`: new peers converging per row.
+pub(crate) async fn run(json: bool, writers: &[usize], runs: usize) -> Result<()> {
     let mut rows = Vec::new();
-    for w in [1, 4, 16] {
+    let only = !writers.is_empty();
+    let writers = if only { writers } else { &[1, 4, 16] };
+    for &w in writers {
         eprintln!("co-drive with {w} writer(s)...");
-        rows.push(co_row(w).await?);
+        rows.push(co_row(w, runs).await?);
+    }
+    if only {
+        print_rows(json, &rows, None);
+        return Ok(());
     }
     eprintln!("plain drive...");
     let base = drive_row(16 * FILES_PER_WRITER).await?;
@@ -248,10 +323,15 @@ pub(crate) async fn run(json: bool) -> Result<()> {
         "list": co16.list_ms / base.list_ms,
     });
     rows.push(base);
+    print_rows(json, &rows, Some(ratios));
+    Ok(())
+}
+
+fn print_rows(json: bool, rows: &[Row], ratios: Option<serde_json::Value>) {
     if !json {
         println!("co-drive merged reads ({FILES_PER_WRITER} files per writer; ratio = 16 writers / plain drive of 16000 files)");
         println!(
-            "{:<26} {:>7} {:>10} {:>9} {:>9} {:>9} {:>10} {:>12}",
+            "{:<26} {:>7} {:>10} {:>9} {:>9} {:>9} {:>10} {:>16} {:>9}",
             "setup",
             "files",
             "open ms",
@@ -259,16 +339,35 @@ pub(crate) async fn run(json: bool) -> Result<()> {
             "get us",
             "ls -r ms",
             "update ms",
-            "converge ms"
+            "converge ms",
+            "apart ms"
         );
-        for r in &rows {
-            let conv = r.converge_ms.map_or("-".to_string(), |c| format!("{c:.0}"));
+        for r in rows {
+            let conv = match (r.converge_ms, r.caught_up_ms) {
+                (Some(c), Some(u)) => format!("{c:.0} ({u:.0}+{:.0})", c - u),
+                _ => "-".to_string(),
+            };
+            let apart = r
+                .converge_apart_ms
+                .map_or("-".to_string(), |c| format!("{c:.0}"));
             println!(
-                "{:<26} {:>7} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>12}",
-                r.setup, r.files, r.open_ms, r.stat_us, r.get_us, r.list_ms, r.update_ms, conv
+                "{:<26} {:>7} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>16} {:>9}",
+                r.setup,
+                r.files,
+                r.open_ms,
+                r.stat_us,
+                r.get_us,
+                r.list_ms,
+                r.update_ms,
+                conv,
+                apart
             );
         }
-        for (k, v) in ratios.as_object().into_iter().flatten() {
+        println!(
+            "converge: caught up + listed from the index, median of the runs; apart: the same \
+             with the serving peer on a thread of its own"
+        );
+        for (k, v) in ratios.iter().flat_map(|r| r.as_object()).flatten() {
             let v = v.as_f64().unwrap_or(f64::NAN);
             println!(
                 "16 writers / one drive, {k}: {v:.2}x (target <= 3x: {})",
@@ -280,5 +379,4 @@ pub(crate) async fn run(json: bool) -> Result<()> {
         "{}",
         serde_json::json!({ "codrive": rows, "ratios": ratios })
     );
-    Ok(())
 }

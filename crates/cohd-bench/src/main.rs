@@ -7,7 +7,8 @@
 //! - `--runs N`: run both sides N times (default 1) and report the median of each workload.
 //! - `--json`: print only the final JSON line on stdout.
 //! - `--no-js`: skip the JavaScript side.
-//! - `--codrive`: instead, the co-drive benchmark (merged reads with 1, 4, 16 writers).
+//! - `--codrive`: instead, the co-drive benchmark (merged reads with 1, 4, 16 writers, or
+//!   only the `--writers N` given; `--runs N` new peers converge per row, the median shown).
 //! - `--replication`: instead, replication of ~100 MiB over loopback, ours and JavaScript.
 //! - `--live`: instead, how long a write takes to be readable on a connected peer.
 //! - `--live-dht`: the same between peers that found each other on a local HyperDHT.
@@ -79,7 +80,8 @@ struct Options {
     huge: bool,
     /// `--files N` (repeatable): the scale bench's sizes instead of the default ones.
     files: Vec<usize>,
-    /// `--writers N` (repeatable): the scale bench's writer counts instead of 1 and 16.
+    /// `--writers N` (repeatable): the scale bench's writer counts instead of 1 and 16 (the
+    /// co-drive bench's instead of 1, 4 and 16).
     writers: Vec<usize>,
     /// `--keep DIR`: the scale bench builds its drives under DIR and reuses them on later runs.
     keep: Option<PathBuf>,
@@ -87,7 +89,8 @@ struct Options {
 
 fn usage() -> &'static str {
     "usage: cohd-bench [--runs N] [--json] [--no-js] [--codrive] [--replication] [--live] \
-     [--live-dht] [--scale [--huge] [--files N]... [--writers N]... [--keep DIR]]"
+     [--live-dht] [--scale [--huge] [--files N]... [--writers N]... [--keep DIR]] \
+     (--codrive takes --writers N... and --runs N too)"
 }
 
 fn parse_args() -> Result<Options> {
@@ -477,7 +480,7 @@ async fn main() -> ExitCode {
             };
             scale::run(&repo_root(), opts.js, opts.json, &sizes).await
         }
-        Ok(opts) if opts.codrive => codrive::run(opts.json).await,
+        Ok(opts) if opts.codrive => codrive::run(opts.json, &opts.writers, opts.runs).await,
         Ok(opts) if opts.replication => {
             replication::run(&repo_root(), opts.js, opts.json, opts.runs).await
         }

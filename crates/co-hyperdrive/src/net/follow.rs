@@ -28,6 +28,9 @@ struct Tracked {
     blobs: Option<Key>,
     /// The (fork, length) its membership records were read at.
     read: Option<(u64, u64)>,
+    /// The replicator has its db core (never taken out again): known here, the key is not
+    /// hashed into a discovery key to ask, each time data arrives.
+    replicated: bool,
 }
 
 /// Follows one co-drive for a [`Replicator`]: adds the cores the co-drive needs as records
@@ -117,6 +120,7 @@ impl Follow {
                     db,
                     blobs: None,
                     read: None,
+                    replicated: false,
                 },
             );
         }
@@ -127,11 +131,12 @@ impl Follow {
             return Ok(0);
         };
         let mut added = 0;
-        if !self.repl.has_core(&k) {
+        if !t.replicated && !self.repl.has_core(&k) {
             // Metadata: the merged view reads every entry, so db cores are fetched whole.
             self.repl.add_core_full(t.db.clone());
             added += 1;
         }
+        t.replicated = true;
         // The header (block 0) names the blobs core; opening the drive before it is here would
         // wait on peers. A db core replicated sparsely (added by the caller) fetches only what is
         // read, so the header is asked for here, without waiting: it arrives as data does.
@@ -182,7 +187,10 @@ impl Follow {
     /// blobs core.
     fn headers_pending(&self) -> bool {
         self.tracked.iter().any(|(k, t)| {
-            t.blobs.is_none() && self.repl.has_core(k) && t.db.info().length > 0 && !t.db.has(0)
+            t.blobs.is_none()
+                && (t.replicated || self.repl.has_core(k))
+                && t.db.info().length > 0
+                && !t.db.has(0)
         })
     }
 
@@ -190,7 +198,7 @@ impl Follow {
     fn cores(&self) -> Vec<Key> {
         self.tracked
             .iter()
-            .filter(|(k, _)| self.repl.has_core(k))
+            .filter(|(k, t)| t.replicated || self.repl.has_core(k))
             .flat_map(|(k, t)| std::iter::once(*k).chain(t.blobs))
             .collect()
     }

@@ -179,6 +179,12 @@ pub(crate) struct Peer {
     announced_fork: u64,
     /// Contiguous blocks we last told the remote we hold.
     announced_contiguous: u64,
+    /// Tree nodes the answers to our block requests in flight bring (flat index -> how many
+    /// of them), and which each request brings: a block requested behind them asks only for
+    /// the nodes above its leaf that neither we nor they hold (see [`Peer::expect`]).
+    /// (Ordered maps: a few hundred small keys, cheaper than hashing them.)
+    coming: BTreeMap<u64, u32>,
+    coming_by_request: BTreeMap<u64, Vec<u64>>,
 }
 
 /// Announce a grown contiguous prefix at least every this many blocks (and when complete), so a
@@ -309,6 +315,8 @@ impl Peer {
                     return Err(PeerError::Mismatch(request));
                 }
                 if let Inflight::Block(i) = kind {
+                    // Applied next, before any request is made: its nodes count as ours then.
+                    self.answered(request);
                     self.requested.remove(&i);
                     // Beyond the contiguous prefix nothing else forgets it, and a block still
                     // wanted after it arrived would be requested again.
@@ -326,6 +334,7 @@ impl Peer {
             Message::NoData { request, .. } => {
                 // The remote lacks it: forget the request; a wanted block stays wanted for a
                 // later announcement (or another peer).
+                self.answered(request);
                 match self.inflight.remove(&request) {
                     Some(Inflight::Block(i)) => {
                         self.requested.remove(&i);
@@ -456,6 +465,67 @@ impl Peer {
         }
         for i in gone {
             self.wanted.remove(&i);
+        }
+    }
+
+    /// Whether the answer to a block request in flight brings tree node `node`.
+    pub(crate) fn coming(&self, node: u64) -> bool {
+        self.coming.contains_key(&node)
+    }
+
+    /// Block request `id` (for block `index`) was sent asking for `nodes` nodes above its
+    /// leaf: its answer brings the leaf, the `nodes` siblings on the way up and the parents
+    /// they make. Requests sent behind it count those as held, so a pipeline of neighbouring
+    /// blocks does not carry the same upper nodes once per block (each block's proof would
+    /// otherwise reach from its leaf to the lowest node stored when it was asked for). Should
+    /// that answer not arrive, or arrive after theirs, their proofs end at a node we do not
+    /// hold and store nothing; the session then lets those blocks be asked for again
+    /// ([`Peer::not_stored`]).
+    pub(crate) fn expect(&mut self, id: u64, index: u64, nodes: u64) {
+        let Some(mut n) = index.checked_mul(2) else {
+            return;
+        };
+        // A tree has at most 64 levels; `nodes` comes from our own count.
+        let mut brings = Vec::with_capacity(2 * nodes.min(64) as usize + 1);
+        brings.push(n);
+        for _ in 0..nodes.min(64) {
+            brings.push(cohd_format::merkle::sibling(n));
+            n = cohd_format::merkle::parent(n);
+            brings.push(n);
+        }
+        for &b in &brings {
+            *self.coming.entry(b).or_default() += 1;
+        }
+        if let Some(old) = self.coming_by_request.insert(id, brings) {
+            self.forget_coming(old);
+        }
+    }
+
+    /// Request `id` was answered (or refused): what it brings is stored, or not coming.
+    fn answered(&mut self, id: u64) {
+        if let Some(brings) = self.coming_by_request.remove(&id) {
+            self.forget_coming(brings);
+        }
+    }
+
+    fn forget_coming(&mut self, brings: Vec<u64>) {
+        for b in brings {
+            if let std::collections::btree_map::Entry::Occupied(mut e) = self.coming.entry(b) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+    }
+
+    /// Block `index` arrived but its proof stored nothing (it ended at a node an earlier
+    /// answer was to bring, and that answer did not come first): it is asked for again, by
+    /// this channel or another.
+    pub(crate) fn not_stored(&mut self, index: u64) {
+        if !self.requested.contains(&index) {
+            self.claimed.remove(&index);
+            self.claims.release([index]);
         }
     }
 
@@ -962,5 +1032,129 @@ mod tests {
         assert!(claims.claim(0, false) && claims.claim(31, false));
         // Block 32 arrived (held, past the prefix): still claimed, nobody fetches it again.
         assert!(!claims.claim(32, false));
+    }
+
+    /// What the session does with a block request: asks for the nodes neither we nor the
+    /// answers in flight hold.
+    fn fill_nodes(p: &mut Peer, core: &crate::Core, actions: &[Action]) -> Vec<(u64, u64, u64)> {
+        requested_blocks(actions)
+            .into_iter()
+            .map(|(id, index)| {
+                let nodes = core.missing_nodes_beside(index, |n| p.coming(n));
+                p.expect(id, index, nodes);
+                (id, index, nodes)
+            })
+            .collect()
+    }
+
+    fn local_of(core: &crate::Core) -> Local {
+        let i = core.info();
+        Local {
+            length: i.length,
+            contiguous: core.contiguous_held(),
+            fork: i.fork,
+            writable: false,
+            needs_manifest: !core.knows_manifest(),
+        }
+    }
+
+    /// Downloads a writer's 256 blocks the way the session does, a pipeline at a time, the
+    /// answers of each window applied in order (or, `reversed`, last first); returns the tree
+    /// nodes the answers carried, and how many answers stored nothing.
+    async fn pipelined_download(reversed: bool) -> (u64, u64) {
+        use crate::store::ProofRequest;
+        use cohd_format::wire::{RequestBlock, RequestUpgrade};
+        let w_store = crate::Store::memory();
+        let writer = w_store.open_named("w").await.unwrap();
+        for i in 0..256u32 {
+            writer.append(&i.to_le_bytes()).await.unwrap();
+        }
+        let r_store = crate::Store::memory();
+        let reader = r_store.open_key(writer.key(), true).await.unwrap();
+        let up = ProofRequest {
+            upgrade: Some(RequestUpgrade {
+                start: 0,
+                length: 256,
+            }),
+            ..ProofRequest::default()
+        };
+        let proof = writer.create_proof(&up).await.unwrap().unwrap();
+        assert!(reader.apply_proof(proof).await.unwrap());
+        let mut p = Peer::new(true, Arc::default());
+        p.on_open(&local_of(&reader));
+        p.on_message(sync(256, 256), &local_of(&reader)).unwrap();
+        let mut actions = p
+            .on_message(
+                Message::Range {
+                    drop: false,
+                    start: 0,
+                    length: 256,
+                },
+                &local_of(&reader),
+            )
+            .unwrap();
+        let (mut carried, mut stale) = (0, 0);
+        for _round in 0..64 {
+            let mut reqs = fill_nodes(&mut p, &reader, &actions);
+            if reqs.is_empty() {
+                break;
+            }
+            if reversed {
+                reqs.reverse();
+            }
+            let mut proofs = Vec::new();
+            let mut indices = Vec::new();
+            for (id, index, nodes) in reqs {
+                let req = ProofRequest {
+                    block: Some(RequestBlock { index, nodes }),
+                    ..ProofRequest::default()
+                };
+                let pr = writer.create_proof(&req).await.unwrap().unwrap();
+                let b = pr.block.clone().unwrap();
+                carried += b.nodes.len() as u64;
+                let data = Message::Data {
+                    request: id,
+                    fork: 0,
+                    block: Some(b),
+                    hash: None,
+                    seek: None,
+                    upgrade: None,
+                    manifest: None,
+                };
+                for a in p.on_message(data, &local_of(&reader)).unwrap() {
+                    if let Action::Apply(pr) = a {
+                        proofs.push(pr);
+                    }
+                }
+                indices.push(index);
+            }
+            let (applied, outcome) = reader.apply_proofs(proofs).await;
+            assert!(outcome.unwrap(), "every proof verifies or is stale");
+            assert_eq!(applied, indices.len());
+            for i in indices {
+                if !reader.has(i) {
+                    stale += 1;
+                    p.not_stored(i);
+                }
+            }
+            assert!(p.coming.is_empty() && p.coming_by_request.is_empty());
+            actions = p.on_applied(&local_of(&reader));
+        }
+        assert_eq!(reader.contiguous_held(), 256, "every block arrived");
+        assert!(p.caught_up(&local_of(&reader)));
+        (carried, stale)
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_do_not_ask_twice_for_the_same_nodes() {
+        let (carried, stale) = pipelined_download(false).await;
+        // Each node below the root arrives once: 255 siblings for 256 leaves. (Asked for
+        // without the answers in flight, a window of 32 carried about 6 per block.)
+        assert!(carried <= 255, "{carried} nodes for 256 blocks");
+        assert_eq!(stale, 0);
+        // Answers that arrive before the ones they rely on store nothing, and their blocks
+        // are asked for again: the download still completes.
+        let (_, stale) = pipelined_download(true).await;
+        assert!(stale > 0);
     }
 }

@@ -740,8 +740,13 @@ impl Replicator {
             match a {
                 Action::Send(msgs) => {
                     for mut m in msgs {
-                        if let Message::Request { block: Some(b), .. } = &mut m {
-                            b.nodes = core.missing_nodes(b.index).await;
+                        if let Message::Request {
+                            id, block: Some(b), ..
+                        } = &mut m
+                        {
+                            // Nodes that answers in flight bring are not asked for again.
+                            b.nodes = core.missing_nodes_beside(b.index, |n| peer.coming(n));
+                            peer.expect(*id, b.index, b.nodes);
                         }
                         out.push(ch, m)?;
                     }
@@ -749,20 +754,27 @@ impl Replicator {
                 Action::Serve(id, req) => {
                     // A peer that does not read gets no more answers. Its requests wait in the
                     // channel meanwhile, and a flood of them still ends the connection.
-                    if !out.messages.is_empty() && conn.backlog.congested() {
+                    if ch.len() > MAX_QUEUED {
+                        return Ok(Err(fail(format!(
+                            "flooded us with over {MAX_QUEUED} queued messages"
+                        ))));
+                    }
+                    // The timer only when there is something to wait for: made per answer, it
+                    // cost a few percent of a peer serving a download.
+                    if conn.backlog.congested() {
                         // Held answers go before waiting: the peer may wait for them.
                         out.flush(ch)?;
-                    }
-                    let mut check = tokio::time::interval(FLOOD_CHECK);
-                    loop {
-                        if ch.len() > MAX_QUEUED {
-                            return Ok(Err(fail(format!(
-                                "flooded us with over {MAX_QUEUED} queued messages"
-                            ))));
-                        }
-                        tokio::select! {
-                            () = conn.backlog.ready() => break,
-                            _ = check.tick() => {}
+                        let mut check = tokio::time::interval(FLOOD_CHECK);
+                        loop {
+                            if ch.len() > MAX_QUEUED {
+                                return Ok(Err(fail(format!(
+                                    "flooded us with over {MAX_QUEUED} queued messages"
+                                ))));
+                            }
+                            tokio::select! {
+                                () = conn.backlog.ready() => break,
+                                _ = check.tick() => {}
+                            }
                         }
                     }
                     let no_data = Message::NoData {
@@ -792,15 +804,21 @@ impl Replicator {
                             proofs.push(p);
                         }
                     }
-                    let blocks: Vec<bool> = proofs.iter().map(|p| p.block.is_some()).collect();
-                    let (applied, outcome) = core.apply_proofs(proofs).await;
-                    let received = blocks[..applied.min(blocks.len())]
+                    let blocks: Vec<Option<u64>> = proofs
                         .iter()
-                        .filter(|&&b| b)
-                        .count();
-                    self.inner
-                        .received
-                        .fetch_add(received as u64, Ordering::Relaxed);
+                        .map(|p| p.block.as_ref().map(|b| b.index))
+                        .collect();
+                    let (applied, outcome) = core.apply_proofs(proofs).await;
+                    let mut received = 0;
+                    for i in blocks[..applied.min(blocks.len())].iter().flatten() {
+                        if core.has(*i) {
+                            received += 1;
+                        } else {
+                            // A proof that stored nothing (see `Peer::expect`).
+                            peer.not_stored(*i);
+                        }
+                    }
+                    self.inner.received.fetch_add(received, Ordering::Relaxed);
                     match outcome {
                         Ok(true) => {}
                         Ok(false) => {

@@ -193,6 +193,14 @@ fn record_key(key: &Key, tail: &[u8]) -> Vec<u8> {
     k
 }
 
+/// A tree node's record key, on the stack (lookups need no allocation).
+fn node_key(key: &Key, index: u64) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..32].copy_from_slice(&key.0);
+    k[32..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
 fn encode_node(n: &Node) -> Vec<u8> {
     let mut v = Vec::with_capacity(40);
     v.extend_from_slice(&n.size.to_le_bytes());
@@ -647,7 +655,7 @@ impl Log {
 
     fn node(&self, index: u64) -> Result<Option<Node>, LogError> {
         self.kv
-            .get(Space::Nodes, &record_key(&self.key, &index.to_be_bytes()))?
+            .get(Space::Nodes, &node_key(&self.key, index))?
             .map(|v| decode_node(index, &v))
             .transpose()
     }
@@ -890,21 +898,34 @@ impl Log {
 
     /// How many nodes above block `index`'s leaf we lack.
     pub(crate) fn missing_nodes(&self, index: u64) -> u64 {
+        self.missing_nodes_beside(index, |_| false)
+    }
+
+    /// How many nodes above block `index`'s leaf we lack, short of those `coming` names.
+    pub(crate) fn missing_nodes_beside(&self, index: u64, coming: impl Fn(u64) -> bool) -> u64 {
         let length = self.state().length;
         proof::missing_nodes(index, length, |i| {
-            self.kv
-                .get(Space::Nodes, &record_key(&self.key, &i.to_be_bytes()))
-                .ok()
-                .flatten()
-                .is_some()
+            coming(i)
+                || self
+                    .kv
+                    .get(Space::Nodes, &node_key(&self.key, i))
+                    .ok()
+                    .flatten()
+                    .is_some()
         })
     }
 
     /// The proof answering `req`, or `None` when we cannot give one (a block we do not hold,
     /// a node we lack, another fork, a request outside our tree).
     pub(crate) fn create_proof(&self, req: &ProofRequest) -> Result<Option<Proof>, LogError> {
-        let s = self.state().clone();
-        if req.fork != s.fork {
+        // Only what a proof needs of the state: a whole copy (its presence map, its signed
+        // lengths) per request showed in profiles of a peer serving many blocks.
+        let (fork, length, signature) = {
+            let s = self.state();
+            let sig = req.upgrade.is_some().then(|| s.signature.clone());
+            (s.fork, s.length, sig)
+        };
+        if req.fork != fork {
             return Ok(None);
         }
         let value = match &req.block {
@@ -940,7 +961,7 @@ impl Log {
             if req.manifest {
                 if let Some(m) = self.manifest() {
                     return Ok(Some(Proof {
-                        fork: s.fork,
+                        fork,
                         manifest: Some(m.encode()),
                         ..Proof::default()
                     }));
@@ -954,7 +975,7 @@ impl Log {
             pending: &pending,
             failed: Default::default(),
         };
-        let nodes = match proof::create(&tree, s.length, &preq) {
+        let nodes = match proof::create(&tree, length, &preq) {
             Ok(n) => n,
             Err(e) => {
                 if let Some(e) = tree.failed.take() {
@@ -965,7 +986,7 @@ impl Log {
             }
         };
         let mut p = Proof {
-            fork: s.fork,
+            fork,
             ..Proof::default()
         };
         if let (Some(b), Some(value)) = (req.block, value) {
@@ -1000,7 +1021,7 @@ impl Log {
                 length: u.length,
                 nodes: nodes.upgrade.unwrap_or_default(),
                 additional: nodes.additional,
-                signature: Some(s.signature.clone()),
+                signature: Some(signature.unwrap_or_default()),
             });
         }
         Ok(Some(p))

@@ -104,6 +104,12 @@ impl Core {
     pub async fn missing_nodes(&self, index: u64) -> u64 {
         self.log().missing_nodes(index)
     }
+
+    /// [`missing_nodes`](Self::missing_nodes), counting the nodes `coming` names as held too
+    /// (those that answers already asked for will bring).
+    pub(crate) fn missing_nodes_beside(&self, index: u64, coming: impl Fn(u64) -> bool) -> u64 {
+        self.log().missing_nodes_beside(index, coming)
+    }
 }
 
 #[cfg(test)]
