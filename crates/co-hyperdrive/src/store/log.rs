@@ -229,6 +229,21 @@ fn decode_node(index: u64, v: &[u8]) -> Result<Node, LogError> {
 /// Header format version 1.
 const HEADER_V1: u8 = 1;
 
+/// The longest prefix of a log of `length` blocks that reads as one version without a peer,
+/// given the blocks held from the start: all of it when all are held, else the longest signed
+/// length they cover, else all of it (reads then fail on the missing blocks).
+pub(crate) fn consistent(length: u64, held: u64, signed: &BTreeSet<u64>) -> u64 {
+    let readable = held.min(length);
+    if readable >= length {
+        return length;
+    }
+    signed
+        .range(..=readable)
+        .next_back()
+        .copied()
+        .unwrap_or(length)
+}
+
 fn encode_header(s: &State) -> Vec<u8> {
     let mut v = Vec::with_capacity(96 + 8 * s.signed.len());
     v.push(HEADER_V1);
@@ -594,6 +609,28 @@ impl Log {
         let v = manifest::Verifier::new(self.key.0, compat_manifest(&self.key))
             .map_err(|e| format!("its manifest is not known: {e}"))?;
         Ok(self.compat.get_or_init(|| Arc::new(v)).clone())
+    }
+
+    /// Core `key`'s fork and the length [`Core::consistent_length`] would give once opened (no
+    /// block found damaged yet), from its two metadata records only: no tree node is read and
+    /// no signature checked. For callers that compare it with what they recorded of the core
+    /// earlier, and open the core when it differs. `None` when the store does not hold it.
+    ///
+    /// [`Core::consistent_length`]: super::Core::consistent_length
+    pub(crate) fn peek_consistent(kv: &Kv, key: Key) -> Result<Option<(u64, u64)>, LogError> {
+        let Some(h) = kv.get(Space::Meta, &record_key(&key, b"h"))? else {
+            return Ok(None);
+        };
+        let (length, _, fork, _, signed) = decode_header(&h).map_err(LogError::Corrupted)?;
+        let mut s = State::default();
+        if let Some(p) = kv.get(Space::Meta, &record_key(&key, b"p"))? {
+            let ranges = cohd_format::present::decode(&p)
+                .map_err(|e| LogError::Corrupted(format!("the record of held blocks: {e}")))?;
+            for r in ranges {
+                s.add(r.start..r.end.min(length));
+            }
+        }
+        Ok(Some((fork, consistent(length, s.contiguous(), &signed))))
     }
 
     /// Whether `kv` holds core `key`.

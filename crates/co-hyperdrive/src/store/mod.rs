@@ -483,6 +483,26 @@ impl Store {
     }
 
     /// Whether the store holds core `key`.
+    /// Core `key`'s fork and consistent length ([`Core::consistent_length`]): from the core
+    /// when it is open, else from its metadata records only (nothing read from its tree, no
+    /// signature checked: see `Log::peek_consistent`). `None` when the store does not hold it.
+    pub(crate) fn peek_consistent(&self, key: &Key) -> Result<Option<(u64, u64)>, StoreError> {
+        let open = self
+            .inner
+            .cores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned();
+        if let Some(c) = open {
+            return Ok(Some((c.info().fork, c.consistent_length())));
+        }
+        log::Log::peek_consistent(&self.inner.kv, *key).map_err(|e| StoreError::Core {
+            key: *key,
+            reason: e.to_string(),
+        })
+    }
+
     pub fn has_core(&self, key: &Key) -> bool {
         if self
             .inner
