@@ -228,6 +228,9 @@ fn decode_node(index: u64, v: &[u8]) -> Result<Node, LogError> {
 
 /// Header format version 1.
 const HEADER_V1: u8 = 1;
+/// Version 2: version 1 followed by the tree's roots, so that an open need not read them from
+/// the nodes (cold reads through the database's tables: most of what opening a core cost).
+const HEADER_V2: u8 = 2;
 
 /// The longest prefix of a log of `length` blocks that reads as one version without a peer,
 /// given the blocks held from the start: all of it when all are held, else the longest signed
@@ -245,8 +248,8 @@ pub(crate) fn consistent(length: u64, held: u64, signed: &BTreeSet<u64>) -> u64 
 }
 
 fn encode_header(s: &State) -> Vec<u8> {
-    let mut v = Vec::with_capacity(96 + 8 * s.signed.len());
-    v.push(HEADER_V1);
+    let mut v = Vec::with_capacity(100 + 8 * s.signed.len() + 48 * s.roots.len());
+    v.push(HEADER_V2);
     v.extend_from_slice(&s.length.to_le_bytes());
     v.extend_from_slice(&s.byte_length.to_le_bytes());
     v.extend_from_slice(&s.fork.to_le_bytes());
@@ -256,11 +259,17 @@ fn encode_header(s: &State) -> Vec<u8> {
     for l in &s.signed {
         v.extend_from_slice(&l.to_le_bytes());
     }
+    v.extend_from_slice(&(s.roots.len() as u32).to_le_bytes());
+    for r in &s.roots {
+        v.extend_from_slice(&r.index.to_le_bytes());
+        v.extend_from_slice(&r.size.to_le_bytes());
+        v.extend_from_slice(&r.hash);
+    }
     v
 }
 
-/// (length, byte length, fork, signature, signed lengths)
-type Header = (u64, u64, u64, Vec<u8>, BTreeSet<u64>);
+/// (length, byte length, fork, signature, signed lengths, roots: `None` in a version 1 header)
+type Header = (u64, u64, u64, Vec<u8>, BTreeSet<u64>, Option<Vec<Node>>);
 
 fn decode_header(b: &[u8]) -> Result<Header, String> {
     let mut r = b;
@@ -282,7 +291,8 @@ fn decode_header(b: &[u8]) -> Result<Header, String> {
         a.copy_from_slice(b);
         u32::from_le_bytes(a) as usize
     };
-    if take(1)?[0] != HEADER_V1 {
+    let version = take(1)?[0];
+    if version != HEADER_V1 && version != HEADER_V2 {
         return Err("the core header has an unknown version".into());
     }
     let length = u64_of(take(8)?);
@@ -301,10 +311,28 @@ fn decode_header(b: &[u8]) -> Result<Header, String> {
     for _ in 0..n {
         signed.insert(u64_of(take(8)?));
     }
+    let roots = if version == HEADER_V2 {
+        let n = u32_of(take(4)?);
+        // A tree of at most 2^64 blocks has at most 64 roots.
+        if n > 64 {
+            return Err("the core header lists too many roots".into());
+        }
+        let mut roots = Vec::with_capacity(n);
+        for _ in 0..n {
+            let index = u64_of(take(8)?);
+            let size = u64_of(take(8)?);
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(take(32)?);
+            roots.push(Node { index, size, hash });
+        }
+        Some(roots)
+    } else {
+        None
+    };
     if !take(0)?.is_empty() || !r.is_empty() {
         return Err("the core header has trailing bytes".into());
     }
-    Ok((length, byte_length, fork, signature, signed))
+    Ok((length, byte_length, fork, signature, signed, roots))
 }
 
 /// Tree nodes read through the store, with the nodes of a write in progress on top.
@@ -500,7 +528,7 @@ impl Log {
         let Some(header) = header else {
             return Ok(Some(log));
         };
-        let (length, byte_length, fork, signature, signed) =
+        let (length, byte_length, fork, signature, signed, kept) =
             decode_header(&header).map_err(LogError::Corrupted)?;
         let mut state = State {
             length,
@@ -517,15 +545,33 @@ impl Log {
                 state.add(r.start..r.end.min(length));
             }
         }
-        let roots = merkle::full_roots(length)
-            .into_iter()
-            .map(|i| {
-                log.node(i)?.ok_or_else(|| {
-                    LogError::Corrupted(format!("tree root {i} of length {length} is missing"))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if length > 0 {
+        // The roots the header keeps, if they are this length's and carry its signature and
+        // byte length; else (a version 1 header, or one that does not check) the root nodes.
+        let kept = kept.filter(|roots| {
+            roots.iter().map(|r| r.index).eq(merkle::full_roots(length))
+                && roots.iter().map(|r| r.size).sum::<u64>() == byte_length
+                && (length == 0
+                    || log
+                        .check_signature(roots, length, fork, &state.signature)
+                        .is_ok())
+        });
+        let (roots, checked) = match kept {
+            Some(roots) => (roots, true),
+            None => (
+                merkle::full_roots(length)
+                    .into_iter()
+                    .map(|i| {
+                        log.node(i)?.ok_or_else(|| {
+                            LogError::Corrupted(format!(
+                                "tree root {i} of length {length} is missing"
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                false,
+            ),
+        };
+        if length > 0 && !checked {
             log.check_signature(&roots, length, fork, &state.signature)
                 .map_err(|e| LogError::Corrupted(format!("its tree: {e}")))?;
             let bytes: u64 = roots.iter().map(|r| r.size).sum();
@@ -621,7 +667,7 @@ impl Log {
         let Some(h) = kv.get(Space::Meta, &record_key(&key, b"h"))? else {
             return Ok(None);
         };
-        let (length, _, fork, _, signed) = decode_header(&h).map_err(LogError::Corrupted)?;
+        let (length, _, fork, _, signed, _) = decode_header(&h).map_err(LogError::Corrupted)?;
         let mut s = State::default();
         if let Some(p) = kv.get(Space::Meta, &record_key(&key, b"p"))? {
             let ranges = cohd_format::present::decode(&p)
@@ -1710,6 +1756,58 @@ mod tests {
         assert!(blobs
             .append_together(vec![b"x".to_vec()], &elsewhere, vec![b"y".to_vec()])
             .is_err());
+    }
+
+    /// The header keeps the tree's roots (version 2), and an open uses them: a core whose root
+    /// nodes are gone still opens from them, with the same roots. A version 1 header (no roots)
+    /// still opens, from the root nodes.
+    #[test]
+    fn the_header_keeps_the_roots() {
+        let kv = Arc::new(Kv::memory());
+        let w = writer(&kv, 13);
+        let roots = w.state().roots.clone();
+        let header = kv
+            .get(Space::Meta, &record_key(&w.key(), b"h"))
+            .unwrap()
+            .unwrap();
+        let decoded = decode_header(&header).unwrap();
+        assert_eq!(decoded.5.as_deref(), Some(&roots[..]));
+        let key = w.key();
+        drop(w);
+        let reopen = || {
+            Log::open(kv.clone(), key, None, None, true)
+                .unwrap()
+                .unwrap()
+                .state()
+                .roots
+                .clone()
+        };
+        // A version 1 header: the same, without the roots.
+        let v1_len = header.len() - 4 - 48 * roots.len();
+        let mut v1 = header[..v1_len].to_vec();
+        v1[0] = HEADER_V1;
+        assert_eq!(decode_header(&v1).unwrap().5, None);
+        let mut b = Batch::default();
+        b.put(Space::Meta, record_key(&key, b"h"), v1);
+        kv.commit(b).unwrap();
+        assert_eq!(reopen(), roots);
+        // Back to version 2, and the root nodes gone: the header's roots are used.
+        let mut b = Batch::default();
+        b.put(Space::Meta, record_key(&key, b"h"), header.clone());
+        for r in &roots {
+            b.delete(Space::Nodes, record_key(&key, &r.index.to_be_bytes()));
+        }
+        kv.commit(b).unwrap();
+        assert_eq!(reopen(), roots);
+        // Roots that do not carry the signature are not trusted: the nodes are read, and
+        // they are gone.
+        let mut bad = header.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let mut b = Batch::default();
+        b.put(Space::Meta, record_key(&key, b"h"), bad);
+        kv.commit(b).unwrap();
+        assert!(Log::open(kv.clone(), key, None, None, true).is_err());
     }
 
     #[test]
