@@ -368,45 +368,43 @@ impl CoDrive {
             if data.contains_key(&k) || absent.contains(&k) {
                 continue;
             }
-            let indexed = metas.get(&k).filter(|m| {
+            // Up to date as far as the core's metadata says: no need to open it.
+            let unchanged = match metas.get(&k).filter(|m| {
                 m.format == FORMAT && !m.rebuilding && m.pending.is_none() && is_valid_key(&k)
-            });
-            if let Some(m) = indexed {
-                if let Some((fork, len)) = self.store.peek_consistent(&k).map_err(store_err)? {
-                    if (fork, len) == (m.fork, m.length) {
-                        frontier.insert(k, len);
-                        data.insert(
-                            k,
-                            WriterData {
-                                members: decode_members(&m.members),
-                                ..WriterData::default()
-                            },
-                        );
-                        unopened.insert(k, len);
-                        todo.extend(
-                            view::mentioned(&data)
-                                .into_iter()
-                                .filter(|m| !data.contains_key(m) && !absent.contains(m)),
-                        );
-                        continue;
-                    }
-                }
-            }
-            let Some(d) = self.drive(k).await? else {
-                // Held but empty: nothing to show, yet not missing.
-                if self.store.has_core(&k) {
-                    frontier.insert(k, 0);
-                }
-                absent.insert(k);
-                continue;
+            }) {
+                Some(m) => self
+                    .store
+                    .peek_consistent(&k)
+                    .map_err(store_err)?
+                    .filter(|&(fork, len)| (fork, len) == (m.fork, m.length))
+                    .map(|(_, len)| (decode_members(&m.members), len)),
+                None => None,
             };
-            let len = readable(&d);
-            let fork = d.db().core().info().fork;
-            let members = match metas.get(&k) {
-                Some(m) if m.format == FORMAT && m.fork == fork && m.length == len => {
-                    decode_members(&m.members)
+            let (members, len) = match unchanged {
+                Some((members, len)) => {
+                    unopened.insert(k, len);
+                    (members, len)
                 }
-                _ => members_of(&d.checkout(len)?).await?,
+                None => {
+                    let Some(d) = self.drive(k).await? else {
+                        // Held but empty: nothing to show, yet not missing.
+                        if self.store.has_core(&k) {
+                            frontier.insert(k, 0);
+                        }
+                        absent.insert(k);
+                        continue;
+                    };
+                    let len = readable(&d);
+                    let fork = d.db().core().info().fork;
+                    let members = match metas.get(&k) {
+                        Some(m) if m.format == FORMAT && m.fork == fork && m.length == len => {
+                            decode_members(&m.members)
+                        }
+                        _ => members_of(&d.checkout(len)?).await?,
+                    };
+                    drives.insert(k, (d, len));
+                    (members, len)
+                }
             };
             frontier.insert(k, len);
             data.insert(
@@ -416,7 +414,6 @@ impl CoDrive {
                     ..WriterData::default()
                 },
             );
-            drives.insert(k, (d, len));
             todo.extend(
                 view::mentioned(&data)
                     .into_iter()
@@ -455,8 +452,6 @@ impl CoDrive {
             self.bring_forward(&mut commits, *k, d, *len, target, members, metas.get(k))
                 .await?;
         }
-        // Held but empty (in the frontier at 0) or not held at all: nothing counted.
-        let empty = absent.clone();
         let mut missing = absent;
         missing.retain(|k| {
             (writers.contains_key(k) || removed.contains_key(k)) && !frontier.contains_key(k)
@@ -464,7 +459,8 @@ impl CoDrive {
         let counted = writers
             .keys()
             .chain(removed.keys())
-            .filter(|k| frontier.contains_key(k) && !empty.contains(k))
+            // Read, opened or not (held but empty ones are in the frontier, not here).
+            .filter(|k| data.contains_key(k))
             .copied()
             .collect();
         Ok(IndexState {

@@ -389,20 +389,12 @@ impl Kv {
         // on it): past a few MiB they are sealed too, to be written out below. With a big
         // journal every one is, so that the next open can empty the journal (below).
         if big || d.db.write_buffer_size() >= SETTLE_ACTIVE {
-            for k in d.spaces.iter().chain([&d.located]) {
+            for k in d.keyspaces() {
                 // An error leaves the memtable to the journal, as before.
                 let _ = k.rotate_memtable();
             }
         }
-        // What is left to write out: queued flushes and sealed memtables.
-        let left = || {
-            d.db.outstanding_flushes()
-                + d.spaces
-                    .iter()
-                    .chain([&d.located])
-                    .map(|k| k.sealed_memtable_count())
-                    .sum::<usize>()
-        };
+        let left = || d.unflushed();
         // Waits while the work goes on; gives up when none finishes for a while (a queued flush
         // no worker takes would otherwise hold every exit for the whole limit: seen once, a
         // `whoami` that took 10.5 s).
@@ -446,6 +438,20 @@ impl Kv {
 }
 
 impl Disk {
+    /// Every key space, the data files' locations included.
+    fn keyspaces(&self) -> impl Iterator<Item = &fjall::Keyspace> {
+        self.spaces.iter().chain([&self.located])
+    }
+
+    /// What is left to write out: queued flushes and sealed memtables.
+    fn unflushed(&self) -> usize {
+        self.db.outstanding_flushes()
+            + self
+                .keyspaces()
+                .map(|k| k.sealed_memtable_count())
+                .sum::<usize>()
+    }
+
     /// Records that the one journal holds nothing the tables do not, for the next open to empty
     /// it ([`empty_flushed_journal`]): only when nothing is left in memory to write out, with
     /// commits held off (a commit after this removes the mark before it writes).
@@ -453,25 +459,16 @@ impl Disk {
         let mut marked = self.marked.lock().unwrap_or_else(|e| e.into_inner());
         // Everything committed is in the journal's file, and synced.
         self.db.persist(fjall::PersistMode::SyncAll)?;
-        let flushed = self.db.write_buffer_size() == 0
-            && self.db.outstanding_flushes() == 0
-            && self
-                .spaces
-                .iter()
-                .chain([&self.located])
-                .all(|k| k.sealed_memtable_count() == 0);
+        if self.db.write_buffer_size() != 0 || self.unflushed() != 0 {
+            return Ok(());
+        }
         let journal = journal_files(&self.dir)?;
         let [(name, len)] = journal.as_slice() else {
             return Ok(());
         };
-        if !flushed {
-            return Ok(());
-        }
         let tmp = self.dir.join(format!("{FLUSHED_MARK}.tmp"));
         let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            std::io::Write::write_all(&mut f, format!("{name} {len}\n").as_bytes())?;
-            f.sync_all()?;
+            super::private_file(&tmp, format!("{name} {len}\n").as_bytes())?;
             std::fs::rename(&tmp, self.dir.join(FLUSHED_MARK))?;
             File::open(&self.dir)?.sync_all()
         };
@@ -876,13 +873,18 @@ mod tests {
         );
     }
 
+    /// Record `j` of batch `i` of [`fill`]: where it goes.
+    fn record(i: u32, j: u32) -> (Space, Vec<u8>) {
+        let space = [Space::Nodes, Space::Index, Space::Meta][j as usize % 3];
+        (space, [i.to_be_bytes(), j.to_be_bytes()].concat())
+    }
+
     /// Writes `n` batches of 100 records of 1 KiB into three spaces (3 MiB for 10).
     fn fill(kv: &Kv, n: u32, tag: u8) {
         for i in 0..n {
             let mut b = Batch::default();
             for j in 0u32..100 {
-                let key = [i.to_be_bytes(), j.to_be_bytes()].concat();
-                let space = [Space::Nodes, Space::Index, Space::Meta][j as usize % 3];
+                let (space, key) = record(i, j);
                 b.put(space, key, vec![tag; 1024]);
             }
             kv.commit(b).unwrap();
@@ -893,8 +895,7 @@ mod tests {
     fn filled(kv: &Kv, n: u32, tag: u8) -> bool {
         (0..n).all(|i| {
             (0u32..100).all(|j| {
-                let key = [i.to_be_bytes(), j.to_be_bytes()].concat();
-                let space = [Space::Nodes, Space::Index, Space::Meta][j as usize % 3];
+                let (space, key) = record(i, j);
                 kv.get(space, &key).unwrap() == Some(vec![tag; 1024])
             })
         })
