@@ -191,6 +191,40 @@ async fn files_links_listing_and_history() {
     );
 }
 
+/// A batch's flush is synced anyway, so its small files' blocks go straight to the blobs
+/// core's data file (written once); a single put's stay in the database's journal, which a put
+/// does not sync.
+#[tokio::test]
+async fn a_batch_writes_its_small_files_once_to_the_data_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(dir.path()).unwrap();
+    let drive = Drive::open_own(&store, "db").await.unwrap();
+    let data_file = dir
+        .path()
+        .join("db/data")
+        .join(hex::encode(drive.blobs_key().0));
+    let size = || std::fs::metadata(&data_file).map_or(0, |m| m.len());
+    drive.put("/single", &pattern(4096)).await.unwrap();
+    assert_eq!(size(), 0);
+    let mut b = drive.batch().await.unwrap();
+    for i in 0..50 {
+        b.put(&format!("/b/{i}"), &pattern(4096 + i)).await.unwrap();
+    }
+    b.put("/b/tiny", b"tiny").await.unwrap();
+    b.flush().await.unwrap();
+    assert_eq!(size(), (0..50).map(|i| 4096 + i as u64).sum::<u64>());
+    drop(drive);
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    let drive = Drive::open_own(&store, "db").await.unwrap();
+    for i in 0..50 {
+        let got = drive.get(&format!("/b/{i}")).await.unwrap().unwrap();
+        assert!(got == pattern(4096 + i), "/b/{i}");
+    }
+    assert_eq!(drive.get("/b/tiny").await.unwrap().unwrap(), b"tiny");
+    assert!(drive.get("/single").await.unwrap().unwrap() == pattern(4096));
+}
+
 #[tokio::test]
 async fn batch_streaming_watch_and_reopen() {
     let dir = tempfile::tempdir().unwrap();

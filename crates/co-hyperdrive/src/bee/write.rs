@@ -12,7 +12,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::read::{Blocks, MAX_DEPTH};
 use super::{BeeError, Shared};
-use crate::store::{Core, CoreError};
+use crate::store::{Core, CoreError, Durability};
 
 /// Keys per node at which a node splits (at rest a node holds at most 8).
 const MAX_KEYS: usize = 9;
@@ -642,9 +642,21 @@ impl Batch {
     /// [`flush`](Self::flush), committed together with `other_blocks` appended to `other`
     /// (another core of the store): after any stop both appends are there, or neither.
     pub async fn flush_together(
+        self,
+        other: &Core,
+        other_blocks: Vec<Vec<u8>>,
+    ) -> Result<u64, BeeError> {
+        self.flush_together_with(other, other_blocks, Durability::Buffered)
+            .await
+    }
+
+    /// [`flush_together`](Self::flush_together), durable when it returns if `durability` says
+    /// so.
+    pub(crate) async fn flush_together_with(
         mut self,
         other: &Core,
         other_blocks: Vec<Vec<u8>>,
+        durability: Durability,
     ) -> Result<u64, BeeError> {
         if self.entries.is_empty() {
             if !other_blocks.is_empty() {
@@ -656,7 +668,7 @@ impl Batch {
         let (out, _) = self
             .shared
             .core
-            .append_together(blocks, other, other_blocks)
+            .append_together_with(blocks, other, other_blocks, durability)
             .await
             .map_err(core_err)?;
         Ok(out.length)

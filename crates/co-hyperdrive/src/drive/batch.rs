@@ -7,6 +7,7 @@ use tokio::sync::OwnedMutexGuard;
 use super::{files_key, Drive, DriveEntry, DriveError, PutOptions};
 use crate::bee::Batch;
 use crate::blobs::{Blobs, StagedBlobs};
+use crate::store::Durability;
 
 /// Files up to this size are staged in a batch rather than appended one by one.
 pub(crate) const STAGE_MAX: usize = 1 << 20;
@@ -115,7 +116,7 @@ impl<'a> DriveBatch<'a> {
         let staged = Blobs::take_staged(&mut self.staged);
         let v = self
             .bee
-            .flush_together(self.drive.blobs.core(), staged)
+            .flush_together_with(self.drive.blobs.core(), staged, Durability::Synced)
             .await?;
         self.drive.sync()?;
         self.drive.notify();

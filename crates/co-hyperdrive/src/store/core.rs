@@ -11,6 +11,7 @@ use std::time::Duration;
 use cohd_format::Key;
 use tokio::sync::{broadcast, watch, Mutex};
 
+use super::kv::Durability;
 use super::log::{Log, LogError};
 
 /// Errors of one core.
@@ -494,6 +495,19 @@ impl Core {
         other: &Core,
         other_blocks: Vec<Vec<u8>>,
     ) -> Result<(Appended, Appended), CoreError> {
+        self.append_together_with(blocks, other, other_blocks, Durability::Buffered)
+            .await
+    }
+
+    /// [`append_together`](Self::append_together), durable when it returns if `durability`
+    /// says so (a drive batch's flush).
+    pub(crate) async fn append_together_with(
+        &self,
+        blocks: Vec<Vec<u8>>,
+        other: &Core,
+        other_blocks: Vec<Vec<u8>>,
+        durability: Durability,
+    ) -> Result<(Appended, Appended), CoreError> {
         if Arc::ptr_eq(&self.live, &other.live) {
             return Err(CoreError::Corrupted(
                 "appends together need two different cores".into(),
@@ -510,7 +524,9 @@ impl Core {
         if *wa || *wb {
             return Err(CoreError::Closed);
         }
-        let (a, b) = self.log.append_together(blocks, &other.log, other_blocks)?;
+        let (a, b) = self
+            .log
+            .append_together(blocks, &other.log, other_blocks, durability)?;
         drop((wa, wb));
         self.poke();
         other.poke();

@@ -30,7 +30,7 @@ use cohd_format::wire::{DataBlock, DataNodes, DataUpgrade};
 use cohd_format::Key;
 use ed25519_dalek::SigningKey;
 
-use super::kv::{Batch, Kv, KvError, Space};
+use super::kv::{Batch, Durability, Kv, KvError, Space};
 use super::proofs::{Proof, ProofRequest};
 
 /// What can go wrong in a log.
@@ -820,6 +820,7 @@ impl Log {
         blocks: Vec<Vec<u8>>,
         other: &Log,
         other_blocks: Vec<Vec<u8>>,
+        durability: Durability,
     ) -> Result<(Lengths, Lengths), LogError> {
         if !Arc::ptr_eq(&self.kv, &other.kv) || self.key == other.key {
             return Err(LogError::Corrupted(
@@ -839,6 +840,9 @@ impl Log {
             (self.state(), sb)
         };
         let mut batch = Batch::default();
+        if durability == Durability::Synced {
+            batch.synced();
+        }
         let a = a.map(|p| {
             batch.extend(p.batch);
             p.next
@@ -1721,6 +1725,7 @@ mod tests {
                 vec![b"blob 0".to_vec(), b"blob 1".to_vec()],
                 &db,
                 vec![b"entry 0".to_vec()],
+                Durability::Buffered,
             )
             .unwrap();
         assert_eq!((a.0, b.0), (2, 1));
@@ -1730,7 +1735,12 @@ mod tests {
         };
         f.off.store(false, Ordering::Relaxed);
         assert!(blobs
-            .append_together(vec![b"blob 2".to_vec()], &db, vec![b"entry 1".to_vec()])
+            .append_together(
+                vec![b"blob 2".to_vec()],
+                &db,
+                vec![b"entry 1".to_vec()],
+                Durability::Buffered
+            )
             .is_err());
         f.off.store(true, Ordering::Relaxed);
         assert_eq!((blobs.lengths().0, db.lengths().0), (2, 1));
@@ -1743,18 +1753,33 @@ mod tests {
         }
         // Then both go on from there.
         let (a, b) = blobs
-            .append_together(vec![b"blob 2".to_vec()], &db, vec![b"entry 1".to_vec()])
+            .append_together(
+                vec![b"blob 2".to_vec()],
+                &db,
+                vec![b"entry 1".to_vec()],
+                Durability::Buffered,
+            )
             .unwrap();
         assert_eq!((a.0, b.0), (3, 2));
         assert_eq!(db.get(1).unwrap().unwrap(), b"entry 1");
         assert_eq!(blobs.get(2).unwrap().unwrap(), b"blob 2");
         // Two handles of one log, or logs of two stores, are refused.
         assert!(blobs
-            .append_together(vec![b"x".to_vec()], &blobs, vec![b"y".to_vec()])
+            .append_together(
+                vec![b"x".to_vec()],
+                &blobs,
+                vec![b"y".to_vec()],
+                Durability::Buffered
+            )
             .is_err());
         let elsewhere = writer(&Arc::new(Kv::memory()), 0);
         assert!(blobs
-            .append_together(vec![b"x".to_vec()], &elsewhere, vec![b"y".to_vec()])
+            .append_together(
+                vec![b"x".to_vec()],
+                &elsewhere,
+                vec![b"y".to_vec()],
+                Durability::Buffered
+            )
             .is_err());
     }
 

@@ -42,6 +42,7 @@ use cohd_format::manifest::Manifest;
 use cohd_format::Key;
 use ed25519_dalek::SigningKey;
 
+pub(crate) use kv::Durability;
 use kv::Kv;
 
 /// How a new core of ours is keyed.
