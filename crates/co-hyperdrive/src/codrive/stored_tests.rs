@@ -318,3 +318,49 @@ async fn a_refresh_stopped_while_a_limit_moved_back_is_taken_up_again() {
         limit_moved_back_then_lifted(after).await.unwrap();
     }
 }
+
+/// A writer new to the index is read in path order a page at a time (here 8 entries), the
+/// version records and the file entries side by side: across pages, with paths that have only
+/// a record (deleted), only a file (a plain Hyperdrive write) or a malformed entry, its rows
+/// are what the full merge loads.
+#[tokio::test]
+async fn a_new_writer_is_read_a_page_at_a_time_as_the_full_merge_loads_it() {
+    use cohd_format::sub;
+    let store = Store::memory();
+    let a = CoDrive::create(&store, "a").await.unwrap();
+    let b = CoDrive::open(&store, a.key(), "b").await.unwrap();
+    a.authorize(b.local_key()).await.unwrap();
+    for i in 0..30 {
+        b.put(&format!("/f{i:02}"), b"x").await.unwrap();
+    }
+    for i in (0..30).step_by(4) {
+        b.del(&format!("/f{i:02}")).await.unwrap();
+    }
+    let mut raw = b.own().batch().await.unwrap();
+    for i in 0..12 {
+        raw.put(&format!("/plain{i:02}"), b"y").await.unwrap();
+    }
+    raw.put_raw(&sub::encode(sub::FILES, b"/f05x"), b"\xff\xff not an entry")
+        .await
+        .unwrap();
+    raw.put_raw(&sub::encode(sub::FILES, b"relative"), b"")
+        .await
+        .unwrap();
+    raw.flush().await.unwrap();
+    let d = b.own().clone();
+    let loaded = a.load(&d).await.unwrap().versions;
+    let mut read = Vec::new();
+    let mut versions = super::stored::Versions::new(&d);
+    while let Some(v) = versions.next().await.unwrap() {
+        read.push(v);
+    }
+    let expected: Vec<_> = loaded
+        .into_iter()
+        .flat_map(|(p, vs)| vs.into_iter().map(move |v| (p.clone(), v)))
+        .collect();
+    assert!(read.len() > 40, "{} versions", read.len());
+    assert_eq!(read, expected);
+    // And the index built from it (b is new to a's index) is the full merge.
+    check(&a).await.unwrap();
+    assert_eq!(a.indexed().await.unwrap().list("/").unwrap().len(), 22 + 12);
+}

@@ -536,6 +536,16 @@ impl Drive {
         }
     }
 
+    /// The range of every file entry, as [`list_valid`](Self::list_valid) of `/` reads it.
+    pub(crate) fn files_range() -> Range {
+        Range::exclusive(files_key("/"), files_key("0"))
+    }
+
+    /// A file entry read from the db, checked as [`list_valid`](Self::list_valid) checks it.
+    pub(crate) fn valid_entry(&self, e: crate::bee::BeeEntry) -> Result<DriveEntry, DriveError> {
+        self.to_drive_entry(e)
+    }
+
     fn to_drive_entry(&self, e: crate::bee::BeeEntry) -> Result<DriveEntry, DriveError> {
         let p = sub::decode(sub::FILES, &e.key)
             .and_then(|p| std::str::from_utf8(p).ok())
