@@ -15,8 +15,26 @@ use cohd_format::wire::{Message, RequestBlock, RequestUpgrade};
 
 use crate::store::{Proof, ProofRequest};
 
-/// Block requests in flight per channel.
+/// Block requests in flight per channel, at least ([`pipeline`]).
 pub(crate) const PIPELINE: usize = 32;
+/// And at most.
+pub(crate) const MAX_PIPELINE: usize = 256;
+/// The bytes of blocks a channel asks for at once, when it knows the core's block size.
+const IN_FLIGHT_BYTES: u64 = 2 << 20;
+
+/// How many block requests a channel keeps in flight for a core of `byte_length` bytes in
+/// `length` blocks: as many as fit in [`IN_FLIGHT_BYTES`] of blocks that size. A Hyperbee's
+/// blocks are a few hundred bytes: 32 of them in flight left both peers idle for most of
+/// each round trip (a new peer of 16 writers x 1,000 files: 0.6 s -> 0.5 s at 256); a blobs
+/// core's 64 KiB blocks keep 32, whose bytes already fill a round trip.
+pub(crate) fn pipeline(length: u64, byte_length: u64) -> usize {
+    match byte_length.checked_div(length) {
+        Some(size) => usize::try_from(IN_FLIGHT_BYTES / size.max(1))
+            .unwrap_or(MAX_PIPELINE)
+            .clamp(PIPELINE, MAX_PIPELINE),
+        None => PIPELINE,
+    }
+}
 /// Inbound requests a peer may have queued before we call it a flood.
 pub(crate) const MAX_QUEUED: usize = 4096;
 
@@ -38,6 +56,8 @@ pub(crate) struct Local {
     /// We do not know the core's manifest yet: upgrades ask for it (a manifest core's
     /// signatures cannot be checked without it).
     pub(crate) needs_manifest: bool,
+    /// Block requests to keep in flight ([`pipeline`]).
+    pub(crate) pipeline: usize,
 }
 
 /// Something the session must do for this channel.
@@ -454,7 +474,7 @@ impl Peer {
         let mut missing = 0;
         let mut gone = Vec::new();
         for &i in &self.wanted {
-            if missing >= PIPELINE * 2 {
+            if missing >= MAX_PIPELINE * 2 {
                 break;
             }
             if !self.requested.contains(&i) && held(i) {
@@ -619,7 +639,7 @@ impl Peer {
         };
         let explicit = wanted.len();
         for (n, i) in wanted.into_iter().chain(scan).enumerate() {
-            if self.inflight.len() >= PIPELINE {
+            if self.inflight.len() >= local.pipeline {
                 break;
             }
             // A block a read waits for is fetched even below another channel's prefix: it
@@ -723,6 +743,7 @@ mod tests {
             fork: 0,
             writable: true,
             needs_manifest: false,
+            pipeline: PIPELINE,
         };
         let mut p = Peer::new(false, Arc::default());
         let open = p.on_open(&local);
@@ -766,6 +787,7 @@ mod tests {
             fork: 0,
             writable: false,
             needs_manifest: false,
+            pipeline: PIPELINE,
         };
         let mut p = Peer::new(true, Arc::default());
         p.on_open(&local);
@@ -822,6 +844,26 @@ mod tests {
             .count();
         assert_eq!(n, PIPELINE);
         assert!(!p.caught_up(&local));
+        // Told the blocks are small, the channel keeps more in flight.
+        local.pipeline = 80;
+        let n = sent(&p.on_applied(&local))
+            .iter()
+            .filter(|m| matches!(m, Message::Request { block: Some(_), .. }))
+            .count();
+        assert_eq!(n, 80 - PIPELINE);
+    }
+
+    #[test]
+    fn the_pipeline_holds_a_bounded_number_of_bytes() {
+        // Unknown sizes, and 64 KiB blob blocks: the least.
+        assert_eq!(pipeline(0, 0), PIPELINE);
+        assert_eq!(pipeline(100, 100 * 65536), PIPELINE);
+        // Hyperbee nodes of ~300 bytes: the most; 16 KiB blocks in between.
+        assert_eq!(pipeline(1000, 300_000), MAX_PIPELINE);
+        assert_eq!(pipeline(10, 10 * 16384), 128);
+        // A hostile byte length cannot overflow it.
+        assert_eq!(pipeline(1, u64::MAX), PIPELINE);
+        assert_eq!(pipeline(u64::MAX, 0), MAX_PIPELINE);
     }
 
     #[test]
@@ -832,6 +874,7 @@ mod tests {
             fork: 0,
             writable: false,
             needs_manifest: false,
+            pipeline: PIPELINE,
         };
         let mut p = Peer::new(false, Arc::default());
         let d = block_data(77, 0);
@@ -924,6 +967,7 @@ mod tests {
             fork: 0,
             writable: false,
             needs_manifest: false,
+            pipeline: PIPELINE,
         };
         let mut p = Peer::new(false, Arc::default());
         p.on_open(&local);
@@ -962,6 +1006,7 @@ mod tests {
             fork: 0,
             writable: false,
             needs_manifest: false,
+            pipeline: PIPELINE,
         };
         let mut p = Peer::new(false, Arc::default());
         p.on_open(&local);
@@ -993,6 +1038,7 @@ mod tests {
             fork: 0,
             writable: false,
             needs_manifest: false,
+            pipeline: PIPELINE,
         };
         let claims = Arc::new(Claims::default());
         let synced = |p: &mut Peer| {
@@ -1058,6 +1104,7 @@ mod tests {
             fork: i.fork,
             writable: false,
             needs_manifest: !core.knows_manifest(),
+            pipeline: pipeline(i.length, i.byte_length),
         }
     }
 

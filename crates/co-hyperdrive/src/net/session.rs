@@ -16,7 +16,7 @@ use cohd_format::Key;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch};
 
-use super::peer::{Action, Claims, Local, Peer, PeerError, MAX_QUEUED};
+use super::peer::{pipeline, Action, Claims, Local, Peer, PeerError, MAX_QUEUED};
 use super::transport::{
     self, Backlog, Channel, MessageStream, Mux, MuxEvent, TransportError, TransportOptions,
 };
@@ -92,7 +92,7 @@ struct ConnCtx {
 }
 
 /// Most Data messages taken from a channel's queue at once, their proofs applied together.
-const APPLY_BATCH: usize = 32;
+const APPLY_BATCH: usize = 128;
 
 /// How often a channel waiting for a congested socket checks its queue for a flood.
 const FLOOD_CHECK: Duration = Duration::from_millis(50);
@@ -627,6 +627,7 @@ impl Replicator {
                 fork: i.fork,
                 writable: i.writable,
                 needs_manifest: !c.knows_manifest(),
+                pipeline: pipeline(i.length, i.byte_length),
             }
         };
         let open = peer.on_open(&local(&core));
@@ -835,6 +836,7 @@ impl Replicator {
                         fork: i.fork,
                         writable: i.writable,
                         needs_manifest: !core.knows_manifest(),
+                        pipeline: pipeline(i.length, i.byte_length),
                     }));
                 }
                 Action::Extension(name, message) => {
