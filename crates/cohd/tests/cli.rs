@@ -1035,6 +1035,45 @@ fn import_delete_removes_what_the_folder_lacks() {
     assert_eq!(version(&d), v + 4);
 }
 
+/// `--delete` checks each drive entry against the local folder a page at a time (more than a
+/// page here): a name holding a backslash (imported under another drive path) is kept, a drive
+/// file that the local folder reaches only through a symlink is not (an import does not follow
+/// symlinks), and everything the folder lacks goes.
+#[cfg(unix)]
+#[test]
+fn import_delete_pages_through_the_drive_and_follows_no_symlink() {
+    use std::os::unix::fs::symlink;
+    let (d, _) = Dir::init();
+    let many = d.scratch("many");
+    for i in 0..2100 {
+        let dir = many.join(format!("m{}", i % 7));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join(format!("f{i:04}")), b"m").expect("write");
+    }
+    d.ok(&["import", many.to_str().expect("utf8"), "/site/many"]);
+    let src = d.scratch("src");
+    write_files(
+        &src,
+        &[("keep.txt", b"keep"), ("real/x", b"x"), ("a\\b", b"ab")],
+    );
+    symlink("real", src.join("link")).expect("symlink");
+    let src_s = src.to_str().expect("utf8");
+    d.ok(&["import", src_s, "/site"]);
+    // Reached locally only through the symlink `link`.
+    d.put("/site/link/x", b"through the link");
+    assert!(ls_paths(&d, &["ls", "-r", "/site"]).contains(&"/site/a/b".to_string()));
+    let out = d.ok(&["import", src_s, "/site", "--delete"]);
+    assert!(
+        out.stderr.contains(", 4 unchanged, 2101 deleted"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        ls_paths(&d, &["ls", "-r"]),
+        ["/site/a/b", "/site/keep.txt", "/site/link", "/site/real/x"]
+    );
+}
+
 /// A local symlink that stays inside the folder becomes a drive symlink to the absolute drive
 /// path (which `cat` follows and `export` turns back into a working relative link); one that
 /// leads outside is skipped with a warning naming it.

@@ -960,6 +960,35 @@ impl Indexed<'_> {
         })
     }
 
+    /// At most `limit` visible entries under `folder`, recursively, in path order, from the
+    /// first path after `after` on (`None`: from the start): [`for_each_entry`] a page at a
+    /// time, for a caller that writes between pages.
+    ///
+    /// [`for_each_entry`]: Self::for_each_entry
+    pub fn entries_after(
+        &self,
+        folder: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<CoEntry>, CoDriveError> {
+        let (mut start, end) = folder_rows(&self.co.primary, &path::folder(folder));
+        if let Some(a) = after {
+            start = start.max(path_rows(&self.co.primary, a).1);
+        }
+        let mut g = Groups::new(self.co, (start, end));
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some((p, vs)) = g.next()? else { break };
+            if let Some(e) = self
+                .resolve(vs)
+                .and_then(|r| CoEntry::from_resolved(&p, &r))
+            {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every visible entry under `folder`, recursively, sorted by path (see
     /// [`for_each_entry`](Self::for_each_entry) to stream them).
     pub fn list(&self, folder: &str) -> Result<Vec<CoEntry>, CoDriveError> {

@@ -21,11 +21,15 @@ const BATCH_BYTES: u64 = 32 << 20;
 /// `import --delete` deletes in batches of at most this many paths.
 const DELETE_BATCH: usize = 1024;
 
-/// What an import found under its local folder.
-#[derive(Debug, Default)]
-struct Walked {
-    /// Files and symlinks, sorted by path.
-    items: Vec<Item>,
+/// Files and symlinks under a local folder (symlinks are not followed), in path order, read a
+/// folder at a time: memory holds the folders on the way down, not every file of the tree.
+/// Depth first with each folder's entries sorted by name is the order `Path` sorts in (it
+/// compares component by component).
+#[derive(Debug)]
+struct Walk {
+    /// The folders being walked, root first: their entries left to visit (the next one last),
+    /// and whether a file or symlink was found anywhere below them.
+    stack: Vec<(Vec<(PathBuf, std::fs::FileType)>, bool)>,
     /// Folders (the root excluded) with no file or symlink anywhere below them.
     empty_folders: usize,
     /// Entries that are neither a file, a folder nor a symlink (sockets, FIFOs, devices).
@@ -44,22 +48,39 @@ enum Kind {
     Link,
 }
 
-/// Local files and symlinks under `root` (symlinks are not followed), sorted.
-fn walk(root: &Path) -> Result<Walked> {
-    let mut w = Walked::default();
-    let mut folders = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let rd = std::fs::read_dir(&dir)
-            .with_context(|| format!("cannot read folder {}", dir.display()))?;
-        for e in rd {
-            let e = e.with_context(|| format!("reading {}", dir.display()))?;
-            let ft = e.file_type()?;
+impl Walk {
+    fn new(root: &Path) -> Result<Self> {
+        Ok(Self {
+            stack: vec![(read_sorted(root)?, false)],
+            empty_folders: 0,
+            others: Vec::new(),
+        })
+    }
+
+    fn next(&mut self) -> Result<Option<Item>> {
+        loop {
+            let Some((entries, _)) = self.stack.last_mut() else {
+                return Ok(None);
+            };
+            let Some((path, ft)) = entries.pop() else {
+                let (_, holds) = self.stack.pop().unwrap_or_default();
+                if let Some(parent) = self.stack.last_mut() {
+                    if holds {
+                        parent.1 = true;
+                    } else {
+                        self.empty_folders += 1;
+                    }
+                }
+                continue;
+            };
             if ft.is_dir() {
-                folders.push(e.path());
-                stack.push(e.path());
-            } else if ft.is_file() {
-                let m = e.metadata()?;
+                let entries = read_sorted(&path)?;
+                self.stack.push((entries, false));
+                continue;
+            }
+            let kind = if ft.is_file() {
+                let m = std::fs::symlink_metadata(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
                 #[cfg(unix)]
                 let executable = {
                     use std::os::unix::fs::PermissionsExt;
@@ -67,37 +88,67 @@ fn walk(root: &Path) -> Result<Walked> {
                 };
                 #[cfg(not(unix))]
                 let executable = false;
-                let kind = Kind::File {
+                Kind::File {
                     size: m.len(),
                     executable,
-                };
-                w.items.push(Item {
-                    path: e.path(),
-                    kind,
-                });
+                }
             } else if ft.is_symlink() {
-                w.items.push(Item {
-                    path: e.path(),
-                    kind: Kind::Link,
-                });
+                Kind::Link
             } else {
-                w.others.push(e.path());
+                self.others.push(path);
+                continue;
+            };
+            if let Some(top) = self.stack.last_mut() {
+                top.1 = true;
             }
+            return Ok(Some(Item { path, kind }));
         }
     }
-    w.items.sort();
-    w.others.sort();
-    // A folder that holds something has it as an ancestor; the rest cannot exist in a drive.
-    let mut full = HashSet::new();
-    for it in &w.items {
-        for a in it.path.ancestors().skip(1) {
-            if a == root || !full.insert(a.to_path_buf()) {
-                break;
-            }
+}
+
+/// A folder's entries, sorted by name, the first last.
+fn read_sorted(dir: &Path) -> Result<Vec<(PathBuf, std::fs::FileType)>> {
+    let mut out = Vec::new();
+    for e in
+        std::fs::read_dir(dir).with_context(|| format!("cannot read folder {}", dir.display()))?
+    {
+        let e = e.with_context(|| format!("reading {}", dir.display()))?;
+        let ft = e
+            .file_type()
+            .with_context(|| format!("reading {}", e.path().display()))?;
+        out.push((e.path(), ft));
+    }
+    out.sort_by(|a, b| b.0.cmp(&a.0));
+    Ok(out)
+}
+
+/// Whether an import of `local` into drive folder `base` (as from `path::folder`) writes drive
+/// path `dp` (normalized, under `base`) from a local file or symlink at the same path: each of
+/// its folders a real folder (an import does not follow symlinks), itself a file or a symlink.
+/// (A local name that normalizes to another path, as one holding a backslash does, is not
+/// found this way: an import collects those as it meets them.)
+fn imported_as_is(local: &Path, base: &str, dp: &str) -> bool {
+    let Some(rel) = dp.strip_prefix(base).and_then(|r| r.strip_prefix('/')) else {
+        return false;
+    };
+    let mut at = local.to_path_buf();
+    let mut parts = rel.split('/').peekable();
+    while let Some(part) = parts.next() {
+        at.push(part);
+        let Ok(m) = std::fs::symlink_metadata(&at) else {
+            return false;
+        };
+        let ft = m.file_type();
+        let ok = if parts.peek().is_some() {
+            ft.is_dir()
+        } else {
+            ft.is_file() || ft.is_symlink()
+        };
+        if !ok {
+            return false;
         }
     }
-    w.empty_folders = folders.iter().filter(|f| !full.contains(*f)).count();
-    Ok(w)
+    true
 }
 
 /// Where a local symlink at `link` (relative to the imported folder) with target `target`
@@ -216,24 +267,24 @@ pub(crate) async fn import(
     if !local.is_dir() {
         bail!("{} is not a folder", local.display());
     }
-    let walked = walk(local)?;
+    // A first walk counts (for the progress bar, and the check below); the second imports.
+    let (mut found, mut total) = (0usize, 0u64);
+    let mut counting = Walk::new(local)?;
+    while let Some(it) = counting.next()? {
+        found += 1;
+        if let Kind::File { size, .. } = it.kind {
+            total += size;
+        }
+    }
     // Mirroring an empty folder would delete everything under the drive folder: a mistake far
     // more often than a wish (`cohd rm -r` says it plainly).
-    if delete && walked.items.is_empty() {
+    if delete && found == 0 {
         bail!(
             "refusing `--delete` from an empty folder ({}): it would delete everything under \
              {folder} (use `cohd rm -r {folder}` for that)",
             local.display()
         );
     }
-    let total: u64 = walked
-        .items
-        .iter()
-        .map(|it| match it.kind {
-            Kind::File { size, .. } => size,
-            Kind::Link => 0,
-        })
-        .sum();
     // Absolute links name the folder by any of its absolute paths.
     let mut roots: Vec<PathBuf> = Vec::new();
     for r in [std::path::absolute(local), local.canonicalize()]
@@ -256,9 +307,11 @@ pub(crate) async fn import(
     let mut theirs = Vec::with_capacity(1 << 20);
     let mut batch_bytes = 0;
     let (mut files, mut bytes, mut links, mut unchanged) = (0usize, 0u64, 0usize, 0usize);
-    // Drive paths the local folder has (whether written or not), for `delete`.
-    let mut present = HashSet::new();
-    for it in &walked.items {
+    // For `delete`: drive paths the local folder has under another name (see
+    // `imported_as_is`), whether written or not.
+    let mut renamed = HashSet::new();
+    let mut walk = Walk::new(local)?;
+    while let Some(it) = walk.next()? {
         let p = &it.path;
         let rel = p.strip_prefix(local).unwrap_or(p);
         let rel_s = rel
@@ -266,7 +319,10 @@ pub(crate) async fn import(
             .with_context(|| format!("{} is not a UTF-8 path", p.display()))?;
         let dp = path::normalize(&format!("{base}/{rel_s}"))
             .with_context(|| format!("{} cannot be a drive path", p.display()))?;
-        present.insert(dp.clone());
+        // (A name the drive path does not spell as is: one holding a backslash.)
+        if delete && dp != format!("{base}/{rel_s}") {
+            renamed.insert(dp.clone());
+        }
         let now = cur.entry(&dp)?;
         // A conflicted path is written even when its winner matches: that settles it.
         let now = now.filter(|e| e.conflicts.is_empty());
@@ -346,25 +402,29 @@ pub(crate) async fn import(
     pb.finish_and_clear();
     let mut deleted = 0;
     if delete {
-        // Deletes batched too: each batch holds its entries in memory until flushed.
-        let mut gone = Vec::new();
-        co.indexed().await?.for_each_entry(&base, |e| {
-            if !present.contains(&e.path) {
-                gone.push(e.path);
-            }
-            Ok::<_, CoDriveError>(())
-        })?;
-        for chunk in gone.chunks(DELETE_BATCH) {
+        // The drive's entries under the folder a page at a time, each checked against the
+        // local folder; deletes batched too (a batch holds its entries until flushed).
+        let mut after: Option<String> = None;
+        loop {
+            let page = co
+                .indexed()
+                .await?
+                .entries_after(&base, after.as_deref(), DELETE_BATCH)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.path.clone());
             let mut b = co.batch().await?;
-            for p in chunk {
-                if b.del(p).await? {
+            for e in &page {
+                if !renamed.contains(&e.path)
+                    && !imported_as_is(local, &base, &e.path)
+                    && b.del(&e.path).await?
+                {
                     deleted += 1;
                 }
             }
             b.flush().await?;
         }
     }
-    for p in &walked.others {
+    for p in &walk.others {
         out.note(&format!(
             "warning: skipped {}: not a file, folder or symlink",
             p.display()
@@ -385,10 +445,10 @@ pub(crate) async fn import(
         summary.push_str(&format!(", {deleted} deleted"));
     }
     out.note(&summary);
-    if walked.empty_folders > 0 {
+    if walk.empty_folders > 0 {
         out.note(&format!(
             "skipped {} (a drive holds files, not folders)",
-            count(walked.empty_folders, "empty folder", "empty folders")
+            count(walk.empty_folders, "empty folder", "empty folders")
         ));
     }
     Ok(())
@@ -729,6 +789,34 @@ async fn export_conflicts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The walk yields what sorting every path would, a folder at a time, and counts the
+    /// folders that hold no file.
+    #[test]
+    fn the_walk_is_in_path_order_and_counts_empty_folders() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        for f in ["b/x", "a.b", "a/y", "a/z/w", "c", "a-"] {
+            let p = root.join(f);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&p, f).expect("write");
+        }
+        for d in ["a/empty", "e/f", "b/g"] {
+            std::fs::create_dir_all(root.join(d)).expect("mkdir");
+        }
+        let mut w = Walk::new(root).expect("walk");
+        let mut got = Vec::new();
+        while let Some(it) = w.next().expect("next") {
+            got.push(it.path.strip_prefix(root).expect("under").to_path_buf());
+        }
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(got, sorted);
+        let names: Vec<_> = got.iter().map(|p| p.to_str().expect("utf8")).collect();
+        assert_eq!(names, ["a/y", "a/z/w", "a-", "a.b", "b/x", "c"]);
+        // a/empty, e/f and e (holding only an empty folder), b/g.
+        assert_eq!(w.empty_folders, 4);
+    }
 
     fn inside(t: &str) -> LinkTarget {
         LinkTarget::Inside(t.to_string())
