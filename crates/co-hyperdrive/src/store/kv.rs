@@ -36,6 +36,16 @@ pub(crate) const SYNCED_FILE_MIN: usize = 4 * 1024;
 /// At most this many bytes of small file blocks are gathered into one write.
 const GATHER: usize = 1 << 20;
 
+/// Index and filter blocks partitioned at every level (fjall partitions them only from level 3
+/// on): a point read in a new process then loads a small partition of each, not a table's whole
+/// index and filter (about 1 MiB each in a table of a million keys, read, checksummed and freed
+/// again by every command on a big drive). Kept with the key space: applies to stores created
+/// from here on.
+fn partitioned(o: fjall::KeyspaceCreateOptions) -> fjall::KeyspaceCreateOptions {
+    o.index_block_partitioning_policy(fjall::config::PartitioningPolicy::all(true))
+        .filter_block_partitioning_policy(fjall::config::PartitioningPolicy::all(true))
+}
+
 /// The data files' folder in the database folder.
 const DATA_DIR: &str = "data";
 
@@ -265,6 +275,7 @@ impl Kv {
                     })
                     .data_block_compression_policy(fjall::config::CompressionPolicy::disabled())
                     .index_block_compression_policy(fjall::config::CompressionPolicy::disabled());
+                let o = partitioned(o);
                 match s {
                     // Block values are large and incompressible: kept apart from the keys.
                     Space::Blocks => o.with_kv_separation(Some(
@@ -277,10 +288,12 @@ impl Kv {
             spaces.push(ks);
         }
         let located = db.keyspace("block-files", || {
-            fjall::KeyspaceCreateOptions::default()
-                .manual_journal_persist(true)
-                .data_block_compression_policy(fjall::config::CompressionPolicy::disabled())
-                .index_block_compression_policy(fjall::config::CompressionPolicy::disabled())
+            partitioned(
+                fjall::KeyspaceCreateOptions::default()
+                    .manual_journal_persist(true)
+                    .data_block_compression_policy(fjall::config::CompressionPolicy::disabled())
+                    .index_block_compression_policy(fjall::config::CompressionPolicy::disabled()),
+            )
         })?;
         let data = dir.join(DATA_DIR);
         std::fs::create_dir_all(&data).map_err(|e| KvError::file(&data, "creating", &e))?;
