@@ -459,10 +459,6 @@ async fn run(opts: &Options) -> Result<()> {
     Ok(())
 }
 
-/// As `cohd`'s (see there).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 // The drive's storage does blocking file I/O and the workloads await one operation at a time,
 // so one thread (like Node's event loop) is all the benchmark needs.
 #[tokio::main(flavor = "current_thread")]

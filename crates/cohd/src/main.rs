@@ -370,11 +370,6 @@ fn quiet_panics() {
     }));
 }
 
-/// mimalloc: replication and the store allocate many small buffers per block, which glibc's
-/// allocator served at a quarter of a new peer's time.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     quiet_panics();
