@@ -3,8 +3,8 @@
 //! one `fdatasync` per durable commit, a torn batch discarded whole on recovery: see
 //! `docs/storage-spike.md`); in memory a `BTreeMap` per space, for tests and examples.
 //!
-//! On disk, blocks of [`FILE_MIN`] bytes or more ([`SYNCED_FILE_MIN`] in a batch synced as it
-//! commits) live in one append-only data file per core
+//! On disk, blocks of [`FILE_MIN`] bytes or more ([`SYNCED_FILE_MIN`] in a batch its caller
+//! syncs right after, [`Batch::synced`]) live in one append-only data file per core
 //! (`data/<core key hex>` in the database folder) and the database holds where each one is
 //! (`block-files` key space): they are written once, not to the journal and again to the
 //! database's blob files (the spike measured 2.2× the bulk write rate). The file is written
@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, RwLock};
 /// ones (Hyperbee nodes, small files) stay in the database, where a commit needs no extra sync.
 pub(crate) const FILE_MIN: usize = 16 * 1024;
 
-/// The same in a batch that is synced as it commits ([`Batch::synced`]): it pays a sync
+/// The same in a batch its caller syncs right after ([`Batch::synced`]): it pays a sync
 /// anyway, so a small file's block (4 KiB or more) is written once, to the data file, instead of
 /// to the journal and again to the database's blob files.
 pub(crate) const SYNCED_FILE_MIN: usize = 4 * 1024;
@@ -131,7 +131,8 @@ pub(crate) enum Durability {
     /// At the next [`Kv::persist`] (a killed process loses nothing; a power loss may lose a
     /// suffix of whole commits).
     Buffered,
-    /// When the commit returns ([`Batch::synced`]).
+    /// Before the call that commits it returns: the caller persists right after the commit
+    /// (its batch [`Batch::synced`]).
     Synced,
 }
 
@@ -145,7 +146,7 @@ pub(crate) struct Batch {
     ops: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
     /// The blocks must be durable before the rest may be (see the module notes).
     own: bool,
-    /// Durable when the commit returns (data files, then the journal, synced).
+    /// The caller persists right after this commit (see [`Batch::synced`]).
     synced: bool,
 }
 
@@ -155,8 +156,10 @@ impl Batch {
         self.own = true;
     }
 
-    /// Makes the commit durable before it returns ([`Kv::persist`] as part of it); its blocks
-    /// of [`SYNCED_FILE_MIN`] bytes or more go to the data files.
+    /// Says that the caller makes this commit durable right after it ([`Kv::persist`], a
+    /// sync it pays anyway): its blocks of [`SYNCED_FILE_MIN`] bytes or more go to the data
+    /// files, synced before it commits. (The persist is the caller's, after it has taken the
+    /// commit in: a persist that fails must not leave it thinking the commit did not happen.)
     pub(crate) fn synced(&mut self) {
         self.synced = true;
     }
@@ -700,9 +703,6 @@ impl Disk {
         }
         b.commit()?;
         *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        if batch.synced {
-            self.persist()?;
-        }
         for (core, (offset, len)) in freed {
             self.files.punch(&core, offset, len);
         }
@@ -1299,7 +1299,16 @@ mod tests {
             }
             b.synced();
             kv.commit(b).unwrap();
-            // Durable as the commit returned: nothing left to persist.
+            // The data files are synced as the commit returns (the persist after it, the
+            // caller's, then makes the journal that names them durable).
+            for core in [1u8, 2] {
+                let f = d(&kv).files.get(&[core; 32]).unwrap();
+                assert!(
+                    !f.end.lock().unwrap().1,
+                    "core {core}'s data file not synced"
+                );
+            }
+            kv.persist().unwrap();
             assert!(!*d(&kv).dirty.lock().unwrap());
             for (k, v) in &blocks {
                 assert!(

@@ -870,7 +870,14 @@ impl Log {
         if let Some(next) = b {
             other.install(&mut sb, next);
         }
-        Ok(((sa.length, sa.byte_length), (sb.length, sb.byte_length)))
+        let lengths = ((sa.length, sa.byte_length), (sb.length, sb.byte_length));
+        drop((sa, sb));
+        // Once the state is ours (a persist that fails leaves the appends in, and says so),
+        // and with reads no longer held off.
+        if durability == Durability::Synced {
+            self.kv.persist()?;
+        }
+        Ok(lengths)
     }
 
     /// The batch of a signed append of `blocks`, and the state it leaves; `None` for no blocks.
