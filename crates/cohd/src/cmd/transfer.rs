@@ -36,13 +36,13 @@ struct Walk {
     others: Vec<PathBuf>,
 }
 
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug)]
 struct Item {
     path: PathBuf,
     kind: Kind,
 }
 
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug)]
 enum Kind {
     File { size: u64, executable: bool },
     Link,
@@ -126,17 +126,35 @@ fn read_sorted(dir: &Path) -> Result<Vec<(PathBuf, std::fs::FileType)>> {
 /// path `dp` (normalized, under `base`) from a local file or symlink at the same path: each of
 /// its folders a real folder (an import does not follow symlinks), itself a file or a symlink.
 /// (A local name that normalizes to another path, as one holding a backslash does, is not
-/// found this way: an import collects those as it meets them.)
-fn imported_as_is(local: &Path, base: &str, dp: &str) -> bool {
+/// found this way: an import collects those as it meets them.) Only "not there" counts as
+/// absent: a path that cannot be looked at (permissions, I/O) is an error, never a delete.
+fn imported_as_is(local: &Path, base: &str, dp: &str) -> Result<bool> {
     let Some(rel) = dp.strip_prefix(base).and_then(|r| r.strip_prefix('/')) else {
-        return false;
+        return Ok(false);
     };
     let mut at = local.to_path_buf();
     let mut parts = rel.split('/').peekable();
     while let Some(part) = parts.next() {
         at.push(part);
-        let Ok(m) = std::fs::symlink_metadata(&at) else {
-            return false;
+        let m = match std::fs::symlink_metadata(&at) {
+            Ok(m) => m,
+            // Not there, or a name the local file system cannot even hold (a co-writer's
+            // name longer than it allows).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::InvalidFilename
+                        | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(false)
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot tell whether {} is still there", at.display())
+                })
+            }
         };
         let ft = m.file_type();
         let ok = if parts.peek().is_some() {
@@ -145,10 +163,10 @@ fn imported_as_is(local: &Path, base: &str, dp: &str) -> bool {
             ft.is_file() || ft.is_symlink()
         };
         if !ok {
-            return false;
+            return Ok(false);
         }
     }
-    true
+    Ok(true)
 }
 
 /// Where a local symlink at `link` (relative to the imported folder) with target `target`
@@ -415,7 +433,7 @@ pub(crate) async fn import(
             let mut b = co.batch().await?;
             for e in &page {
                 if !renamed.contains(&e.path)
-                    && !imported_as_is(local, &base, &e.path)
+                    && !imported_as_is(local, &base, &e.path)?
                     && b.del(&e.path).await?
                 {
                     deleted += 1;
