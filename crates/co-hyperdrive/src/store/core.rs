@@ -237,8 +237,7 @@ impl Core {
     /// (a writer signs whole batches, and a bee read mid-batch would show a broken tree), else
     /// the whole core (reads then fail on the missing blocks rather than show a wrong view).
     pub fn consistent_length(&self) -> u64 {
-        let signed = self.log.signed().into_iter().collect();
-        super::log::consistent(self.log.lengths().0, self.readable_length(), &signed)
+        self.log.consistent_length(self.readable_length())
     }
 
     /// Blocks `0..n` are all stored locally: what can be read without a peer.

@@ -226,6 +226,18 @@ fn decode_node(index: u64, v: &[u8]) -> Result<Node, LogError> {
     })
 }
 
+/// Adds core `key`'s record of held blocks to `s` (within `s.length`).
+fn read_present(kv: &Kv, key: &Key, s: &mut State) -> Result<(), LogError> {
+    if let Some(p) = kv.get(Space::Meta, &record_key(key, b"p"))? {
+        let ranges = cohd_format::present::decode(&p)
+            .map_err(|e| LogError::Corrupted(format!("the record of held blocks: {e}")))?;
+        for r in ranges {
+            s.add(r.start..r.end.min(s.length));
+        }
+    }
+    Ok(())
+}
+
 /// Header format version 1.
 const HEADER_V1: u8 = 1;
 /// Version 2: version 1 followed by the tree's roots, so that an open need not read them from
@@ -538,13 +550,7 @@ impl Log {
             signed,
             ..State::default()
         };
-        if let Some(p) = log.kv.get(Space::Meta, &record_key(&key, b"p"))? {
-            let ranges = cohd_format::present::decode(&p)
-                .map_err(|e| LogError::Corrupted(format!("the record of held blocks: {e}")))?;
-            for r in ranges {
-                state.add(r.start..r.end.min(length));
-            }
-        }
+        read_present(&log.kv, &key, &mut state)?;
         // The roots the header keeps, if they are this length's and carry its signature and
         // byte length; else (a version 1 header, or one that does not check) the root nodes.
         let kept = kept.filter(|roots| {
@@ -668,14 +674,11 @@ impl Log {
             return Ok(None);
         };
         let (length, _, fork, _, signed, _) = decode_header(&h).map_err(LogError::Corrupted)?;
-        let mut s = State::default();
-        if let Some(p) = kv.get(Space::Meta, &record_key(&key, b"p"))? {
-            let ranges = cohd_format::present::decode(&p)
-                .map_err(|e| LogError::Corrupted(format!("the record of held blocks: {e}")))?;
-            for r in ranges {
-                s.add(r.start..r.end.min(length));
-            }
-        }
+        let mut s = State {
+            length,
+            ..State::default()
+        };
+        read_present(kv, &key, &mut s)?;
         Ok(Some((fork, consistent(length, s.contiguous(), &signed))))
     }
 
@@ -706,9 +709,10 @@ impl Log {
         self.state().has(index)
     }
 
-    /// Signed lengths we know of.
-    pub(crate) fn signed(&self) -> Vec<u64> {
-        self.state().signed.iter().copied().collect()
+    /// [`consistent`] for this log, given the blocks `held` from the start.
+    pub(crate) fn consistent_length(&self, held: u64) -> u64 {
+        let s = self.state();
+        consistent(s.length, held, &s.signed)
     }
 
     fn check_signature(

@@ -483,7 +483,6 @@ impl Store {
         self.open_core(key, None, Some(manifest), create).await
     }
 
-    /// Whether the store holds core `key`.
     /// Core `key`'s fork and consistent length ([`Core::consistent_length`]): from the core
     /// when it is open, else from its metadata records only (nothing read from its tree, no
     /// signature checked: see `Log::peek_consistent`). `None` when the store does not hold it.
@@ -504,6 +503,7 @@ impl Store {
         })
     }
 
+    /// Whether the store holds core `key`.
     pub fn has_core(&self, key: &Key) -> bool {
         if self
             .inner
