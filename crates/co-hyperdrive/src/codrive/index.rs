@@ -2,15 +2,16 @@
 //! merged by [`view`](super::view). Loads are cached per (writer, length) and the last view is
 //! kept, so that when one writer grows only that writer is read again.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use cohd_format::{path, Entry, Key};
+use cohd_format::{path, sub, Entry, Key};
 
 use super::frontier::Frontier;
 use super::open::{CoDrive, CoDriveError};
 use super::records;
 use super::view::{self, Clock, MemberRecord, PathVersion, View, WriterData};
+use crate::bee::{Bee, BeeEntry, Range};
 use crate::drive::{Drive, DriveError};
 
 /// Loaded writer logs by (writer, fork, length), with when each was last used: a writer that
@@ -89,44 +90,13 @@ impl CoDrive {
     /// Reads one writer's records and files from `d` (a checkout, so that every read sees the
     /// same length).
     pub(super) async fn load(&self, d: &Drive) -> Result<WriterData, CoDriveError> {
-        let writer = d.key();
         let mut data = WriterData {
             members: members_of(d).await?,
             ..WriterData::default()
         };
-        let mut clocks: BTreeMap<String, Record> = BTreeMap::new();
-        for e in d
-            .db()
-            .range(&records::versions())
-            .await
-            .map_err(DriveError::from)?
-        {
-            let Some(p) = records::version_path(&e.key).and_then(|p| std::str::from_utf8(p).ok())
-            else {
-                continue;
-            };
-            if let Some(r) = record_of(p, e.seq, &e.value) {
-                clocks.insert(p.to_string(), r);
-            }
-        }
-        // Another writer's malformed entries are ignored, as every peer ignores them.
-        let mut files: BTreeMap<String, (u64, Entry)> = d
-            .list_valid("/")
-            .await?
-            .0
-            .into_iter()
-            .map(|e| (e.path, (e.seq, e.entry)))
-            .collect();
-        for (p, r) in clocks {
-            let file = files.remove(&p);
-            if let Some(v) = writer_version(writer, Some(r), file) {
-                data.versions.insert(p, vec![v]);
-            }
-        }
-        for (p, f) in files {
-            if let Some(v) = writer_version(writer, None, Some(f)) {
-                data.versions.insert(p, vec![v]);
-            }
+        let mut versions = Versions::new(d);
+        while let Some((p, v)) = versions.next().await? {
+            data.versions.insert(p, vec![v]);
         }
         Ok(data)
     }
@@ -399,4 +369,116 @@ pub(crate) async fn members_of(d: &Drive) -> Result<Vec<MemberRecord>, CoDriveEr
     }
     out.sort_by_key(|m| m.seq);
     Ok(out)
+}
+
+/// Entries read per page of a writer's log ([`Versions`]): a few in tests, so that reads span
+/// pages.
+const PAGE: usize = if cfg!(test) { 8 } else { 4096 };
+
+/// A writer's version of every path at a drive's version (`d`, a checkout), in path order, read
+/// a page at a time from its version records and its file entries side by side: memory bounded,
+/// each tree node read once. What the full merge loads ([`CoDrive::load`] collects it), and what
+/// the index rebuilds a writer's rows from.
+pub(super) struct Versions<'d> {
+    d: &'d Drive,
+    records: Pages<'d>,
+    files: Pages<'d>,
+}
+
+impl<'d> Versions<'d> {
+    pub(super) fn new(d: &'d Drive) -> Self {
+        Self {
+            d,
+            records: Pages::new(d.db(), records::versions()),
+            files: Pages::new(d.db(), Drive::files_range()),
+        }
+    }
+
+    pub(super) async fn next(&mut self) -> Result<Option<(String, PathVersion)>, CoDriveError> {
+        loop {
+            self.records.fill().await?;
+            self.files.fill().await?;
+            // The smaller path next; both sides when they name the same one. (A key that names
+            // no path sorts first, and is skipped below.)
+            let r = self
+                .records
+                .front()
+                .map(|e| records::version_path(&e.key).unwrap_or_default());
+            let f = self
+                .files
+                .front()
+                .map(|e| sub::decode(sub::FILES, &e.key).unwrap_or_default());
+            let (take_r, take_f) = match (r, f) {
+                (None, None) => return Ok(None),
+                (Some(_), None) => (true, false),
+                (None, Some(_)) => (false, true),
+                (Some(a), Some(b)) => (a <= b, b <= a),
+            };
+            let record = if take_r { self.records.pop() } else { None };
+            let file = if take_f { self.files.pop() } else { None };
+            let record = record.and_then(|e| {
+                let p = std::str::from_utf8(records::version_path(&e.key)?).ok()?;
+                Some((p.to_string(), record_of(p, e.seq, &e.value)?))
+            });
+            // Another writer's malformed entries are ignored, as every peer ignores them.
+            let file = file.and_then(|e| match self.d.valid_entry(e) {
+                Ok(e) => Some(e),
+                Err(err) => {
+                    tracing::warn!(drive = %self.d.key(), "skipping a malformed entry: {err}");
+                    None
+                }
+            });
+            let p = match (&record, &file) {
+                (Some((p, _)), _) => p.clone(),
+                (None, Some(e)) => e.path.clone(),
+                (None, None) => continue,
+            };
+            let file = file.map(|e| (e.seq, e.entry));
+            if let Some(v) = writer_version(self.d.key(), record.map(|(_, r)| r), file) {
+                return Ok(Some((p, v)));
+            }
+        }
+    }
+}
+
+/// The entries of a range of a bee, read a page at a time.
+struct Pages<'b> {
+    bee: &'b Bee,
+    range: Range,
+    page: VecDeque<BeeEntry>,
+    done: bool,
+}
+
+impl<'b> Pages<'b> {
+    fn new(bee: &'b Bee, range: Range) -> Self {
+        Self {
+            bee,
+            range,
+            page: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// Reads the next page if this one is used up.
+    async fn fill(&mut self) -> Result<(), CoDriveError> {
+        if self.page.is_empty() && !self.done {
+            let mut r = self.range.clone();
+            r.limit = Some(PAGE);
+            let page = self.bee.range(&r).await.map_err(DriveError::from)?;
+            self.done = page.len() < PAGE;
+            if let Some(last) = page.last() {
+                self.range.start = std::ops::Bound::Excluded(last.key.clone());
+            }
+            self.page = page.into();
+        }
+        Ok(())
+    }
+
+    fn front(&self) -> Option<&BeeEntry> {
+        self.page.front()
+    }
+
+    fn pop(&mut self) -> Option<BeeEntry> {
+        self.page.pop_front()
+    }
 }

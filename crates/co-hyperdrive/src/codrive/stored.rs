@@ -31,7 +31,7 @@ use cohd_format::{path, sub, Entry, Key};
 use serde::{Deserialize, Serialize};
 
 use super::frontier::Frontier;
-use super::index::{members_of, readable, record_of, writer_version};
+use super::index::{members_of, readable, record_of, writer_version, Versions};
 use super::open::{is_valid_key, CoDrive, CoDriveError};
 use super::records;
 use super::snapshot::{CoEntry, ContentPlan};
@@ -642,7 +642,11 @@ impl CoDrive {
 
 /// Writer `writer`'s version of `p` in its db at `at`'s length: what the full merge's load finds
 /// for that path (the same record and file checks).
-async fn version_at(at: &Bee, writer: Key, p: &str) -> Result<Option<PathVersion>, CoDriveError> {
+pub(super) async fn version_at(
+    at: &Bee,
+    writer: Key,
+    p: &str,
+) -> Result<Option<PathVersion>, CoDriveError> {
     let record = match at
         .get(&records::version_key(p))
         .await
@@ -660,113 +664,6 @@ async fn version_at(at: &Bee, writer: Key, p: &str) -> Result<Option<PathVersion
         None
     };
     Ok(writer_version(writer, record, file))
-}
-
-/// A writer's version of every path at a drive's version, in path order: what the full merge's
-/// load finds (the same record and file checks), read a page at a time from the version records
-/// and the file entries side by side (memory bounded, each tree node read once).
-pub(super) struct Versions<'d> {
-    d: &'d Drive,
-    records: Pages<'d>,
-    files: Pages<'d>,
-}
-
-impl<'d> Versions<'d> {
-    pub(super) fn new(d: &'d Drive) -> Self {
-        Self {
-            d,
-            records: Pages::new(d.db(), records::versions()),
-            files: Pages::new(d.db(), Drive::files_range()),
-        }
-    }
-
-    pub(super) async fn next(&mut self) -> Result<Option<(String, PathVersion)>, CoDriveError> {
-        loop {
-            let r = self
-                .records
-                .peek()
-                .await?
-                .map(|e| path_bytes_of_record(&e.key));
-            let f = self.files.peek().await?.map(|e| path_bytes_of_file(&e.key));
-            // The smaller path next; both sides when they name the same one.
-            let (take_r, take_f) = match (&r, &f) {
-                (None, None) => return Ok(None),
-                (Some(_), None) => (true, false),
-                (None, Some(_)) => (false, true),
-                (Some(a), Some(b)) => (a <= b, b <= a),
-            };
-            let record = if take_r { self.records.pop() } else { None };
-            let file = if take_f { self.files.pop() } else { None };
-            let record = record.and_then(|e| {
-                let p = std::str::from_utf8(records::version_path(&e.key)?).ok()?;
-                Some((p.to_string(), record_of(p, e.seq, &e.value)?))
-            });
-            // Another writer's malformed entries are ignored, as every peer ignores them.
-            let file = file.and_then(|e| match self.d.valid_entry(e) {
-                Ok(e) => Some(e),
-                Err(err) => {
-                    tracing::warn!(drive = %self.d.key(), "skipping a malformed entry: {err}");
-                    None
-                }
-            });
-            let p = match (&record, &file) {
-                (Some((p, _)), _) => p.clone(),
-                (None, Some(e)) => e.path.clone(),
-                (None, None) => continue,
-            };
-            let file = file.map(|e| (e.seq, e.entry));
-            if let Some(v) = writer_version(self.d.key(), record.map(|(_, r)| r), file) {
-                return Ok(Some((p, v)));
-            }
-        }
-    }
-}
-
-/// The path bytes a version record's key names (a key that names none sorts first and is
-/// skipped).
-fn path_bytes_of_record(key: &[u8]) -> Vec<u8> {
-    records::version_path(key).unwrap_or_default().to_vec()
-}
-
-fn path_bytes_of_file(key: &[u8]) -> Vec<u8> {
-    sub::decode(sub::FILES, key).unwrap_or_default().to_vec()
-}
-
-/// The entries of a range of a bee, read a page at a time.
-struct Pages<'b> {
-    bee: &'b Bee,
-    range: crate::bee::Range,
-    page: VecDeque<crate::bee::BeeEntry>,
-    done: bool,
-}
-
-impl<'b> Pages<'b> {
-    fn new(bee: &'b Bee, range: crate::bee::Range) -> Self {
-        Self {
-            bee,
-            range,
-            page: VecDeque::new(),
-            done: false,
-        }
-    }
-
-    async fn peek(&mut self) -> Result<Option<&crate::bee::BeeEntry>, CoDriveError> {
-        if self.page.is_empty() && !self.done {
-            let mut r = self.range.clone();
-            r.limit = Some(CHUNK as usize);
-            let page = self.bee.range(&r).await.map_err(DriveError::from)?;
-            self.done = page.len() < CHUNK as usize;
-            if let Some(last) = page.last() {
-                self.range.start = std::ops::Bound::Excluded(last.key.clone());
-            }
-            self.page = page.into();
-        }
-        Ok(self.page.front())
-    }
-
-    fn pop(&mut self) -> Option<crate::bee::BeeEntry> {
-        self.page.pop_front()
-    }
 }
 
 /// Rows in key order, grouped by path: a page at a time.

@@ -322,7 +322,8 @@ async fn a_refresh_stopped_while_a_limit_moved_back_is_taken_up_again() {
 /// A writer new to the index is read in path order a page at a time (here 8 entries), the
 /// version records and the file entries side by side: across pages, with paths that have only
 /// a record (deleted), only a file (a plain Hyperdrive write) or a malformed entry, its rows
-/// are what the full merge loads.
+/// are what the full merge loads, and each is what a lookup of its path finds (the reading
+/// by lookups the index applies a writer's new blocks with).
 #[tokio::test]
 async fn a_new_writer_is_read_a_page_at_a_time_as_the_full_merge_loads_it() {
     use cohd_format::sub;
@@ -350,7 +351,7 @@ async fn a_new_writer_is_read_a_page_at_a_time_as_the_full_merge_loads_it() {
     let d = b.own().clone();
     let loaded = a.load(&d).await.unwrap().versions;
     let mut read = Vec::new();
-    let mut versions = super::stored::Versions::new(&d);
+    let mut versions = super::index::Versions::new(&d);
     while let Some(v) = versions.next().await.unwrap() {
         read.push(v);
     }
@@ -360,6 +361,23 @@ async fn a_new_writer_is_read_a_page_at_a_time_as_the_full_merge_loads_it() {
         .collect();
     assert!(read.len() > 40, "{} versions", read.len());
     assert_eq!(read, expected);
+    // Path by path, through lookups of the tree instead of a walk of it: the same versions,
+    // and no path that has one left out.
+    let paths = (0..30)
+        .map(|i| format!("/f{i:02}"))
+        .chain((0..12).map(|i| format!("/plain{i:02}")))
+        .chain(["/f05x".to_string(), "relative".to_string()]);
+    let mut looked_up = Vec::new();
+    for p in paths {
+        if let Some(v) = super::stored::version_at(d.db(), d.key(), &p)
+            .await
+            .unwrap()
+        {
+            looked_up.push((p, v));
+        }
+    }
+    looked_up.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(read, looked_up);
     // And the index built from it (b is new to a's index) is the full merge.
     check(&a).await.unwrap();
     assert_eq!(a.indexed().await.unwrap().list("/").unwrap().len(), 22 + 12);
