@@ -60,6 +60,21 @@ pub(crate) struct Local {
     pub(crate) pipeline: usize,
 }
 
+impl Local {
+    /// Where `core` stands now.
+    pub(crate) fn of(core: &crate::Core) -> Self {
+        let i = core.info();
+        Self {
+            length: i.length,
+            contiguous: i.contiguous_length,
+            fork: i.fork,
+            writable: i.writable,
+            needs_manifest: !core.knows_manifest(),
+            pipeline: pipeline(i.length, i.byte_length),
+        }
+    }
+}
+
 /// Something the session must do for this channel.
 #[derive(Debug)]
 pub(crate) enum Action {
@@ -1096,18 +1111,6 @@ mod tests {
             .collect()
     }
 
-    fn local_of(core: &crate::Core) -> Local {
-        let i = core.info();
-        Local {
-            length: i.length,
-            contiguous: core.contiguous_held(),
-            fork: i.fork,
-            writable: false,
-            needs_manifest: !core.knows_manifest(),
-            pipeline: pipeline(i.length, i.byte_length),
-        }
-    }
-
     /// Downloads a writer's 256 blocks the way the session does, a pipeline at a time, the
     /// answers of each window applied in order (or, `reversed`, last first); returns the tree
     /// nodes the answers carried, and how many answers stored nothing.
@@ -1131,8 +1134,8 @@ mod tests {
         let proof = writer.create_proof(&up).await.unwrap().unwrap();
         assert!(reader.apply_proof(proof).await.unwrap());
         let mut p = Peer::new(download_all, Arc::default());
-        p.on_open(&local_of(&reader));
-        p.on_message(sync(256, 256), &local_of(&reader)).unwrap();
+        p.on_open(&Local::of(&reader));
+        p.on_message(sync(256, 256), &Local::of(&reader)).unwrap();
         let mut actions = p
             .on_message(
                 Message::Range {
@@ -1140,12 +1143,12 @@ mod tests {
                     start: 0,
                     length: 256,
                 },
-                &local_of(&reader),
+                &Local::of(&reader),
             )
             .unwrap();
         if !download_all {
             // A sparse reader: the blocks are wanted one by one (as reads want them).
-            actions.extend(p.want(0..256, &local_of(&reader)));
+            actions.extend(p.want(0..256, &Local::of(&reader)));
         }
         let (mut carried, mut stale) = (0, 0);
         for _round in 0..64 {
@@ -1175,7 +1178,7 @@ mod tests {
                     upgrade: None,
                     manifest: None,
                 };
-                for a in p.on_message(data, &local_of(&reader)).unwrap() {
+                for a in p.on_message(data, &Local::of(&reader)).unwrap() {
                     if let Action::Apply(pr) = a {
                         proofs.push(pr);
                     }
@@ -1192,10 +1195,10 @@ mod tests {
                 }
             }
             assert!(p.coming.is_empty() && p.coming_by_request.is_empty());
-            actions = p.on_applied(&local_of(&reader));
+            actions = p.on_applied(&Local::of(&reader));
         }
         assert_eq!(reader.contiguous_held(), 256, "every block arrived");
-        assert!(p.caught_up(&local_of(&reader)));
+        assert!(p.caught_up(&Local::of(&reader)));
         (carried, stale)
     }
 

@@ -16,7 +16,7 @@ use cohd_format::Key;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch};
 
-use super::peer::{pipeline, Action, Claims, Local, Peer, PeerError, MAX_QUEUED};
+use super::peer::{Action, Claims, Local, Peer, PeerError, MAX_QUEUED};
 use super::transport::{
     self, Backlog, Channel, MessageStream, Mux, MuxEvent, TransportError, TransportOptions,
 };
@@ -619,18 +619,7 @@ impl Replicator {
         let mut length = core.subscribe();
         let mut wants = core.wants();
         let mut ext = self.inner.outgoing_ext.subscribe();
-        let local = |c: &Core| {
-            let i = c.info();
-            Local {
-                length: i.length,
-                contiguous: c.contiguous_held(),
-                fork: i.fork,
-                writable: i.writable,
-                needs_manifest: !c.knows_manifest(),
-                pipeline: pipeline(i.length, i.byte_length),
-            }
-        };
-        let open = peer.on_open(&local(&core));
+        let open = peer.on_open(&Local::of(&core));
         if ch.send_batch(&open).is_err() {
             return Ok(()); // closed meanwhile, or the connection ended
         }
@@ -646,7 +635,7 @@ impl Replicator {
                         return Err(fail(format!("flooded us with over {MAX_QUEUED} queued messages")));
                     }
                     let data = matches!(msg, Message::Data { .. });
-                    let mut actions = peer.on_message(msg, &local(&core)).map_err(|e: PeerError| fail(e.to_string()))?;
+                    let mut actions = peer.on_message(msg, &Local::of(&core)).map_err(|e: PeerError| fail(e.to_string()))?;
                     // Data already queued behind it are taken too: `execute` verifies their
                     // proofs together (blocks hashed side by side, one commit).
                     let mut taken = 1;
@@ -655,7 +644,7 @@ impl Replicator {
                             break;
                         };
                         taken += 1;
-                        match peer.on_message(next, &local(&core)) {
+                        match peer.on_message(next, &Local::of(&core)) {
                             Ok(more) => actions.extend(more),
                             Err(e) => {
                                 deferred = Some(fail(e.to_string()));
@@ -669,12 +658,12 @@ impl Replicator {
                     if r.is_err() { return Ok(()) }
                     // Blocks another connection delivered are no longer wanted here.
                     peer.forget_held(|i| core.has(i));
-                    peer.on_local_change(&local(&core))
+                    peer.on_local_change(&Local::of(&core))
                 }
                 w = wants.recv() => match w {
                     Ok(rs) => {
                         let blocks = rs.iter().flat_map(|r| r.clone()).filter(|&i| !core.has(i));
-                        peer.want(blocks, &local(&core))
+                        peer.want(blocks, &Local::of(&core))
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => Vec::new(),
                     Err(_) => return Ok(()),
@@ -711,7 +700,7 @@ impl Replicator {
             if out.flush(&ch).is_err() {
                 return Ok(());
             }
-            let l = local(&core);
+            let l = Local::of(&core);
             self.set_status(
                 conn.id,
                 dk,
@@ -829,15 +818,7 @@ impl Replicator {
                             return Ok(Err(fail(format!("sent a proof that does not verify: {e}"))))
                         }
                     }
-                    let i = core.info();
-                    queue.extend(peer.on_applied(&Local {
-                        length: i.length,
-                        contiguous: i.contiguous_length,
-                        fork: i.fork,
-                        writable: i.writable,
-                        needs_manifest: !core.knows_manifest(),
-                        pipeline: pipeline(i.length, i.byte_length),
-                    }));
+                    queue.extend(peer.on_applied(&Local::of(core)));
                 }
                 Action::Extension(name, message) => {
                     let _ = self.inner.incoming_ext.send(ExtensionMessage {
