@@ -127,13 +127,9 @@ async fn co_row(writers: usize, runs: usize) -> Result<Row> {
         times.push(converge(&store, primary_key, n + UPDATES, false).await?);
         apart.push(converge(&store, primary_key, n + UPDATES, true).await?.1);
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let converge_ms = Some(median(times.iter().map(|t| t.1).collect()));
-    let caught_up_ms = Some(median(times.iter().map(|t| t.0).collect()));
-    let converge_apart_ms = Some(median(apart));
+    let converge_ms = Some(crate::median_of(times.iter().map(|t| t.1).collect()));
+    let caught_up_ms = Some(crate::median_of(times.iter().map(|t| t.0).collect()));
+    let converge_apart_ms = Some(crate::median_of(apart));
     Ok(Row {
         setup: format!("co-drive, {writers} writer(s)"),
         files: n,

@@ -322,16 +322,21 @@ fn run_js(root: &Path) -> Result<Timings> {
 
 /// Median per workload over the runs.
 fn median(runs: &[Timings]) -> Timings {
-    std::array::from_fn(|w| {
-        let mut v: Vec<f64> = runs.iter().map(|r| r[w]).collect();
-        v.sort_by(f64::total_cmp);
-        let mid = v.len() / 2;
-        if v.len().is_multiple_of(2) {
-            (v[mid - 1] + v[mid]) / 2.0
-        } else {
-            v[mid]
-        }
-    })
+    std::array::from_fn(|w| median_of(runs.iter().map(|r| r[w]).collect()))
+}
+
+/// The median of `v` (of the middle two when their number is even); 0 for none.
+pub(crate) fn median_of(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    }
 }
 
 /// Reads from a reopened store: we check every block against the signed tree (BLAKE2b of each

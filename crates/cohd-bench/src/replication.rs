@@ -189,18 +189,9 @@ struct Setup {
 
 /// The median of each coordinate.
 fn median(runs: &[(f64, f64)]) -> (f64, f64) {
-    let mid = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        let m = v.len() / 2;
-        if v.len().is_multiple_of(2) {
-            (v[m - 1] + v[m]) / 2.0
-        } else {
-            v[m]
-        }
-    };
     (
-        mid(runs.iter().map(|r| r.0).collect()),
-        mid(runs.iter().map(|r| r.1).collect()),
+        crate::median_of(runs.iter().map(|r| r.0).collect()),
+        crate::median_of(runs.iter().map(|r| r.1).collect()),
     )
 }
 
