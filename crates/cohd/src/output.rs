@@ -202,6 +202,12 @@ pub(crate) fn one_line(e: &anyhow::Error) -> String {
                 }
             }
         }
+        // A block of a writer's file list (a clone or sync stopped before it had them all).
+        if p.starts_with("block ") && p.ends_with("is not available locally") {
+            *p = "the co-drive's file list is not all here yet (a clone or sync stopped \
+                  midway?): run `cohd sync --peer HOST:PORT`, or keep a `cohd serve` connected"
+                .to_string();
+        }
     }
     parts.join(": ").replace('\n', " ")
 }
@@ -327,6 +333,21 @@ pub(crate) fn parse_utc(s: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    /// What a user can do about missing data is said in words, for file content and for the
+    /// file list alike.
+    #[test]
+    fn a_missing_block_is_said_in_words() {
+        use super::one_line;
+        let content = anyhow::anyhow!("blob block 7 is not available locally");
+        assert!(one_line(&content).starts_with("content not downloaded yet"));
+        let list = anyhow::Error::msg("block 102000 is not available locally")
+            .context("reading the co-drive");
+        let said = one_line(&list);
+        assert!(said.starts_with("reading the co-drive: the co-drive's file list is not all"));
+        assert!(said.contains("cohd sync --peer"), "{said}");
+        assert!(!said.contains("102000"), "{said}");
+    }
+
     #[test]
     fn utc_dates() {
         for (secs, want) in [
