@@ -5,7 +5,7 @@
 //!
 //! On disk, blocks of [`FILE_MIN`] bytes or more ([`SYNCED_FILE_MIN`] in a batch its caller
 //! syncs right after, [`Batch::synced`]) live in one append-only data file per core
-//! (`data/<core key hex>` in the database folder) and the database holds where each one is
+//! (`data/<core hex>` in the database folder: its number or key, as its block keys begin) and the database holds where each one is
 //! (`block-files` key space): they are written once, not to the journal and again to the
 //! database's blob files (the spike measured 2.2× the bulk write rate). The file is written
 //! before the batch that names its bytes commits; a batch marked [`Batch::own_blocks`] (our
@@ -15,8 +15,9 @@
 //! its leaf hash on first read, counts as missing and is fetched again. A crash between the file
 //! write and the commit leaves bytes no record names, which are never read.
 //!
-//! Everything above this file sees only [`Kv`] and [`Space::Blocks`] keys (`core key (32) ‖
-//! index (8)`); where a block's bytes are is decided here.
+//! Everything above this file sees only [`Kv`] and [`Space::Blocks`] keys (`core number (4)
+//! ‖ index (8)`, or `core key (32) ‖ index (8)` for cores held before numbers: `log.rs`
+//! `Prefix`); where a block's bytes are is decided here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -643,7 +644,7 @@ impl Disk {
         // forgets them has committed.
         let mut freed = Vec::new();
         // File blocks by core, written after the loop in as few writes as they take.
-        let mut to_files: BTreeMap<[u8; 32], Pairs> = BTreeMap::new();
+        let mut to_files: BTreeMap<CoreName, Pairs> = BTreeMap::new();
         let file_min = if batch.synced {
             SYNCED_FILE_MIN
         } else {
@@ -686,7 +687,7 @@ impl Disk {
         for (core, blocks) in &to_files {
             let offsets = self
                 .files
-                .append_all(*core, blocks.iter().map(|(_, v)| v.as_slice()))?;
+                .append_all(core, blocks.iter().map(|(_, v)| v.as_slice()))?;
             for ((k, v), offset) in blocks.iter().zip(offsets) {
                 let mut at = Vec::with_capacity(20);
                 at.extend_from_slice(&offset.to_le_bytes());
@@ -724,12 +725,17 @@ impl Disk {
     }
 }
 
-/// A core's key from a block key.
-fn core_of(key: &[u8]) -> Result<[u8; 32], KvError> {
-    key.get(..32)
-        .and_then(|k| k.try_into().ok())
-        .ok_or_else(|| KvError::corrupt(format!("a block key of {} bytes", key.len())))
+/// Which core's data file a block key's block is in: the key without its index (the core's
+/// number, 4 bytes, or its key, 32 bytes: see `log.rs` `Prefix`).
+fn core_of(key: &[u8]) -> Result<CoreName, KvError> {
+    match key.len() {
+        12 | 40 => Ok(key[..key.len() - 8].to_vec()),
+        n => Err(KvError::corrupt(format!("a block key of {n} bytes"))),
+    }
 }
+
+/// A core as its data file is named (`data/<hex>`): its number or its key.
+type CoreName = Vec<u8>;
 
 /// Where a file block is, and the checksum of its bytes.
 struct Location {
@@ -765,7 +771,7 @@ fn location(key: &[u8], at: &[u8]) -> Result<Location, KvError> {
 /// The cores' data files, opened when first used.
 struct DataFiles {
     dir: PathBuf,
-    open: Mutex<HashMap<[u8; 32], Arc<DataFile>>>,
+    open: Mutex<HashMap<CoreName, Arc<DataFile>>>,
 }
 
 /// One core's data file: where the next block goes, and whether it was written since the
@@ -778,7 +784,7 @@ struct DataFile {
 }
 
 impl DataFiles {
-    fn get(&self, core: &[u8; 32]) -> Result<Arc<DataFile>, KvError> {
+    fn get(&self, core: &[u8]) -> Result<Arc<DataFile>, KvError> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = open.get(core) {
             return Ok(f.clone());
@@ -802,7 +808,7 @@ impl DataFiles {
             path,
             end: Mutex::new((end, false)),
         });
-        open.insert(*core, f.clone());
+        open.insert(core.to_vec(), f.clone());
         Ok(f)
     }
 
@@ -811,10 +817,10 @@ impl DataFiles {
     /// small files would otherwise cost a system call each.
     fn append_all<'b>(
         &self,
-        core: [u8; 32],
+        core: &[u8],
         blocks: impl Iterator<Item = &'b [u8]>,
     ) -> Result<Vec<u64>, KvError> {
-        let f = self.get(&core)?;
+        let f = self.get(core)?;
         let mut end = f.end.lock().unwrap_or_else(|e| e.into_inner());
         let write = |data: &[u8], at: u64| {
             f.file
@@ -847,7 +853,7 @@ impl DataFiles {
         Ok(offsets)
     }
 
-    fn read(&self, core: &[u8; 32], offset: u64, len: usize) -> Result<Vec<u8>, KvError> {
+    fn read(&self, core: &[u8], offset: u64, len: usize) -> Result<Vec<u8>, KvError> {
         let f = self.get(core)?;
         // A damaged location must not make us allocate what the file does not hold.
         if len > FILE_MIN * 1024 {
@@ -874,7 +880,7 @@ impl DataFiles {
         }
     }
 
-    fn sync_one(&self, core: &[u8; 32]) -> Result<(), KvError> {
+    fn sync_one(&self, core: &[u8]) -> Result<(), KvError> {
         let f = self.get(core)?;
         let mut end = f.end.lock().unwrap_or_else(|e| e.into_inner());
         if end.1 {
@@ -888,12 +894,12 @@ impl DataFiles {
 
     /// Syncs every file written since its last sync.
     fn sync(&self) -> Result<(), KvError> {
-        let cores: Vec<[u8; 32]> = self
+        let cores: Vec<CoreName> = self
             .open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .keys()
-            .copied()
+            .cloned()
             .collect();
         for core in cores {
             self.sync_one(&core)?;
@@ -903,7 +909,7 @@ impl DataFiles {
 
     /// Gives a cleared block's space back to the file system where it can (best effort: a
     /// failure only leaves the bytes in place, unnamed).
-    fn punch(&self, core: &[u8; 32], offset: u64, len: usize) {
+    fn punch(&self, core: &[u8], offset: u64, len: usize) {
         let Ok(f) = self.get(core) else { return };
         #[cfg(target_os = "linux")]
         {

@@ -3,10 +3,12 @@
 //! change is one atomic [`Batch`] (blocks, tree nodes, header, presence), so a core on disk is
 //! always at a state some write left it in, whatever moment the process stopped at.
 //!
-//! Records, all prefixed by the 32-byte core key:
+//! Records (`n`: the number the store gave the core, [`Prefix`]; cores held before numbers
+//! have their 32-byte key there instead):
 //! ```text
-//! blocks  key ‖ index (u64 BE)        the block
-//! nodes   key ‖ flat index (u64 BE)   size (u64 LE) ‖ BLAKE2b-256 hash
+//! blocks  n ‖ index (u64 BE)          the block
+//! nodes   n ‖ flat index (u64 BE)     size (u64 LE) ‖ BLAKE2b-256 hash
+//! meta    key ‖ "n"                   the core's number (u32 BE)
 //! meta    key ‖ "h"                   header: length, byte length, fork, signature, signed lengths
 //! meta    key ‖ "p"                   blocks held, as ranges (cohd_format::present)
 //! meta    key ‖ "m"                   the core's manifest, when it has one (compact encoding)
@@ -161,6 +163,8 @@ impl State {
 pub(crate) struct Log {
     kv: Arc<Kv>,
     key: Key,
+    /// What its block and node records are keyed by.
+    prefix: Prefix,
     secret: Option<SigningKey>,
     /// How signatures are checked and made: from the stored manifest, else compat.
     verifier: Mutex<Option<Arc<manifest::Verifier>>>,
@@ -186,19 +190,136 @@ fn compat_manifest(key: &Key) -> Manifest {
     }
 }
 
-fn record_key(key: &Key, tail: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(32 + tail.len());
+/// Core `key`'s metadata record `tag` (header, presence, manifest, number).
+fn meta_key(key: &Key, tag: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(32 + tag.len());
     k.extend_from_slice(&key.0);
-    k.extend_from_slice(tail);
+    k.extend_from_slice(tag);
     k
 }
 
-/// A tree node's record key, on the stack (lookups need no allocation).
-fn node_key(key: &Key, index: u64) -> [u8; 40] {
-    let mut k = [0u8; 40];
-    k[..32].copy_from_slice(&key.0);
-    k[32..].copy_from_slice(&index.to_be_bytes());
-    k
+/// The store's next core number (a metadata record no core's can be: those are 33 bytes).
+const NEXT_NUMBER: &[u8] = b"next-core-number";
+
+/// Held while a core is given its number, so that two cores never get the same one.
+static NUMBERING: Mutex<()> = Mutex::new(());
+
+/// What a core's block and tree node records are keyed by, before the index (u64 BE): the
+/// number the store gave the core when it first held it (4 bytes, u32 BE), or, for cores
+/// held before stores numbered them, the core's 32-byte key. A 12-byte key is held inside
+/// the database's own key value (20 bytes or less: no allocation, no pointer to follow when
+/// keys are compared), where a 40-byte key with the core's 32 bytes in front of every index
+/// cost an allocation per record and a cache miss per comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prefix {
+    Number(u32),
+    Key(Key),
+}
+
+/// A block or node record key, on the stack (lookups need no allocation).
+#[derive(Debug, Clone, Copy)]
+struct RecordKey {
+    bytes: [u8; 40],
+    len: usize,
+}
+
+impl std::ops::Deref for RecordKey {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl Prefix {
+    /// The record key of block or node `index`.
+    fn key(&self, index: u64) -> RecordKey {
+        let mut bytes = [0u8; 40];
+        let len = match self {
+            Prefix::Number(n) => {
+                bytes[..4].copy_from_slice(&n.to_be_bytes());
+                4
+            }
+            Prefix::Key(k) => {
+                bytes[..32].copy_from_slice(&k.0);
+                32
+            }
+        };
+        bytes[len..len + 8].copy_from_slice(&index.to_be_bytes());
+        RecordKey {
+            bytes,
+            len: len + 8,
+        }
+    }
+
+    /// The same, owned (for a batch).
+    fn record(&self, index: u64) -> Vec<u8> {
+        self.key(index).to_vec()
+    }
+
+    /// The index a record key of this core holds; `None` for any other key (of another core,
+    /// or of the other layout: a range of 12-byte keys can hold 40-byte ones).
+    fn index_of(&self, k: &[u8]) -> Option<u64> {
+        let first = self.key(0);
+        let len = first.len - 8;
+        if k.len() != first.len || k[..len] != first[..len] {
+            return None;
+        }
+        k[len..].try_into().ok().map(u64::from_be_bytes)
+    }
+
+    /// A key past every record key of this core.
+    fn end(&self) -> Vec<u8> {
+        let first = self.key(0);
+        let mut end = first[..first.len - 8].to_vec();
+        end.extend_from_slice(&[0xff; 9]);
+        end
+    }
+}
+
+/// What core `key`'s block and node records are keyed by: its number; for a core the store
+/// held (`held`) before it numbered cores, its key. A core held by neither is numbered now
+/// (committed at once: a core numbered and never written keeps its number for when it is).
+fn prefix_of(kv: &Kv, key: &Key, held: bool) -> Result<Prefix, LogError> {
+    let numbered = |kv: &Kv| -> Result<Option<Prefix>, LogError> {
+        match kv.get(Space::Meta, &meta_key(key, b"n"))? {
+            Some(n) => Ok(Some(Prefix::Number(decode_number(&n)?))),
+            None => Ok(None),
+        }
+    };
+    if let Some(p) = numbered(kv)? {
+        return Ok(p);
+    }
+    if held {
+        return Ok(Prefix::Key(*key));
+    }
+    let _numbering = NUMBERING.lock().unwrap_or_else(|e| e.into_inner());
+    // Another open of the same core may have numbered it meanwhile.
+    if let Some(p) = numbered(kv)? {
+        return Ok(p);
+    }
+    let n = match kv.get(Space::Meta, NEXT_NUMBER)? {
+        Some(n) => decode_number(&n)?,
+        None => 0,
+    };
+    let next = n
+        .checked_add(1)
+        .ok_or_else(|| LogError::Corrupted("the store has numbered every core it can".into()))?;
+    let mut b = Batch::default();
+    b.put(
+        Space::Meta,
+        NEXT_NUMBER.to_vec(),
+        next.to_be_bytes().to_vec(),
+    );
+    b.put(Space::Meta, meta_key(key, b"n"), n.to_be_bytes().to_vec());
+    kv.commit(b)?;
+    Ok(Prefix::Number(n))
+}
+
+/// A core number record (4 bytes, u32 BE).
+fn decode_number(v: &[u8]) -> Result<u32, LogError> {
+    v.try_into().map(u32::from_be_bytes).map_err(|_| {
+        LogError::Corrupted(format!("a core number record is {} bytes, not 4", v.len()))
+    })
 }
 
 fn encode_node(n: &Node) -> Vec<u8> {
@@ -228,7 +349,7 @@ fn decode_node(index: u64, v: &[u8]) -> Result<Node, LogError> {
 
 /// Adds core `key`'s record of held blocks to `s` (within `s.length`).
 fn read_present(kv: &Kv, key: &Key, s: &mut State) -> Result<(), LogError> {
-    if let Some(p) = kv.get(Space::Meta, &record_key(key, b"p"))? {
+    if let Some(p) = kv.get(Space::Meta, &meta_key(key, b"p"))? {
         let ranges = cohd_format::present::decode(&p)
             .map_err(|e| LogError::Corrupted(format!("the record of held blocks: {e}")))?;
         for r in ranges {
@@ -376,6 +497,7 @@ impl proof::Nodes for Tree<'_> {
 pub(crate) struct Import<'a> {
     kv: &'a Kv,
     key: Key,
+    prefix: Prefix,
     batch: Batch,
     bytes: usize,
 }
@@ -390,13 +512,15 @@ impl std::fmt::Debug for Import<'_> {
 const IMPORT_BATCH: usize = 8 << 20;
 
 impl<'a> Import<'a> {
-    pub(crate) fn new(kv: &'a Kv, key: Key) -> Self {
-        Self {
+    /// Numbers the core (an import stopped midway and run again keeps the number).
+    pub(crate) fn new(kv: &'a Kv, key: Key) -> Result<Self, LogError> {
+        Ok(Self {
             kv,
             key,
+            prefix: prefix_of(kv, &key, false)?,
             batch: Batch::default(),
             bytes: 0,
-        }
+        })
     }
 
     fn grew(&mut self, n: usize) -> Result<(), LogError> {
@@ -409,21 +533,15 @@ impl<'a> Import<'a> {
     }
 
     pub(crate) fn node(&mut self, n: &Node) -> Result<(), LogError> {
-        self.batch.put(
-            Space::Nodes,
-            record_key(&self.key, &n.index.to_be_bytes()),
-            encode_node(n),
-        );
+        self.batch
+            .put(Space::Nodes, self.prefix.record(n.index), encode_node(n));
         self.grew(80)
     }
 
     pub(crate) fn block(&mut self, index: u64, value: Vec<u8>) -> Result<(), LogError> {
         let n = value.len();
-        self.batch.put(
-            Space::Blocks,
-            record_key(&self.key, &index.to_be_bytes()),
-            value,
-        );
+        self.batch
+            .put(Space::Blocks, self.prefix.record(index), value);
         self.grew(n + 40)
     }
 
@@ -456,16 +574,16 @@ impl<'a> Import<'a> {
         for r in merkle::full_roots(length) {
             let v = self
                 .kv
-                .get(Space::Nodes, &record_key(&self.key, &r.to_be_bytes()))?
+                .get(Space::Nodes, &self.prefix.record(r))?
                 .ok_or_else(|| LogError::Corrupted(format!("tree root {r} is missing")))?;
             byte_length = byte_length.saturating_add(decode_node(r, &v)?.size);
         }
         s.byte_length = byte_length;
         let mut b = Batch::default();
-        b.put(Space::Meta, record_key(&self.key, b"h"), encode_header(&s));
+        b.put(Space::Meta, meta_key(&self.key, b"h"), encode_header(&s));
         b.put(
             Space::Meta,
-            record_key(&self.key, b"p"),
+            meta_key(&self.key, b"p"),
             cohd_format::present::encode(&s.ranges()),
         );
         self.kv.commit(b)?;
@@ -484,7 +602,7 @@ impl Log {
         manifest: Option<Manifest>,
         create: bool,
     ) -> Result<Option<Self>, LogError> {
-        let stored = match kv.get(Space::Meta, &record_key(&key, b"m"))? {
+        let stored = match kv.get(Space::Meta, &meta_key(&key, b"m"))? {
             Some(b) => Some(Manifest::decode(&b).map_err(|e| {
                 LogError::Corrupted(format!("its stored manifest does not read: {e}"))
             })?),
@@ -509,31 +627,33 @@ impl Log {
                 ));
             }
         }
+        let header = kv.get(Space::Meta, &meta_key(&key, b"h"))?;
+        if header.is_none() && !create {
+            return Ok(None);
+        }
+        let prefix = prefix_of(&kv, &key, header.is_some())?;
         let log = Self {
             kv,
             key,
+            prefix,
             secret,
             verifier: Mutex::new(verifier.map(Arc::new)),
             compat: std::sync::OnceLock::new(),
             state: Mutex::default(),
             checked: Mutex::default(),
         };
-        let header = log.kv.get(Space::Meta, &record_key(&key, b"h"))?;
-        if header.is_none() && !create {
-            return Ok(None);
-        }
         if given || header.is_none() {
             // Recorded at once: the store holds the core (and knows its manifest) from now on.
             let mut b = Batch::default();
             if header.is_none() {
                 b.put(
                     Space::Meta,
-                    record_key(&key, b"h"),
+                    meta_key(&key, b"h"),
                     encode_header(&State::default()),
                 );
             }
             if let Some(m) = log.manifest().filter(|_| given) {
-                b.put(Space::Meta, record_key(&key, b"m"), m.encode());
+                b.put(Space::Meta, meta_key(&key, b"m"), m.encode());
             }
             log.kv.commit(b)?;
         }
@@ -600,11 +720,7 @@ impl Log {
             .unwrap_or_else(|e| e.into_inner())
             .remove(index);
         let mut b = Batch::default();
-        b.put(
-            Space::Blocks,
-            record_key(&self.key, &index.to_be_bytes()),
-            bytes.to_vec(),
-        );
+        b.put(Space::Blocks, self.prefix.record(index), bytes.to_vec());
         self.kv.commit(b).unwrap();
     }
 
@@ -637,7 +753,7 @@ impl Log {
         let mut b = Batch::default();
         b.put(
             Space::Meta,
-            record_key(&self.key, b"m"),
+            meta_key(&self.key, b"m"),
             verifier.manifest().encode(),
         );
         self.kv.commit(b)?;
@@ -670,7 +786,7 @@ impl Log {
     ///
     /// [`Core::consistent_length`]: super::Core::consistent_length
     pub(crate) fn peek_consistent(kv: &Kv, key: Key) -> Result<Option<(u64, u64)>, LogError> {
-        let Some(h) = kv.get(Space::Meta, &record_key(&key, b"h"))? else {
+        let Some(h) = kv.get(Space::Meta, &meta_key(&key, b"h"))? else {
             return Ok(None);
         };
         let (length, _, fork, _, signed, _) = decode_header(&h).map_err(LogError::Corrupted)?;
@@ -684,7 +800,7 @@ impl Log {
 
     /// Whether `kv` holds core `key`.
     pub(crate) fn exists(kv: &Kv, key: Key) -> Result<bool, LogError> {
-        Ok(kv.get(Space::Meta, &record_key(&key, b"h"))?.is_some())
+        Ok(kv.get(Space::Meta, &meta_key(&key, b"h"))?.is_some())
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -742,7 +858,7 @@ impl Log {
 
     fn node(&self, index: u64) -> Result<Option<Node>, LogError> {
         self.kv
-            .get(Space::Nodes, &node_key(&self.key, index))?
+            .get(Space::Nodes, &self.prefix.key(index))?
             .map(|v| decode_node(index, &v))
             .transpose()
     }
@@ -774,7 +890,7 @@ impl Log {
         };
         let (block, summed) = match self
             .kv
-            .get_block(&record_key(&self.key, &index.to_be_bytes()))
+            .get_block(&self.prefix.record(index))
             .map_err(damaged)?
         {
             Some((b, summed)) => (Some(b), summed),
@@ -903,14 +1019,10 @@ impl Log {
                 size,
                 hash,
             };
-            b.put(
-                Space::Blocks,
-                record_key(&self.key, &next.length.to_be_bytes()),
-                block,
-            );
+            b.put(Space::Blocks, self.prefix.record(next.length), block);
             b.put(
                 Space::Nodes,
-                record_key(&self.key, &leaf.index.to_be_bytes()),
+                self.prefix.record(leaf.index),
                 encode_node(&leaf),
             );
             next.roots.push(leaf);
@@ -922,11 +1034,7 @@ impl Log {
                     break;
                 }
                 let p = merkle::parent_node(&a, &c);
-                b.put(
-                    Space::Nodes,
-                    record_key(&self.key, &p.index.to_be_bytes()),
-                    encode_node(&p),
-                );
+                b.put(Space::Nodes, self.prefix.record(p.index), encode_node(&p));
                 next.roots.truncate(n - 2);
                 next.roots.push(p);
             }
@@ -960,11 +1068,11 @@ impl Log {
     }
 
     fn write_state(&self, b: &mut Batch, s: &State, present: bool) {
-        b.put(Space::Meta, record_key(&self.key, b"h"), encode_header(s));
+        b.put(Space::Meta, meta_key(&self.key, b"h"), encode_header(s));
         if present {
             b.put(
                 Space::Meta,
-                record_key(&self.key, b"p"),
+                meta_key(&self.key, b"p"),
                 cohd_format::present::encode(&s.ranges()),
             );
         }
@@ -987,7 +1095,7 @@ impl Log {
                 .collect();
             for (a, e) in held {
                 for i in a..e {
-                    b.delete(Space::Blocks, record_key(&self.key, &i.to_be_bytes()));
+                    b.delete(Space::Blocks, self.prefix.record(i));
                     next.remove(i);
                     gone.push(i);
                 }
@@ -1018,7 +1126,7 @@ impl Log {
             coming(i)
                 || self
                     .kv
-                    .get(Space::Nodes, &node_key(&self.key, i))
+                    .get(Space::Nodes, &self.prefix.key(i))
                     .ok()
                     .flatten()
                     .is_some()
@@ -1154,7 +1262,7 @@ impl Log {
         if let Some(v) = v {
             b.put(
                 Space::Meta,
-                record_key(&self.key, b"m"),
+                meta_key(&self.key, b"m"),
                 v.manifest().encode(),
             );
         }
@@ -1253,7 +1361,7 @@ impl Log {
         // Only what is stored is visited (a signed length can be far beyond what we hold).
         for r in next.cut(shared) {
             for i in r {
-                b.delete(Space::Blocks, record_key(&self.key, &i.to_be_bytes()));
+                b.delete(Space::Blocks, self.prefix.record(i));
             }
         }
         // Every node whose leaves reach past `shared` belonged to the old tree only: the
@@ -1264,11 +1372,11 @@ impl Log {
             i = merkle::parent(i);
             let (first, end) = merkle::span(i);
             if first < shared && end > shared && !new_roots.contains(&i) {
-                b.delete(Space::Nodes, record_key(&self.key, &i.to_be_bytes()));
+                b.delete(Space::Nodes, self.prefix.record(i));
             }
         }
-        let end = record_key(&self.key, &[0xff; 9]);
-        let mut from = record_key(&self.key, &leaf.to_be_bytes());
+        let end = self.prefix.end();
+        let mut from = self.prefix.record(leaf);
         loop {
             let page = self.kv.scan(Space::Nodes, &from, &end, 1024)?;
             let Some((last, _)) = page.last() else { break };
@@ -1276,11 +1384,11 @@ impl Log {
             from.push(0);
             let n = page.len();
             for (k, _) in page {
-                let stored = k
-                    .get(32..)
-                    .and_then(|t| t.try_into().ok())
-                    .map(u64::from_be_bytes);
-                if stored.is_some_and(|i| !new_roots.contains(&i)) {
+                if self
+                    .prefix
+                    .index_of(&k)
+                    .is_some_and(|i| !new_roots.contains(&i))
+                {
                     b.delete(Space::Nodes, k);
                 }
             }
@@ -1289,11 +1397,7 @@ impl Log {
             }
         }
         for r in &roots {
-            b.put(
-                Space::Nodes,
-                record_key(&self.key, &r.index.to_be_bytes()),
-                encode_node(r),
-            );
+            b.put(Space::Nodes, self.prefix.record(r.index), encode_node(r));
         }
         next.length = roots
             .iter()
@@ -1519,22 +1623,18 @@ impl Log {
             next.note_signed(length);
         }
         for n in &verified.nodes {
-            staged.batch.put(
-                Space::Nodes,
-                record_key(&self.key, &n.index.to_be_bytes()),
-                encode_node(n),
-            );
+            staged
+                .batch
+                .put(Space::Nodes, self.prefix.record(n.index), encode_node(n));
             staged.nodes.insert(n.index, *n);
         }
         // The block's bytes move into the batch (blocks are the bulk of what replication copies).
         if let Some(block) = p.block.take() {
             next.add(block.index..block.index + 1);
             staged.blocks.push(block.index);
-            staged.batch.put(
-                Space::Blocks,
-                record_key(&self.key, &block.index.to_be_bytes()),
-                block.value,
-            );
+            staged
+                .batch
+                .put(Space::Blocks, self.prefix.record(block.index), block.value);
         }
         staged.changed = true;
         staged.count += 1;
@@ -1815,12 +1915,12 @@ mod tests {
         let w = writer(&kv, 13);
         let roots = w.state().roots.clone();
         let header = kv
-            .get(Space::Meta, &record_key(&w.key(), b"h"))
+            .get(Space::Meta, &meta_key(&w.key(), b"h"))
             .unwrap()
             .unwrap();
         let decoded = decode_header(&header).unwrap();
         assert_eq!(decoded.5.as_deref(), Some(&roots[..]));
-        let key = w.key();
+        let (key, prefix) = (w.key(), w.prefix);
         drop(w);
         let reopen = || {
             Log::open(kv.clone(), key, None, None, true)
@@ -1836,14 +1936,14 @@ mod tests {
         v1[0] = HEADER_V1;
         assert_eq!(decode_header(&v1).unwrap().5, None);
         let mut b = Batch::default();
-        b.put(Space::Meta, record_key(&key, b"h"), v1);
+        b.put(Space::Meta, meta_key(&key, b"h"), v1);
         kv.commit(b).unwrap();
         assert_eq!(reopen(), roots);
         // Back to version 2, and the root nodes gone: the header's roots are used.
         let mut b = Batch::default();
-        b.put(Space::Meta, record_key(&key, b"h"), header.clone());
+        b.put(Space::Meta, meta_key(&key, b"h"), header.clone());
         for r in &roots {
-            b.delete(Space::Nodes, record_key(&key, &r.index.to_be_bytes()));
+            b.delete(Space::Nodes, prefix.record(r.index));
         }
         kv.commit(b).unwrap();
         assert_eq!(reopen(), roots);
@@ -1853,7 +1953,7 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 1;
         let mut b = Batch::default();
-        b.put(Space::Meta, record_key(&key, b"h"), bad);
+        b.put(Space::Meta, meta_key(&key, b"h"), bad);
         kv.commit(b).unwrap();
         assert!(Log::open(kv.clone(), key, None, None, true).is_err());
     }
@@ -2016,15 +2116,90 @@ mod tests {
     }
 
     #[test]
+    fn a_core_is_keyed_by_its_number_and_one_held_before_by_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = |b: u8| SigningKey::from_bytes(&[b; 32]);
+        let open = |kv: &Arc<Kv>, b: u8| {
+            let sk = signer(b);
+            let key = Key(sk.verifying_key().to_bytes());
+            Log::open(kv.clone(), key, Some(sk), None, true)
+                .unwrap()
+                .unwrap()
+        };
+        let big = vec![3u8; crate::store::kv::FILE_MIN];
+        let (key_b, long) = {
+            let kv = Arc::new(Kv::open(dir.path()).unwrap());
+            let (a, b) = (open(&kv, 1), open(&kv, 2));
+            assert_eq!((a.prefix, b.prefix), (Prefix::Number(0), Prefix::Number(1)));
+            a.append(vec![b"small".to_vec(), big.clone()]).unwrap();
+            b.append(vec![b"b0".to_vec(), b"b1".to_vec()]).unwrap();
+            // 12-byte keys: the number, then the index.
+            let at = |n: u32, i: u64| [&n.to_be_bytes()[..], &i.to_be_bytes()].concat();
+            assert_eq!(kv.get(Space::Blocks, &at(0, 0)).unwrap().unwrap(), b"small");
+            assert_eq!(kv.get(Space::Blocks, &at(0, 1)).unwrap().unwrap(), big);
+            assert_eq!(kv.get(Space::Blocks, &at(1, 1)).unwrap().unwrap(), b"b1");
+            assert!(kv.get(Space::Nodes, &at(1, 2)).unwrap().is_some());
+            // Core b as a store from before numbers holds it: under its key, no number.
+            let long = Prefix::Key(b.key());
+            let mut batch = Batch::default();
+            for (space, end) in [(Space::Blocks, 2), (Space::Nodes, 3)] {
+                for i in 0..end {
+                    let v = kv.get(space, &at(1, i)).unwrap().unwrap();
+                    batch.delete(space, at(1, i).to_vec());
+                    batch.put(space, long.record(i), v);
+                }
+            }
+            batch.delete(Space::Meta, meta_key(&b.key(), b"n"));
+            kv.commit(batch).unwrap();
+            kv.persist().unwrap();
+            (b.key(), long)
+        };
+        let kv = Arc::new(Kv::open(dir.path()).unwrap());
+        let (a, b) = (open(&kv, 1), open(&kv, 2));
+        assert_eq!((a.prefix, b.prefix), (Prefix::Number(0), long));
+        assert_eq!(b.key(), key_b);
+        assert_eq!(a.get(0).unwrap().unwrap(), b"small");
+        assert_eq!(a.get(1).unwrap().unwrap(), big);
+        assert_eq!(b.get(1).unwrap().unwrap(), b"b1");
+        // b goes on under its key; a new core gets the next number, not b's old one.
+        b.append(vec![b"b2".to_vec()]).unwrap();
+        assert_eq!(
+            kv.get(Space::Blocks, &long.record(2)).unwrap().unwrap(),
+            b"b2"
+        );
+        assert_eq!(open(&kv, 3).prefix, Prefix::Number(2));
+        drop((a, b));
+        let b = open(&kv, 2);
+        assert_eq!(
+            (b.lengths().0, b.get(2).unwrap().unwrap()),
+            (3, b"b2".to_vec())
+        );
+    }
+
+    #[test]
+    fn a_numbered_core_reads_no_record_of_a_core_keyed_by_its_key() {
+        // A 40-byte key whose first bytes are core 5's number sorts inside core 5's range.
+        let short = Prefix::Number(5);
+        let long = Prefix::Key(Key([
+            0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 9, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+            16, 17, 18, 19, 20,
+        ]));
+        let theirs = long.record(1);
+        assert!(*theirs > *short.record(0) && *theirs < *short.end());
+        assert_eq!(short.index_of(&theirs), None);
+        assert_eq!(short.index_of(&short.record(77)), Some(77));
+        assert_eq!(long.index_of(&theirs), Some(1));
+        assert_eq!(long.index_of(&short.record(1)), None);
+        assert!(*long.end() > *long.record(u64::MAX));
+        assert!(*short.end() > *short.record(u64::MAX));
+    }
+
+    #[test]
     fn a_damaged_block_is_an_error_not_data() {
         let kv = Arc::new(Kv::memory());
         let w = writer(&kv, 3);
         let mut b = Batch::default();
-        b.put(
-            Space::Blocks,
-            record_key(&w.key(), &1u64.to_be_bytes()),
-            b"other".to_vec(),
-        );
+        b.put(Space::Blocks, w.prefix.record(1), b"other".to_vec());
         kv.commit(b).unwrap();
         // The appender hashed its blocks and then relies on the database's checksums (which a
         // write behind its back like this one bypasses); the first read after an open checks
@@ -2049,7 +2224,7 @@ mod tests {
             encode_header(&State::default())[..10].to_vec(),
         ] {
             let mut b = Batch::default();
-            b.put(Space::Meta, record_key(&w.key(), b"h"), bad);
+            b.put(Space::Meta, meta_key(&w.key(), b"h"), bad);
             kv.commit(b).unwrap();
             assert!(Log::open(kv.clone(), w.key(), None, None, false).is_err());
         }
@@ -2057,7 +2232,7 @@ mod tests {
         let mut s = w.state().clone();
         s.length = 2;
         let mut b = Batch::default();
-        b.put(Space::Meta, record_key(&w.key(), b"h"), encode_header(&s));
+        b.put(Space::Meta, meta_key(&w.key(), b"h"), encode_header(&s));
         kv.commit(b).unwrap();
         assert!(Log::open(kv.clone(), w.key(), None, None, false).is_err());
     }

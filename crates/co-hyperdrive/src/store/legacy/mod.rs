@@ -153,11 +153,11 @@ fn import(
     let data = open("data")?;
 
     let roots = recover::verify_tree(&tree, key, head).map_err(corrupt)?;
-    let mut import = Import::new(kv, key);
     let fail = |e: super::log::LogError| StoreError::Core {
         key,
         reason: e.to_string(),
     };
+    let mut import = Import::new(kv, key).map_err(fail)?;
     // Nodes the file holds within the signed tree, kept only where they hash up to a root.
     let mut file: HashMap<u64, Node> = HashMap::new();
     for i in 0..length.saturating_mul(2) {
