@@ -140,11 +140,58 @@ pub(crate) enum Durability {
 /// Key-value pairs, in key order.
 pub(crate) type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// A key or value a batch holds: the database's own byte string, so that committing hands it
+/// over as it is. One of 20 bytes or less (every block and node key) is held inline: staging
+/// it allocates nothing.
+pub(crate) type Bytes = fjall::Slice;
+
+/// A value a batch holds: as its writer made it, or already the database's (small values
+/// built for it, such as tree nodes). A block bound for a data file is written from the
+/// writer's bytes, never copied into the database's.
+#[derive(Debug)]
+pub(crate) enum Value {
+    Owned(Vec<u8>),
+    Db(Bytes),
+}
+
+impl std::ops::Deref for Value {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Value::Owned(v) => v,
+            Value::Db(b) => b,
+        }
+    }
+}
+
+impl From<Vec<u8>> for Value {
+    fn from(v: Vec<u8>) -> Self {
+        Value::Owned(v)
+    }
+}
+
+impl<const N: usize> From<[u8; N]> for Value {
+    fn from(v: [u8; N]) -> Self {
+        Value::Db(Bytes::from(v))
+    }
+}
+
+impl From<Value> for Bytes {
+    fn from(v: Value) -> Self {
+        match v {
+            Value::Owned(v) => Bytes::from(v),
+            Value::Db(b) => b,
+        }
+    }
+}
+
+/// One write of a batch: `None` deletes.
+type Op = (Space, Bytes, Option<Value>);
+
 /// Writes that commit together.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
-    /// `None` deletes.
-    ops: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
+    ops: Vec<Op>,
     /// The blocks must be durable before the rest may be (see the module notes).
     own: bool,
     /// The caller persists right after this commit (see [`Batch::synced`]).
@@ -165,12 +212,12 @@ impl Batch {
         self.synced = true;
     }
 
-    pub(crate) fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
-        self.ops.push((space, key, Some(value)));
+    pub(crate) fn put(&mut self, space: Space, key: impl Into<Bytes>, value: impl Into<Value>) {
+        self.ops.push((space, key.into(), Some(value.into())));
     }
 
-    pub(crate) fn delete(&mut self, space: Space, key: Vec<u8>) {
-        self.ops.push((space, key, None));
+    pub(crate) fn delete(&mut self, space: Space, key: impl Into<Bytes>) {
+        self.ops.push((space, key.into(), None));
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -399,8 +446,8 @@ impl Kv {
                 let mut m = m.write().unwrap_or_else(|e| e.into_inner());
                 for (s, k, v) in batch.ops {
                     match v {
-                        Some(v) => m.insert((s, k), v),
-                        None => m.remove(&(s, k)),
+                        Some(v) => m.insert((s, k.to_vec()), v.to_vec()),
+                        None => m.remove(&(s, k.to_vec())),
                     };
                 }
                 Ok(())
@@ -592,13 +639,11 @@ fn empty_flushed_journal(dir: &Path) -> Result<(), KvError> {
 /// The database gives every item of a batch the same sequence number, so two items for one key
 /// would be ambiguous: keeps only the last op on each key. Most batches have none twice (an
 /// append's keys are new and distinct), so a hash pass finds that without sorting them.
-fn last_op_per_key(
-    ops: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
-) -> Vec<(Space, Vec<u8>, Option<Vec<u8>>)> {
+fn last_op_per_key(ops: Vec<Op>) -> Vec<Op> {
     let keep = {
         let mut last: HashMap<(Space, &[u8]), usize> = HashMap::with_capacity(ops.len());
         for (i, (s, k, _)) in ops.iter().enumerate() {
-            last.insert((*s, k.as_slice()), i);
+            last.insert((*s, &**k), i);
         }
         if last.len() == ops.len() {
             return ops;
@@ -644,7 +689,7 @@ impl Disk {
         // forgets them has committed.
         let mut freed = Vec::new();
         // File blocks by core, written after the loop in as few writes as they take.
-        let mut to_files: BTreeMap<CoreName, Pairs> = BTreeMap::new();
+        let mut to_files: BTreeMap<CoreName, Vec<(Bytes, Value)>> = BTreeMap::new();
         let file_min = if batch.synced {
             SYNCED_FILE_MIN
         } else {
@@ -687,7 +732,7 @@ impl Disk {
         for (core, blocks) in &to_files {
             let offsets = self
                 .files
-                .append_all(core, blocks.iter().map(|(_, v)| v.as_slice()))?;
+                .append_all(core, blocks.iter().map(|(_, v)| &**v))?;
             for ((k, v), offset) in blocks.iter().zip(offsets) {
                 let mut at = Vec::with_capacity(20);
                 at.extend_from_slice(&offset.to_le_bytes());

@@ -32,7 +32,7 @@ use cohd_format::wire::{DataBlock, DataNodes, DataUpgrade};
 use cohd_format::Key;
 use ed25519_dalek::SigningKey;
 
-use super::kv::{Batch, Durability, Kv, KvError, Space};
+use super::kv::{Batch, Bytes, Durability, Kv, KvError, Space};
 use super::proofs::{Proof, ProofRequest};
 
 /// What can go wrong in a log.
@@ -251,9 +251,9 @@ impl Prefix {
         }
     }
 
-    /// The same, owned (for a batch).
-    fn record(&self, index: u64) -> Vec<u8> {
-        self.key(index).to_vec()
+    /// The same, for a batch (a numbered core's is held inline: no allocation).
+    fn record(&self, index: u64) -> Bytes {
+        Bytes::from(&*self.key(index))
     }
 
     /// The index a record key of this core holds; `None` for any other key (of another core,
@@ -322,10 +322,10 @@ fn decode_number(v: &[u8]) -> Result<u32, LogError> {
     })
 }
 
-fn encode_node(n: &Node) -> Vec<u8> {
-    let mut v = Vec::with_capacity(40);
-    v.extend_from_slice(&n.size.to_le_bytes());
-    v.extend_from_slice(&n.hash);
+fn encode_node(n: &Node) -> [u8; 40] {
+    let mut v = [0u8; 40];
+    v[..8].copy_from_slice(&n.size.to_le_bytes());
+    v[8..].copy_from_slice(&n.hash);
     v
 }
 
@@ -1376,7 +1376,7 @@ impl Log {
             }
         }
         let end = self.prefix.end();
-        let mut from = self.prefix.record(leaf);
+        let mut from = self.prefix.key(leaf).to_vec();
         loop {
             let page = self.kv.scan(Space::Nodes, &from, &end, 1024)?;
             let Some((last, _)) = page.last() else { break };
