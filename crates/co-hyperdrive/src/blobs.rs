@@ -283,10 +283,15 @@ impl BlobWriter<'_> {
     /// Adds bytes.
     pub async fn write(&mut self, mut data: &[u8]) -> Result<(), BlobError> {
         while !data.is_empty() {
-            if self.buf.capacity() == 0 {
-                self.buf.reserve_exact(BLOCK_SIZE);
-            }
             let n = (BLOCK_SIZE - self.buf.len()).min(data.len());
+            if self.buf.capacity() - self.buf.len() < n {
+                // Doubling, never past a block: a small file's block is no larger than the
+                // file (a 4 KiB put allocated a whole 64 KiB block, fresh pages and all).
+                let want = (self.buf.len() + n)
+                    .max(self.buf.capacity() * 2)
+                    .min(BLOCK_SIZE);
+                self.buf.reserve_exact(want - self.buf.len());
+            }
             self.buf.extend_from_slice(&data[..n]);
             data = &data[n..];
             if self.buf.len() == BLOCK_SIZE {
@@ -349,6 +354,29 @@ impl BlobWriter<'_> {
 mod tests {
     use super::*;
     use crate::Store;
+
+    /// A block is allocated as large as what it holds (doubling while streamed), never a
+    /// whole 64 KiB block for a small file.
+    #[tokio::test]
+    async fn a_small_blob_allocates_a_small_block() {
+        let store = Store::memory();
+        let blobs = Blobs::new(store.open_named("blobs").await.unwrap());
+        let mut w = blobs.writer();
+        w.write(&[1; 4096]).await.unwrap();
+        let (_, pending) = w.finish_pending();
+        assert_eq!(pending.len(), 1);
+        assert_eq!((pending[0].len(), pending[0].capacity()), (4096, 4096));
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        let mut w = blobs.writer();
+        for chunk in data.chunks(1000) {
+            w.write(chunk).await.unwrap();
+        }
+        let (id, pending) = w.finish_pending();
+        assert_eq!(pending.concat(), data);
+        assert_eq!(pending[0].capacity(), BLOCK_SIZE);
+        assert!(pending[1].len() == 70_000 - BLOCK_SIZE && pending[1].capacity() <= 8192);
+        assert_eq!((id.block_length, id.byte_length), (2, 70_000));
+    }
 
     #[tokio::test]
     async fn put_get_ranges() {
