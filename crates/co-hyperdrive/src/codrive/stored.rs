@@ -39,7 +39,7 @@ use super::view::{self, MemberRecord, PathVersion, Resolved, View, WriterData};
 use crate::bee::Bee;
 use crate::blobs::BlobError;
 use crate::drive::{Drive, DriveError};
-use crate::store::StoreError;
+use crate::store::{IndexPin, Store, StoreError};
 
 /// Tag of the rows.
 const ROWS: u8 = b'R';
@@ -289,12 +289,21 @@ impl Commits<'_> {
 impl CoDrive {
     /// The merged view read from the index kept on disk, brought up to date with every
     /// writer's log first (see the module docs): lookups cost O(log n) and listings stream,
-    /// whatever the drive's size. It reads the index as it stands: a refresh by another
-    /// [`CoDrive::indexed`] meanwhile shows through (use [`CoDrive::snapshot`] for a view fixed
-    /// in memory, and to write).
+    /// whatever the drive's size. Every read of it sees the index as it stood when it was made
+    /// (a snapshot of the database), whatever another [`CoDrive::indexed`] refreshes meanwhile;
+    /// make a new one to see later writes (or [`CoDrive::snapshot`] for a view in memory, and
+    /// to write).
     pub async fn indexed(&self) -> Result<Indexed<'_>, CoDriveError> {
-        let state = self.refresh_index(None).await?;
-        Ok(Indexed { co: self, state })
+        let _one = refresh_lock().lock().await;
+        let state = self.refresh_index_locked(None).await?;
+        // Taken before another refresh may write: every read of the `Indexed` sees the rows
+        // `state` describes, whatever is refreshed meanwhile.
+        let pin = self.store.index_pin();
+        Ok(Indexed {
+            co: self,
+            state,
+            pin,
+        })
     }
 
     /// Calls `f` with each page of the index's entries in `start..end`, in key order (memory
@@ -348,6 +357,11 @@ impl CoDrive {
         crash: Option<Crash>,
     ) -> Result<IndexState, CoDriveError> {
         let _one = refresh_lock().lock().await;
+        self.refresh_index_locked(crash).await
+    }
+
+    /// [`refresh_index`](Self::refresh_index), its caller holding the refresh lock.
+    async fn refresh_index_locked(&self, crash: Option<Crash>) -> Result<IndexState, CoDriveError> {
         let mut commits = Commits {
             co: self,
             left: crash.map_or(u64::MAX, |c| c.after_commits),
@@ -668,7 +682,8 @@ pub(super) async fn version_at(
 
 /// Rows in key order, grouped by path: a page at a time.
 struct Groups<'c> {
-    co: &'c CoDrive,
+    store: &'c Store,
+    pin: &'c IndexPin,
     from: Vec<u8>,
     end: Vec<u8>,
     buf: VecDeque<(String, Key, Vec<u8>)>,
@@ -676,9 +691,10 @@ struct Groups<'c> {
 }
 
 impl<'c> Groups<'c> {
-    fn new(co: &'c CoDrive, (from, end): (Vec<u8>, Vec<u8>)) -> Self {
+    fn new(ix: &'c Indexed<'c>, (from, end): (Vec<u8>, Vec<u8>)) -> Self {
         Self {
-            co,
+            store: &ix.co.store,
+            pin: &ix.pin,
             from,
             end,
             buf: VecDeque::new(),
@@ -688,9 +704,8 @@ impl<'c> Groups<'c> {
 
     fn fill(&mut self) -> Result<(), CoDriveError> {
         let page = self
-            .co
             .store
-            .index_scan(&self.from, &self.end, PAGE)
+            .index_scan_pinned(self.pin, &self.from, &self.end, PAGE)
             .map_err(store_err)?;
         self.done = page.len() < PAGE;
         for (k, v) in page {
@@ -764,6 +779,8 @@ pub enum Child {
 pub struct Indexed<'a> {
     co: &'a CoDrive,
     state: IndexState,
+    /// The index as it stood when `state` was read: what every read here sees.
+    pin: IndexPin,
 }
 
 impl Indexed<'_> {
@@ -804,7 +821,7 @@ impl Indexed<'_> {
     /// counts has a version of it.
     pub fn resolved(&self, name: &str) -> Result<Option<Resolved>, CoDriveError> {
         let p = path::normalize(name).map_err(DriveError::from)?;
-        let mut g = Groups::new(self.co, path_rows(&self.co.primary, &p));
+        let mut g = Groups::new(self, path_rows(&self.co.primary, &p));
         Ok(match g.next()? {
             Some((q, vs)) if q == p => self.resolve(vs),
             _ => None,
@@ -833,10 +850,7 @@ impl Indexed<'_> {
         folder: &str,
         mut f: impl FnMut(&str, Resolved) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut g = Groups::new(
-            self.co,
-            folder_rows(&self.co.primary, &path::folder(folder)),
-        );
+        let mut g = Groups::new(self, folder_rows(&self.co.primary, &path::folder(folder)));
         while let Some((p, vs)) = g.next()? {
             if let Some(r) = self.resolve(vs) {
                 f(&p, r)?;
@@ -872,7 +886,7 @@ impl Indexed<'_> {
         if let Some(a) = after {
             start = start.max(path_rows(&self.co.primary, a).1);
         }
-        let mut g = Groups::new(self.co, (start, end));
+        let mut g = Groups::new(self, (start, end));
         let mut out = Vec::new();
         while out.len() < limit {
             let Some((p, vs)) = g.next()? else { break };
@@ -907,7 +921,7 @@ impl Indexed<'_> {
         mut f: impl FnMut(Child) -> Result<(), E>,
     ) -> Result<(), E> {
         let fo = path::folder(folder);
-        let mut g = Groups::new(self.co, folder_rows(&self.co.primary, &fo));
+        let mut g = Groups::new(self, folder_rows(&self.co.primary, &fo));
         while let Some((p, vs)) = g.next()? {
             let Some(r) = self.resolve(vs) else {
                 continue;
@@ -956,10 +970,7 @@ impl Indexed<'_> {
     /// Whether `folder` holds a visible file, at any depth (the root: whether the drive shows
     /// any). Reads rows until the first visible file.
     pub fn is_folder(&self, folder: &str) -> Result<bool, CoDriveError> {
-        let mut g = Groups::new(
-            self.co,
-            folder_rows(&self.co.primary, &path::folder(folder)),
-        );
+        let mut g = Groups::new(self, folder_rows(&self.co.primary, &path::folder(folder)));
         while let Some((_, vs)) = g.next()? {
             if self.resolve(vs).is_some_and(|r| r.winner.entry.is_some()) {
                 return Ok(true);

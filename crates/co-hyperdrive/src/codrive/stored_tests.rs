@@ -382,3 +382,36 @@ async fn a_new_writer_is_read_a_page_at_a_time_as_the_full_merge_loads_it() {
     check(&a).await.unwrap();
     assert_eq!(a.indexed().await.unwrap().list("/").unwrap().len(), 22 + 12);
 }
+
+/// An `Indexed` reads the index as it stood when it was made: a refresh by another handle
+/// meanwhile (here a second `CoDrive` of the same writer, which writes and refreshes) does not
+/// show through, on disk (a database snapshot) as in memory.
+#[tokio::test]
+async fn an_indexed_reads_the_index_as_it_was_made() {
+    let dir = tempfile::tempdir().unwrap();
+    for store in [Store::memory(), Store::create(dir.path()).unwrap()] {
+        let a = CoDrive::create(&store, "a").await.unwrap();
+        for i in 0..5 {
+            a.put(&format!("/d/f{i}"), b"old").await.unwrap();
+        }
+        let before = a.indexed().await.unwrap();
+        let other = CoDrive::open(&store, a.key(), "a").await.unwrap();
+        other.put("/d/new", b"new").await.unwrap();
+        other.del("/d/f0").await.unwrap();
+        let now = other.indexed().await.unwrap();
+        assert!(now.stat("/d/new").unwrap().is_some());
+        // The rows changed under it; it still reads the ones its version describes.
+        assert!(before.stat("/d/new").unwrap().is_none());
+        assert!(before.stat("/d/f0").unwrap().is_some());
+        let names = |ix: &super::Indexed<'_>| -> Vec<String> {
+            ix.list("/d").unwrap().into_iter().map(|e| e.path).collect()
+        };
+        assert_eq!(
+            names(&before),
+            ["/d/f0", "/d/f1", "/d/f2", "/d/f3", "/d/f4"]
+        );
+        assert_eq!(names(&now), ["/d/f1", "/d/f2", "/d/f3", "/d/f4", "/d/new"]);
+        drop((before, now));
+        store.close().await.unwrap();
+    }
+}

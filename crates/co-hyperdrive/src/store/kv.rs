@@ -232,6 +232,20 @@ impl Batch {
     }
 }
 
+/// The index fixed at one moment ([`Kv::pin_index`]): a snapshot of fjall's, or a copy of
+/// the memory store's index (tests).
+#[allow(clippy::large_enum_variant, clippy::type_complexity)]
+pub(crate) enum Pin {
+    Disk(fjall::Snapshot),
+    Memory(Arc<BTreeMap<(Space, Vec<u8>), Vec<u8>>>),
+}
+
+impl std::fmt::Debug for Pin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pin")
+    }
+}
+
 /// The store's bytes.
 #[derive(Debug)]
 #[allow(clippy::type_complexity)]
@@ -432,6 +446,66 @@ impl Kv {
                 }
                 inner.scan(space, start, end, limit)
             }
+        }
+    }
+
+    /// The index key space as it stands now, for reads that must not see later commits
+    /// ([`scan_pinned`](Self::scan_pinned)).
+    pub(crate) fn pin_index(&self) -> Pin {
+        match self {
+            // (The index is the last space: this range is all of it.)
+            Kv::Memory(m) => Pin::Memory(Arc::new(
+                m.read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .range((Space::Index, Vec::new())..)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            )),
+            Kv::Disk(d) => Pin::Disk(d.db.snapshot()),
+            #[cfg(test)]
+            Kv::Faulty(inner, _) => inner.pin_index(),
+        }
+    }
+
+    /// [`scan`](Self::scan) as the database stood when `pin` was taken.
+    pub(crate) fn scan_pinned(
+        &self,
+        pin: &Pin,
+        space: Space,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Pairs, KvError> {
+        use fjall::Readable;
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        match (self, pin) {
+            (Kv::Disk(d), Pin::Disk(snapshot)) => {
+                let mut out = Vec::new();
+                for g in snapshot.range(d.space(space), start..end).take(limit) {
+                    let (k, v) = g.into_inner()?;
+                    out.push((k.to_vec(), v.to_vec()));
+                }
+                Ok(out)
+            }
+            (_, Pin::Memory(m)) => Ok(m
+                .range((space, start.to_vec())..(space, end.to_vec()))
+                .take(limit)
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .collect()),
+            #[cfg(test)]
+            (Kv::Faulty(inner, f), _) => {
+                if f.fail() {
+                    return Err(KvError::io("injected read fault"));
+                }
+                inner.scan_pinned(pin, space, start, end, limit)
+            }
+            // Pins are taken from the store they read (`Store::index_pin`).
+            _ => Err(KvError {
+                message: "storage: a snapshot of another store".into(),
+                corrupt: false,
+            }),
         }
     }
 

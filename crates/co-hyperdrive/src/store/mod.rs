@@ -142,6 +142,10 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
     move |source| StoreError::Io { context, source }
 }
 
+/// The co-drive index fixed at one moment ([`Store::index_pin`]).
+#[derive(Debug)]
+pub(crate) struct IndexPin(kv::Pin);
+
 /// A handle on the store; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -611,6 +615,26 @@ impl Store {
         self.inner
             .kv
             .scan(kv::Space::Index, start, end, limit)
+            .map_err(|e| self.db_error(e))
+    }
+
+    /// The co-drive index as it stands now, for reads that must not see later writes
+    /// ([`index_scan_pinned`](Self::index_scan_pinned)).
+    pub(crate) fn index_pin(&self) -> IndexPin {
+        IndexPin(self.inner.kv.pin_index())
+    }
+
+    /// [`index_scan`](Self::index_scan) as the index stood when `pin` was taken.
+    pub(crate) fn index_scan_pinned(
+        &self,
+        pin: &IndexPin,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<kv::Pairs, StoreError> {
+        self.inner
+            .kv
+            .scan_pinned(&pin.0, kv::Space::Index, start, end, limit)
             .map_err(|e| self.db_error(e))
     }
 
