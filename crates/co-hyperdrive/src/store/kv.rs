@@ -176,6 +176,16 @@ impl<const N: usize> From<[u8; N]> for Value {
     }
 }
 
+impl Value {
+    /// The bytes as a vector (moved when the writer's).
+    fn into_vec(self) -> Vec<u8> {
+        match self {
+            Value::Owned(v) => v,
+            Value::Db(b) => b.to_vec(),
+        }
+    }
+}
+
 impl From<Value> for Bytes {
     fn from(v: Value) -> Self {
         match v {
@@ -520,7 +530,7 @@ impl Kv {
                 let mut m = m.write().unwrap_or_else(|e| e.into_inner());
                 for (s, k, v) in batch.ops {
                     match v {
-                        Some(v) => m.insert((s, k.to_vec()), v.to_vec()),
+                        Some(v) => m.insert((s, k.to_vec()), v.into_vec()),
                         None => m.remove(&(s, k.to_vec())),
                     };
                 }
@@ -909,6 +919,7 @@ impl DataFiles {
             return Ok(f.clone());
         }
         let path = self.dir.join(hex::encode(core));
+        let new = !path.exists();
         let file = File::options()
             .read(true)
             .write(true)
@@ -916,6 +927,13 @@ impl DataFiles {
             .truncate(false)
             .open(&path)
             .map_err(|e| KvError::file(&path, "opening", &e))?;
+        if new {
+            // The file's name must be as durable as the blocks synced into it: a power loss
+            // could otherwise take the whole file while records naming its bytes survive.
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| KvError::file(&self.dir, "syncing", &e))?;
+        }
         // Bytes past what any record names (a write whose batch never committed) are left
         // where they are: new blocks go after them.
         let end = file

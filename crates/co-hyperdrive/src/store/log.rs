@@ -9,6 +9,8 @@
 //! blocks  n ‖ index (u64 BE)          the block
 //! nodes   n ‖ flat index (u64 BE)     size (u64 LE) ‖ BLAKE2b-256 hash
 //! meta    key ‖ "n"                   the core's number (u32 BE)
+//! meta    "core-of-number-" ‖ n       the key of the core with that number
+//! meta    "next-core-number"          the number the next core gets (u32 BE)
 //! meta    key ‖ "h"                   header: length, byte length, fork, signature, signed lengths
 //! meta    key ‖ "p"                   blocks held, as ranges (cohd_format::present)
 //! meta    key ‖ "m"                   the core's manifest, when it has one (compact encoding)
@@ -281,9 +283,16 @@ impl Prefix {
 /// (committed at once: a core numbered and never written keeps its number for when it is).
 fn prefix_of(kv: &Kv, key: &Key, held: bool) -> Result<Prefix, LogError> {
     let numbered = |kv: &Kv| -> Result<Option<Prefix>, LogError> {
-        match kv.get(Space::Meta, &meta_key(key, b"n"))? {
-            Some(n) => Ok(Some(Prefix::Number(decode_number(&n)?))),
-            None => Ok(None),
+        let Some(n) = kv.get(Space::Meta, &meta_key(key, b"n"))? else {
+            return Ok(None);
+        };
+        let n = decode_number(&n, "the core's number")?;
+        // Stores numbered before the reverse record have none: nothing to check there.
+        match kv.get(Space::Meta, &number_key(n))? {
+            Some(owner) if owner != key.0 => Err(LogError::Corrupted(format!(
+                "its number {n} is recorded as another core's"
+            ))),
+            _ => Ok(Some(Prefix::Number(n))),
         }
     };
     if let Some(p) = numbered(kv)? {
@@ -298,12 +307,19 @@ fn prefix_of(kv: &Kv, key: &Key, held: bool) -> Result<Prefix, LogError> {
         return Ok(p);
     }
     let n = match kv.get(Space::Meta, NEXT_NUMBER)? {
-        Some(n) => decode_number(&n)?,
+        Some(n) => decode_number(&n, "the store's next core number")?,
         None => 0,
     };
-    let next = n
-        .checked_add(1)
-        .ok_or_else(|| LogError::Corrupted("the store has numbered every core it can".into()))?;
+    // A number in use (damaged metadata) must never be handed out again: two cores would
+    // share their records.
+    if kv.get(Space::Meta, &number_key(n))?.is_some() {
+        return Err(LogError::Corrupted(format!(
+            "the store's next core number, {n}, is already a core's: its metadata is damaged"
+        )));
+    }
+    let next = n.checked_add(1).ok_or_else(|| {
+        LogError::Invalid("the store holds as many cores as it can number (2^32)".into())
+    })?;
     let mut b = Batch::default();
     b.put(
         Space::Meta,
@@ -311,15 +327,21 @@ fn prefix_of(kv: &Kv, key: &Key, held: bool) -> Result<Prefix, LogError> {
         next.to_be_bytes().to_vec(),
     );
     b.put(Space::Meta, meta_key(key, b"n"), n.to_be_bytes().to_vec());
+    b.put(Space::Meta, number_key(n), key.0.to_vec());
     kv.commit(b)?;
     Ok(Prefix::Number(n))
 }
 
-/// A core number record (4 bytes, u32 BE).
-fn decode_number(v: &[u8]) -> Result<u32, LogError> {
-    v.try_into().map(u32::from_be_bytes).map_err(|_| {
-        LogError::Corrupted(format!("a core number record is {} bytes, not 4", v.len()))
-    })
+/// The record of which core has number `n` (a metadata key no core's can be: 19 bytes).
+fn number_key(n: u32) -> Vec<u8> {
+    [&b"core-of-number-"[..], &n.to_be_bytes()].concat()
+}
+
+/// A core number record (4 bytes, u32 BE): `what` says which, for the error.
+fn decode_number(v: &[u8], what: &str) -> Result<u32, LogError> {
+    v.try_into()
+        .map(u32::from_be_bytes)
+        .map_err(|_| LogError::Corrupted(format!("{what} is {} bytes, not 4", v.len())))
 }
 
 fn encode_node(n: &Node) -> [u8; 40] {
@@ -2174,6 +2196,47 @@ mod tests {
             (b.lengths().0, b.get(2).unwrap().unwrap()),
             (3, b"b2".to_vec())
         );
+    }
+
+    #[test]
+    fn a_number_is_never_handed_out_twice() {
+        let kv = Arc::new(Kv::memory());
+        let open = |b: u8| {
+            let sk = SigningKey::from_bytes(&[b; 32]);
+            let key = Key(sk.verifying_key().to_bytes());
+            Log::open(kv.clone(), key, Some(sk), None, true).map(|l| l.unwrap().prefix)
+        };
+        assert_eq!(open(1).unwrap(), Prefix::Number(0));
+        assert_eq!(open(2).unwrap(), Prefix::Number(1));
+        // Damaged metadata: the counter back at a number in use. The next core is refused,
+        // not given core 0's records.
+        let mut b = Batch::default();
+        b.put(
+            Space::Meta,
+            NEXT_NUMBER.to_vec(),
+            0u32.to_be_bytes().to_vec(),
+        );
+        kv.commit(b).unwrap();
+        let e = open(3).unwrap_err().to_string();
+        assert!(e.contains("already a core's"), "{e}");
+        // A core whose number record names another core's number is refused too.
+        let k2 = Key(SigningKey::from_bytes(&[2; 32]).verifying_key().to_bytes());
+        let mut b = Batch::default();
+        b.put(
+            Space::Meta,
+            meta_key(&k2, b"n"),
+            0u32.to_be_bytes().to_vec(),
+        );
+        kv.commit(b).unwrap();
+        let e = open(2).unwrap_err().to_string();
+        assert!(e.contains("another core's"), "{e}");
+        // A counter record of the wrong size says which record it is.
+        let mut b = Batch::default();
+        b.put(Space::Meta, NEXT_NUMBER.to_vec(), vec![1, 2]);
+        kv.commit(b).unwrap();
+        let e = open(4).unwrap_err().to_string();
+        assert!(e.contains("next core number is 2 bytes"), "{e}");
+        assert_eq!(open(1).unwrap(), Prefix::Number(0));
     }
 
     #[test]
