@@ -1210,6 +1210,8 @@ fn bad_input_gives_one_clean_error() {
     let local = local.to_str().expect("utf8");
     let other_key = Dir::init().1; // a real drive key this store does not hold
     let not_hex = "g".repeat(64);
+    let export_to = d.scratch("export-of-a-file");
+    let export_to = export_to.to_str().expect("utf8");
     let before = snapshot(&d.path());
 
     let cases: Vec<(Vec<&str>, &str)> = vec![
@@ -1233,12 +1235,21 @@ fn bad_input_gives_one_clean_error() {
         (vec!["import", "/definitely/not/here"], "is not a folder"),
         (vec!["import", local], "is not a folder"),
         (vec!["export", "/nothing", local], "nothing to export"),
+        // A file is not exported as an empty folder and a success.
+        (
+            vec!["export", "/f", export_to],
+            "/f is a file, not a folder",
+        ),
         (vec!["symlink", "/", "/f"], "invalid path"),
     ];
     for (args, want) in &cases {
         let e = d.err(args);
         assert!(e.contains(want), "{args:?}: expected {want:?} in {e:?}");
     }
+    assert!(
+        !Path::new(export_to).exists(),
+        "a failed export made its folder"
+    );
     // Writing to another co-drive needs this store's drive to be one of its writers: the error
     // says how to become one.
     let own_key = d.ok(&["whoami"]).text().trim().to_string();
@@ -2741,6 +2752,39 @@ fn import_delete_from_an_empty_folder_is_refused() {
     let e = d.err(&["import", empty.to_str().expect("utf8"), "/", "--delete"]);
     assert!(e.contains("empty folder"), "{e}");
     assert_eq!(ls_paths(&d, &["ls", "-r"]), ["/keep.txt"]);
+}
+
+/// A clone that reached no peer fails, and the store it left behind does not then read as an
+/// empty co-drive: reads say nothing of it is here yet, and how to fetch it.
+#[test]
+fn reads_after_a_failed_clone_say_nothing_arrived() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("copy");
+    let key = "ab".repeat(32);
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cohd"))
+            .arg("--dir")
+            .arg(&store)
+            .args(args)
+            .env("COHD_NO_DHT", "1")
+            .env_remove("COHD_DIR")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--peer", "127.0.0.1:1", "clone", &key]);
+    assert!(
+        !out.status.success(),
+        "a clone from a closed port succeeded"
+    );
+    for args in [&["ls"][..], &["ls", "-r"], &["stat", "/x"], &["cat", "/x"]] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded: {err}");
+        assert!(
+            err.contains("nothing of co-drive") && err.contains("cohd sync --peer"),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 /// With no `--bootstrap` (and no `--public-dht`), no DHT is joined: the public HyperDHT is

@@ -81,6 +81,14 @@ pub(crate) async fn read_indexed(co: &CoDrive) -> Result<Indexed<'_>> {
     if idx.missing().contains(&co.key()) {
         bail!("drive {} is not in this store", co.key());
     }
+    // A primary drive always holds its header block: none means nothing of it arrived (a
+    // clone that failed), which must not read as an empty co-drive.
+    if idx.version().get(&co.key()) == 0 {
+        bail!(
+            "nothing of co-drive {} is in this store yet: run `cohd sync --peer HOST:PORT`              (or `cohd clone` again) to fetch it",
+            co.key()
+        );
+    }
     Ok(idx)
 }
 

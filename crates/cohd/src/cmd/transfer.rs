@@ -590,8 +590,14 @@ pub(crate) async fn export(co: &CoDrive, out: &mut Out, folder: &str, local: &Pa
     let snap = read_snapshot(co).await?;
     let entries = snap.list(folder);
     let exact = snap.entry(folder).ok().flatten();
-    if entries.is_empty() && exact.is_none() {
-        bail!("nothing to export under {folder}");
+    if entries.is_empty() {
+        match exact {
+            // Exporting nothing and saying so would be a success for work not done.
+            Some(_) => bail!(
+                "{folder} is a file, not a folder: `cohd cat {folder} > FILE` copies one file"
+            ),
+            None => bail!("nothing to export under {folder}"),
+        }
     }
     let base = path::folder(folder);
     let shown = if base.is_empty() { "/" } else { base.as_str() };
