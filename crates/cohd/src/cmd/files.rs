@@ -81,11 +81,13 @@ pub(crate) async fn read_indexed(co: &CoDrive) -> Result<Indexed<'_>> {
     if idx.missing().contains(&co.key()) {
         bail!("drive {} is not in this store", co.key());
     }
-    // A primary drive always holds its header block: none means nothing of it arrived (a
-    // clone that failed), which must not read as an empty co-drive.
-    if idx.version().get(&co.key()) == 0 {
+    // A co-drive followed from elsewhere whose primary drive has not one block here (not
+    // even the header it starts with): nothing of it arrived (a clone that failed), which must
+    // not read as an empty co-drive. (Our own drive may not have written its header yet.)
+    if co.key() != co.local_key() && idx.version().get(&co.key()) == 0 {
         bail!(
-            "nothing of co-drive {} is in this store yet: run `cohd sync --peer HOST:PORT`              (or `cohd clone` again) to fetch it",
+            "nothing of co-drive {} is in this store yet: run `cohd sync --peer HOST:PORT` \
+             (or `cohd clone` again) to fetch it",
             co.key()
         );
     }
