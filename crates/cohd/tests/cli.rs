@@ -1205,6 +1205,7 @@ fn missing_store() {
 fn bad_input_gives_one_clean_error() {
     let (d, _) = Dir::init();
     d.put("/f", b"f");
+    d.put("/dir/g", b"g");
     let local = d.scratch("local");
     std::fs::write(&local, b"data").expect("write");
     let local = local.to_str().expect("utf8");
@@ -1219,6 +1220,10 @@ fn bad_input_gives_one_clean_error() {
         (vec!["put", "a/..", local], "invalid path"),
         (vec!["put", "/a/../..", "-"], "invalid path"),
         (vec!["cat", "/nope"], "no such file"),
+        (
+            vec!["cat", "/dir"],
+            "/dir is a folder: `cohd ls /dir` lists it",
+        ),
         (vec!["cat", "/"], "invalid path"),
         (vec!["stat", "/nope"], "no such file"),
         (vec!["stat", "/nope", "--json"], "no such file"),
@@ -1261,7 +1266,7 @@ fn bad_input_gives_one_clean_error() {
         changed.is_empty(),
         "a failed command wrote to the store: {changed:?}"
     );
-    assert_eq!(ls_paths(&d, &["ls", "-r"]), ["/f"]);
+    assert_eq!(ls_paths(&d, &["ls", "-r"]), ["/dir/g", "/f"]);
 }
 
 #[test]

@@ -304,7 +304,18 @@ pub(crate) async fn cat(
             Ok(())
         };
         let n = match &chosen {
-            None => snap.read_range(path, pos, CAT_PIECE, sink).await?,
+            None => match snap.read_range(path, pos, CAT_PIECE, sink).await {
+                Ok(n) => n,
+                // Not a file: a folder is named as one (`no such file` misled).
+                Err(e) if pos == 0 => {
+                    let p = path::normalize(path)?;
+                    if !snap.readdir(&p)?.is_empty() {
+                        bail!("{p} is a folder: `cohd ls {p}` lists it");
+                    }
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            },
             Some((w, blob)) => co.read_content(*w, blob, pos, CAT_PIECE, sink).await?,
         };
         if let Some(e) = err {
@@ -323,6 +334,9 @@ pub(crate) async fn cat(
 fn path_versions(snap: &Reader<'_>, name: &str) -> Result<Vec<PathVersion>> {
     let p = path::normalize(name)?;
     let Some(r) = snap.resolved(&p)? else {
+        if !snap.readdir(&p)?.is_empty() {
+            bail!("{p} is a folder: `cohd ls {p}` lists it");
+        }
         bail!("no such file: {p}");
     };
     Ok(if r.conflicts.is_empty() {

@@ -713,7 +713,7 @@ pub(crate) async fn export(co: &CoDrive, out: &mut Out, folder: &str, local: &Pa
     }
     let mut summary = format!("exported {} files ({})", files.len(), output::size(total));
     if made > 0 {
-        summary.push_str(&format!(" and {made} links"));
+        summary.push_str(&format!(" and {}", count(made, "link", "links")));
     }
     if copies > 0 {
         summary.push_str(&format!(
