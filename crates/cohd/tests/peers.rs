@@ -9,6 +9,23 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
+/// `clone` counts files and links apart, as `import` and `export` do.
+#[test]
+fn clone_counts_files_and_links() {
+    let (_t, d) = dirs(2);
+    ok(&d[0], &["init"]);
+    ok_in(&d[0], &["put", "/a.txt", "-"], b"a");
+    ok(&d[0], &["symlink", "/l", "/a.txt"]);
+    let s = serve(&d[0], &[]);
+    let out = run(&d[1], &["--peer", &s.addr, "clone", &s.key], b"");
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cloned {}: 1 file and 1 link", s.key)),
+        "{err}"
+    );
+}
+
 #[test]
 fn request_auth_write_relay_deauthorize_and_conflicts() {
     let (_t, d) = dirs(4);

@@ -300,11 +300,19 @@ pub(crate) async fn clone(cli: &Cli, key: &str, all: bool) -> Result<()> {
     let files = match &r {
         Ok(f) => {
             f.close().await;
-            co.snapshot()
-                .await
-                .map(|s| (!s.missing().contains(&key)).then(|| s.list("/").len()))
+            co.snapshot().await.map(|s| {
+                (!s.missing().contains(&key)).then(|| {
+                    // Files and links apart, as import and export count them.
+                    let all = s.list("/");
+                    let links = all
+                        .iter()
+                        .filter(|e| e.entry.blob.is_none() && e.entry.linkname.is_some())
+                        .count();
+                    (all.len() - links, links)
+                })
+            })
         }
-        Err(_) => Ok(Some(0)),
+        Err(_) => Ok(Some((0, 0))),
     };
     store.close().await?;
     r?;
@@ -316,7 +324,14 @@ pub(crate) async fn clone(cli: &Cli, key: &str, all: bool) -> Result<()> {
              before sending it"
         );
     };
-    eprintln!("cloned {key}: {files} files");
+    let (files, links) = files;
+    let count =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let links = match links {
+        0 => String::new(),
+        n => format!(" and {}", count(n, "link", "links")),
+    };
+    eprintln!("cloned {key}: {}{links}", count(files, "file", "files"));
     Ok(())
 }
 
