@@ -316,7 +316,10 @@ impl CoDrive {
     ) -> Result<(), CoDriveError> {
         let mut from = start.to_vec();
         loop {
-            let page = self.store.index_scan(&from, end, PAGE).map_err(store_err)?;
+            let page = self
+                .store
+                .index_scan(None, &from, end, PAGE)
+                .map_err(store_err)?;
             let n = page.len();
             if let Some((k, _)) = page.last() {
                 from = k.clone();
@@ -705,7 +708,7 @@ impl<'c> Groups<'c> {
     fn fill(&mut self) -> Result<(), CoDriveError> {
         let page = self
             .store
-            .index_scan_pinned(self.pin, &self.from, &self.end, PAGE)
+            .index_scan(Some(self.pin), &self.from, &self.end, PAGE)
             .map_err(store_err)?;
         self.done = page.len() < PAGE;
         for (k, v) in page {

@@ -430,33 +430,7 @@ impl Kv {
         end: &[u8],
         limit: usize,
     ) -> Result<Pairs, KvError> {
-        if start >= end {
-            return Ok(Vec::new());
-        }
-        match self {
-            Kv::Memory(m) => Ok(m
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .range((space, start.to_vec())..(space, end.to_vec()))
-                .take(limit)
-                .map(|((_, k), v)| (k.clone(), v.clone()))
-                .collect()),
-            Kv::Disk(d) => {
-                let mut out = Vec::new();
-                for g in d.space(space).range(start..end).take(limit) {
-                    let (k, v) = g.into_inner()?;
-                    out.push((k.to_vec(), v.to_vec()));
-                }
-                Ok(out)
-            }
-            #[cfg(test)]
-            Kv::Faulty(inner, f) => {
-                if f.fail() {
-                    return Err(KvError::io("injected read fault"));
-                }
-                inner.scan(space, start, end, limit)
-            }
-        }
+        self.scan_at(None, space, start, end, limit)
     }
 
     /// The index key space as it stands now, for reads that must not see later commits
@@ -477,10 +451,10 @@ impl Kv {
         }
     }
 
-    /// [`scan`](Self::scan) as the database stood when `pin` was taken.
-    pub(crate) fn scan_pinned(
+    /// [`scan`](Self::scan) as the database stood when `pin` was taken (`None`: as it is).
+    pub(crate) fn scan_at(
         &self,
-        pin: &Pin,
+        pin: Option<&Pin>,
         space: Space,
         start: &[u8],
         end: &[u8],
@@ -490,29 +464,37 @@ impl Kv {
         if start >= end {
             return Ok(Vec::new());
         }
+        let memory = |m: &BTreeMap<(Space, Vec<u8>), Vec<u8>>| -> Pairs {
+            m.range((space, start.to_vec())..(space, end.to_vec()))
+                .take(limit)
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .collect()
+        };
         match (self, pin) {
-            (Kv::Disk(d), Pin::Disk(snapshot)) => {
+            (_, Some(Pin::Memory(m))) => Ok(memory(m)),
+            (Kv::Memory(m), None) => Ok(memory(&m.read().unwrap_or_else(|e| e.into_inner()))),
+            (Kv::Disk(d), pin) => {
+                let ks = d.space(space);
+                let range = match pin {
+                    Some(Pin::Disk(snapshot)) => snapshot.range(ks, start..end),
+                    _ => ks.range(start..end),
+                };
                 let mut out = Vec::new();
-                for g in snapshot.range(d.space(space), start..end).take(limit) {
+                for g in range.take(limit) {
                     let (k, v) = g.into_inner()?;
                     out.push((k.to_vec(), v.to_vec()));
                 }
                 Ok(out)
             }
-            (_, Pin::Memory(m)) => Ok(m
-                .range((space, start.to_vec())..(space, end.to_vec()))
-                .take(limit)
-                .map(|((_, k), v)| (k.clone(), v.clone()))
-                .collect()),
             #[cfg(test)]
-            (Kv::Faulty(inner, f), _) => {
+            (Kv::Faulty(inner, f), pin) => {
                 if f.fail() {
                     return Err(KvError::io("injected read fault"));
                 }
-                inner.scan_pinned(pin, space, start, end, limit)
+                inner.scan_at(pin, space, start, end, limit)
             }
             // Pins are taken from the store they read (`Store::index_pin`).
-            _ => Err(KvError {
+            (Kv::Memory(_), Some(Pin::Disk(_))) => Err(KvError {
                 message: "storage: a snapshot of another store".into(),
                 corrupt: false,
             }),

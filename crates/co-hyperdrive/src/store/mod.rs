@@ -605,37 +605,25 @@ impl Store {
         }
     }
 
-    /// At most `limit` entries of the co-drive index with keys in `start..end`, in key order.
+    /// At most `limit` entries of the co-drive index with keys in `start..end`, in key order,
+    /// as the index stood when `pin` was taken (`None`: as it is).
     pub(crate) fn index_scan(
         &self,
+        pin: Option<&IndexPin>,
         start: &[u8],
         end: &[u8],
         limit: usize,
     ) -> Result<kv::Pairs, StoreError> {
         self.inner
             .kv
-            .scan(kv::Space::Index, start, end, limit)
+            .scan_at(pin.map(|p| &p.0), kv::Space::Index, start, end, limit)
             .map_err(|e| self.db_error(e))
     }
 
     /// The co-drive index as it stands now, for reads that must not see later writes
-    /// ([`index_scan_pinned`](Self::index_scan_pinned)).
+    /// ([`index_scan`](Self::index_scan) with it).
     pub(crate) fn index_pin(&self) -> IndexPin {
         IndexPin(self.inner.kv.pin_index())
-    }
-
-    /// [`index_scan`](Self::index_scan) as the index stood when `pin` was taken.
-    pub(crate) fn index_scan_pinned(
-        &self,
-        pin: &IndexPin,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<kv::Pairs, StoreError> {
-        self.inner
-            .kv
-            .scan_pinned(&pin.0, kv::Space::Index, start, end, limit)
-            .map_err(|e| self.db_error(e))
     }
 
     /// Writes to the co-drive index, atomically (`None` deletes). Not made durable here: the
