@@ -434,7 +434,7 @@ impl Kv {
     }
 
     /// The index key space as it stands now, for reads that must not see later commits
-    /// ([`scan_pinned`](Self::scan_pinned)).
+    /// ([`scan_at`](Self::scan_at)).
     pub(crate) fn pin_index(&self) -> Pin {
         match self {
             // (The index is the last space: this range is all of it.)
