@@ -376,3 +376,45 @@ async fn every_past_version_checks_out_as_it_was() {
         assert_eq!(co.checkout(&again).await.unwrap().view(), view, "step {i}");
     }
 }
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A batch's writes become visible together and carry one time: a checkout by time shows all
+/// of them or none, whichever millisecond it names (not a version inside the batch, where the
+/// tree has none of it).
+#[tokio::test]
+async fn a_checkout_by_time_takes_a_batch_whole() {
+    let store = Store::memory();
+    let a = CoDrive::create(&store, "db").await.unwrap();
+    a.put("/first", b"1").await.unwrap();
+    let before = a.own().version();
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let t0 = now_ms();
+    let mut b = a.batch().await.unwrap();
+    for p in ["/x", "/y", "/z"] {
+        b.put(p, b"v", Default::default()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    b.flush().await.unwrap();
+    let t1 = now_ms();
+    let end = a.own().version();
+    assert_eq!(end, before + 6);
+    for t in t0 - 1..=t1 + 1 {
+        let at = a.version_at_time(t).await.unwrap();
+        let len = at.get(&a.key());
+        assert!(len == before || len == end, "at {t}: {len}");
+        let shown = contents(&a.checkout(&at).await.unwrap()).await;
+        let batch = ["/x", "/y", "/z"]
+            .iter()
+            .filter(|p| shown.contains_key(**p))
+            .count();
+        assert_eq!(batch, if len == end { 3 } else { 0 }, "at {t}");
+        assert!(shown.contains_key("/first"), "at {t}");
+    }
+    assert_eq!(a.version_at_time(t1).await.unwrap().get(&a.key()), end);
+}

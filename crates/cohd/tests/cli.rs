@@ -421,6 +421,16 @@ fn ls_variants() {
     // target.
     let long = ls_paths(&d, &["ls", "-l"]);
     assert_eq!(long.len(), 6, "{long:?}");
+    // In the order `ls` gives (the folder where its name sorts, not last).
+    let order: Vec<&str> = long
+        .iter()
+        .map(|l| l.split_whitespace().nth(3).unwrap_or(""))
+        .collect();
+    assert_eq!(
+        order,
+        ["/a.txt", "/b.txt", "/c", "/docs/", "/link", "/run.sh"],
+        "{long:?}"
+    );
     let is_time = |t: &str| {
         t.len() == 20
             && t.ends_with('Z')
@@ -657,6 +667,66 @@ fn info_log_diff() {
             ),
             "{args:?}"
         );
+    }
+}
+
+/// An import is one batch: `log` shows each of its files at the version the batch made, and a
+/// version inside it (a length no commit left the drive at) is refused with the two around it,
+/// not read as a broken tree (files listed as deleted that were not).
+#[test]
+fn log_and_diff_see_an_import_as_one_version() {
+    let (d, _) = Dir::init();
+    d.put("/before", b"b");
+    let v0 = d.ok(&["info", "--json"]).json()["version"]
+        .as_u64()
+        .expect("version");
+    let src = d.scratch("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    for n in ["one", "two", "three"] {
+        std::fs::write(src.join(n), n).expect("write");
+    }
+    d.ok(&["import", src.to_str().expect("utf8"), "/imp"]);
+    d.put("/after", b"a");
+    let v = d.ok(&["info", "--json"]).json()["version"]
+        .as_u64()
+        .expect("version");
+    let log = d.ok(&["log", "--json"]).json_lines();
+    let versions: Vec<(String, u64)> = log
+        .iter()
+        .map(|l| {
+            (
+                l["path"].as_str().expect("path").to_string(),
+                l["version"].as_u64().expect("version"),
+            )
+        })
+        .collect();
+    // Three files, each an entry and its record: six blocks, one commit.
+    let end = v0 + 6;
+    assert_eq!(
+        versions,
+        [
+            ("/before".to_string(), v0),
+            ("/imp/one".to_string(), end),
+            ("/imp/three".to_string(), end),
+            ("/imp/two".to_string(), end),
+            ("/after".to_string(), v),
+        ]
+    );
+    assert_eq!(v, end + 2);
+    let lines = d.ok(&["diff", &v0.to_string(), &end.to_string()]).lines();
+    assert_eq!(lines, ["+ /imp/one", "+ /imp/three", "+ /imp/two"]);
+    for inside in v0 + 1..end {
+        let i = inside.to_string();
+        for args in [vec!["diff", i.as_str()], vec!["diff", "1", i.as_str()]] {
+            assert_eq!(
+                d.err(&args),
+                format!(
+                    "error: version {inside} lies inside one batch of writes (versions {v0} to \
+                     {end} are one commit): use version {v0} or {end}"
+                ),
+                "{args:?}"
+            );
+        }
     }
 }
 

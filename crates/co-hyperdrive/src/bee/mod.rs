@@ -60,6 +60,20 @@ pub enum BeeError {
         /// Available.
         length: u64,
     },
+    /// A checkout inside one of our batches: its blocks became visible together, and the
+    /// tree at a length between them is no version of the bee.
+    #[error(
+        "version {version} lies inside one batch of writes (versions {start} to {end} are \
+         one commit): use version {start} or {end}"
+    )]
+    InsideBatch {
+        /// Requested.
+        version: u64,
+        /// The version before the batch.
+        start: u64,
+        /// The version the batch made.
+        end: u64,
+    },
 }
 
 /// An entry read from the bee.
@@ -147,10 +161,37 @@ impl Bee {
         if version > length {
             return Err(BeeError::BadVersion { version, length });
         }
+        let batch = self
+            .shared
+            .core
+            .log()
+            .batch_around(version)
+            .map_err(|e| BeeError::Core(e.to_string()))?;
+        if let Some(b) = batch {
+            return Err(BeeError::InsideBatch {
+                version,
+                start: b.start,
+                end: b.end,
+            });
+        }
         Ok(Bee {
             shared: self.shared.clone(),
             version: Some(version),
         })
+    }
+
+    /// The version at which block `seq` became visible: the end of the append that wrote it.
+    /// Only a bee we write knows where its batches ended; for others every block counts as
+    /// its own (`seq + 1`).
+    pub fn committed_at(&self, seq: u64) -> Result<u64, BeeError> {
+        let v = seq.saturating_add(1);
+        let batch = self
+            .shared
+            .core
+            .log()
+            .batch_around(v)
+            .map_err(|e| BeeError::Core(e.to_string()))?;
+        Ok(batch.map_or(v, |b| b.end))
     }
 
     pub(crate) fn blocks(&self) -> Blocks<'_> {

@@ -146,6 +146,10 @@ pub struct CoBatch<'a> {
     batch: DriveBatch<'a>,
     /// The versions written in this batch, shown by the view once flushed.
     written: BTreeMap<String, PathVersion>,
+    /// Our clock when the batch began (ms since the Unix epoch; `None` before 1970), in every
+    /// version record it writes: its writes become visible together, so a checkout by time
+    /// ([`CoDrive::version_at_time`]) takes all of them or none.
+    time: Option<u64>,
 }
 
 impl<'a> CoBatch<'a> {
@@ -158,6 +162,10 @@ impl<'a> CoBatch<'a> {
             view,
             batch: co.own.batch().await?,
             written: BTreeMap::new(),
+            time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .and_then(|d| u64::try_from(d.as_millis()).ok()),
         })
     }
 
@@ -206,11 +214,7 @@ impl<'a> CoBatch<'a> {
         }
         let seq = self.batch.version();
         let clock = view::next_clock(self.co.own.key(), seq, self.seen(&p)?.iter());
-        // Our clock, for people: a clock set before 1970 records none.
-        let time = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()
-            .and_then(|d| u64::try_from(d.as_millis()).ok());
+        let time = self.time;
         self.batch
             .put_raw(
                 &records::version_key(&p),

@@ -258,7 +258,8 @@ impl Drive {
         self.db.writable()
     }
 
-    /// A read-only view at `version`.
+    /// A read-only view at `version`: a length a commit left the db at (a version inside one
+    /// of our batches is refused, [`BeeError::InsideBatch`](crate::BeeError::InsideBatch)).
     pub fn checkout(&self, version: u64) -> Result<Self, DriveError> {
         Ok(Self {
             db: self.db.checkout(version)?,

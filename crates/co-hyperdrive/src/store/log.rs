@@ -14,13 +14,15 @@
 //! meta    key ‖ "h"                   header: length, byte length, fork, signature, signed lengths
 //! meta    key ‖ "p"                   blocks held, as ranges (cohd_format::present)
 //! meta    key ‖ "m"                   the core's manifest, when it has one (compact encoding)
+//! meta    key ‖ "e" ‖ end (u64 BE)    an append of ours of more than one block: its start (u64 LE)
 //! ```
 //! Signatures are checked the way the core's manifest says ([`manifest::Verifier`]): a core
 //! without a stored manifest is a compat core (its key is its signer's Ed25519 key). A manifest
 //! core's manifest arrives with the first proof a peer sends for it (or is known beforehand,
 //! e.g. a Hyperdrive's derived blobs manifest) and is kept from then on.
 //! A header is only ever written with the nodes it signs, so on open the roots are read and
-//! checked against the owner's signature; a block is checked against its leaf on its first read (a
+//! checked against the owner's signature (our own appends leave their length unsigned until a
+//! peer asks for it: `Log::signature_of`); a block is checked against its leaf on its first read (a
 //! block in a data file: against the checksum written with it, when it was verified).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -197,6 +199,13 @@ fn meta_key(key: &Key, tag: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(32 + tag.len());
     k.extend_from_slice(&key.0);
     k.extend_from_slice(tag);
+    k
+}
+
+/// The record of our append that ended at `end` (see the module's records).
+fn batch_key(key: &Key, end: u64) -> Vec<u8> {
+    let mut k = meta_key(key, b"e");
+    k.extend_from_slice(&end.to_be_bytes());
     k
 }
 
@@ -695,10 +704,14 @@ impl Log {
         read_present(&log.kv, &key, &mut state)?;
         // The roots the header keeps, if they are this length's and carry its signature and
         // byte length; else (a version 1 header, or one that does not check) the root nodes.
+        // No signature: a length our own appends left unsigned, whose roots are checked
+        // against the nodes when it is signed (`signature_of`).
+        let unsigned = state.signature.is_empty();
         let kept = kept.filter(|roots| {
             roots.iter().map(|r| r.index).eq(merkle::full_roots(length))
                 && roots.iter().map(|r| r.size).sum::<u64>() == byte_length
                 && (length == 0
+                    || unsigned
                     || log
                         .check_signature(roots, length, fork, &state.signature)
                         .is_ok())
@@ -720,8 +733,10 @@ impl Log {
             ),
         };
         if length > 0 && !checked {
-            log.check_signature(&roots, length, fork, &state.signature)
-                .map_err(|e| LogError::Corrupted(format!("its tree: {e}")))?;
+            if !unsigned {
+                log.check_signature(&roots, length, fork, &state.signature)
+                    .map_err(|e| LogError::Corrupted(format!("its tree: {e}")))?;
+            }
             let bytes: u64 = roots.iter().map(|r| r.size).sum();
             if bytes != byte_length {
                 return Err(LogError::Corrupted(
@@ -845,6 +860,28 @@ impl Log {
 
     pub(crate) fn has(&self, index: u64) -> bool {
         self.state().has(index)
+    }
+
+    /// The append of ours that `length` falls strictly inside, as `start..end`: reading the
+    /// log at such a length shows none of a batch's tree. `None` for every length of a core we
+    /// did not append to (what a writer's batches were is not in its blocks).
+    pub(crate) fn batch_around(&self, length: u64) -> Result<Option<Range<u64>>, LogError> {
+        let from = batch_key(&self.key, length.saturating_add(1));
+        let to = batch_key(&self.key, u64::MAX);
+        let Some((k, v)) = self.kv.scan(Space::Meta, &from, &to, 1)?.into_iter().next() else {
+            return Ok(None);
+        };
+        let end = k
+            .get(33..)
+            .and_then(|e| <[u8; 8]>::try_from(e).ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| LogError::Corrupted("a batch record's key is not 41 bytes".into()))?;
+        let start = <[u8; 8]>::try_from(v.as_slice())
+            .map(u64::from_le_bytes)
+            .map_err(|_| {
+                LogError::Corrupted(format!("the record of batch {end} is not 8 bytes"))
+            })?;
+        Ok((start < length && length < end).then_some(start..end))
     }
 
     /// [`consistent`] for this log, given the blocks `held` from the start.
@@ -1026,7 +1063,9 @@ impl Log {
     /// Our writes are serialized above (one writer per core), so the state read here is still
     /// the state when the batch commits.
     fn prepare_append(&self, blocks: Vec<Vec<u8>>) -> Result<Option<Prepared>, LogError> {
-        let secret = self.secret.as_ref().ok_or(LogError::NotWritable)?;
+        if self.secret.is_none() {
+            return Err(LogError::NotWritable);
+        }
         if blocks.is_empty() {
             return Ok(None);
         }
@@ -1063,21 +1102,68 @@ impl Log {
             next.length += 1;
             next.byte_length += size;
         }
-        next.signature = self
-            .verifier()
-            .map_err(LogError::Corrupted)?
-            .sign(
-                secret,
-                &merkle::tree_hash(&next.roots),
-                next.length,
-                next.fork,
-            )
-            .map_err(|e| LogError::Corrupted(format!("cannot sign: {e}")))?;
+        // Where a multi-block append (a batch) starts and ends: a version inside one is not
+        // a version of what was written (a Hyperbee batch's inner blocks carry no root).
+        if next.length - start > 1 {
+            b.put(
+                Space::Meta,
+                batch_key(&self.key, next.length),
+                start.to_le_bytes().to_vec(),
+            );
+        }
+        // Signed when a peer first asks for this length (`signature_of`), not here: most
+        // lengths a writer passes through are never sent, and signing was half a put's time.
+        next.signature = Vec::new();
         next.add(start..next.length);
         next.note_signed(next.length);
         self.write_state(&mut b, &next, true);
         b.own_blocks();
         Ok(Some(Prepared { batch: b, next }))
+    }
+
+    /// The signature of the state's length: the one stored or received, else (a length our
+    /// own appends left unsigned) made now, once the length is durable, and kept in memory.
+    /// Ed25519 signatures are
+    /// deterministic, so signing a length again after a restart gives the same bytes; and our
+    /// tree at a length never changes once committed (appends only add; a truncation signs
+    /// its new fork at once), so signing late cannot sign two trees at one length. The roots
+    /// are checked against the stored nodes first: we never sign a tree we do not hold.
+    fn signature_of(&self, s: &mut State) -> Result<Vec<u8>, LogError> {
+        if !s.signature.is_empty() || s.length == 0 {
+            return Ok(s.signature.clone());
+        }
+        let secret = self.secret.as_ref().ok_or_else(|| {
+            LogError::Corrupted(format!(
+                "length {} of our own core is not signed yet, and its secret key is not here",
+                s.length
+            ))
+        })?;
+        let indices = merkle::full_roots(s.length);
+        if !s.roots.iter().map(|r| r.index).eq(indices.iter().copied()) {
+            return Err(LogError::Corrupted(format!(
+                "the roots of length {} are not its tree's",
+                s.length
+            )));
+        }
+        for r in &s.roots {
+            if self.node(r.index)? != Some(*r) {
+                return Err(LogError::Corrupted(format!(
+                    "tree root {} of length {} does not match its stored node",
+                    r.index, s.length
+                )));
+            }
+        }
+        // Durable before it is signed: a length that a power loss could still take back
+        // would, once a peer holds its signature, let our next appends sign a second tree at
+        // that length (a fork of our own log). A no-op when nothing was written since the
+        // last sync.
+        self.kv.persist()?;
+        s.signature = self
+            .verifier()
+            .map_err(LogError::Corrupted)?
+            .sign(secret, &merkle::tree_hash(&s.roots), s.length, s.fork)
+            .map_err(|e| LogError::Corrupted(format!("cannot sign: {e}")))?;
+        Ok(s.signature.clone())
     }
 
     /// Makes a committed append's state the log's.
@@ -1161,8 +1247,11 @@ impl Log {
         // Only what a proof needs of the state: a whole copy (its presence map, its signed
         // lengths) per request showed in profiles of a peer serving many blocks.
         let (fork, length, signature) = {
-            let s = self.state();
-            let sig = req.upgrade.is_some().then(|| s.signature.clone());
+            let mut s = self.state();
+            let sig = match req.upgrade {
+                Some(_) => Some(self.signature_of(&mut s)?),
+                None => None,
+            };
             (s.fork, s.length, sig)
         };
         if req.fork != fork {
@@ -1417,6 +1506,16 @@ impl Log {
             if n < 1024 {
                 break;
             }
+        }
+        // Our batches that ended past the cut are gone with it.
+        let gone = batch_key(&self.key, shared.saturating_add(1));
+        for (k, _) in self.kv.scan(
+            Space::Meta,
+            &gone,
+            &batch_key(&self.key, u64::MAX),
+            usize::MAX,
+        )? {
+            b.delete(Space::Meta, k);
         }
         for r in &roots {
             b.put(Space::Nodes, self.prefix.record(r.index), encode_node(r));
@@ -1933,8 +2032,14 @@ mod tests {
     /// still opens, from the root nodes.
     #[test]
     fn the_header_keeps_the_roots() {
+        // A reader's header: signed (our own appends leave theirs unsigned, see below).
+        let w = writer(&Arc::new(Kv::memory()), 13);
         let kv = Arc::new(Kv::memory());
-        let w = writer(&kv, 13);
+        let r = Log::open(kv.clone(), w.key(), None, None, true)
+            .unwrap()
+            .unwrap();
+        replicate(&w, &r);
+        let w = r;
         let roots = w.state().roots.clone();
         let header = kv
             .get(Space::Meta, &meta_key(&w.key(), b"h"))
@@ -1978,6 +2083,116 @@ mod tests {
         b.put(Space::Meta, meta_key(&key, b"h"), bad);
         kv.commit(b).unwrap();
         assert!(Log::open(kv.clone(), key, None, None, true).is_err());
+    }
+
+    /// An append leaves its length unsigned; the first proof a peer asks for signs it, the
+    /// same bytes an eager signature would have been, after a reopen too. Roots that do not
+    /// match the stored tree are never signed, and a log without its secret cannot sign.
+    #[test]
+    fn an_append_is_signed_when_a_peer_asks() {
+        let kv = Arc::new(Kv::memory());
+        let w = writer(&kv, 5);
+        w.append(vec![b"a".to_vec(), b"bb".to_vec()]).unwrap();
+        let stored = || {
+            let h = kv
+                .get(Space::Meta, &meta_key(&w.key(), b"h"))
+                .unwrap()
+                .unwrap();
+            decode_header(&h).unwrap()
+        };
+        assert!(stored().3.is_empty(), "an append signs nothing");
+        let sk = SigningKey::from_bytes(&[7; 32]);
+        let roots = w.state().roots.clone();
+        let eager = w
+            .verifier()
+            .unwrap()
+            .sign(&sk, &merkle::tree_hash(&roots), 7, 0)
+            .unwrap();
+        let r = Log::open(Arc::new(Kv::memory()), w.key(), None, None, true)
+            .unwrap()
+            .unwrap();
+        let up = w.create_proof(&req(None, Some((0, 7)))).unwrap().unwrap();
+        assert_eq!(
+            up.upgrade.as_ref().unwrap().signature.as_ref(),
+            Some(&eager)
+        );
+        assert!(r.apply_proof(up).unwrap());
+        assert_eq!(r.lengths().0, 7);
+        assert_eq!(r.state().signature, eager);
+
+        // Reopened (the signature was never stored): signed again, to the same bytes.
+        let again = Log::open(kv.clone(), w.key(), Some(sk.clone()), None, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.signature_of(&mut again.state()).unwrap(), eager);
+        // Without the secret key: blocks are served, upgrades are an error, not a panic.
+        let bare = Log::open(kv.clone(), w.key(), None, None, false)
+            .unwrap()
+            .unwrap();
+        assert!(bare
+            .create_proof(&req(Some((3, 0)), None))
+            .unwrap()
+            .is_some());
+        assert!(matches!(
+            bare.create_proof(&req(None, Some((0, 7)))),
+            Err(LogError::Corrupted(_))
+        ));
+
+        // A root in the header that is not the stored node's: the log opens (reads check
+        // blocks against their leaves), but that tree is never signed.
+        let mut s = again.state().clone();
+        s.signature.clear();
+        s.roots[0].hash[0] ^= 1;
+        let mut b = Batch::default();
+        b.put(Space::Meta, meta_key(&w.key(), b"h"), encode_header(&s));
+        kv.commit(b).unwrap();
+        let damaged = Log::open(kv.clone(), w.key(), Some(sk), None, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(damaged.get(3).unwrap().as_deref(), Some(&b"block 3"[..]));
+        assert!(matches!(
+            damaged.create_proof(&req(None, Some((0, 7)))),
+            Err(LogError::Corrupted(_))
+        ));
+    }
+
+    /// A multi-block append records where it starts and ends; single appends and cores we
+    /// only received record nothing; a truncation forgets the batches it cuts.
+    #[test]
+    fn a_batch_is_known_by_its_ends() {
+        let kv = Arc::new(Kv::memory());
+        let w = writer(&kv, 2);
+        w.append((0..5).map(|i| vec![i]).collect()).unwrap(); // 2..7
+        w.append(vec![b"one".to_vec()]).unwrap(); // 7..8
+        w.append(vec![b"x".to_vec(), b"y".to_vec()]).unwrap(); // 8..10
+        let around = |l: &Log, n| l.batch_around(n).unwrap();
+        for n in 0..=12 {
+            let want = match n {
+                3..=6 => Some(2..7),
+                9 => Some(8..10),
+                _ => None,
+            };
+            assert_eq!(around(&w, n), want, "length {n}");
+        }
+        // Kept across a reopen.
+        let again = Log::open(kv.clone(), w.key(), None, None, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(around(&again, 4), Some(2..7));
+        // A reader holds the same blocks and knows none of the writer's batches.
+        let r = Log::open(Arc::new(Kv::memory()), w.key(), None, None, true)
+            .unwrap()
+            .unwrap();
+        replicate(&w, &r);
+        assert_eq!(r.lengths().0, 10);
+        assert!((0..=10).all(|n| around(&r, n).is_none()));
+        // Cut inside the first batch: both batches are gone.
+        w.truncate(4).unwrap();
+        assert!((0..=10).all(|n| around(&w, n).is_none()));
+        w.append(vec![b"p".to_vec(), b"q".to_vec(), b"r".to_vec()])
+            .unwrap(); // 4..7
+        assert_eq!(around(&w, 5), Some(4..7));
+        assert_eq!(around(&w, 3), None);
     }
 
     #[test]
@@ -2313,7 +2528,8 @@ mod tests {
             w.append(vec![vec![i; 10]]).unwrap();
         }
         // Its signature is a multisignature over the 112-byte signable, not compat.
-        assert!(w.state().signature.len() > 64);
+        let sig = w.signature_of(&mut w.state()).unwrap();
+        assert!(sig.len() > 64);
         // Reopened without being told the manifest: it was stored.
         let again = Log::open(kv.clone(), key, Some(sk), None, false)
             .unwrap()

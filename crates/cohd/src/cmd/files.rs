@@ -484,16 +484,13 @@ pub(crate) async fn ls(
             }
             return Ok(());
         }
-        let mut folders = Vec::new();
+        // In `ls`'s order, a folder's line where its name sorts.
         for name in names {
             let p = join(folder, &name);
             match snap.entry(&p)? {
                 Some(e) => writeln!(out, "{}", long_line(&e))?,
-                None => folders.push(p),
+                None => writeln!(out, "d- {:>12} {:<20} {p}/", "-", "-")?,
             }
-        }
-        for p in folders {
-            writeln!(out, "d- {:>12} {:<20} {p}/", "-", "-")?;
         }
     }
     Ok(())

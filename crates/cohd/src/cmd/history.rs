@@ -11,8 +11,9 @@ use co_hyperdrive::Drive;
 use crate::output::Out;
 
 /// One line per file write. A co-drive write is a file entry followed, in the same batch, by its
-/// version record: the line shows the version after the record, the one the write made. A
-/// delete of a path this drive never held is a version record alone (a tombstone).
+/// version record: the line shows the version the write's batch made (after the record; for
+/// the files of one import, the version after its last). A delete of a path this drive never
+/// held is a version record alone (a tombstone).
 pub(crate) async fn log(drive: &Drive, out: &mut Out, json: bool) -> Result<()> {
     let len = drive.version();
     let mut next = if len > 1 {
@@ -21,6 +22,9 @@ pub(crate) async fn log(drive: &Drive, out: &mut Out, json: bool) -> Result<()> 
         None
     };
     let mut prev_file: Option<String> = None;
+    // The blocks of the batch the last op was in (its last block .. its end), so that a
+    // batch is looked up once.
+    let mut batch: Option<std::ops::Range<u64>> = None;
     for seq in 1..len {
         // A long history reaches a forwarding client as it goes.
         out.pace().await?;
@@ -66,6 +70,16 @@ pub(crate) async fn log(drive: &Drive, out: &mut Out, json: bool) -> Result<()> 
             match value.as_deref().map(records::decode_version) {
                 Some(Ok((_, true, time))) => (path, "del", 0, seq + 1, time),
                 _ => continue,
+            }
+        };
+        // The version the op became visible at: its batch's end (an import's files all
+        // appear at once; a version inside the batch is none of this drive's).
+        let version = match &batch {
+            Some(b) if b.contains(&(version - 1)) => b.end,
+            _ => {
+                let end = drive.db().committed_at(version - 1)?;
+                batch = Some(version - 1..end);
+                end
             }
         };
         if json {
