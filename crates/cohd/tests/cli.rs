@@ -931,6 +931,7 @@ fn export_does_not_write_through_links_in_the_target() {
     let (d, _) = Dir::init();
     d.put("/docs/a.txt", b"a");
     d.put("/top.txt", b"new");
+    d.put("/a-first.txt", b"first");
     let out = d.scratch("out");
     let elsewhere = d.scratch("elsewhere");
     std::fs::create_dir_all(&out).expect("mkdir");
@@ -944,6 +945,13 @@ fn export_does_not_write_through_links_in_the_target() {
         "{e}"
     );
     assert!(is_empty_dir(&elsewhere), "export wrote through a link");
+    // Refused before anything was written: not even the file that sorts first.
+    assert!(e.contains("nothing was exported"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .expect("out")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, ["docs"], "a refused export left files behind");
 
     // A link where a file goes is replaced by the file; its target is left alone.
     std::fs::remove_file(out.join("docs")).expect("rm");

@@ -563,6 +563,41 @@ fn real_folders(local: &Path, parts: &[&str], known: &mut HashSet<PathBuf>) -> R
     Ok(p)
 }
 
+/// What [`real_folders`] and [`create_file`] would refuse on the way to `parts` under
+/// `local`, found without writing anything: an export checks every file's place first, so that
+/// one it must refuse leaves no half-written tree. (They check again as they write: the tree
+/// can change in between.)
+fn check_place(local: &Path, parts: &[&str], seen: &mut HashSet<PathBuf>) -> Result<()> {
+    let Some((name, dirs)) = parts.split_last() else {
+        return Ok(());
+    };
+    let mut p = local.to_path_buf();
+    for part in dirs {
+        p.push(part);
+        if seen.contains(&p) {
+            continue;
+        }
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => bail!(
+                "refusing to write through the symlink {} (it may lead outside {})",
+                p.display(),
+                local.display()
+            ),
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => bail!("cannot create folder {}: a file is in the way", p.display()),
+            // Made by the export: nothing below it is in the way.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+        seen.insert(p.clone());
+    }
+    let dest = p.join(name);
+    match std::fs::symlink_metadata(&dest) {
+        Ok(m) if m.is_dir() => bail!("cannot write {}: a folder is in the way", dest.display()),
+        _ => Ok(()),
+    }
+}
+
 /// Creates the file `dest` afresh. A file or symlink already there is removed first, never
 /// written through: a link may point anywhere, a hard link shares its content with a file
 /// elsewhere. `create_new` (O_EXCL) also refuses a link that appears in between.
@@ -616,6 +651,12 @@ pub(crate) async fn export(co: &CoDrive, out: &mut Out, folder: &str, local: &Pa
         .await;
     bar.finish_and_clear();
     fetched.context("nothing was exported")?;
+    let mut seen = HashSet::new();
+    for e in &files {
+        if let Some(parts) = local_parts(&e.path, &base) {
+            check_place(local, &parts, &mut seen).context("nothing was exported")?;
+        }
+    }
     std::fs::create_dir_all(local).with_context(|| format!("creating {}", local.display()))?;
     let mut known = HashSet::new();
     let mut skipped = 0usize;
