@@ -418,3 +418,52 @@ async fn a_checkout_by_time_takes_a_batch_whole() {
     }
     assert_eq!(a.version_at_time(t1).await.unwrap().get(&a.key()), end);
 }
+
+/// A removal record whose limit falls inside the removed writer's own batch (its remover had
+/// received part of the batch, as older versions recorded): every handle, the removed
+/// writer's own included (it knows where its batches end), reads that writer's log at the
+/// limit alike, and none fails.
+#[tokio::test]
+async fn a_removal_limit_inside_the_removed_writers_batch_reads_everywhere() {
+    use co_hyperdrive::records;
+    use co_hyperdrive::view::{Clock, MemberOp};
+    let store = Store::memory();
+    let a = CoDrive::create(&store, "db").await.unwrap();
+    let b = CoDrive::open(&store, a.key(), "w2").await.unwrap();
+    a.authorize(b.local_key()).await.unwrap();
+    b.put("/b1", b"b1").await.unwrap();
+    let start = b.own().version();
+    let mut batch = b.batch().await.unwrap();
+    for p in ["/x", "/y", "/z"] {
+        batch.put(p, b"v", Default::default()).await.unwrap();
+    }
+    batch.flush().await.unwrap();
+    assert_eq!(b.own().version(), start + 6);
+    let limit = start + 3;
+    // Written by hand: `deauthorize` now records a length the writer committed.
+    let mut raw = a.own().batch().await.unwrap();
+    let frontier: Clock = [(b.local_key(), limit)].into_iter().collect();
+    raw.put_raw(
+        &records::member_key(0x100),
+        &records::encode_member(MemberOp::Deauthorize(b.local_key()), &frontier),
+    )
+    .await
+    .unwrap();
+    raw.flush().await.unwrap();
+    let seen_by_a = contents(&a.snapshot().await.unwrap()).await;
+    let seen_by_b = contents(&b.snapshot().await.unwrap()).await;
+    // (What the log shows at such a length is whatever its tree there holds: the same for
+    // every reader, since it follows from the blocks alone.)
+    assert_eq!(seen_by_a, seen_by_b);
+    // The removed writer's listing from its index agrees too.
+    let listed: Vec<String> = b
+        .indexed()
+        .await
+        .unwrap()
+        .list("/")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    assert_eq!(listed, seen_by_a.keys().cloned().collect::<Vec<_>>());
+}

@@ -155,12 +155,10 @@ impl Bee {
         self.version.is_none() && self.shared.core.info().writable
     }
 
-    /// A read-only view of the bee at `version`.
+    /// A read-only view of the bee at `version`: a length a commit left it at (a version
+    /// inside one of our batches is refused, see [`BeeError::InsideBatch`]).
     pub fn checkout(&self, version: u64) -> Result<Bee, BeeError> {
-        let length = self.shared.core.info().length;
-        if version > length {
-            return Err(BeeError::BadVersion { version, length });
-        }
+        let bee = self.at(version)?;
         let batch = self
             .shared
             .core
@@ -173,6 +171,17 @@ impl Bee {
                 start: b.start,
                 end: b.end,
             });
+        }
+        Ok(bee)
+    }
+
+    /// [`checkout`](Self::checkout) at any length up to the core's, inside a batch too: for
+    /// lengths the co-drive's records name (a removed writer's limit is what its remover had
+    /// received, and every peer must read the log there the same way).
+    pub(crate) fn at(&self, version: u64) -> Result<Bee, BeeError> {
+        let length = self.shared.core.info().length;
+        if version > length {
+            return Err(BeeError::BadVersion { version, length });
         }
         Ok(Bee {
             shared: self.shared.clone(),

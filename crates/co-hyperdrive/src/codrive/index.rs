@@ -193,7 +193,7 @@ impl CoDrive {
         for (k, limit) in &removed {
             if let (Some(d), Some(w)) = (drives.get(k), data.get_mut(k)) {
                 if *limit < d.version() {
-                    let limited = self.load_cached(&d.checkout(*limit)?).await?;
+                    let limited = self.load_cached(&d.at(*limit)?).await?;
                     *w = Arc::new(WriterData {
                         members: w.members.clone(),
                         versions: limited.versions.clone(),

@@ -206,7 +206,9 @@ impl CoDrive {
         let mut frontier = Clock::new();
         for k in v.writers.keys().chain(v.removed.keys()) {
             if let Some(d) = self.drive(*k).await? {
-                frontier.insert(*k, d.db().core().info().contiguous_length);
+                // A length the writer committed (a batch's end), not a count of blocks
+                // held that may stop inside one of its batches.
+                frontier.insert(*k, d.db().core().consistent_length());
             }
         }
         let n = self

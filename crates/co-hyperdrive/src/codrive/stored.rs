@@ -417,7 +417,7 @@ impl CoDrive {
                         Some(m) if m.format == FORMAT && m.fork == fork && m.length == len => {
                             decode_members(&m.members)
                         }
-                        _ => members_of(&d.checkout(len)?).await?,
+                        _ => members_of(&d.at(len)?).await?,
                     };
                     drives.insert(k, (d, len));
                     (members, len)
@@ -561,7 +561,7 @@ impl CoDrive {
                 ..old.clone()
             },
         )?;
-        let at = d.db().checkout(target).map_err(DriveError::from)?;
+        let at = d.db().at(target).map_err(DriveError::from)?;
         // Block 0 is the bee's header.
         let mut seq = lo.max(1);
         while seq < hi {
@@ -617,7 +617,7 @@ impl CoDrive {
                 commits.commit(ops)
             })?;
         }
-        let at = d.checkout(target)?;
+        let at = d.at(target)?;
         let mut ops = Vec::new();
         let mut versions = Versions::new(&at);
         while let Some((p, v)) = versions.next().await? {

@@ -267,6 +267,14 @@ impl Drive {
         })
     }
 
+    /// A read-only view at any length up to the db's ([`Bee::at`]).
+    pub(crate) fn at(&self, version: u64) -> Result<Self, DriveError> {
+        Ok(Self {
+            db: self.db.at(version)?,
+            ..self.clone()
+        })
+    }
+
     /// Watches the version; it changes after every write through this drive.
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.version_tx.subscribe()

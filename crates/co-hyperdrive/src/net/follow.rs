@@ -171,7 +171,7 @@ impl Follow {
             return Ok(false);
         };
         // Pinned: blocks arriving meanwhile do not change what is read.
-        let members = members_of(&d.checkout(info.length)?).await?;
+        let members = members_of(&d.at(info.length)?).await?;
         t.read = Some(at);
         self.members.insert(
             k,

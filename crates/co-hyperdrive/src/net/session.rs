@@ -780,7 +780,8 @@ impl Replicator {
                         }
                         Ok(None) => no_data,
                         Err(e) => {
-                            tracing::debug!(%key, "cannot answer request {id}: {e}");
+                            // Our own core failing to sign would stop replicating.
+                            tracing::warn!(%key, "cannot answer request {id}: {e}");
                             no_data
                         }
                     };

@@ -143,13 +143,20 @@ impl Ledger {
         e.length = e.length.max(length);
     }
 
-    /// The recorded key and length of core `name`.
     /// Our core `key`: its name and recorded length.
     pub(crate) fn by_key(&self, key: &Key) -> Option<(String, u64)> {
         self.cores
             .iter()
             .find(|(_, e)| parse_key(&e.key).is_some_and(|k| k == *key))
             .map(|(n, e)| (n.clone(), e.length))
+    }
+
+    /// The name of the key pair that signs our core `key` (its own name, or its signer's).
+    pub(crate) fn signer_of(&self, key: &Key) -> Option<String> {
+        self.cores
+            .iter()
+            .find(|(_, e)| parse_key(&e.key).is_some_and(|k| k == *key))
+            .map(|(n, e)| e.signer.clone().unwrap_or_else(|| n.clone()))
     }
 
     #[cfg(test)]

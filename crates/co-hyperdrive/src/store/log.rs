@@ -704,17 +704,27 @@ impl Log {
         read_present(&log.kv, &key, &mut state)?;
         // The roots the header keeps, if they are this length's and carry its signature and
         // byte length; else (a version 1 header, or one that does not check) the root nodes.
-        // No signature: a length our own appends left unsigned, whose roots are checked
-        // against the nodes when it is signed (`signature_of`).
-        let unsigned = state.signature.is_empty();
+        // No signature: a length our own appends left unsigned (only a core we hold the
+        // secret key of may have one). Its kept roots must be the stored nodes: appends build
+        // on them, and the length is signed later (`signature_of`).
+        let unsigned = length > 0 && state.signature.is_empty();
+        if unsigned && log.secret.is_none() {
+            return Err(LogError::Corrupted(format!(
+                "its header carries no signature of length {length}"
+            )));
+        }
         let kept = kept.filter(|roots| {
             roots.iter().map(|r| r.index).eq(merkle::full_roots(length))
                 && roots.iter().map(|r| r.size).sum::<u64>() == byte_length
                 && (length == 0
-                    || unsigned
-                    || log
-                        .check_signature(roots, length, fork, &state.signature)
-                        .is_ok())
+                    || if unsigned {
+                        roots
+                            .iter()
+                            .all(|r| log.node(r.index).ok().flatten() == Some(*r))
+                    } else {
+                        log.check_signature(roots, length, fork, &state.signature)
+                            .is_ok()
+                    })
         });
         let (roots, checked) = match kept {
             Some(roots) => (roots, true),
@@ -1121,49 +1131,47 @@ impl Log {
         Ok(Some(Prepared { batch: b, next }))
     }
 
-    /// The signature of the state's length: the one stored or received, else (a length our
-    /// own appends left unsigned) made now, once the length is durable, and kept in memory.
-    /// Ed25519 signatures are
-    /// deterministic, so signing a length again after a restart gives the same bytes; and our
-    /// tree at a length never changes once committed (appends only add; a truncation signs
-    /// its new fork at once), so signing late cannot sign two trees at one length. The roots
-    /// are checked against the stored nodes first: we never sign a tree we do not hold.
-    fn signature_of(&self, s: &mut State) -> Result<Vec<u8>, LogError> {
-        if !s.signature.is_empty() || s.length == 0 {
-            return Ok(s.signature.clone());
-        }
+    /// The signature of our own `length` on `fork`, which our appends left unsigned: made
+    /// now, once the length is durable, and kept in memory (while it is still the log's
+    /// length). Ed25519 signatures are deterministic, so signing a length again after a
+    /// restart gives the same bytes; and our tree at a length never changes once committed
+    /// (appends only add; a truncation signs its new fork at once), so signing late cannot
+    /// sign two trees at one length. The roots are read from the stored nodes: we never sign
+    /// a tree we do not hold. The state is not locked meanwhile (reads and appends go on).
+    fn signature_of(&self, length: u64, fork: u64) -> Result<Vec<u8>, LogError> {
         let secret = self.secret.as_ref().ok_or_else(|| {
             LogError::Corrupted(format!(
-                "length {} of our own core is not signed yet, and its secret key is not here",
-                s.length
+                "length {length} of our own core is not signed yet, and its secret key is not here"
             ))
         })?;
-        let indices = merkle::full_roots(s.length);
-        if !s.roots.iter().map(|r| r.index).eq(indices.iter().copied()) {
-            return Err(LogError::Corrupted(format!(
-                "the roots of length {} are not its tree's",
-                s.length
-            )));
-        }
-        for r in &s.roots {
-            if self.node(r.index)? != Some(*r) {
-                return Err(LogError::Corrupted(format!(
-                    "tree root {} of length {} does not match its stored node",
-                    r.index, s.length
-                )));
-            }
-        }
         // Durable before it is signed: a length that a power loss could still take back
         // would, once a peer holds its signature, let our next appends sign a second tree at
         // that length (a fork of our own log). A no-op when nothing was written since the
         // last sync.
         self.kv.persist()?;
-        s.signature = self
+        let roots = merkle::full_roots(length)
+            .into_iter()
+            .map(|i| {
+                self.node(i)?.ok_or_else(|| {
+                    LogError::Corrupted(format!("tree root {i} of length {length} is missing"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let signature = self
             .verifier()
             .map_err(LogError::Corrupted)?
-            .sign(secret, &merkle::tree_hash(&s.roots), s.length, s.fork)
+            .sign(secret, &merkle::tree_hash(&roots), length, fork)
             .map_err(|e| LogError::Corrupted(format!("cannot sign: {e}")))?;
-        Ok(s.signature.clone())
+        let mut s = self.state();
+        if s.length == length && s.fork == fork && s.signature.is_empty() {
+            if s.roots != roots {
+                return Err(LogError::Corrupted(format!(
+                    "the roots of length {length} are not its stored tree's"
+                )));
+            }
+            s.signature = signature.clone();
+        }
+        Ok(signature)
     }
 
     /// Makes a committed append's state the log's.
@@ -1247,12 +1255,13 @@ impl Log {
         // Only what a proof needs of the state: a whole copy (its presence map, its signed
         // lengths) per request showed in profiles of a peer serving many blocks.
         let (fork, length, signature) = {
-            let mut s = self.state();
-            let sig = match req.upgrade {
-                Some(_) => Some(self.signature_of(&mut s)?),
-                None => None,
-            };
+            let s = self.state();
+            let sig = req.upgrade.map(|_| s.signature.clone());
             (s.fork, s.length, sig)
+        };
+        let signature = match signature {
+            Some(sig) if sig.is_empty() && length > 0 => Some(self.signature_of(length, fork)?),
+            sig => sig,
         };
         if req.fork != fork {
             return Ok(None);
@@ -1989,7 +1998,7 @@ mod tests {
         f.off.store(true, Ordering::Relaxed);
         assert_eq!((blobs.lengths().0, db.lengths().0), (2, 1));
         for (log, n) in [(&blobs, 2), (&db, 1)] {
-            let again = Log::open(kv.clone(), log.key(), None, None, false)
+            let again = Log::open(kv.clone(), log.key(), log.secret.clone(), None, false)
                 .unwrap()
                 .unwrap();
             assert_eq!(again.lengths().0, n);
@@ -2086,8 +2095,9 @@ mod tests {
     }
 
     /// An append leaves its length unsigned; the first proof a peer asks for signs it, the
-    /// same bytes an eager signature would have been, after a reopen too. Roots that do not
-    /// match the stored tree are never signed, and a log without its secret cannot sign.
+    /// same bytes an eager signature would have been, after a reopen too. Roots in a header
+    /// that do not match the stored tree are not used, and an unsigned header opened without
+    /// its secret key is refused.
     #[test]
     fn an_append_is_signed_when_a_peer_asks() {
         let kv = Arc::new(Kv::memory());
@@ -2124,22 +2134,16 @@ mod tests {
         let again = Log::open(kv.clone(), w.key(), Some(sk.clone()), None, false)
             .unwrap()
             .unwrap();
-        assert_eq!(again.signature_of(&mut again.state()).unwrap(), eager);
-        // Without the secret key: blocks are served, upgrades are an error, not a panic.
-        let bare = Log::open(kv.clone(), w.key(), None, None, false)
-            .unwrap()
-            .unwrap();
-        assert!(bare
-            .create_proof(&req(Some((3, 0)), None))
-            .unwrap()
-            .is_some());
+        assert_eq!(again.signature_of(7, 0).unwrap(), eager);
+        assert_eq!(again.state().signature, eager);
+        // Without the secret key an unsigned header is not one of ours: refused.
         assert!(matches!(
-            bare.create_proof(&req(None, Some((0, 7)))),
+            Log::open(kv.clone(), w.key(), None, None, false),
             Err(LogError::Corrupted(_))
         ));
 
-        // A root in the header that is not the stored node's: the log opens (reads check
-        // blocks against their leaves), but that tree is never signed.
+        // A root in the header that is not the stored node's: the log opens from the stored
+        // nodes, so appends build on (and signatures sign) the tree it holds.
         let mut s = again.state().clone();
         s.signature.clear();
         s.roots[0].hash[0] ^= 1;
@@ -2149,11 +2153,12 @@ mod tests {
         let damaged = Log::open(kv.clone(), w.key(), Some(sk), None, false)
             .unwrap()
             .unwrap();
-        assert_eq!(damaged.get(3).unwrap().as_deref(), Some(&b"block 3"[..]));
-        assert!(matches!(
-            damaged.create_proof(&req(None, Some((0, 7)))),
-            Err(LogError::Corrupted(_))
-        ));
+        assert_eq!(damaged.state().roots, roots);
+        let up = damaged
+            .create_proof(&req(None, Some((0, 7))))
+            .unwrap()
+            .unwrap();
+        assert_eq!(up.upgrade.unwrap().signature, Some(eager));
     }
 
     /// A multi-block append records where it starts and ends; single appends and cores we
@@ -2175,7 +2180,7 @@ mod tests {
             assert_eq!(around(&w, n), want, "length {n}");
         }
         // Kept across a reopen.
-        let again = Log::open(kv.clone(), w.key(), None, None, false)
+        let again = Log::open(kv.clone(), w.key(), w.secret.clone(), None, false)
             .unwrap()
             .unwrap();
         assert_eq!(around(&again, 4), Some(2..7));
@@ -2213,11 +2218,11 @@ mod tests {
             proof::roots_of(&model, 16).unwrap(),
             "roots"
         );
-        let reopened = Log::open(kv.clone(), w.key(), None, None, false)
+        let reopened = Log::open(kv.clone(), w.key(), w.secret.clone(), None, false)
             .unwrap()
             .unwrap();
         assert_eq!(reopened.lengths(), w.lengths());
-        assert!(!reopened.writable());
+        assert!(reopened.writable());
 
         // A reader, in shuffled order, one block per proof after one upgrade.
         let rkv = Arc::new(Kv::memory());
@@ -2482,7 +2487,7 @@ mod tests {
         // The appender hashed its blocks and then relies on the database's checksums (which a
         // write behind its back like this one bypasses); the first read after an open checks
         // the stored copy against its leaf.
-        let w = Log::open(kv.clone(), w.key(), None, None, false)
+        let w = Log::open(kv.clone(), w.key(), w.secret.clone(), None, false)
             .unwrap()
             .unwrap();
         assert!(matches!(w.get(1), Err(LogError::Damaged(1))));
@@ -2528,7 +2533,7 @@ mod tests {
             w.append(vec![vec![i; 10]]).unwrap();
         }
         // Its signature is a multisignature over the 112-byte signable, not compat.
-        let sig = w.signature_of(&mut w.state()).unwrap();
+        let sig = w.signature_of(5, 0).unwrap();
         assert!(sig.len() > 64);
         // Reopened without being told the manifest: it was stored.
         let again = Log::open(kv.clone(), key, Some(sk), None, false)

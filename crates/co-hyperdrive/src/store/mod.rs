@@ -547,6 +547,12 @@ impl Store {
         if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
+        // One of ours, opened by key: with its secret key, whichever way it is opened first
+        // (our own lengths are signed when a peer asks for them, which needs it).
+        let secret = secret.or_else(|| {
+            let signer = self.ledger().signer_of(&key)?;
+            Some(keys::key_pair(&self.inner.primary, &signer))
+        });
         let log = log::Log::open(self.inner.kv.clone(), key, secret, manifest, create)
             .map_err(|e| StoreError::Core {
                 key,

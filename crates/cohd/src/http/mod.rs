@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use co_hyperdrive::format::{path, BlobId, Entry, Key};
-use co_hyperdrive::BlobError;
 use co_hyperdrive::DriveError;
+use co_hyperdrive::{BeeError, BlobError};
 use co_hyperdrive::{Child, CoDrive, CoDriveError, Frontier};
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -130,6 +130,9 @@ impl From<CoDriveError> for Failure {
             CoDriveError::BeyondStore { .. } => StatusCode::NOT_FOUND,
             CoDriveError::Drive(DriveError::NotFound(_)) => StatusCode::NOT_FOUND,
             CoDriveError::Drive(DriveError::Path(_)) => StatusCode::BAD_REQUEST,
+            CoDriveError::Drive(DriveError::Bee(BeeError::InsideBatch { .. })) => {
+                StatusCode::BAD_REQUEST
+            }
             CoDriveError::Drive(DriveError::Blob(
                 BlobError::NotAvailable(_) | BlobError::Unavailable(_),
             )) => StatusCode::GATEWAY_TIMEOUT,
