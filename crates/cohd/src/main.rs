@@ -235,7 +235,7 @@ enum Command {
         from: u64,
         /// Newer version (default: current).
         to: Option<u64>,
-        /// Only under this folder.
+        /// Only this file, or what lies under this folder.
         #[arg(long, default_value = "/")]
         path: String,
         /// Print JSON lines.

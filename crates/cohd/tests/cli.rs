@@ -630,12 +630,16 @@ fn info_log_diff() {
             w[1]["version"].as_u64().expect("v"),
             w[0]["version"].as_u64().expect("v") + 2
         );
+        // `seq` is what `stat` shows: the length right after the entry, its record next.
         assert_eq!(
-            w[1]["seq"].as_u64().expect("seq") + 2,
+            w[1]["seq"].as_u64().expect("seq") + 1,
             w[1]["version"].as_u64().expect("v")
         );
     }
     assert_eq!(log.last().expect("last")["version"], v);
+    // The same `seq` as `stat` shows for the version it names.
+    let c = log.iter().find(|l| l["path"] == "/c").expect("/c logged");
+    assert_eq!(c["seq"], d.ok(&["stat", "/c", "--json"]).json()["seq"]);
     assert_eq!(log[2]["size"], 7);
     assert_eq!(d.ok(&["log"]).lines().len(), 6);
 
@@ -715,14 +719,29 @@ fn log_and_diff_see_an_import_as_one_version() {
     assert_eq!(v, end + 2);
     let lines = d.ok(&["diff", &v0.to_string(), &end.to_string()]).lines();
     assert_eq!(lines, ["+ /imp/one", "+ /imp/three", "+ /imp/two"]);
+    // --path: a folder, one file, or nothing there (said, not an empty success).
+    let (a, b) = (v0.to_string(), end.to_string());
+    let under = d.ok(&["diff", &a, &b, "--path", "/imp"]).lines();
+    assert_eq!(under, ["+ /imp/one", "+ /imp/three", "+ /imp/two"]);
+    let one = d.ok(&["diff", &a, &b, "--path", "/imp/two"]).lines();
+    assert_eq!(one, ["+ /imp/two"]);
+    assert!(d
+        .ok(&["diff", &a, &b, "--path", "/before"])
+        .stdout
+        .is_empty());
+    let e = d.err(&["diff", &a, &b, "--path", "/nowhere"]);
+    assert_eq!(
+        e,
+        format!("error: no file or folder /nowhere at version {a} or {b}")
+    );
     for inside in v0 + 1..end {
         let i = inside.to_string();
         for args in [vec!["diff", i.as_str()], vec!["diff", "1", i.as_str()]] {
             assert_eq!(
                 d.err(&args),
                 format!(
-                    "error: version {inside} lies inside one batch of writes (versions {v0} to \
-                     {end} are one commit): use version {v0} or {end}"
+                    "error: version {inside} is inside one commit, which took the drive from \
+                     version {v0} to {end}: use version {v0} or {end}"
                 ),
                 "{args:?}"
             );
@@ -921,6 +940,38 @@ fn export_makes_in_tree_links_relative() {
     assert_eq!(
         std::fs::read(all.join("site/away")).expect("read"),
         b"elsewhere"
+    );
+}
+
+/// A put, a link or an import that would make one writer's file/folder clash is refused, as a
+/// file system would, and writes nothing.
+#[test]
+fn writes_that_would_clash_with_a_folder_or_file_are_refused() {
+    let (d, _) = Dir::init();
+    d.put("/docs/a.txt", b"a");
+    let v = version(&d);
+    let e = clean_error(&d.run_stdin(&["put", "/docs"], b"x"));
+    assert!(e.contains("/docs is a folder"), "{e}");
+    let e = clean_error(&d.run_stdin(&["put", "/docs/a.txt/inner"], b"x"));
+    assert!(e.contains("/docs/a.txt is a file"), "{e}");
+    let e = d.err(&["symlink", "/docs", "/elsewhere"]);
+    assert!(e.contains("/docs is a folder"), "{e}");
+    let src = d.scratch("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::write(src.join("f"), b"f").expect("write");
+    let s = src.to_str().expect("utf8");
+    for dest in ["/docs/a.txt", "/docs/a.txt/deeper"] {
+        let e = d.err(&["import", s, dest]);
+        assert!(e.contains("/docs/a.txt is a file"), "{dest}: {e}");
+    }
+    assert_eq!(version(&d), v, "a refused write wrote");
+    assert!(d.ok(&["conflicts"]).stdout.is_empty());
+    // Into a folder, or a new place, as before.
+    d.ok(&["import", s, "/docs"]);
+    d.put("/docs/b.txt", b"b");
+    assert_eq!(
+        ls_paths(&d, &["ls", "-r"]),
+        ["/docs/a.txt", "/docs/b.txt", "/docs/f"]
     );
 }
 
@@ -1952,7 +2003,8 @@ fn non_writer_is_told_how_to_become_one() {
     std::fs::create_dir_all(&folder).expect("mkdir");
     std::fs::write(folder.join("f"), b"f").expect("write");
     let before = snapshot(&d.path());
-    let hint = format!("not a writer of this co-drive: ask a writer to run `cohd authorize {own}`");
+    let hint =
+        format!("not a writer of co-drive {other}: ask a writer to run `cohd authorize {own}`");
     for args in [
         vec!["put", "/x", local.to_str().expect("utf8")],
         vec!["rm", "/x"],
@@ -1964,7 +2016,10 @@ fn non_writer_is_told_how_to_become_one() {
         let e = d.err(&on(&other, &args));
         assert!(e.starts_with(&format!("error: {hint}")), "{args:?}: {e}");
         // Authorized elsewhere but not synced yet is the other reason: what to do then.
-        assert!(e.contains("run `cohd sync --peer ADDR`"), "{args:?}: {e}");
+        assert!(
+            e.contains(&format!("run `cohd --drive {other} sync --peer ADDR`")),
+            "{args:?}: {e}"
+        );
     }
     // From stdin too.
     let e = clean_error(&d.run_stdin(&on(&other, &["put", "/x"]), b"piped"));
@@ -2713,8 +2768,22 @@ fn a_word_where_one_is_due() {
     let who = other.ok(&["whoami"]).text().trim().to_string();
     let out = d.ok(&["authorize", &who]).text();
     assert!(out.contains("authorized") && out.contains(&who), "{out}");
+    // Again: nothing to do, and it says so.
+    let out = d.ok(&["authorize", &who]).text();
+    assert!(
+        out.contains("already a writer") && out.contains("nothing changed"),
+        "{out}"
+    );
     let out = d.ok(&["deauthorize", &who]).text();
     assert!(out.contains("removed"), "{out}");
+    let out = d.ok(&["deauthorize", &who]).text();
+    assert!(
+        out.contains("already removed") && out.contains("nothing changed"),
+        "{out}"
+    );
+    let stranger = "ab".repeat(32);
+    let e = d.err(&["deauthorize", &stranger]);
+    assert!(e.contains("is not a writer"), "{e}");
     // `info` says writable only for a writer of the co-drive it shows.
     assert_eq!(d.ok(&["info", "--json"]).json()["writable"], true);
     let v = d.ok(&["--drive", &other_key, "info", "--json"]).json();
@@ -2868,6 +2937,35 @@ fn reads_after_a_failed_clone_say_nothing_arrived() {
             "{args:?}: {err}"
         );
     }
+    // None of it arrived: a clone of another key (the right one, say) is not refused for it.
+    let other = "cd".repeat(32);
+    let out = run(&["--peer", "127.0.0.1:1", "clone", &other]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!err.contains("already follows"), "{err}");
+    let out = run(&["ls"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("nothing of co-drive {other}")),
+        "{err}"
+    );
+}
+
+/// A store with files of its own co-drive does not clone another into it: its drive is its
+/// writer there too, and those files would show in the other co-drive once it is a writer.
+#[test]
+fn clone_refuses_a_store_with_files_of_its_own() {
+    let (d, key) = Dir::init();
+    d.put("/private.txt", b"mine");
+    let other = "ab".repeat(32);
+    let e = d.err(&["--peer", "127.0.0.1:1", "clone", &other]);
+    assert!(
+        e.contains("holds files of its own co-drive") && e.contains(&key),
+        "{e}"
+    );
+    // Nothing changed: it still reads its own co-drive.
+    assert_eq!(d.cat("/private.txt"), b"mine");
+    assert_eq!(d.ok(&["info", "--json"]).json()["codrive"], key.as_str());
 }
 
 /// With no `--bootstrap` (and no `--public-dht`), no DHT is joined: the public HyperDHT is

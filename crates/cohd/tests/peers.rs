@@ -122,7 +122,7 @@ fn request_auth_denied_by_default() {
     let hint = String::from_utf8_lossy(&refused.stderr).into_owned();
     assert!(
         hint.contains(&format!("ask a writer to run `cohd authorize {b_key}`"))
-            && hint.contains("run `cohd sync --peer ADDR`"),
+            && hint.contains(&format!("run `cohd --drive {} sync --peer ADDR`", s.key)),
         "{hint}"
     );
     // A approves it as the log said (the command runs inside A's serve), and says so.

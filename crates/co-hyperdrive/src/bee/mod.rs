@@ -63,8 +63,8 @@ pub enum BeeError {
     /// A checkout inside one of our batches: its blocks became visible together, and the
     /// tree at a length between them is no version of the bee.
     #[error(
-        "version {version} lies inside one batch of writes (versions {start} to {end} are \
-         one commit): use version {start} or {end}"
+        "version {version} is inside one commit, which took the drive from version {start} \
+         to {end}: use version {start} or {end}"
     )]
     InsideBatch {
         /// Requested.

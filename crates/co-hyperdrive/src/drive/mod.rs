@@ -457,6 +457,11 @@ impl Drive {
         })
     }
 
+    /// Whether the drive holds any file or link (one entry read, whatever its size).
+    pub async fn has_files(&self) -> Result<bool, DriveError> {
+        Ok(self.db.peek(&Self::files_range()).await?.is_some())
+    }
+
     /// Every entry under `folder`, recursively, sorted by path.
     pub async fn list(&self, folder: &str) -> Result<Vec<DriveEntry>, DriveError> {
         let f = path::folder(folder);
@@ -576,10 +581,19 @@ impl Drive {
         })
     }
 
-    /// What changed under `folder` between versions `from` and `to` (sorted by path).
+    /// What changed at or under `folder` (a folder, or one file's path) between versions
+    /// `from` and `to` (sorted by path).
     pub async fn diff(&self, from: u64, to: u64, folder: &str) -> Result<Vec<Change>, DriveError> {
-        let a = self.checkout(from)?.list(folder).await?;
-        let b = self.checkout(to)?.list(folder).await?;
+        let (from, to) = (self.checkout(from)?, self.checkout(to)?);
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        // The path itself, when it names a file (it sorts before what lies below it).
+        if !path::folder(folder).is_empty() {
+            a.extend(from.entry(folder).await?);
+            b.extend(to.entry(folder).await?);
+        }
+        a.extend(from.list(folder).await?);
+        b.extend(to.list(folder).await?);
         let (mut i, mut j) = (0, 0);
         let mut out = Vec::new();
         while i < a.len() || j < b.len() {

@@ -198,6 +198,52 @@ pub(crate) async fn info(co: &CoDrive, out: &mut Out, json: bool) -> Result<()> 
     Ok(())
 }
 
+/// A file or link written at `target` where the co-drive shows a folder, or below a file,
+/// would make a file/folder clash (which no export can write out): refused, as a file system
+/// would. Clashes between writers who wrote apart still happen, and `cohd conflicts` shows
+/// them.
+pub(crate) async fn refuse_clash(co: &CoDrive, target: &str) -> Result<()> {
+    clash_check(co, target, false).await
+}
+
+/// [`refuse_clash`] for a folder files are written into (an import's): it must not be a
+/// file, nor lie below one.
+pub(crate) async fn refuse_clash_folder(co: &CoDrive, folder: &str) -> Result<()> {
+    clash_check(co, folder, true).await
+}
+
+async fn clash_check(co: &CoDrive, target: &str, folder: bool) -> Result<()> {
+    let p = if folder {
+        path::folder(target)
+    } else {
+        path::normalize(target)?
+    };
+    if p.is_empty() {
+        return Ok(());
+    }
+    // A co-drive that does not read yet (not here, or we are not its writer) leaves the
+    // write to say what is wrong.
+    let Ok(snap) = snapshot_at(co, None).await else {
+        return Ok(());
+    };
+    if folder {
+        if snap.entry(&p)?.is_some_and(|e| e.entry.blob.is_some()) {
+            bail!("{p} is a file: it cannot hold a folder's files");
+        }
+    } else if !snap.readdir(&p)?.is_empty() {
+        bail!("{p} is a folder: a file cannot take its place (`cohd ls {p}` lists it)");
+    }
+    // (A link above it is left as it was: export writes the folder and skips the link.)
+    let mut a = path::parent(&p);
+    while a != "/" {
+        if snap.entry(a)?.is_some_and(|e| e.entry.blob.is_some()) {
+            bail!("{a} is a file: it cannot hold {p}");
+        }
+        a = path::parent(a);
+    }
+    Ok(())
+}
+
 pub(crate) async fn put(
     co: &CoDrive,
     io: &mut Io,
@@ -227,6 +273,7 @@ pub(crate) async fn put(
         _ => (&mut **stdin, "stdin".to_string()),
     };
     let from_stdin = !matches!(local, Some(p) if p != Path::new("-"));
+    refuse_clash(co, path).await?;
     // The batch looks paths up in the index on disk: no full merge.
     let mut batch = co.batch().await?;
     let mut w = batch.writer(path, opts).await?;

@@ -34,7 +34,9 @@ pub(crate) async fn log(drive: &Drive, out: &mut Out, json: bool) -> Result<()> 
         if seq + 1 < len {
             next = Some(drive.db().block_at(seq + 1).await?);
         }
-        let (path, op, size, version, time) = if let Some(p) = sub::decode(sub::FILES, &key) {
+        // `seq` as `stat` and `conflicts` show a version: the log's length right after the
+        // file's entry (for a tombstone, before its record).
+        let (path, op, size, version, time, vseq) = if let Some(p) = sub::decode(sub::FILES, &key) {
             let path = String::from_utf8_lossy(p).into_owned();
             let record = records::version_key(&path);
             let (version, time) = match &next {
@@ -55,7 +57,7 @@ pub(crate) async fn log(drive: &Drive, out: &mut Out, json: bool) -> Result<()> 
                 },
             };
             prev_file = Some(path.clone());
-            (path, op, size, version, time)
+            (path, op, size, version, time, seq + 1)
         } else {
             let prev = prev_file.take();
             let Some(path) =
@@ -68,7 +70,7 @@ pub(crate) async fn log(drive: &Drive, out: &mut Out, json: bool) -> Result<()> 
                 continue;
             }
             match value.as_deref().map(records::decode_version) {
-                Some(Ok((_, true, time))) => (path, "del", 0, seq + 1, time),
+                Some(Ok((_, true, time))) => (path, "del", 0, seq + 1, time, seq),
                 _ => continue,
             }
         };
@@ -86,7 +88,7 @@ pub(crate) async fn log(drive: &Drive, out: &mut Out, json: bool) -> Result<()> 
             writeln!(
                 out,
                 "{}",
-                serde_json::json!({ "version": version, "seq": seq, "op": op, "path": path, "size": size, "time": time })
+                serde_json::json!({ "version": version, "seq": vseq, "op": op, "path": path, "size": size, "time": time })
             )?;
         } else {
             writeln!(
@@ -126,7 +128,19 @@ pub(crate) async fn diff(
             );
         }
     }
-    for c in drive.diff(from, to, folder).await? {
+    let changes = drive.diff(from, to, folder).await?;
+    if changes.is_empty() && !co_hyperdrive::format::path::folder(folder).is_empty() {
+        // Nothing changed, or nothing is there: the second is a mistake worth saying.
+        let mut there = false;
+        for v in [from, to] {
+            let d = drive.checkout(v)?;
+            there |= d.entry(folder).await?.is_some() || !d.list(folder).await?.is_empty();
+        }
+        if !there {
+            bail!("no file or folder {folder} at version {from} or {to}");
+        }
+    }
+    for c in changes {
         let kind = match (&c.before, &c.after) {
             (None, _) => "added",
             (_, None) => "deleted",

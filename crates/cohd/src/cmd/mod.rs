@@ -176,9 +176,10 @@ pub(crate) async fn not_a_writer(co: &CoDrive) -> anyhow::Error {
         )
     } else {
         anyhow::anyhow!(
-            "not a writer of this co-drive: ask a writer to run `cohd authorize {me}` (if one \
-             already did, this store has not received it yet: run `cohd sync --peer ADDR`, or \
-             keep a `cohd serve` connected)"
+            "not a writer of co-drive {key}: ask a writer to run `cohd authorize {me}` (if one \
+             already did, this store has not received it yet: run `cohd --drive {key} sync \
+             --peer ADDR`, or keep a `cohd serve` connected)",
+            key = co.key()
         )
     }
 }
@@ -215,7 +216,10 @@ async fn dispatch_here(command: &Command, co: &CoDrive, io: &mut Io) -> Result<(
             yes,
         } => files::rm(co, out, path, *recursive, *yes).await,
         Command::Stat { path, json, at } => files::stat(co, out, path, *json, at.as_deref()).await,
-        Command::Symlink { path, target } => Ok(co.symlink(path, target).await?),
+        Command::Symlink { path, target } => {
+            files::refuse_clash(co, path).await?;
+            Ok(co.symlink(path, target).await?)
+        }
         Command::Import {
             local,
             path,

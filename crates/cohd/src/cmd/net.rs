@@ -279,13 +279,41 @@ pub(crate) async fn clone(cli: &Cli, key: &str, all: bool) -> Result<()> {
     if cli.peer.is_empty() && dht_options(cli).is_none() {
         bail!("clone needs --peer HOST:PORT, or a DHT to find peers on: {NO_DHT_HINT}");
     }
-    if let Some(k) = followed(&cli.dir)? {
-        if k != key {
-            bail!("the store at {} already follows {k}", cli.dir.display());
-        }
-    }
+    let before = followed(&cli.dir)?;
     let store = if cli.dir.join("primary-key").exists() {
-        Store::open(&cli.dir)?
+        let store = Store::open(&cli.dir)?;
+        // A co-drive none of which arrived (a clone that failed, a mistyped key) gives way to
+        // another; one that did stays this store's.
+        if let Some(k) = before.filter(|k| *k != key) {
+            let arrived = match store.open_key(k, false).await {
+                Ok(core) => core.info().length > 0,
+                Err(_) => false,
+            };
+            if arrived {
+                store.close().await?;
+                bail!(
+                    "the store at {} already follows {k}: clone {key} into another folder \
+                     (`cohd --dir NEW clone ...`)",
+                    cli.dir.display()
+                );
+            }
+        }
+        // Our drive is our writer in whichever co-drive the store follows: files written to
+        // the store's own co-drive would show in the cloned one once we are authorized there.
+        if before.is_none() {
+            let own = co_hyperdrive::Drive::open_own(&store, "db").await?;
+            if own.has_files().await? {
+                store.close().await?;
+                bail!(
+                    "the store at {} holds files of its own co-drive ({}): clone {key} into a \
+                     new folder (`cohd --dir NEW clone ...`), or they would be shared there \
+                     once you are made a writer",
+                    cli.dir.display(),
+                    own.key()
+                );
+            }
+        }
+        store
     } else {
         Store::create(&cli.dir)?
     };

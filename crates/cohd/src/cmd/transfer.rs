@@ -285,6 +285,7 @@ pub(crate) async fn import(
     if !local.is_dir() {
         bail!("{} is not a folder", local.display());
     }
+    super::files::refuse_clash_folder(co, folder).await?;
     // A first walk counts (for the progress bar, and the check below); the second imports.
     let (mut found, mut total) = (0usize, 0u64);
     let mut counting = Walk::new(local)?;
@@ -563,6 +564,21 @@ fn real_folders(local: &Path, parts: &[&str], known: &mut HashSet<PathBuf>) -> R
     Ok(p)
 }
 
+/// The first of normalized `paths` that another lies below (a file/folder clash).
+fn file_and_folder<'p>(paths: impl Iterator<Item = &'p str> + Clone) -> Option<&'p str> {
+    let all: HashSet<&str> = paths.clone().collect();
+    paths.into_iter().find_map(|p| {
+        let mut a = path::parent(p);
+        while a != "/" {
+            if let Some(hit) = all.get(a) {
+                return Some(*hit);
+            }
+            a = path::parent(a);
+        }
+        None
+    })
+}
+
 /// What [`real_folders`] and [`create_file`] would refuse on the way to `parts` under
 /// `local`, found without writing anything: an export checks every file's place first, so that
 /// one it must refuse leaves no half-written tree. (They check again as they write: the tree
@@ -651,6 +667,13 @@ pub(crate) async fn export(co: &CoDrive, out: &mut Out, folder: &str, local: &Pa
         .await;
     bar.finish_and_clear();
     fetched.context("nothing was exported")?;
+    // A file/folder clash in the drive: one of the two cannot be written.
+    if let Some(a) = file_and_folder(files.iter().map(|e| e.path.as_str())) {
+        bail!(
+            "nothing was exported: {a} is both a file and a folder in the drive (`cohd \
+             conflicts` shows the clash; `cohd rm` one of them first)"
+        );
+    }
     let mut seen = HashSet::new();
     for e in &files {
         if let Some(parts) = local_parts(&e.path, &base) {
@@ -752,7 +775,11 @@ pub(crate) async fn export(co: &CoDrive, out: &mut Out, folder: &str, local: &Pa
         #[cfg(not(unix))]
         skip(out, "symlinks are not supported here");
     }
-    let mut summary = format!("exported {} files ({})", files.len(), output::size(total));
+    let mut summary = format!(
+        "exported {} ({})",
+        count(files.len(), "file", "files"),
+        output::size(total)
+    );
     if made > 0 {
         summary.push_str(&format!(" and {}", count(made, "link", "links")));
     }
@@ -965,6 +992,16 @@ mod tests {
         assert_eq!(conflict_name("README", &w), "README.conflict-1a2b3c4d");
         assert_eq!(conflict_name(".bashrc", &w), ".bashrc.conflict-1a2b3c4d");
         assert_eq!(conflict_name("a.", &w), "a..conflict-1a2b3c4d");
+    }
+
+    #[test]
+    fn a_path_below_another_is_a_clash() {
+        let clash = |v: &[&'static str]| file_and_folder(v.iter().copied());
+        assert_eq!(clash(&["/a", "/b/c", "/d"]), None);
+        assert_eq!(clash(&["/docs", "/docs/a.txt"]), Some("/docs"));
+        assert_eq!(clash(&["/x/y/z", "/x"]), Some("/x"));
+        assert_eq!(clash(&["/ab", "/a/b"]), None);
+        assert_eq!(clash(&[]), None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use co_hyperdrive::format::{path, Key};
 use co_hyperdrive::view::Resolved;
 use co_hyperdrive::CoDrive;
@@ -57,6 +57,16 @@ pub(crate) async fn run(command: &Command, co: &CoDrive, out: &mut Out) -> Resul
         }
         Command::Authorize { key } => {
             let k: Key = key.parse()?;
+            if let Ok(idx) = read_indexed(co).await {
+                if idx.writers().contains_key(&k) {
+                    writeln!(
+                        out,
+                        "{k} is already a writer of {}: nothing changed",
+                        co.key()
+                    )?;
+                    return Ok(());
+                }
+            }
             co.authorize(k).await?;
             writeln!(
                 out,
@@ -67,6 +77,18 @@ pub(crate) async fn run(command: &Command, co: &CoDrive, out: &mut Out) -> Resul
         }
         Command::Deauthorize { key } => {
             let k: Key = key.parse()?;
+            if let Ok(idx) = read_indexed(co).await {
+                if !idx.writers().contains_key(&k) {
+                    if idx.removed().contains_key(&k) {
+                        writeln!(out, "{k} was already removed: nothing changed")?;
+                        return Ok(());
+                    }
+                    bail!(
+                        "{k} is not a writer of {} (`cohd writers` lists them)",
+                        co.key()
+                    );
+                }
+            }
             co.deauthorize(k).await?;
             writeln!(out, "removed writer {k}: the writes of it seen so far stay")?;
         }
