@@ -41,7 +41,17 @@ fn request_auth_write_relay_deauthorize_and_conflicts() {
     assert!(fails(b, &["put", "/b.txt", "-"]).contains("cohd authorize"));
     ok(b, &["--peer", &sa.addr, "request-auth", "--timeout", "20"]);
     ok_in(b, &["put", "/b.txt", "-"], b"from b");
-    ok(b, &["--peer", &sa.addr, "sync", "--all"]);
+    let synced = run(b, &["--peer", &sa.addr, "sync", "--all"], b"");
+    assert!(synced.status.success());
+    // It says what it did.
+    let said = String::from_utf8_lossy(&synced.stderr);
+    assert!(
+        said.contains(&format!(
+            "synced co-drive {} with {}: 2 writers up to date",
+            sa.key, sa.addr
+        )),
+        "{said}"
+    );
     // A (through its running serve) sees B's file.
     eventually("A to see B's file", || {
         run(a, &["cat", "/b.txt"], b"").stdout == b"from b"

@@ -384,7 +384,19 @@ pub(crate) async fn sync(
     let r = deliver_own(&f.repl, co, &to).await;
     f.close().await;
     warn_if_removed(co).await;
-    r
+    r?;
+    // Said on success too: a silent exit reads as nothing done.
+    let writers = co.version().await.map_or(0, |v| v.iter().count());
+    eprintln!(
+        "synced co-drive {} with {to}: {} up to date",
+        co.key(),
+        if writers == 1 {
+            "1 writer".to_string()
+        } else {
+            format!("{writers} writers")
+        }
+    );
+    Ok(())
 }
 
 /// Says so when this store's writer was removed from the co-drive and wrote past what counts:
