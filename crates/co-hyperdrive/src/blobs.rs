@@ -168,7 +168,7 @@ impl Blobs {
         self.download_with(&block_ranges(ids), &mut |_| {}).await
     }
 
-    /// [`download`](Self::download) of `ranges` from [`block_ranges`], calling `arrived(n)` as
+    /// [`download`](Self::download) of `ranges` from `block_ranges`, calling `arrived(n)` as
     /// blocks arrive.
     pub async fn download_with(
         &self,

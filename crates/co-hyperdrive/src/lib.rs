@@ -31,7 +31,7 @@
 //! # }
 //! ```
 //!
-//! Layers, bottom up: [`format`] (pure encodings), the store (cores in a directory), [`Bee`]
+//! Layers, bottom up: [`format`](mod@format) (pure encodings), the store (cores in a directory), [`Bee`]
 //! (Hyperbee B-tree), [`Blobs`] (Hyperblobs), [`Drive`] (one writer's Hyperdrive), [`CoDrive`]
 //! (the merge, [`view`] being its pure heart) and replication ([`Replicator`], [`transport`],
 //! [`auth`], [`dht`]). `examples/` shows two writers sharing a co-drive over TCP.

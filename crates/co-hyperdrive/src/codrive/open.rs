@@ -275,9 +275,9 @@ impl CoDrive {
     }
     /// Streams bytes `start..start+len` of the content `blob` in writer `writer`'s blobs core
     /// to `sink`; returns the bytes sent. This reads any version of a path, a conflict's
-    /// losing ones included (a [`PathVersion`]'s entry names its blob), and needs no view: the
+    /// losing ones included (a [`PathVersion`](super::PathVersion)'s entry names its blob), and needs no view: the
     /// content of a version never changes. Missing blocks are fetched from connected peers, as
-    /// [`Snapshot::read_range`] does.
+    /// [`Snapshot::read_range`](super::Snapshot::read_range) does.
     pub async fn read_content(
         &self,
         writer: Key,

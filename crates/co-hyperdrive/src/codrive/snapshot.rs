@@ -283,7 +283,7 @@ impl<'a> Snapshot<'a> {
     }
 
     /// Names directly in `folder`: its visible files and the subfolders that hold visible files,
-    /// in path order (like [`Drive::readdir`]).
+    /// in path order (like [`Drive::readdir`](crate::Drive::readdir)).
     pub fn readdir(&self, folder: &str) -> Vec<String> {
         let f = path::folder(folder);
         let mut seen = BTreeSet::new();

@@ -256,7 +256,7 @@ impl Core {
 
     /// Fetches every block of `ranges` that is not stored locally from connected peers, and
     /// waits until all are here (blocks past our length too: the core may still be catching up
-    /// with its peers; at most [`DOWNLOAD_AHEAD`] past it). Returns how many blocks arrived.
+    /// with its peers; at most `DOWNLOAD_AHEAD` past it). Returns how many blocks arrived.
     /// Fails with [`CoreError::Unavailable`] when no replication session is attached, or when
     /// nothing arrives for a while (no connected peer has the blocks).
     pub async fn download(

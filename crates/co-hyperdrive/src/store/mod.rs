@@ -323,7 +323,7 @@ impl Store {
         self.inner.dir.as_deref()
     }
 
-    /// The key our writable core `name` has or would get in `format` (derived, see [`keys`]):
+    /// The key our writable core `name` has or would get in `format` (derived, see `keys`):
     /// the one recorded when the store made it already.
     pub fn own_key(&self, name: &str, format: CoreFormat) -> Key {
         if let Some(r) = self.ledger().entry(name) {

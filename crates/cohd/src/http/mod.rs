@@ -8,7 +8,7 @@
 //! `?writer=KEY` picks one writer's version of a conflicted path, as `cat --writer` does.
 //! Content this store lacks is fetched from connected peers as it is read.
 //!
-//! This is the top layer: hyper parses HTTP, [`request`] checks what it asks for, [`shown`] reads
+//! This is the top layer: hyper parses HTTP, [`request`] checks what it asks for, [`shown`](mod@shown) reads
 //! the version asked for (the current one from the index on disk, so a request costs the same
 //! whatever the drive's size), [`page`] renders listings; the library knows nothing of HTTP.
 
@@ -50,7 +50,7 @@ const MAX_CONNECTIONS: usize = 256;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Content goes out in pieces of this size: a slow reader holds at most one piece in memory.
 const PIECE: u64 = 256 << 10;
-/// Pieces of one response read at once (see [`file`]).
+/// Pieces of one response read at once (see [`file`](fn@file)).
 const AHEAD: usize = 4;
 
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
