@@ -828,6 +828,19 @@ fn export_never_writes_outside_its_target() {
     d.put("/docs/evil/pwned.txt", b"pwned too");
     d.put("/docs/a.txt", b"a");
     d.ok(&["symlink", "/docs/up", "../../../../.."]);
+    // `ls -l` marks a link that is also a folder of files.
+    let long = d.ok(&["ls", "-l"]).text();
+    assert!(
+        long.lines()
+            .any(|l| l.contains(" /evil -> ") && l.contains("[file/folder clash")),
+        "{long}"
+    );
+    assert!(
+        !long
+            .lines()
+            .any(|l| l.contains("/docs") && l.contains("clash")),
+        "{long}"
+    );
 
     // The whole drive: the files make real folders, the links in their way are reported.
     let all = d.scratch("all");

@@ -535,6 +535,12 @@ pub(crate) async fn ls(
         for name in names {
             let p = join(folder, &name);
             match snap.entry(&p)? {
+                // A file that is also a folder of other files (writers who wrote apart).
+                Some(e) if !snap.readdir(&p)?.is_empty() => writeln!(
+                    out,
+                    "{}  [file/folder clash: also a folder; `cohd conflicts`]",
+                    long_line(&e)
+                )?,
                 Some(e) => writeln!(out, "{}", long_line(&e))?,
                 None => writeln!(out, "d- {:>12} {:<20} {p}/", "-", "-")?,
             }
