@@ -956,6 +956,23 @@ fn export_makes_in_tree_links_relative() {
     );
 }
 
+/// What is in the way of a link's folder is found before the first file is written.
+#[test]
+fn export_checks_where_links_go_before_writing() {
+    let (d, _) = Dir::init();
+    d.put("/a.txt", b"a");
+    d.ok(&["symlink", "/lnk/l", "/a.txt"]);
+    let out = d.scratch("out");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    std::fs::write(out.join("lnk"), b"in the way").expect("write");
+    let e = d.err(&["export", out.to_str().expect("utf8")]);
+    assert!(
+        e.contains("nothing was exported") && e.contains("a file is in the way"),
+        "{e}"
+    );
+    assert!(!out.join("a.txt").exists(), "a refused export wrote a file");
+}
+
 /// A put, a link or an import that would make one writer's file/folder clash is refused, as a
 /// file system would, and writes nothing.
 #[test]
@@ -978,7 +995,27 @@ fn writes_that_would_clash_with_a_folder_or_file_are_refused() {
         assert!(e.contains("/docs/a.txt is a file"), "{dest}: {e}");
     }
     assert_eq!(version(&d), v, "a refused write wrote");
+    // Below the folder: a local file where the drive has a folder, a local folder where it
+    // has a file; refused before the first file is written (`keep` sorts first).
+    d.put("/site/docs", b"a file");
+    d.put("/site/x/y/z", b"deep");
+    let v = version(&d);
+    for (rel, want) in [
+        ("docs/a.txt", "/site/docs is a file in the drive"),
+        ("x/y", "/site/x/y is a folder in the drive"),
+    ] {
+        let tree = d.scratch(&format!("tree-{}", rel.replace('/', "-")));
+        write_files(&tree, &[("a-keep", b"k"), (rel, b"clash")]);
+        let e = d.err(&["import", tree.to_str().expect("utf8"), "/site"]);
+        assert!(
+            e.contains("nothing was imported") && e.contains(want),
+            "{e}"
+        );
+    }
+    assert_eq!(version(&d), v, "a refused import wrote");
     assert!(d.ok(&["conflicts"]).stdout.is_empty());
+    d.ok(&["rm", "/site/docs"]);
+    d.ok(&["rm", "-r", "/site/x"]);
     // Into a folder, or a new place, as before.
     d.ok(&["import", s, "/docs"]);
     d.put("/docs/b.txt", b"b");

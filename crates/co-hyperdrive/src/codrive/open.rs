@@ -206,9 +206,12 @@ impl CoDrive {
         let mut frontier = Clock::new();
         for k in v.writers.keys().chain(v.removed.keys()) {
             if let Some(d) = self.drive(*k).await? {
-                // A length the writer committed (a batch's end), not a count of blocks
-                // held that may stop inside one of its batches.
-                frontier.insert(*k, d.db().core().consistent_length());
+                // What we saw of the writer: a length it committed (a batch's end) when we
+                // know one within the blocks held, else the blocks held (never more).
+                let core = d.db().core();
+                let held = core.info().contiguous_length;
+                let committed = core.consistent_length();
+                frontier.insert(*k, if committed <= held { committed } else { held });
             }
         }
         let n = self

@@ -396,6 +396,11 @@ impl Core {
         &self.log
     }
 
+    /// The log, for work moved off the runtime's threads.
+    pub(crate) fn shared_log(&self) -> Arc<Log> {
+        self.log.clone()
+    }
+
     /// Ends writes through this core (waiting for one in progress). Reads go on working.
     pub(crate) async fn close(&self) {
         *self.live.writes.lock().await = true;

@@ -710,7 +710,8 @@ impl Log {
         let unsigned = length > 0 && state.signature.is_empty();
         if unsigned && log.secret.is_none() {
             return Err(LogError::Corrupted(format!(
-                "its header carries no signature of length {length}"
+                "length {length} is not signed yet, as only our own cores' lengths are: it \
+                 opens only with its secret key (which the store's ledger names)"
             )));
         }
         let kept = kept.filter(|roots| {
@@ -892,6 +893,12 @@ impl Log {
                 LogError::Corrupted(format!("the record of batch {end} is not 8 bytes"))
             })?;
         Ok((start < length && length < end).then_some(start..end))
+    }
+
+    /// Whether the log's length is one of ours not signed yet (see `signature_of`).
+    pub(crate) fn unsigned(&self) -> bool {
+        let s = self.state();
+        s.length > 0 && s.signature.is_empty()
     }
 
     /// [`consistent`] for this log, given the blocks `held` from the start.

@@ -58,7 +58,17 @@ impl Core {
             }
         }
         // The log reads the block itself, checked: a damaged one is fetched again, not served.
-        match self.log().create_proof(req) {
+        // An upgrade to a length of ours not signed yet syncs the store first (`Log::
+        // signature_of`): that runs on a blocking thread, not the runtime's.
+        let made = if req.upgrade.is_some() && self.log().unsigned() {
+            let (log, req) = (self.shared_log(), req.clone());
+            tokio::task::spawn_blocking(move || log.create_proof(&req))
+                .await
+                .map_err(|e| CoreError::Storage(format!("signing stopped: {e}")))?
+        } else {
+            self.log().create_proof(req)
+        };
+        match made {
             Err(LogError::Damaged(index)) => {
                 self.mark_damaged(index);
                 Ok(None)

@@ -221,22 +221,25 @@ async fn clash_check(co: &CoDrive, target: &str, folder: bool) -> Result<()> {
     if p.is_empty() {
         return Ok(());
     }
-    // A co-drive that does not read yet (not here, or we are not its writer) leaves the
-    // write to say what is wrong.
-    let Ok(snap) = snapshot_at(co, None).await else {
+    // A co-drive that does not read yet, or one we are not a writer of, leaves the write to
+    // say what is wrong.
+    let Ok(idx) = read_indexed(co).await else {
         return Ok(());
     };
+    if !idx.writers().contains_key(&co.local_key()) {
+        return Ok(());
+    }
     if folder {
-        if snap.entry(&p)?.is_some_and(|e| e.entry.blob.is_some()) {
+        if idx.entry(&p)?.is_some_and(|e| e.entry.blob.is_some()) {
             bail!("{p} is a file: it cannot hold a folder's files");
         }
-    } else if !snap.readdir(&p)?.is_empty() {
+    } else if idx.is_folder(&p)? {
         bail!("{p} is a folder: a file cannot take its place (`cohd ls {p}` lists it)");
     }
     // (A link above it is left as it was: export writes the folder and skips the link.)
     let mut a = path::parent(&p);
     while a != "/" {
-        if snap.entry(a)?.is_some_and(|e| e.entry.blob.is_some()) {
+        if idx.entry(a)?.is_some_and(|e| e.entry.blob.is_some()) {
             bail!("{a} is a file: it cannot hold {p}");
         }
         a = path::parent(a);

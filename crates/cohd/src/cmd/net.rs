@@ -286,8 +286,9 @@ pub(crate) async fn clone(cli: &Cli, key: &str, all: bool) -> Result<()> {
         // another; one that did stays this store's.
         if let Some(k) = before.filter(|k| *k != key) {
             let arrived = match store.open_key(k, false).await {
-                Ok(core) => core.info().length > 0,
-                Err(_) => false,
+                Ok(core) => core.info().contiguous_length > 0,
+                Err(co_hyperdrive::StoreError::UnknownCore(_)) => false,
+                Err(e) => return Err(e.into()),
             };
             if arrived {
                 store.close().await?;
@@ -386,7 +387,9 @@ pub(crate) async fn sync(
     warn_if_removed(co).await;
     r?;
     // Said on success too: a silent exit reads as nothing done.
-    let writers = co.version().await.map_or(0, |v| v.iter().count());
+    let writers = super::files::read_indexed(co)
+        .await
+        .map_or(0, |i| i.writers().len());
     eprintln!(
         "synced co-drive {} with {to}: {} up to date",
         co.key(),

@@ -286,13 +286,49 @@ pub(crate) async fn import(
         bail!("{} is not a folder", local.display());
     }
     super::files::refuse_clash_folder(co, folder).await?;
-    // A first walk counts (for the progress bar, and the check below); the second imports.
+    // Comparisons read the index on disk path by path (no full merge: an import of a few
+    // files into a big drive costs what it writes).
+    let cur = co.indexed().await?;
+    let base = path::folder(folder);
+    // A file where the drive has a folder, or a folder where it has a file, would be a clash
+    // of our own: refused before anything is written. Nothing to check when the drive holds
+    // nothing under the folder, or with `--delete` (what the local folder lacks goes).
+    let check = !delete && cur.is_folder(&base)?;
+    let mut checked = HashSet::new();
+    // A first walk counts (for the progress bar, and the checks below); the second imports.
     let (mut found, mut total) = (0usize, 0u64);
     let mut counting = Walk::new(local)?;
     while let Some(it) = counting.next()? {
         found += 1;
         if let Kind::File { size, .. } = it.kind {
             total += size;
+        }
+        if check {
+            let rel = it.path.strip_prefix(local).unwrap_or(&it.path);
+            // (A path that cannot be a drive path is reported by the import itself.)
+            let Some(dp) = rel
+                .to_str()
+                .and_then(|r| path::normalize(&format!("{base}/{r}")).ok())
+            else {
+                continue;
+            };
+            if cur.entry(&dp)?.is_none() && cur.is_folder(&dp)? {
+                bail!(
+                    "nothing was imported: {dp} is a folder in the drive, and {} is not",
+                    it.path.display()
+                );
+            }
+            let mut a = path::parent(&dp);
+            while a != "/" && a.len() > base.len() && checked.insert(a.to_string()) {
+                if cur.entry(a)?.is_some_and(|e| e.entry.blob.is_some()) {
+                    bail!(
+                        "nothing was imported: {a} is a file in the drive, and {} lies in a \
+                         folder there",
+                        it.path.display()
+                    );
+                }
+                a = path::parent(a);
+            }
         }
     }
     // Mirroring an empty folder would delete everything under the drive folder: a mistake far
@@ -314,14 +350,11 @@ pub(crate) async fn import(
             roots.push(r);
         }
     }
-    // Comparisons read the index on disk path by path (no full merge: an import of a few
-    // files into a big drive costs what it writes). Each path is met once, so what earlier
-    // batches of this import wrote never changes a later comparison. A batch holds the local
-    // writer's drive until flushed; an empty one appends nothing.
-    let cur = co.indexed().await?;
+    // Each path is met once, so what earlier batches of this import wrote never changes a
+    // later comparison. A batch holds the local writer's drive until flushed; an empty one
+    // appends nothing.
     let mut batch = co.batch().await?;
     let pb = output::progress(out, total, "import");
-    let base = path::folder(folder);
     let mut buf = vec![0u8; 1 << 20];
     let mut theirs = Vec::with_capacity(1 << 20);
     let mut batch_bytes = 0;
@@ -583,10 +616,12 @@ fn file_and_folder<'p>(paths: impl Iterator<Item = &'p str> + Clone) -> Option<&
 /// `local`, found without writing anything: an export checks every file's place first, so that
 /// one it must refuse leaves no half-written tree. (They check again as they write: the tree
 /// can change in between.)
-fn check_place(local: &Path, parts: &[&str], seen: &mut HashSet<PathBuf>) -> Result<()> {
-    let Some((name, dirs)) = parts.split_last() else {
-        return Ok(());
-    };
+fn check_place(
+    local: &Path,
+    dirs: &[&str],
+    name: Option<&str>,
+    seen: &mut HashSet<PathBuf>,
+) -> Result<()> {
     let mut p = local.to_path_buf();
     for part in dirs {
         p.push(part);
@@ -607,6 +642,10 @@ fn check_place(local: &Path, parts: &[&str], seen: &mut HashSet<PathBuf>) -> Res
         }
         seen.insert(p.clone());
     }
+    // A file's place must not be a folder (a link's may: it is skipped with a warning).
+    let Some(name) = name else {
+        return Ok(());
+    };
     let dest = p.join(name);
     match std::fs::symlink_metadata(&dest) {
         Ok(m) if m.is_dir() => bail!("cannot write {}: a folder is in the way", dest.display()),
@@ -674,10 +713,39 @@ pub(crate) async fn export(co: &CoDrive, out: &mut Out, folder: &str, local: &Pa
              conflicts` shows the clash; `cohd rm` one of them first)"
         );
     }
+    // Every place a file, a link or a conflict copy goes, before the first is written.
     let mut seen = HashSet::new();
-    for e in &files {
-        if let Some(parts) = local_parts(&e.path, &base) {
-            check_place(local, &parts, &mut seen).context("nothing was exported")?;
+    for (e, file) in files
+        .iter()
+        .map(|e| (e, true))
+        .chain(links.iter().map(|e| (e, false)))
+    {
+        if let Some((name, dirs)) = local_parts(&e.path, &base)
+            .as_ref()
+            .and_then(|p| p.split_last())
+        {
+            check_place(local, dirs, file.then_some(*name), &mut seen)
+                .context("nothing was exported")?;
+        }
+    }
+    for (p, r) in snap
+        .view()
+        .conflicts()
+        .filter(|(p, _)| path::is_under(p, &base))
+    {
+        let Some(parts) = local_parts(p, &base) else {
+            continue;
+        };
+        let Some((name, dirs)) = parts.split_last() else {
+            continue;
+        };
+        let copied = r.conflicts.iter().filter(|v| {
+            (v.writer, v.seq) != (r.winner.writer, r.winner.seq)
+                && v.entry.as_ref().is_some_and(|e| e.blob.is_some())
+        });
+        for v in copied {
+            let cname = conflict_name(name, &v.writer);
+            check_place(local, dirs, Some(&cname), &mut seen).context("nothing was exported")?;
         }
     }
     std::fs::create_dir_all(local).with_context(|| format!("creating {}", local.display()))?;
