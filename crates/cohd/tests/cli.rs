@@ -995,25 +995,30 @@ fn writes_that_would_clash_with_a_folder_or_file_are_refused() {
         assert!(e.contains("/docs/a.txt is a file"), "{dest}: {e}");
     }
     assert_eq!(version(&d), v, "a refused write wrote");
-    // Below the folder: a local file where the drive has a folder, a local folder where it
-    // has a file; refused before the first file is written (`keep` sorts first).
+    // Below the folder: a local folder where the drive has a file (refused before the first
+    // file is written: `a-keep` sorts first), a local file where it has a folder (refused
+    // when the import reaches it; the files before it are imported).
     d.put("/site/docs", b"a file");
     d.put("/site/x/y/z", b"deep");
     let v = version(&d);
-    for (rel, want) in [
-        ("docs/a.txt", "/site/docs is a file in the drive"),
-        ("x/y", "/site/x/y is a folder in the drive"),
-    ] {
-        let tree = d.scratch(&format!("tree-{}", rel.replace('/', "-")));
-        write_files(&tree, &[("a-keep", b"k"), (rel, b"clash")]);
-        let e = d.err(&["import", tree.to_str().expect("utf8"), "/site"]);
-        assert!(
-            e.contains("nothing was imported") && e.contains(want),
-            "{e}"
-        );
-    }
+    let tree = d.scratch("tree-docs");
+    write_files(&tree, &[("a-keep", b"k"), ("docs/a.txt", b"clash")]);
+    let e = d.err(&["import", tree.to_str().expect("utf8"), "/site"]);
+    assert!(
+        e.contains("nothing was imported") && e.contains("/site/docs is a file in the drive"),
+        "{e}"
+    );
     assert_eq!(version(&d), v, "a refused import wrote");
+    let tree = d.scratch("tree-xy");
+    write_files(&tree, &[("a-keep", b"k"), ("x/y", b"clash")]);
+    let e = d.err(&["import", tree.to_str().expect("utf8"), "/site"]);
+    assert!(
+        e.contains("/site/x/y is a folder in the drive") && e.contains("imported 1 file(s)"),
+        "{e}"
+    );
     assert!(d.ok(&["conflicts"]).stdout.is_empty());
+    assert_eq!(d.cat("/site/a-keep"), b"k");
+    d.ok(&["rm", "/site/a-keep"]);
     d.ok(&["rm", "/site/docs"]);
     d.ok(&["rm", "-r", "/site/x"]);
     // Into a folder, or a new place, as before.

@@ -290,9 +290,11 @@ pub(crate) async fn import(
     // files into a big drive costs what it writes).
     let cur = co.indexed().await?;
     let base = path::folder(folder);
-    // A file where the drive has a folder, or a folder where it has a file, would be a clash
-    // of our own: refused before anything is written. Nothing to check when the drive holds
-    // nothing under the folder, or with `--delete` (what the local folder lacks goes).
+    // A folder where the drive has a file, or a file where it has a folder, would be a clash
+    // of our own: the first is refused before anything is written (each folder looked up
+    // once), the second where the import looks the path up anyway (below). Nothing to check
+    // when the drive holds nothing under the folder, or with `--delete` (what the local
+    // folder lacks goes).
     let check = !delete && cur.is_folder(&base)?;
     let mut checked = HashSet::new();
     // A first walk counts (for the progress bar, and the checks below); the second imports.
@@ -312,12 +314,6 @@ pub(crate) async fn import(
             else {
                 continue;
             };
-            if cur.entry(&dp)?.is_none() && cur.is_folder(&dp)? {
-                bail!(
-                    "nothing was imported: {dp} is a folder in the drive, and {} is not",
-                    it.path.display()
-                );
-            }
             let mut a = path::parent(&dp);
             while a != "/" && a.len() > base.len() && checked.insert(a.to_string()) {
                 if cur.entry(a)?.is_some_and(|e| e.entry.blob.is_some()) {
@@ -376,6 +372,17 @@ pub(crate) async fn import(
             renamed.insert(dp.clone());
         }
         let now = cur.entry(&dp)?;
+        // A new path where the drive has a folder (a clash of our own): checked here, where
+        // the path is looked up anyway, so an unchanged re-import pays nothing for it.
+        if check && now.is_none() && cur.is_folder(&dp)? {
+            // What was imported before it is kept (and said).
+            batch.flush().await?;
+            bail!(
+                "{dp} is a folder in the drive, and {} is not: imported {files} file(s) before \
+                 it (rename one of them, then import again)",
+                p.display()
+            );
+        }
         // A conflicted path is written even when its winner matches: that settles it.
         let now = now.filter(|e| e.conflicts.is_empty());
         match it.kind {
