@@ -134,7 +134,8 @@ enum Command {
         /// Path in the drive.
         path: String,
         /// Read the co-drive as it was at this version: a `frontier` from `cohd info --json`,
-        /// or a UTC time as `ls -l` shows it (2026-12-06T10:00:00Z; a date means its end),
+        /// or a UTC time as `ls -l` shows it (2026-12-06T10:00:00Z: to the end of that second;
+        /// .123Z names a millisecond; a date means its end),
         /// by the writers' own clocks.
         #[arg(long, value_name = "FRONTIER|TIME")]
         at: Option<String>,
@@ -158,7 +159,8 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Read the co-drive as it was at this version: a `frontier` from `cohd info --json`,
-        /// or a UTC time as `ls -l` shows it (2026-12-06T10:00:00Z; a date means its end),
+        /// or a UTC time as `ls -l` shows it (2026-12-06T10:00:00Z: to the end of that second;
+        /// .123Z names a millisecond; a date means its end),
         /// by the writers' own clocks.
         #[arg(long, value_name = "FRONTIER|TIME")]
         at: Option<String>,
@@ -184,7 +186,8 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Read the co-drive as it was at this version: a `frontier` from `cohd info --json`,
-        /// or a UTC time as `ls -l` shows it (2026-12-06T10:00:00Z; a date means its end),
+        /// or a UTC time as `ls -l` shows it (2026-12-06T10:00:00Z: to the end of that second;
+        /// .123Z names a millisecond; a date means its end),
         /// by the writers' own clocks.
         #[arg(long, value_name = "FRONTIER|TIME")]
         at: Option<String>,

@@ -306,14 +306,21 @@ pub(crate) fn parse_utc(s: &str) -> Option<u64> {
     if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') || !(1..=12).contains(&month) {
         return None;
     }
+    // A date means its end, a time in whole seconds (as `ls -l` shows one) the end of that
+    // second, so what was shown written then is included; `.mmm` names a millisecond.
     let (secs_of_day, end_of_day) = match s.len() {
         10 => (86_399, 999),
-        20 if b[10] == b'T' && b[13] == b':' && b[16] == b':' && b[19] == b'Z' => {
+        20 | 24 if b[10] == b'T' && b[13] == b':' && b[16] == b':' && b[s.len() - 1] == b'Z' => {
             let (h, m, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
             if h > 23 || m > 59 || sec > 59 {
                 return None;
             }
-            (h * 3600 + m * 60 + sec, 0)
+            let ms = match s.len() {
+                20 => 999,
+                _ if b[19] == b'.' => num(20..23)?,
+                _ => return None,
+            };
+            (h * 3600 + m * 60 + sec, ms)
         }
         _ => return None,
     };
@@ -361,10 +368,15 @@ mod tests {
         }
         // Whatever a peer records, formatting never panics.
         let _ = super::utc(u64::MAX);
-        // And back.
+        // And back: a time shown in whole seconds means the end of that second (what was
+        // shown written then is included); milliseconds name one.
         for ms in [0, 951_782_400_000, 1_765_038_303_000, 4_102_444_799_000] {
-            assert_eq!(super::parse_utc(&super::utc(ms)), Some(ms));
+            assert_eq!(super::parse_utc(&super::utc(ms)), Some(ms + 999));
         }
+        assert_eq!(
+            super::parse_utc("2025-12-06T16:25:03.042Z"),
+            Some(1_765_038_303_042)
+        );
         assert_eq!(
             super::parse_utc("2000-02-29"),
             Some(951_782_400_000 + 86_399_999)
@@ -376,6 +388,8 @@ mod tests {
             "1969-12-31",
             "x000-01-01",
             "2000-01-01T00:00:00",
+            "2000-01-01T00:00:00.5Z",
+            "2000-01-01T00:00:00,500Z",
         ] {
             assert_eq!(super::parse_utc(bad), None, "{bad}");
         }

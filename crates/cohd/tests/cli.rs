@@ -400,6 +400,16 @@ fn ls_variants() {
         ["/a.txt", "/b.txt", "/c", "/docs", "/link", "/run.sh"]
     );
     assert_eq!(ls_paths(&d, &["ls", "/docs"]), ["/docs/deep", "/docs/z.md"]);
+    // A file lists itself, in every form.
+    assert_eq!(ls_paths(&d, &["ls", "/docs/z.md"]), ["/docs/z.md"]);
+    assert_eq!(ls_paths(&d, &["ls", "-r", "/docs/z.md"]), ["/docs/z.md"]);
+    let one = d.ok(&["ls", "-l", "/docs/z.md"]).lines();
+    assert!(
+        one.len() == 1 && one[0].contains(" 3 ") && one[0].ends_with("/docs/z.md"),
+        "{one:?}"
+    );
+    let j = d.ok(&["ls", "--json", "/docs/z.md"]).json();
+    assert_eq!(j.as_array().map(Vec::len), Some(1), "{j}");
     // -r: every file below, sorted.
     assert_eq!(
         ls_paths(&d, &["ls", "-r"]),
@@ -954,6 +964,33 @@ fn export_makes_in_tree_links_relative() {
         std::fs::read(all.join("site/away")).expect("read"),
         b"elsewhere"
     );
+}
+
+/// Export and clone say what is wrong with the folder they are given.
+#[test]
+fn export_and_clone_want_a_folder_of_their_own() {
+    let (d, _) = Dir::init();
+    d.put("/a.txt", b"a");
+    let file = d.scratch("a-file");
+    std::fs::write(&file, b"not a folder").expect("write");
+    let e = d.err(&["export", file.to_str().expect("utf8")]);
+    assert!(e.contains("is not a folder"), "{e}");
+    // A folder holding other things is not made a store.
+    let mine = d.scratch("mine");
+    std::fs::create_dir_all(&mine).expect("mkdir");
+    std::fs::write(mine.join("notes.txt"), b"mine").expect("write");
+    let out = run_in(
+        &mine,
+        &["--peer", "127.0.0.1:1", "clone", &"ab".repeat(32)],
+        b"",
+    );
+    let e = clean_error(&out);
+    assert!(e.contains("holds other files and is not a store"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(&mine)
+        .expect("mine")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, ["notes.txt"]);
 }
 
 /// What is in the way of a link's folder is found before the first file is written.
@@ -1949,10 +1986,12 @@ fn versions_carry_their_write_time() {
     );
     assert!(d.ok(&["log"]).text().contains(&shown));
 
-    // --at TIME: the co-drive as it stood then (the second after the first write).
+    // --at TIME: the co-drive as it stood then. The time `ls -l` shows for the first write
+    // (its whole second) reaches to the end of that second, so it includes the write; the
+    // later one comes 1.1 s after it.
     std::thread::sleep(Duration::from_millis(1100));
     d.put("/t.txt", b"later");
-    let then = t - t % 1000 + 1000;
+    let then = t - t % 1000;
     let secs = then / 1000;
     let at = String::from_utf8(
         Command::new("date")

@@ -371,9 +371,9 @@ fn listings_have_etags_times_and_take_a_time_for_at() {
     assert!(r.text().contains("c.txt"), "{}", r.text());
     assert_ne!(r.header("etag"), Some(tag_html.as_str()));
 
-    // ?at=TIME: the co-drive as it stood then (the second after a.txt was written; b.txt was
-    // written over a second later).
-    let then = utc(t - t % 1000 + 1000);
+    // ?at=TIME: the co-drive as it stood then (the second a.txt was written in, which a
+    // time in whole seconds covers to its end; b.txt was written over a second later).
+    let then = utc(t - t % 1000);
     let r = get(
         &h,
         &format!("/docs/?at={then}"),

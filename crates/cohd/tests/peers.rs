@@ -173,7 +173,7 @@ fn clear_frees_content_that_peers_hold() {
     ok(&d[1], &["--peer", &s.addr, "clone", &s.key, "--all"]);
     assert_eq!(ok(&d[1], &["cat", "/docs/note.txt"]), "a note");
     let out = ok(&d[1], &["clear", "/docs/big.bin"]);
-    assert_eq!(out.trim(), "/docs/big.bin: cleared 5 blocks of 1 files");
+    assert_eq!(out.trim(), "/docs/big.bin: cleared 5 blocks of 1 file");
     // Cleared: not readable offline, the other file still is; again from the peer.
     let err = fails(&d[1], &["cat", "/docs/big.bin"]);
     assert!(
@@ -210,7 +210,7 @@ fn clear_frees_content_that_peers_hold() {
     // Clearing what is not here clears nothing.
     ok(&d[1], &["clear", "/docs/big.bin"]);
     let out = ok(&d[1], &["clear", "/docs/big.bin"]);
-    assert_eq!(out.trim(), "/docs/big.bin: cleared 0 blocks of 1 files");
+    assert_eq!(out.trim(), "/docs/big.bin: cleared 0 blocks of 1 file");
 }
 
 #[test]

@@ -31,13 +31,6 @@ impl Reader<'_> {
         })
     }
 
-    fn stat(&self, name: &str) -> Result<Option<CoEntry>> {
-        Ok(match self {
-            Reader::Now(i) => i.stat(name)?,
-            Reader::At(s) => s.stat(name)?,
-        })
-    }
-
     fn readdir(&self, folder: &str) -> Result<Vec<String>> {
         Ok(match self {
             Reader::Now(i) => i.readdir(folder)?,
@@ -498,11 +491,25 @@ pub(crate) async fn ls(
     at: Option<&str>,
 ) -> Result<()> {
     let snap = snapshot_at(co, at).await?;
-    // The root always exists; anything else must be a file or hold one.
+    // The root always exists; anything else must be a file or hold one. A file (that is
+    // not also a folder) is listed itself, as `ls FILE` does.
     if !folder.trim_matches('/').is_empty() {
         let norm = path::normalize(folder)?;
-        if snap.stat(&norm)?.is_none() && snap.readdir(&norm)?.is_empty() {
-            bail!("no such file or folder: {norm}");
+        let file = snap.entry(&norm)?;
+        let empty = snap.readdir(&norm)?.is_empty();
+        match file {
+            None if empty => bail!("no such file or folder: {norm}"),
+            Some(e) if empty => {
+                if json {
+                    writeln!(out, "{}", serde_json::Value::Array(vec![entry_json(&e)]))?;
+                } else if long {
+                    writeln!(out, "{}", long_line(&e))?;
+                } else {
+                    writeln!(out, "{}", e.path)?;
+                }
+                return Ok(());
+            }
+            _ => {}
         }
     }
     if json {

@@ -249,15 +249,18 @@ async fn dispatch_here(command: &Command, co: &CoDrive, io: &mut Io) -> Result<(
         }
         Command::Clear { path } => {
             let c = co.clear(path).await?;
+            let n = |n: usize, one: &str, many: &str| {
+                format!("{n} {}", if n == 1 { one } else { many })
+            };
             writeln!(
                 out,
-                "{path}: cleared {} blocks of {} files{}",
-                c.blocks,
-                c.files,
+                "{path}: cleared {} of {}{}",
+                n(c.blocks as usize, "block", "blocks"),
+                n(c.files, "file", "files"),
                 if c.kept_own > 0 {
                     format!(
-                        "; kept {} files this store wrote (no peer may hold them)",
-                        c.kept_own
+                        "; kept {} this store wrote (no peer may hold them)",
+                        n(c.kept_own, "file", "files")
                     )
                 } else {
                     String::new()

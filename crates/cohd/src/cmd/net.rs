@@ -280,7 +280,15 @@ pub(crate) async fn clone(cli: &Cli, key: &str, all: bool) -> Result<()> {
         bail!("clone needs --peer HOST:PORT, or a DHT to find peers on: {NO_DHT_HINT}");
     }
     let before = followed(&cli.dir)?;
-    let store = if cli.dir.join("primary-key").exists() {
+    // A folder of other things is not made a store: its files would sit among the store's.
+    let is_store = cli.dir.join("primary-key").exists();
+    if !is_store && std::fs::read_dir(&cli.dir).is_ok_and(|mut entries| entries.next().is_some()) {
+        bail!(
+            "{} holds other files and is not a store: clone into a new or empty folder",
+            cli.dir.display()
+        );
+    }
+    let store = if is_store {
         let store = Store::open(&cli.dir)?;
         // A co-drive none of which arrived (a clone that failed, a mistyped key) gives way to
         // another; one that did stays this store's.

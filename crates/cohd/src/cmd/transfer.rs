@@ -696,6 +696,12 @@ pub(crate) async fn export(co: &CoDrive, out: &mut Out, folder: &str, local: &Pa
             None => bail!("nothing to export under {folder}"),
         }
     }
+    if local.exists() && !local.is_dir() {
+        bail!(
+            "{} is not a folder: export writes into a folder",
+            local.display()
+        );
+    }
     let base = path::folder(folder);
     let shown = if base.is_empty() { "/" } else { base.as_str() };
     let (links, files): (Vec<_>, Vec<_>) = entries
