@@ -530,6 +530,13 @@ fn stat_rm_symlink() {
     // A link to a link.
     d.ok(&["symlink", "/ll", "/l"]);
     assert_eq!(d.cat("/ll"), b"22");
+    // A link to nothing says so.
+    d.ok(&["symlink", "/dangling", "/gone"]);
+    assert_eq!(
+        d.err(&["cat", "/dangling"]),
+        "error: /dangling is a link to /gone, which is not a file here"
+    );
+    d.ok(&["rm", "/dangling"]);
 
     // rm of a file, rm of a folder without -r, rm -r.
     d.ok(&["rm", "/a/one"]);

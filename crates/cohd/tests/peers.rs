@@ -91,6 +91,13 @@ fn request_auth_write_relay_deauthorize_and_conflicts() {
             && warned.contains("is ignored by every peer"),
         "{warned}"
     );
+    // `info` says it was removed, and how to be a writer again.
+    let info = ok(b, &["info"]);
+    assert!(
+        info.contains("writable:  false (removed from co-drive")
+            && info.contains(&format!("`cohd authorize {b_key}` again")),
+        "{info}"
+    );
     // From then on its writes are refused, saying why.
     let refused = run(b, &["put", "/later.txt", "-"], b"refused");
     assert!(!refused.status.success());

@@ -138,6 +138,9 @@ pub(crate) async fn info(co: &CoDrive, out: &mut Out, json: bool) -> Result<()> 
     let frontier = idx.as_ref().map(|i| i.version().to_string());
     // Whether writes count: the local writer must be in the co-drive's writer set.
     let writer = idx.as_ref().is_ok_and(|i| i.is_writer());
+    let removed = idx
+        .as_ref()
+        .is_ok_and(|i| i.removed().contains_key(&co.local_key()));
     let drive = co.own();
     let db = drive.db().core().info();
     let blobs = drive.blobs().core().info();
@@ -160,6 +163,14 @@ pub(crate) async fn info(co: &CoDrive, out: &mut Out, json: bool) -> Result<()> 
         writeln!(out, "id:        {}", drive.key().to_z32())?;
         if drive.writable() && writer {
             writeln!(out, "writable:  true")?;
+        } else if removed {
+            writeln!(
+                out,
+                "writable:  false (removed from co-drive {} by one of its writers: a writer runs \
+                 `cohd authorize {}` again)",
+                co.key(),
+                co.local_key()
+            )?;
         } else {
             writeln!(
                 out,
@@ -354,6 +365,10 @@ pub(crate) async fn cat(
                     let p = path::normalize(path)?;
                     if !snap.readdir(&p)?.is_empty() {
                         bail!("{p} is a folder: `cohd ls {p}` lists it");
+                    }
+                    // A link whose target is no file (gone, or a folder): said as such.
+                    if let Some(l) = snap.entry(&p)?.and_then(|e| e.entry.linkname) {
+                        bail!("{p} is a link to {l}, which is not a file here");
                     }
                     return Err(e);
                 }
