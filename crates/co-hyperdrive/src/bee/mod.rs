@@ -159,13 +159,7 @@ impl Bee {
     /// inside one of our batches is refused, see [`BeeError::InsideBatch`]).
     pub fn checkout(&self, version: u64) -> Result<Bee, BeeError> {
         let bee = self.at(version)?;
-        let batch = self
-            .shared
-            .core
-            .log()
-            .batch_around(version)
-            .map_err(|e| BeeError::Core(e.to_string()))?;
-        if let Some(b) = batch {
+        if let Some(b) = self.batch_around(version)? {
             return Err(BeeError::InsideBatch {
                 version,
                 start: b.start,
@@ -194,13 +188,16 @@ impl Bee {
     /// its own (`seq + 1`).
     pub fn committed_at(&self, seq: u64) -> Result<u64, BeeError> {
         let v = seq.saturating_add(1);
-        let batch = self
-            .shared
+        Ok(self.batch_around(v)?.map_or(v, |b| b.end))
+    }
+
+    /// The batch of ours that `version` lies strictly inside (see `Log::batch_around`).
+    fn batch_around(&self, version: u64) -> Result<Option<std::ops::Range<u64>>, BeeError> {
+        self.shared
             .core
             .log()
-            .batch_around(v)
-            .map_err(|e| BeeError::Core(e.to_string()))?;
-        Ok(batch.map_or(v, |b| b.end))
+            .batch_around(version)
+            .map_err(|e| BeeError::Core(e.to_string()))
     }
 
     pub(crate) fn blocks(&self) -> Blocks<'_> {

@@ -705,8 +705,8 @@ impl Log {
         // The roots the header keeps, if they are this length's and carry its signature and
         // byte length; else (a version 1 header, or one that does not check) the root nodes.
         // No signature: a length our own appends left unsigned (only a core we hold the
-        // secret key of may have one). Its kept roots must be the stored nodes: appends build
-        // on them, and the length is signed later (`signature_of`).
+        // secret key of may have one), whose roots are read from the nodes: appends build on
+        // them, and the length is signed later (`signature_of`).
         let unsigned = length > 0 && state.signature.is_empty();
         if unsigned && log.secret.is_none() {
             return Err(LogError::Corrupted(format!(
@@ -715,33 +715,17 @@ impl Log {
             )));
         }
         let kept = kept.filter(|roots| {
-            roots.iter().map(|r| r.index).eq(merkle::full_roots(length))
+            !unsigned
+                && roots.iter().map(|r| r.index).eq(merkle::full_roots(length))
                 && roots.iter().map(|r| r.size).sum::<u64>() == byte_length
                 && (length == 0
-                    || if unsigned {
-                        roots
-                            .iter()
-                            .all(|r| log.node(r.index).ok().flatten() == Some(*r))
-                    } else {
-                        log.check_signature(roots, length, fork, &state.signature)
-                            .is_ok()
-                    })
+                    || log
+                        .check_signature(roots, length, fork, &state.signature)
+                        .is_ok())
         });
         let (roots, checked) = match kept {
             Some(roots) => (roots, true),
-            None => (
-                merkle::full_roots(length)
-                    .into_iter()
-                    .map(|i| {
-                        log.node(i)?.ok_or_else(|| {
-                            LogError::Corrupted(format!(
-                                "tree root {i} of length {length} is missing"
-                            ))
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
-                false,
-            ),
+            None => (log.stored_roots(length)?, false),
         };
         if length > 0 && !checked {
             if !unsigned {
@@ -893,6 +877,18 @@ impl Log {
                 LogError::Corrupted(format!("the record of batch {end} is not 8 bytes"))
             })?;
         Ok((start < length && length < end).then_some(start..end))
+    }
+
+    /// The roots of the tree at `length`, read from the stored nodes.
+    fn stored_roots(&self, length: u64) -> Result<Vec<Node>, LogError> {
+        merkle::full_roots(length)
+            .into_iter()
+            .map(|i| {
+                self.node(i)?.ok_or_else(|| {
+                    LogError::Corrupted(format!("tree root {i} of length {length} is missing"))
+                })
+            })
+            .collect()
     }
 
     /// Whether the log's length is one of ours not signed yet (see `signature_of`).
@@ -1156,14 +1152,7 @@ impl Log {
         // that length (a fork of our own log). A no-op when nothing was written since the
         // last sync.
         self.kv.persist()?;
-        let roots = merkle::full_roots(length)
-            .into_iter()
-            .map(|i| {
-                self.node(i)?.ok_or_else(|| {
-                    LogError::Corrupted(format!("tree root {i} of length {length} is missing"))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let roots = self.stored_roots(length)?;
         let signature = self
             .verifier()
             .map_err(LogError::Corrupted)?
@@ -1408,14 +1397,7 @@ impl Log {
                 s.length
             )));
         }
-        let roots = merkle::full_roots(length)
-            .into_iter()
-            .map(|i| {
-                self.node(i)?.ok_or_else(|| {
-                    LogError::Corrupted(format!("node {i} of our own tree is missing"))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let roots = self.stored_roots(length)?;
         let fork = s.fork + 1;
         let signature = self
             .verifier()
