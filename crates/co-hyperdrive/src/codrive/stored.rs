@@ -510,26 +510,19 @@ impl CoDrive {
             rebuilding: false,
             members,
         };
-        if let Some(m) = old.filter(|m| m.format == FORMAT && m.fork == meta.fork && !m.rebuilding)
-        {
-            if m.counted == target && m.pending.is_none() {
-                if *m != meta {
-                    commits.meta(&k, &meta)?;
-                }
-                return Ok(());
+        // Rows of this format and fork, not left midway through a rebuild.
+        let trusted = old.filter(|m| m.format == FORMAT && m.fork == meta.fork && !m.rebuilding);
+        if let Some(m) = trusted.filter(|m| m.counted == target && m.pending.is_none()) {
+            if *m != meta {
+                commits.meta(&k, &meta)?;
             }
+            return Ok(());
         }
         // Only between two lengths the writer committed (what it holds readable: signed batch
         // ends) do the rows change just where the blocks in between write. A removal's limit
         // can be any length, inside one of the writer's batches too, where its tree is not
         // one of its versions: a writer counted up to a limit, before or after, is rebuilt.
-        if let Some(m) = old.filter(|m| {
-            m.format == FORMAT
-                && m.fork == meta.fork
-                && !m.rebuilding
-                && m.counted == m.length
-                && target == len
-        }) {
+        if let Some(m) = trusted.filter(|m| m.counted == m.length && target == len) {
             // The paths whose rows may change: those the blocks between the two lengths touch
             // (and those a stopped refresh was applying).
             let (mut lo, mut hi) = (m.counted.min(target), m.counted.max(target));

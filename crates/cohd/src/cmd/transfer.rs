@@ -580,6 +580,17 @@ fn local_parts<'p>(p: &'p str, base: &str) -> Option<Vec<&'p str>> {
 /// `known` holds the folders already checked by this export: the export creates no symlink
 /// before its last file, so they stay folders.
 fn real_folders(local: &Path, parts: &[&str], known: &mut HashSet<PathBuf>) -> Result<PathBuf> {
+    Ok(walk_folders(local, parts, known, true)?.unwrap_or_default())
+}
+
+/// The walk of [`real_folders`]; without `create`, it stops at the first folder missing
+/// (nothing below one the export makes can be in the way) and returns `None` there.
+fn walk_folders(
+    local: &Path,
+    parts: &[&str],
+    known: &mut HashSet<PathBuf>,
+    create: bool,
+) -> Result<Option<PathBuf>> {
     let mut p = local.to_path_buf();
     for part in parts {
         p.push(part);
@@ -594,6 +605,7 @@ fn real_folders(local: &Path, parts: &[&str], known: &mut HashSet<PathBuf>) -> R
             ),
             Ok(m) if m.is_dir() => {}
             Ok(_) => bail!("cannot create folder {}: a file is in the way", p.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => return Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?
             }
@@ -601,7 +613,7 @@ fn real_folders(local: &Path, parts: &[&str], known: &mut HashSet<PathBuf>) -> R
         }
         known.insert(p.clone());
     }
-    Ok(p)
+    Ok(Some(p))
 }
 
 /// The first of normalized `paths` that another lies below (a file/folder clash).
@@ -629,28 +641,8 @@ fn check_place(
     name: Option<&str>,
     seen: &mut HashSet<PathBuf>,
 ) -> Result<()> {
-    let mut p = local.to_path_buf();
-    for part in dirs {
-        p.push(part);
-        if seen.contains(&p) {
-            continue;
-        }
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_symlink() => bail!(
-                "refusing to write through the symlink {} (it may lead outside {})",
-                p.display(),
-                local.display()
-            ),
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => bail!("cannot create folder {}: a file is in the way", p.display()),
-            // Made by the export: nothing below it is in the way.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
-        }
-        seen.insert(p.clone());
-    }
     // A file's place must not be a folder (a link's may: it is skipped with a warning).
-    let Some(name) = name else {
+    let (Some(p), Some(name)) = (walk_folders(local, dirs, seen, false)?, name) else {
         return Ok(());
     };
     let dest = p.join(name);
